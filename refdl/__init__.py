@@ -1,0 +1,14 @@
+"""refdl: a reference deep-learning library in NumPy.
+
+Every layer's backward is derived by hand (docstring and docs/derivations/), proved by a
+numeric gradient check in tests/, and fast enough to train real networks on a laptop CPU.
+"""
+__version__ = "0.1.0"
+
+from . import random  # noqa: F401
+from .random import manual_seed  # noqa: F401
+from . import functional, init, nn  # noqa: F401
+from . import gradcheck  # noqa: F401
+from .summary import summary  # noqa: F401
+
+__all__ = ["manual_seed", "summary", "nn", "init", "functional", "gradcheck", "random"]

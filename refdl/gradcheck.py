@@ -1,0 +1,316 @@
+r"""Numeric gradient checking: central differences in float64 against hand-derived backwards.
+
+For a module y = f(x; W) the checker draws a fixed random projection R (one array per
+output) and differentiates the scalar
+
+    L(x, W) = <f(x; W), R> = sum_i f(x; W)_i R_i,
+
+so dL/dy = R is a *random* upstream gradient. (A plain ``sum(y)`` hides bugs: the input
+gradient of a normalised sum is zero, whatever the backward computes.)
+
+Each entry of the input gradient and of every parameter gradient is estimated by
+
+    dL/dt_k ~= (L(t + h e_k) - L(t - h e_k)) / (2h),   h = 1e-6,
+
+(truncation error O(h^2 L'''), rounding error O(eps_machine |L| / h), both ~1e-10 here)
+and compared with the analytic value a by the relative error
+
+    err_k = |a_k - n_k| / max(|a_k| + |n_k|, tiny),   tiny = 1e-3 * max_k(|a_k|, |n_k|),
+
+so an entry whose gradient is a thousand times smaller than the tensor's largest is judged
+on the tensor's scale rather than its own (its numeric estimate is mostly rounding noise).
+A check passes when every err_k < rtol (default 1e-7).
+
+When an entry fails, the checker looks for a kink: if the one-sided slopes
+(L(t+h) - L(t))/h and (L(t) - L(t-h))/h still differ by much more than rounding at a step
+a hundred times smaller, the step crossed a point where L is not differentiable (ReLU at 0,
+a tie in a max) and the entry is reported as a kink, not counted as a failure.
+
+It also checks that backward is repeatable (the same gradients twice), that parameter
+gradients accumulate (a second backward without zero_grad doubles them), and that a zero
+upstream gradient gives zero gradients.
+
+Randomness inside forward (Dropout) is made repeatable by running every forward under
+``refdl.random.fork_rng(seed)``; the caller's generator is left as it was.
+"""
+import copy
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import random as _random
+
+__all__ = ["numeric_gradient", "relative_error", "check_function", "check_module",
+           "check_loss", "GradcheckError", "GradcheckResult", "TensorReport"]
+
+EPS = 1e-6
+RTOL = 1e-7
+
+
+class GradcheckError(AssertionError):
+    """A gradient check failed; ``.result`` holds the full report."""
+
+    def __init__(self, result):
+        self.result = result
+        super().__init__(str(result))
+
+
+@dataclass
+class TensorReport:
+    """How one tensor's analytic gradient compares with its numeric estimate."""
+    name: str
+    shape: tuple
+    max_rel_error: float
+    worst_index: tuple
+    analytic: float
+    numeric: float
+    rtol: float
+    kinks: list = field(default_factory=list)   # [(index, left slope, right slope, analytic)]
+    analytic_grad: np.ndarray = None
+    numeric_grad: np.ndarray = None
+
+    @property
+    def passed(self):
+        return self.max_rel_error < self.rtol
+
+    def __str__(self):
+        status = "ok  " if self.passed else "FAIL"
+        s = (f"{status} {self.name:<22s} shape={str(self.shape):<16s} "
+             f"max rel err={self.max_rel_error:.2e} at {self.worst_index} "
+             f"(analytic {self.analytic:+.10e}, numeric {self.numeric:+.10e})")
+        for idx, left, right, a in self.kinks[:3]:
+            s += (f"\n     kink at {idx}: the step crossed a non-differentiable point "
+                  f"(left slope {left:+.6e}, right slope {right:+.6e}, analytic {a:+.6e}); "
+                  "not counted as a failure")
+        if len(self.kinks) > 3:
+            s += f"\n     ... and {len(self.kinks) - 3} more kinks"
+        return s
+
+
+@dataclass
+class GradcheckResult:
+    """The whole report: one TensorReport per checked tensor and the consistency checks."""
+    name: str
+    tensors: list
+    problems: list   # failed consistency checks (repeatability, accumulation, zero upstream)
+
+    @property
+    def passed(self):
+        return all(t.passed for t in self.tensors) and not self.problems
+
+    @property
+    def max_rel_error(self):
+        return max((t.max_rel_error for t in self.tensors), default=0.0)
+
+    def __getitem__(self, name):
+        for t in self.tensors:
+            if t.name == name:
+                return t
+        raise KeyError(name)
+
+    def __str__(self):
+        head = f"gradcheck {self.name}: {'passed' if self.passed else 'FAILED'}"
+        lines = [head] + ["  " + str(t) for t in self.tensors]
+        lines += ["  FAIL " + p for p in self.problems]
+        return "\n".join(lines)
+
+
+def relative_error(analytic, numeric):
+    """Elementwise |a - n| / max(|a| + |n|, tiny) with tiny = 1e-3 * the tensor's scale."""
+    a = np.asarray(analytic, dtype=np.float64)
+    n = np.asarray(numeric, dtype=np.float64)
+    scale = max(float(np.max(np.abs(a), initial=0.0)), float(np.max(np.abs(n), initial=0.0)))
+    tiny = max(1e-3 * scale, 1e-12)
+    return np.abs(a - n) / np.maximum(np.abs(a) + np.abs(n), tiny)
+
+
+def numeric_gradient(f, x, eps=EPS):
+    """Central-difference gradient of the scalar ``f()`` with respect to the array ``x``.
+
+    ``x`` is perturbed in place (and restored); ``f`` must read it. Returns an array of
+    x's shape: (f(x + h e_k) - f(x - h e_k)) / 2h for every k.
+    """
+    if x.dtype != np.float64:
+        raise TypeError(f"numeric_gradient needs a float64 array, got {x.dtype}")
+    grad = np.zeros_like(x)
+    flat, gflat = x.reshape(-1), grad.reshape(-1)
+    if not np.shares_memory(flat, x):
+        raise ValueError("numeric_gradient needs a contiguous array it can perturb in place")
+    for k in range(flat.size):
+        old = flat[k]
+        flat[k] = old + eps
+        fp = float(f())
+        flat[k] = old - eps
+        fm = float(f())
+        flat[k] = old
+        gflat[k] = (fp - fm) / (2 * eps)
+    return grad
+
+
+def _one_sided(f, x, k, eps):
+    flat = x.reshape(-1)
+    old = flat[k]
+    f0 = float(f())
+    flat[k] = old + eps
+    fp = float(f())
+    flat[k] = old - eps
+    fm = float(f())
+    flat[k] = old
+    return (f0 - fm) / eps, (fp - f0) / eps
+
+
+def _compare(name, f, x, analytic, numeric, eps, rtol, max_kink_probes=2000):
+    analytic = np.asarray(analytic, dtype=np.float64)
+    if analytic.shape != x.shape:
+        raise ValueError(f"gradcheck: the analytic gradient of {name} has shape "
+                         f"{analytic.shape}, expected {x.shape}")
+    err = relative_error(analytic, numeric)
+    kinks = []
+    bad = np.flatnonzero(err.reshape(-1) >= rtol)
+    for k in bad[:max_kink_probes]:
+        left, right = _one_sided(f, x, k, eps)
+        left2, right2 = _one_sided(f, x, k, eps / 100)
+        jump = abs(right2 - left2)
+        if jump > 1e-4 * max(abs(left2), abs(right2), 1.0) and abs(right - left) > 1e-4:
+            idx = np.unravel_index(k, x.shape)
+            kinks.append((tuple(int(i) for i in idx), left2, right2,
+                          float(analytic.reshape(-1)[k])))
+            err.reshape(-1)[k] = 0.0
+    if err.size:
+        k = int(np.argmax(err))
+        idx = tuple(int(i) for i in np.unravel_index(k, x.shape))
+        worst = float(err.reshape(-1)[k])
+        a, n = float(analytic.reshape(-1)[k]), float(numeric.reshape(-1)[k])
+    else:
+        idx, worst, a, n = (), 0.0, 0.0, 0.0
+    return TensorReport(name, tuple(x.shape), worst, idx, a, n, rtol, kinks,
+                        analytic, numeric)
+
+
+def _as_tuple(v):
+    return tuple(v) if isinstance(v, (tuple, list)) else (v,)
+
+
+def _float64(v):
+    if isinstance(v, np.ndarray) and np.issubdtype(v.dtype, np.floating):
+        return np.array(v, dtype=np.float64, copy=True, order="C")
+    return v
+
+
+def check_function(f, inputs, vjp, eps=EPS, rtol=RTOL, seed=0, names=None,
+                   raise_exception=True):
+    """Check a plain function against its vector-Jacobian product.
+
+    ``f(*inputs)`` returns an array (or a tuple of arrays); ``vjp(grad_out, *inputs)``
+    returns dL/d(input) for every input (a tuple, or one array for one input), where
+    grad_out is dL/d(output) (a tuple when f has several outputs).
+    """
+    inputs = [_float64(x) for x in _as_tuple(inputs)]
+    rng = np.random.default_rng(seed)
+    outs = _as_tuple(f(*inputs))
+    R = [rng.standard_normal(np.shape(o)) for o in outs]
+
+    def loss():
+        return sum(float(np.sum(np.asarray(o) * r)) for o, r in zip(_as_tuple(f(*inputs)), R))
+
+    g = R if len(R) > 1 else R[0]
+    analytic = _as_tuple(vjp(g, *inputs))
+    names = names or [f"input {i}" for i in range(len(inputs))]
+    reports = []
+    for i, (x, a) in enumerate(zip(inputs, analytic)):
+        num = numeric_gradient(loss, x, eps)
+        reports.append(_compare(names[i], loss, x, a, num, eps, rtol))
+    fname = getattr(f, "__name__", type(f).__name__)
+    result = GradcheckResult(fname, reports, [])
+    if raise_exception and not result.passed:
+        raise GradcheckError(result)
+    return result
+
+
+def check_module(module, *inputs, wrt=None, params=True, eps=EPS, rtol=RTOL, seed=0,
+                 forward_kwargs=None, check_consistency=True, raise_exception=True):
+    """Check ``module.backward`` for the inputs and every trainable parameter.
+
+    The module is deep-copied and cast to float64 (the caller's module is untouched);
+    floating inputs are copied to float64. ``wrt`` lists the positional inputs whose
+    gradients ``backward`` returns (default: every floating-point one), in order; its
+    return value is one array when there is one such input, else a tuple.
+    Returns a :class:`GradcheckResult`; raises :class:`GradcheckError` on failure unless
+    ``raise_exception=False``.
+    """
+    module = copy.deepcopy(module).to(np.float64)
+    kw = dict(forward_kwargs or {})
+    inputs = [_float64(x) for x in inputs]
+    if wrt is None:
+        wrt = [i for i, x in enumerate(inputs)
+               if isinstance(x, np.ndarray) and np.issubdtype(x.dtype, np.floating)]
+    wrt = list(wrt)
+    fwd_seed = int(np.random.default_rng(seed).integers(2 ** 31))
+
+    def run():
+        with _random.fork_rng(fwd_seed):
+            return _as_tuple(module(*inputs, **kw))
+
+    outs = run()
+    rng = np.random.default_rng(seed)
+    R = [rng.standard_normal(np.shape(o)) if np.issubdtype(np.asarray(o).dtype, np.floating)
+         else None for o in outs]
+
+    def loss():
+        return sum(float(np.sum(o * r)) for o, r in zip(run(), R) if r is not None)
+
+    def analytic(upstream):
+        module.zero_grad()
+        run()
+        ups = [u if u is not None else np.zeros(np.shape(o)) for u, o in zip(upstream, outs)]
+        gin = module.backward(*ups)
+        gin = () if not wrt else (_as_tuple(gin) if len(wrt) > 1 else (gin,))
+        if len(gin) != len(wrt):
+            raise ValueError(f"gradcheck: {type(module).__name__}.backward returned "
+                             f"{len(gin)} input gradients, expected {len(wrt)}")
+        gin = [np.array(g, dtype=np.float64, copy=True) for g in gin]
+        gp = {n: p.grad.copy() for n, p in module.named_parameters() if p.requires_grad}
+        return gin, gp
+
+    gin, gp = analytic(R)
+    reports = []
+    for j, i in enumerate(wrt):
+        num = numeric_gradient(loss, inputs[i], eps)
+        reports.append(_compare(f"input {i}", loss, inputs[i], gin[j], num, eps, rtol))
+    if params:
+        for n, p in module.named_parameters():
+            if not p.requires_grad:
+                continue
+            num = numeric_gradient(loss, p.data, eps)
+            reports.append(_compare(n, loss, p.data, gp[n], num, eps, rtol))
+
+    problems = []
+    if check_consistency:
+        gin2, gp2 = analytic(R)
+        same = all(np.allclose(a, b, rtol=1e-12, atol=0) for a, b in zip(gin, gin2)) and \
+            all(np.allclose(gp[n], gp2[n], rtol=1e-12, atol=0) for n in gp)
+        if not same:
+            problems.append("backward is not repeatable: two identical passes gave "
+                            "different gradients")
+        run()
+        ups = [r if r is not None else np.zeros(np.shape(o)) for r, o in zip(R, outs)]
+        module.backward(*ups)    # no zero_grad: parameter gradients must accumulate
+        for n, p in module.named_parameters():
+            if p.requires_grad and not np.allclose(p.grad, 2 * gp[n], rtol=1e-10,
+                                                   atol=1e-300):
+                problems.append(f"gradient of {n} does not accumulate: a second backward "
+                                "without zero_grad should double it")
+        zero = [None if r is None else np.zeros_like(r) for r in R]
+        gz, gpz = analytic(zero)
+        if any(np.any(g != 0) for g in gz) or any(np.any(g != 0) for g in gpz.values()):
+            problems.append("a zero upstream gradient gave a non-zero gradient")
+
+    result = GradcheckResult(type(module).__name__, reports, problems)
+    if raise_exception and not result.passed:
+        raise GradcheckError(result)
+    return result
+
+
+def check_loss(criterion, input, target, **kwargs):
+    """Check a loss's ``backward`` (dL/dinput) with a random upstream scalar or array."""
+    return check_module(criterion, input, target, wrt=[0], **kwargs)

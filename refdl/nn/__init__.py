@@ -1,0 +1,21 @@
+"""refdl.nn: Parameter, Module, containers and the layers, one file per lecture topic.
+
+Each topic file lists its public names in ``__all__``; all of them are importable from
+refdl.nn, exactly as from torch.nn.
+"""
+from .module import Module, ModuleList, Parameter, Sequential
+from .linear import *          # Linear, Identity, Flatten, Unflatten
+from .activation import *      # ReLU, Sigmoid, Tanh, GELU, Softmax, ...
+from .loss import *            # MSELoss, CrossEntropyLoss, BCEWithLogitsLoss, ...
+from .normalization import *   # LayerNorm, BatchNorm1d/2d/3d, GroupNorm, InstanceNorm
+from .dropout import *         # Dropout, Dropout1d/2d/3d
+from .conv import *            # Conv1d/2d/3d, ConvTranspose1d/2d/3d
+from .pooling import *         # MaxPool, AvgPool, AdaptiveAvgPool
+from .upsampling import *      # Upsample
+from .recurrent import *       # RNN, LSTM, GRU and their cells
+from .embedding import *       # Embedding
+from .attention import *       # scaled dot-product attention, MultiheadAttention
+from .transformer import *     # TransformerEncoderLayer, TransformerEncoder
+from .blocks import *          # residual blocks, concatenation, addition
+
+from .. import init  # noqa: E402,F401  (nn.init, as in torch)
