@@ -7,7 +7,9 @@ from .module import Module, ModuleList, Parameter, Sequential
 from .linear import *          # Linear, Identity, Flatten, Unflatten
 from .activation import *      # ReLU, Sigmoid, Tanh, GELU, Softmax, ...
 from .loss import *            # MSELoss, CrossEntropyLoss, BCEWithLogitsLoss, ...
-from .normalization import *   # LayerNorm, BatchNorm1d/2d/3d, GroupNorm, InstanceNorm
+from .normalization import *   # LayerNorm
+from .batchnorm import *       # BatchNorm1d/2d/3d
+from .instancenorm import *    # GroupNorm, InstanceNorm1d/2d/3d
 from .dropout import *         # Dropout, Dropout1d/2d/3d
 from .conv import *            # Conv1d/2d/3d, ConvTranspose1d/2d/3d
 from .pooling import *         # MaxPool, AvgPool, AdaptiveAvgPool
