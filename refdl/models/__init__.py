@@ -1,1 +1,40 @@
-"""(to be written)"""
+"""Whole networks built from refdl.nn, and a registry of the ones ``refdl train`` knows.
+
+Each registered model is built by ``get_model(name, num_classes=..., input_shape=...)``;
+``input_shape`` is one example's shape without the batch: ``(64,)`` for a flat vector,
+``(1, 8, 8)`` for an image, ``(8, 8)`` for a sequence of 8 steps of 8 features.
+The registry maps a name to (module, builder, input layout, one-line description).
+"""
+import importlib
+
+_REGISTRY = {
+    # name: (module, builder, layout, description)
+    "mlp": ("refdl.models.mlp", "MLP", "flat", "multilayer perceptron (Linear-ReLU-...)"),
+}
+
+
+def register(name, module, builder, layout, description):
+    """Add a model to the registry (layout: 'flat', 'image' or 'sequence')."""
+    _REGISTRY[name] = (module, builder, layout, description)
+
+
+def available_models():
+    """{name: description} of the models that can be built here."""
+    return {n: v[3] for n, v in _REGISTRY.items()}
+
+
+def model_layout(name):
+    _check(name)
+    return _REGISTRY[name][2]
+
+
+def _check(name):
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown model {name!r}; available: {', '.join(sorted(_REGISTRY))}")
+
+
+def get_model(name, **kwargs):
+    """Build the registered model ``name`` with the builder's keyword arguments."""
+    _check(name)
+    module, builder, _, _ = _REGISTRY[name]
+    return getattr(importlib.import_module(module), builder)(**kwargs)

@@ -21,3 +21,4 @@ from .transformer import *     # TransformerEncoderLayer, TransformerEncoder
 from .blocks import *          # residual blocks, concatenation, addition
 
 from .. import init  # noqa: E402,F401  (nn.init, as in torch)
+from . import utils  # noqa: E402,F401  (nn.utils.clip_grad_norm_, ...)
