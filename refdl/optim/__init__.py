@@ -32,10 +32,10 @@ import numpy as np
 
 from ..nn.module import Parameter
 from ..nn.utils import clip_grad_norm_, clip_grad_value_
-from .penalty import l1_penalty, l2_penalty
+from .penalty import l1_penalty, l2_penalty, prox_l1
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad",
-           "clip_grad_norm_", "clip_grad_value_", "l1_penalty", "l2_penalty",
+           "clip_grad_norm_", "clip_grad_value_", "l1_penalty", "l2_penalty", "prox_l1",
            "lr_scheduler"]
 
 
