@@ -7,7 +7,7 @@ import pytest
 from refdl.nn.module import Parameter
 from refdl.optim import SGD, Adam
 from refdl.optim.lr_scheduler import (CosineAnnealingLR, ExponentialLR, LambdaLR, LinearLR,
-                                      MultiStepLR, OneCycleLR, StepLR)
+                                      MultiStepLR, OneCycleLR, SequentialLR, StepLR)
 
 
 def _opt(lr=0.1, cls=SGD, **kw):
@@ -163,3 +163,25 @@ def test_lambda_state_dict_drops_lambdas():
 def test_resuming_requires_initial_lr():
     with pytest.raises(KeyError, match="initial_lr"):
         StepLR(_opt(), step_size=2, last_epoch=3)
+
+
+def test_sequential_warmup_cosine_exponential():
+    opt = _opt(0.1)
+    warm = LinearLR(opt, start_factor=0.01, total_iters=5)
+    cos = CosineAnnealingLR(opt, T_max=20, eta_min=0.001)
+    ex = ExponentialLR(opt, gamma=0.9)
+    s = SequentialLR(opt, [warm, cos, ex], milestones=[5, 25])
+    seq = _sequence(s, 40)
+    closed = []
+    for t in range(41):
+        if t < 5:
+            closed.append(0.1 * (0.01 + 0.99 * t / 5))
+        elif t < 25:
+            closed.append(0.001 + (0.1 - 0.001) * (1 + math.cos(math.pi * (t - 5) / 20)) / 2)
+        else:
+            closed.append(0.1 * 0.9 ** (t - 25))
+    np.testing.assert_allclose(seq, closed, rtol=1e-12)
+    sd = s.state_dict()
+    assert len(sd["_schedulers"]) == 3 and "optimizer" not in sd
+    with pytest.raises(ValueError, match="one more than the number of milestone"):
+        SequentialLR(opt, [warm, cos], milestones=[])
