@@ -117,7 +117,8 @@ class Optimizer:
         place rather than set to None; ``set_to_none`` is accepted for compatibility.)
         """
         for p in self._all_params():
-            p.grad[...] = 0
+            if p.grad is not None:
+                p.grad[...] = 0
 
     def step(self, closure=None):
         """One update of every trainable parameter; returns ``closure()`` if given."""
@@ -127,7 +128,7 @@ class Optimizer:
         for group in self.param_groups:
             self._prepare_group(group)
             for p in group["params"]:
-                if not p.requires_grad:
+                if not p.requires_grad or p.grad is None:
                     continue
                 grad = np.asarray(p.grad)
                 if grad.shape != p.data.shape:
