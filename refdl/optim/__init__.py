@@ -243,7 +243,9 @@ class SGD(Optimizer):
     Momentum buffer: ``state[p]["momentum_buffer"]``.
 
     Note the momentum buffer holds gradients, not velocities: the step is gamma b_t. With
-    dampening tau = 1 - beta this is the exponential average of Adam's first moment (opt-1).
+    mu = beta1 and tau = 0, (1 - beta1) b_t is Adam's first moment m_t, so Adam without its
+    second moment is SGD(lr=gamma (1 - beta1), momentum=beta1) (exam item opt-1). (With
+    tau = 1 - beta1 instead, the first step differs: b_1 = g_1 is never damped.)
     """
 
     def __init__(self, params, lr=1e-3, momentum=0, dampening=0, weight_decay=0,
