@@ -44,6 +44,7 @@ import copy
 import math
 
 import numpy as np
+from scipy.linalg import solve_triangular
 
 from .. import random as _random
 from ..nn._validate import check_float, check_forward_called, check_grad, layer_name
@@ -733,8 +734,8 @@ class LinearGaussianReverse:
         mp, P = self.posterior(x0)
         Lp = np.linalg.cholesky(P)
         Lq = np.linalg.cholesky(Q)
-        A = np.linalg.solve(Lp, Lq)
-        dm = np.linalg.solve(Lp, mp - mq)
+        A = solve_triangular(Lp, Lq, lower=True)            # Lp^{-1} Lq
+        dm = solve_triangular(Lp, mp - mq, lower=True)
         T = mq.size
         logdet = 2 * (np.sum(np.log(np.diag(Lp))) - np.sum(np.log(np.diag(Lq))))
         return 0.5 * (np.sum(A * A) + dm @ dm - T + logdet)
