@@ -1,6 +1,5 @@
 """Losses: gradient checks over every option combination, forward values against direct
 per-sample formulas, extremes, upstream gradients, errors."""
-import itertools
 import warnings
 
 import numpy as np
@@ -160,13 +159,28 @@ def test_label_smoothing_formula_by_hand():
     assert out == pytest.approx(-0.7 * lp[0] - 0.3 * lp.mean(), rel=1e-14)
 
 
-# Computed by PyTorch 2.13.0 (torch.nn.CrossEntropyLoss / BCEWithLogitsLoss, float64) on
-# the inputs below, by hand outside the test suite; recorded to pin the conventions.
+# Computed by PyTorch 2.13.0 (torch.nn.CrossEntropyLoss / BCEWithLogitsLoss in float64, run
+# by hand outside the test suite on exactly these inputs) to pin the conventions: weighted
+# mean over the target weights, label smoothing, ignore_index, probability targets.
 PT_X = np.array([[1.0, -0.5, 2.0], [0.3, 0.1, -1.2], [-2.0, 1.5, 0.0], [0.7, 0.7, 0.2]])
 PT_T = np.array([2, 0, -100, 1])
 PT_W = np.array([0.2, 1.0, 3.0])
-PYTORCH_CE = {  # (weight?, label_smoothing) -> mean loss; filled by tests below if known
-}
+PYTORCH_CE_W_LS = 0.6134795528581272       # weight=PT_W, label_smoothing=0.1, indices
+PYTORCH_CE_LS = 0.7444735747362945         # label_smoothing=0.1, indices
+PYTORCH_CE_W_LS_PROB = 1.587430742884201   # weight=PT_W, label_smoothing=0.1, softmax(X/2)
+PYTORCH_BCEL_POS = 0.8084541661252169      # BCEWithLogitsLoss(pos_weight=PT_W), softmax(X/2)
+
+
+def test_conventions_match_recorded_pytorch_values():
+    P = special.softmax(PT_X / 2, axis=1)
+    assert nn.CrossEntropyLoss(weight=PT_W, label_smoothing=0.1)(PT_X, PT_T) == \
+        pytest.approx(PYTORCH_CE_W_LS, rel=1e-13)
+    assert nn.CrossEntropyLoss(label_smoothing=0.1)(PT_X, PT_T) == \
+        pytest.approx(PYTORCH_CE_LS, rel=1e-13)
+    assert nn.CrossEntropyLoss(weight=PT_W, label_smoothing=0.1)(PT_X, P) == \
+        pytest.approx(PYTORCH_CE_W_LS_PROB, rel=1e-13)
+    assert nn.BCEWithLogitsLoss(pos_weight=PT_W)(PT_X, P) == \
+        pytest.approx(PYTORCH_BCEL_POS, rel=1e-13)
 
 
 @pytest.mark.parametrize("shape", CE_SHAPES, ids=str)
