@@ -104,16 +104,13 @@ def test_layernorm_errors():
 
 
 # -- Dropout -----------------------------------------------------------------------------
-# For a fixed mask Dropout is linear in x, so the central difference is exact for any step
-# h; the checks use h = 1e-3 (same rtol 1e-7), which only shrinks the rounding error
-# ~ ulp(L) / h of the numeric estimate. The mask is the same in every forward because
-# check_module reseeds the library generator before each one.
-DROPOUT_STEP = 1e-3
+# check_module reseeds the library generator before every forward, so each forward
+# of a gradient check draws the same mask.
 @pytest.mark.parametrize("p", [0.0, 0.3, 0.5, 0.9])
 @pytest.mark.parametrize("shape", [(10,), (4, 5), (2, 3, 4)], ids=str)
 def test_dropout_gradcheck(p, shape):
     x = rand(*shape, seed=7)
-    check_module(nn.Dropout(p), x, eps=DROPOUT_STEP)
+    check_module(nn.Dropout(p), x)
 
 
 @pytest.mark.parametrize("cls,shape", [(nn.Dropout1d, (3, 4, 5)), (nn.Dropout1d, (4, 5)),
@@ -122,7 +119,7 @@ def test_dropout_gradcheck(p, shape):
                                        (nn.Dropout3d, (3, 2, 2, 2))], ids=str)
 @pytest.mark.parametrize("p", [0.3, 0.5])
 def test_channel_dropout_gradcheck_and_whole_channels(cls, shape, p):
-    check_module(cls(p), rand(*shape, seed=8), eps=DROPOUT_STEP)
+    check_module(cls(p), rand(*shape, seed=8))
     x = rand(*shape, seed=8) + 5.0          # no entry is 0, so zeros mark dropped entries
     refdl.manual_seed(0)
     d = cls(p)
