@@ -283,6 +283,9 @@ def test_act_2_max_minus_kx_x_is_abs_at_k_1_not_identity():
            for k in (0.0, 0.5, 1.0)}
     ident = random_feature_error(nn.LeakyReLU(1.0), 60, target=target)[0]
     assert max(err.values()) < 0.02                    # every k fits the target well
+    # ... equally well: max(-kz, z) = (1 + k) ReLU(z) - k z, and these random features
+    # already span the linear functions, so the span (the capacity) does not depend on k
+    assert max(err.values()) == pytest.approx(min(err.values()), rel=1e-8)
     assert ident > 0.4                                 # the identity (a linear model) can't
     assert err[1.0] < 0.05 * ident
 
@@ -371,16 +374,17 @@ def train_softmax_linear(loss_name, X, y, Xt, yt, epochs=300, lr=0.5):
 
 
 def test_loss_2_mse_trains_a_classifier_nearly_as_well_as_cross_entropy():
-    X, y = blobs(1000, seed=3)
-    Xt, yt = blobs(1000, seed=3)[0][:0], None          # same means: draw test from them
+    sep = 0.6                                           # overlapping classes: not trivial
+    X, y = blobs(1000, seed=3, sep=sep)
+    means = sep * np.random.default_rng(3).standard_normal((10, 20))   # blobs' means
     rng = np.random.default_rng(4)
-    means = 1.2 * np.random.default_rng(3).standard_normal((10, 20))
-    yt = rng.integers(0, 10, 2000)
+    yt = rng.integers(0, 10, 2000)                      # a fresh test set
     Xt = means[yt] + rng.standard_normal((2000, 20))
     acc_ce = train_softmax_linear("ce", X, y, Xt, yt)
     acc_mse = train_softmax_linear("mse", X, y, Xt, yt, lr=2.0)
-    assert acc_ce > 0.7 and acc_mse > 0.6              # chance is 0.10
-    assert acc_ce >= acc_mse - 0.02
+    assert acc_ce > 0.75 and acc_mse > 0.7              # chance is 0.10
+    assert acc_mse > acc_ce - 0.05                      # MSE: adequate, CE a bit better
+    assert acc_ce >= acc_mse
 
 
 def test_loss_4_mse_l1_on_video_tensors_and_the_gaussian_nll():
