@@ -95,8 +95,9 @@ class Dropout2d(_DropoutNd):
 
     Forward (training): m_{n,c} ~ Bernoulli(1 - p), y_{n,c} = x_{n,c} m_{n,c} / (1 - p).
     Backward: dL/dx_{n,c} = g_{n,c} m_{n,c} / (1 - p). Eval mode: the identity.
-    A 3-D input is read as unbatched (C, H, W), as PyTorch's documentation says (PyTorch's
-    implementation instead warns and treats it as (N, C, L)).
+    A 3-D input is read as unbatched (C, H, W), as PyTorch's documentation says. (PyTorch
+    2.13's implementation still warns and treats it as (N, C, L), announcing the (C, H, W)
+    reading for a future release; use Dropout1d for channel dropout of (N, C, L).)
     """
 
     _spatial = 2
