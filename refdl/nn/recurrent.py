@@ -169,11 +169,12 @@ def _sequence_forward(mode, x, h0, c0, W_ih, W_hh, b_ih, b_hh):
     return hs[1:], hs[T], c_T, (x, hs, cs, caches)
 
 
-def _sequence_backward(mode, cache, d_out, d_hT, d_cT, W_ih, W_hh, grads):
+def _sequence_backward(mode, cache, d_out, d_hT, d_cT, W_ih, W_hh, grads, record=None):
     """BPTT for one layer, one direction.  Returns dx (T, N, I), dh0, dc0.
 
     ``grads`` = (dW_ih, dW_hh, db_ih, db_hh) arrays (or None) to which the parameter
-    gradients are added.
+    gradients are added. If ``record`` is a (T, N, H) array, record[t] receives the total
+    dL/dh_t (the gradient reaching the state of step t from the output and from the future).
     """
     _, step_back = _step_fns(mode)
     x, hs, cs, caches = cache
@@ -185,6 +186,8 @@ def _sequence_backward(mode, cache, d_out, d_hT, d_cT, W_ih, W_hh, grads):
     dc = d_cT
     for t in range(T - 1, -1, -1):
         dh = dh + d_out[t]
+        if record is not None:
+            record[t] = dh
         c_prev = cs[t] if cs is not None else None
         dxp[t], dhp_t, dh, dc = step_back(dh, dc, caches[t], hs[t], c_prev, W_hh)
         if dhp is not dxp:
@@ -459,6 +462,11 @@ class _RNNBase(Module):
                 self._flat_names.append(names)
         self.reset_parameters(generator)
         self._cache = None
+        # retain_state_grads = True makes backward keep dL/dh_t for every step in
+        # state_grads[layer * D + direction], an array (T, N, hidden) in time order (like
+        # PyTorch's retain_grad); it is how the vanishing/exploding gradient is measured.
+        self.retain_state_grads = False
+        self.state_grads = None
 
     def reset_parameters(self, generator=None):
         """Every weight and bias ~ U(-1/sqrt(hidden_size), 1/sqrt(hidden_size))."""
@@ -598,6 +606,8 @@ class _RNNBase(Module):
         H = self.hidden_size
         dh0 = np.zeros(hn_shape, dtype=np.result_type(d_out, caches[0][1]))
         dc0 = np.zeros_like(dh0) if lstm else None
+        T = d_out.shape[0]
+        records = [None] * len(caches)
         g_layer = d_out
         for layer in range(self.num_layers - 1, -1, -1):
             dx = None
@@ -608,9 +618,13 @@ class _RNNBase(Module):
                 if d == 1:
                     g = g[::-1]
                 grads = tuple(_grad_or_none(p) for p in (W_ih, W_hh, b_ih, b_hh))
+                if self.retain_state_grads:
+                    records[k] = np.empty((T,) + dh0.shape[1:], dtype=dh0.dtype)
                 dxd, dh0[k], dck = _sequence_backward(
                     self.mode, caches[k], g, d_hn[k], d_cn[k] if lstm else None,
-                    W_ih.data, W_hh.data, grads)
+                    W_ih.data, W_hh.data, grads, records[k])
+                if records[k] is not None and d == 1:
+                    records[k] = records[k][::-1]
                 if lstm:
                     dc0[k] = dck
                 if d == 1:
@@ -620,6 +634,8 @@ class _RNNBase(Module):
                 dx = dx * masks[layer]
             g_layer = dx
         dx = g_layer
+        if self.retain_state_grads:
+            self.state_grads = [r if batched else r[:, 0] for r in records]
         if batched and self.batch_first:
             dx = dx.transpose(1, 0, 2)
         if not batched:
@@ -704,6 +720,15 @@ class LSTM(_RNNBase):
         return out, (h_n, c_n)
 
     def backward(self, grad_out, grad_h_n=None, grad_c_n=None):
+        """BPTT. ``grad_h_n`` may also be the pair ``(grad_h_n, grad_c_n)`` (mirroring the
+        output ``(h_n, c_n)``), or the two stacked in one array of shape (2, *h_n.shape)."""
+        if grad_c_n is None and grad_h_n is not None:
+            if isinstance(grad_h_n, (tuple, list)) and len(grad_h_n) == 2:
+                grad_h_n, grad_c_n = grad_h_n
+            elif (isinstance(grad_h_n, np.ndarray) and self._cache is not None
+                  and grad_h_n.ndim == len(self._cache[5]) + (0 if self._cache[2] else -1) + 1
+                  and grad_h_n.shape[0] == 2):
+                grad_h_n, grad_c_n = grad_h_n[0], grad_h_n[1]
         return self._backward(grad_out, grad_h_n, grad_c_n)
 
 
