@@ -586,3 +586,55 @@ def test_adding_problem_short_gru_learns():
         opt.step()
     assert np.mean(losses[:20]) > 0.1            # chance level is 1/6
     assert np.mean(losses[-20:]) < 0.01
+
+
+# ---------------------------------------------------------------------------------------
+# Sequence classifiers (refdl.models.rnn) and the sequence data
+# ---------------------------------------------------------------------------------------
+
+def test_gradcheck_sequence_classifiers():
+    from refdl.models.rnn import GRUClassifier, LSTMClassifier, ElmanClassifier
+    refdl.manual_seed(60)
+    rng = RNG(60)
+    x = rng.standard_normal((2, 3, 2))
+    check_module(GRUClassifier(num_classes=3, input_shape=(3, 2), hidden_size=3), x)
+    check_module(LSTMClassifier(num_classes=3, input_shape=(3, 2), hidden_size=3,
+                                bidirectional=True), x)
+    check_module(ElmanClassifier(num_classes=3, input_shape=(3, 2), hidden_size=3,
+                                 num_layers=2), x)
+
+
+def test_gru_classifier_learns_digit_rows():
+    from refdl.data.sequences import digit_rows
+    from refdl.models.rnn import GRUClassifier
+    from refdl.optim import Adam
+    refdl.manual_seed(0)
+    rng = RNG(0)
+    x, y = digit_rows()
+    order = rng.permutation(len(x))
+    tr, te = order[:1400], order[1400:]
+    model = GRUClassifier(num_classes=10, input_shape=(8, 8), hidden_size=32)
+    opt = Adam(model.parameters(), lr=1e-2)
+    from refdl.functional import softmax
+    for epoch in range(4):
+        for b in np.array_split(rng.permutation(tr), len(tr) // 64):
+            p = softmax(model(x[b]))               # cross-entropy: dL/dlogits = (p - onehot)/N
+            p[np.arange(len(b)), y[b]] -= 1
+            opt.zero_grad()
+            model.backward(p / len(b))
+            opt.step()
+    acc = np.mean(np.argmax(model(x[te]), axis=1) == y[te])
+    assert acc > 0.85
+
+
+def test_sequence_tasks():
+    from refdl.data.sequences import adding_problem, copy_task
+    x, y = adding_problem(100, 20, np.random.default_rng(0))
+    assert x.shape == (100, 20, 2) and y.shape == (100, 1)
+    assert np.all(x[:, :, 1].sum(axis=1) == 2)
+    assert np.all(x[:, :10, 1].sum(axis=1) == 1)             # one marker in each half
+    np.testing.assert_allclose(y[:, 0], (x[:, :, 0] * x[:, :, 1]).sum(axis=1), rtol=1e-6)
+    x, y = copy_task(3, n_symbols=4, length=2, delay=5, generator=np.random.default_rng(0))
+    assert x.shape == (3, 9, 6) and y.shape == (3, 9)
+    np.testing.assert_array_equal(y[:, -2:], np.argmax(x[:, :2], axis=-1))
+    assert np.all(np.argmax(x[:, 6], axis=-1) == 5)          # the go-marker
