@@ -637,3 +637,14 @@ def test_sequence_tasks():
     assert x.shape == (3, 9, 6) and y.shape == (3, 9)
     np.testing.assert_array_equal(y[:, -2:], np.argmax(x[:, :2], axis=-1))
     assert np.all(np.argmax(x[:, 6], axis=-1) == 5)          # the go-marker
+
+
+@pytest.mark.parametrize("kind", ["RNN_relu", "GRU"])
+def test_gradcheck_unbatched_with_initial_state(kind):
+    refdl.manual_seed(70)
+    rng = RNG(70)
+    layer = make(kind, 2, 3, num_layers=2, bidirectional=True)
+    check_module(layer, rng.standard_normal((3, 2)), rng.standard_normal((4, 3)))
+    lstm = WithState(nn.LSTM(2, 3, bidirectional=True))
+    check_module(lstm, rng.standard_normal((3, 2)), rng.standard_normal((2, 3)),
+                 rng.standard_normal((2, 3)))
