@@ -108,6 +108,8 @@ def save_checkpoint(path, model, optimizer=None, scheduler=None, epoch=None, loa
         "signature": _signature(model),
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "optimizer_class": type(optimizer).__name__ if optimizer is not None else None,
+        "scheduler_class": type(scheduler).__name__ if scheduler is not None else None,
         "scheduler": scheduler.state_dict() if scheduler is not None
         and hasattr(scheduler, "state_dict") else None,
         "rng": _random.get_rng_state(),
@@ -172,8 +174,10 @@ def _check_fits(path, state, model):
     missing = [k for k in h if k not in s]
     extra = [k for k in s if k not in h]
     if missing or extra:
+        parts = ([f"missing keys {missing}"] if missing else []) + \
+            ([f"unexpected keys {extra}"] if extra else [])
         raise CheckpointError(f"{path}: checkpoint is from a different {here['class']}: "
-                              f"missing keys {missing}, unexpected keys {extra}")
+                              + ", ".join(parts))
     for k in h:
         if list(s[k]) != list(h[k]):
             raise CheckpointError(f"{path}: checkpoint is from a different {here['class']}: "
@@ -191,6 +195,11 @@ def load_checkpoint(path, model, optimizer=None, scheduler=None, loaders=(), res
     _check_fits(path, state, model)
     if optimizer is not None and state["optimizer"] is None:
         raise CheckpointError(f"{path}: checkpoint has no optimiser state")
+    for what, obj in (("optimizer", optimizer), ("scheduler", scheduler)):
+        saved = state.get(what + "_class")
+        if obj is not None and saved is not None and saved != type(obj).__name__:
+            raise CheckpointError(f"{path}: the {what} state is from {saved}, not "
+                                  f"{type(obj).__name__}")
     model.load_state_dict(state["model"])
     if optimizer is not None:
         try:

@@ -108,3 +108,9 @@ def install(monkeypatch):
     for name, cls in (("SGD", SGD), ("Adam", Adam)):
         if not hasattr(optim, name):
             monkeypatch.setattr(optim, name, cls, raising=False)
+
+
+def WideMLP(num_classes=10, input_shape=(64,)):
+    """A registry builder for tests: an MLP of another width."""
+    from refdl.models.mlp import MLP
+    return MLP(input_shape, num_classes, hidden=(32,))
