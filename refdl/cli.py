@@ -420,7 +420,7 @@ def _exam_entries(text):
 def _verdict(entry):
     for line in entry.splitlines():
         if "verdict" in line.lower():
-            return line.strip().strip("-* ").strip()
+            return line.replace("**", "").strip().strip("-* ").strip()
     return "(no verdict line)"
 
 

@@ -161,10 +161,11 @@ def test_exam_and_bench(tmp_path, capsys, monkeypatch):
     (tmp_path / "tests" / "test_exam_x.py").write_text(
         "def test_loss_3_demo():\n    assert 1 + 1 == 2\n")
     rc, out, _ = run(capsys, "exam")
-    assert rc == 0 and "loss-3" in out and "Verdict: **agrees**" in out
+    assert rc == 0 and "loss-3" in out and "Verdict: agrees" in out
     rc = main(["exam", "loss-3"])
     out = capsys.readouterr().out
     assert rc == 0 and "refdl: 0.5" in out and "exam tests passed" in out
+    monkeypatch.setattr(cli.subprocess, "call", lambda cmd, **k: 5)   # pytest: none collected
     assert main(["exam", "loss-9"]) == 1           # no such test
     capsys.readouterr()
     rc, _, err = run(capsys, "exam", "bogus")
