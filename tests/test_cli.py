@@ -165,8 +165,9 @@ def test_exam_and_bench(tmp_path, capsys, monkeypatch):
     rc = main(["exam", "loss-3"])
     out = capsys.readouterr().out
     assert rc == 0 and "refdl: 0.5" in out and "exam tests passed" in out
-    monkeypatch.setattr(cli.subprocess, "call", lambda cmd, **k: 5)   # pytest: none collected
-    assert main(["exam", "loss-9"]) == 1           # no such test
+    with monkeypatch.context() as m:
+        m.setattr(cli.subprocess, "call", lambda cmd, **k: 5)   # pytest: none collected
+        assert main(["exam", "loss-9"]) == 1           # no such test
     capsys.readouterr()
     rc, _, err = run(capsys, "exam", "bogus")
     assert rc == 2 and "not an exam item ID" in err
