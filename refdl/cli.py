@@ -112,7 +112,10 @@ def cmd_train(args):
     if args.resume:
         if not ck.exists():
             raise UserError(f"--resume: no checkpoint {ck} to continue from")
-        read_checkpoint(ck)           # a corrupt file is refused before any work
+        done = read_checkpoint(ck)["epoch"] or 0     # a corrupt file is refused first
+        if done >= args.epochs:
+            print(f"refdl train: {ck} is already at epoch {done}; pass --epochs N > {done} "
+                  "to train further (evaluating it as it is)")
     elif ck.exists():
         raise UserError(f"{out} already holds a checkpoint; use --resume to continue it "
                         "or choose another --out (nothing was overwritten)")
