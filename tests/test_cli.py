@@ -183,3 +183,17 @@ def test_help(capsys, cmd):
     rc = main(cmd + ["--help"])
     out = capsys.readouterr().out
     assert rc == 0 and "usage: refdl" in out
+
+
+@pytest.mark.parametrize("layout,shape", [("image", "(1, 8, 8)"), ("sequence", "(8, 8)"),
+                                          ("flat", "(64,)")])
+def test_model_layout_decides_the_data_shape(tmp_path, capsys, monkeypatch, layout, shape):
+    from refdl import models
+    monkeypatch.setitem(models._REGISTRY, "m", ("refdl.models.mlp", "MLP", layout, "x"))
+    rc, out, err = run(capsys, "train", "--model", "m", "--epochs", "1", "--no-plots",
+                       "--out", str(tmp_path / layout))
+    assert rc == 0, err
+    assert f"input {shape}" in out
+    if layout != "flat":
+        rc, _, err = run(capsys, "train", "--model", "m", "--dataset", "moons")
+        assert rc == 2 and f"the model needs '{layout}' input" in err
