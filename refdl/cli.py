@@ -129,6 +129,18 @@ def cmd_train(args):
     opt = _make_optimizer(args.optimizer, list(model.parameters()),
                           args.lr if args.lr is not None else DEFAULT_LR[args.optimizer],
                           args.momentum, args.weight_decay)
+    sched, interval = None, "epoch"
+    if args.scheduler != "none":
+        from .optim import lr_scheduler as ls
+        if args.scheduler == "step":
+            sched = ls.StepLR(opt, step_size=max(1, args.epochs // 3), gamma=0.1)
+        elif args.scheduler == "cosine":
+            sched = ls.CosineAnnealingLR(opt, T_max=args.epochs)
+        else:
+            steps = -(-len(ytr) // args.batch_size)
+            sched = ls.OneCycleLR(opt, max_lr=opt.param_groups[0]["lr"], epochs=args.epochs,
+                                  steps_per_epoch=steps)
+            interval = "step"
     train = data.DataLoader(data.TensorDataset(xtr, ytr), args.batch_size, shuffle=True)
     test = data.DataLoader(data.TensorDataset(xte, yte), 256)
     loss = nn.CrossEntropyLoss()
@@ -147,8 +159,9 @@ def cmd_train(args):
         # stream of NumPy warnings
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             history = fit(model, loss, opt, train, test, epochs=args.epochs,
-                          checkpoint_path=ck, resume=args.resume, progress=not args.quiet,
-                          num_classes=k)
+                          scheduler=sched, scheduler_interval=interval,
+                          clip_grad_norm=args.clip_grad_norm, checkpoint_path=ck,
+                          resume=args.resume, progress=not args.quiet, num_classes=k)
     except NonFiniteLossError as e:
         print(f"refdl train: {e}", file=sys.stderr)
         return 1
@@ -532,6 +545,11 @@ def build_parser():
     t.add_argument("--momentum", type=float, default=0.9,
                    help="momentum for sgd/rmsprop (default 0.9)")
     t.add_argument("--weight-decay", type=float, default=0.0, help="weight decay (default 0)")
+    t.add_argument("--scheduler", default="none", choices=("none", "step", "cosine", "onecycle"),
+                   help="learning-rate schedule: step (x0.1 every epochs/3), cosine "
+                   "annealing to 0, or one-cycle (per step, peak = --lr) (default none)")
+    t.add_argument("--clip-grad-norm", type=float, metavar="MAX",
+                   help="clip the total gradient norm to MAX before each step")
     t.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     t.add_argument("--out", help="output folder (default runs/MODEL-DATASET[-N], never "
                    "overwriting a previous run)")

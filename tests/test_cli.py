@@ -106,11 +106,15 @@ def test_mnist_from_folder_and_corrupt_file(tmp_path, capsys):
 
 
 def test_generated_sets_and_optimisers(tmp_path, capsys):
-    for ds, opt in (("spirals", "sgd"), ("moons", "rmsprop")):
+    for ds, opt, sch in (("spirals", "sgd", "cosine"), ("moons", "rmsprop", "onecycle"),
+                         ("moons", "adamw", "step")):
         rc, out, err = run(capsys, "train", "--dataset", ds, "--optimizer", opt, "--epochs",
-                           "2", "--out", str(tmp_path / ds))
+                           "3", "--scheduler", sch, "--clip-grad-norm", "1.0",
+                           "--out", str(tmp_path / (ds + opt)))
         assert rc == 0, err
         assert "input (2,)" in out
+        lrs = json.loads((tmp_path / (ds + opt) / "history.json").read_text())["lr"]
+        assert len(set(lrs)) == 3          # the schedule changed the learning rate
 
 
 def test_non_finite_loss_exits_1(tmp_path, capsys):
