@@ -96,6 +96,35 @@ def _pick_out(args):
     return out, False
 
 
+def _first_feature_maps(model, x):
+    """The first (1, C, H, W) output (C > 1) of a leaf module on input ``x``, or None."""
+    found = []
+    leaves = [m for m in model.modules() if not list(m.children())]
+    saved = []
+    for m in leaves:
+        fwd = m.forward
+
+        def wrapped(*a, _fwd=fwd, **k):
+            out = _fwd(*a, **k)
+            if not found and isinstance(out, np.ndarray) and out.ndim == 4 and out.shape[1] > 1:
+                found.append(out.copy())
+            return out
+        saved.append((m, "forward" in m.__dict__, fwd))
+        object.__setattr__(m, "forward", wrapped)
+    was = model.training
+    try:
+        model.eval()
+        model(x)
+    finally:
+        model.train(was)
+        for m, had, fwd in saved:
+            if had:
+                object.__setattr__(m, "forward", fwd)
+            else:
+                del m.__dict__["forward"]
+    return found[0] if found else None
+
+
 def cmd_train(args):
     from . import data, models, nn, plot
     from .checkpoint import read_checkpoint
@@ -179,6 +208,10 @@ def cmd_train(args):
             xs = xte[:n].reshape((n,) + tuple(img))
             files.append(plot.plot_samples(xs, out / "samples.png", labels=yte[:n],
                                            preds=ev["y_pred"][:n], title="test images"))
+        maps = _first_feature_maps(model, xte[:1])
+        if maps is not None:
+            files.append(plot.plot_feature_maps(maps, out / "feature_maps.png",
+                                                title="first feature maps (one test image)"))
         first = next((p for n_, p in model.named_parameters() if n_.endswith("weight")), None)
         if first is not None and img is not None:
             try:

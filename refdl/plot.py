@@ -103,7 +103,8 @@ def _tiles(images, path, titles=None, cmap="gray", suptitle=None, symmetric=Fals
         else:
             ax.imshow(img, cmap=None if img.ndim == 3 else cmap)
         if titles is not None:
-            ax.set_title(titles[i], fontsize=8)
+            ax.set_title(titles[i], fontsize=8,
+                         color="C3" if titles[i].endswith(" !") else "black")
     if suptitle:
         fig.suptitle(suptitle)
     return _save(fig, path)
@@ -161,7 +162,7 @@ def plot_feature_maps(maps, path, max_maps=32, title="feature maps"):
 def plot_samples(images, path, labels=None, preds=None, class_names=None, max_images=64,
                  title=None):
     """A grid of images (N, C, H, W), (N, H, W) or flat squares (N, H*W), titled with labels
-    (and predictions: 'p=3 (t=5)', a wrong one marked with '!')."""
+    (and predictions: 'p=3 (t=5)', a wrong one marked with '!' in red)."""
     x = np.asarray(images)
     if x.ndim == 2:
         side = int(round(math.sqrt(x.shape[1])))

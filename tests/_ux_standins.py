@@ -114,3 +114,28 @@ def WideMLP(num_classes=10, input_shape=(64,)):
     """A registry builder for tests: an MLP of another width."""
     from refdl.models.mlp import MLP
     return MLP(input_shape, num_classes, hidden=(32,))
+
+
+class _Channels(Module):
+    """(N, 1, H, W) -> (N, C, H, W): x * w_c + b_c per channel (a 1x1 'convolution')."""
+
+    def __init__(self, c):
+        from refdl.nn import Parameter
+        super().__init__()
+        self.weight = Parameter(np.linspace(-1, 1, c).astype(np.float32))
+        self.bias = Parameter(np.zeros(c, np.float32))
+
+    def forward(self, x):
+        self._x = x
+        return x * self.weight.data[:, None, None] + self.bias.data[:, None, None]
+
+    def backward(self, g):
+        self.weight.grad += (g * self._x).sum(axis=(0, 2, 3))
+        self.bias.grad += g.sum(axis=(0, 2, 3))
+        return (g * self.weight.data[:, None, None]).sum(axis=1, keepdims=True)
+
+
+def TinyConvNet(num_classes=10, input_shape=(1, 8, 8)):
+    """A registry builder for tests: an image model with 4-channel feature maps."""
+    c, h, w = input_shape
+    return nn.Sequential(_Channels(4), nn.Flatten(), nn.Linear(4 * h * w, num_classes))

@@ -201,3 +201,13 @@ def test_model_layout_decides_the_data_shape(tmp_path, capsys, monkeypatch, layo
     if layout != "flat":
         rc, _, err = run(capsys, "train", "--model", "m", "--dataset", "moons")
         assert rc == 2 and f"the model needs '{layout}' input" in err
+
+
+def test_image_model_writes_feature_maps(tmp_path, capsys, monkeypatch):
+    from refdl import models
+    monkeypatch.setitem(models._REGISTRY, "tinyconv",
+                        ("_ux_standins", "TinyConvNet", "image", "test model"))
+    rc, out, err = run(capsys, "train", "--model", "tinyconv", "--epochs", "1",
+                       "--out", str(tmp_path / "t"))
+    assert rc == 0, err
+    assert (tmp_path / "t" / "feature_maps.png").is_file()
