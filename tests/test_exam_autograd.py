@@ -254,3 +254,173 @@ def test_frame_5_vector_backward_is_the_gradient_of_v_dot_L():
     x3 = Tensor(xv, requires_grad=True)
     (Tensor(W) @ x3).tanh().backward(np.ones(3))
     assert not np.allclose(x3.grad.data, x.grad.data)
+
+
+# ---------------------------------------------------------------- viz (paper 000 Int. Q1) --
+import refdl  # noqa: E402
+from refdl import nn  # noqa: E402
+from refdl.gradcheck import gradgradcheck  # noqa: E402
+from refdl.interpret import (cam_from_weights, grad_cam, grad_cam_pp, grad_cam_pp_weights,  # noqa: E402
+                             grad_cam_weights, paper000_weights, score_derivatives, to_engine)
+from refdl.interpret.cam import _exp_score  # noqa: E402
+
+K, H, W, C = 3, 4, 4, 3
+
+
+def feature_model(act="tanh", hidden=8, depth=1, seed=0, scale=1.0):
+    """A CNN-free model: input = feature maps A (N, K, h, w) (layer '0'), then an MLP head."""
+    refdl.manual_seed(seed)
+    layers, width = [nn.Identity(), nn.Flatten()], K * H * W
+    for _ in range(depth):
+        layers += [nn.Linear(width, hidden), {"tanh": nn.Tanh, "relu": nn.ReLU}[act]()]
+        width = hidden
+    layers.append(nn.Linear(width, C))
+    model = nn.Sequential(*layers).to(np.float64)
+    model[-1].weight.data *= scale
+    return model
+
+
+def features(n=2, seed=1):
+    return np.abs(np.random.default_rng(seed).standard_normal((n, K, H, W)))
+
+
+def numeric_diagonals(f, A, h2=1e-3, h3=1e-3):
+    """Central differences of the diagonal second and third derivatives of f(A)."""
+    d2, d3 = np.zeros_like(A), np.zeros_like(A)
+    for e in range(A.size):
+        def at(t):
+            B = A.copy()
+            B.reshape(-1)[e] += t
+            return f(B)
+        d2.reshape(-1)[e] = (at(h2) - 2 * at(0) + at(-h2)) / h2 ** 2
+        d3.reshape(-1)[e] = (at(2 * h3) - 2 * at(h3) + 2 * at(-h3) - at(-2 * h3)) / (2 * h3 ** 3)
+    return d2, d3
+
+
+def test_viz_1_gradcampp_second_third_derivatives_and_paper_formula():
+    A = features(1)
+    c = np.array([1])
+    model = feature_model("tanh")
+    head = to_engine(model[1:])
+    s1, s2, s3 = score_derivatives(head, A, c)
+    # the engine's exact diagonal derivatives against finite differences
+    score = lambda B: model(B)[0, 1]          # noqa: E731
+    n2, n3 = numeric_diagonals(score, A)
+    np.testing.assert_allclose(s2, n2, rtol=0, atol=1e-6 * np.abs(s2).max())
+    np.testing.assert_allclose(s3, n3, rtol=0, atol=1e-4 * np.abs(s3).max())
+    gradgradcheck(lambda t: head(t)[0, 1], [A.copy()])       # Hessian-vector products
+    # ReLU head: S is piecewise linear, exact == the paper's exp-score closed form
+    relu_model = feature_model("relu")
+    r1, r2, r3 = score_derivatives(to_engine(relu_model[1:]), A, c)
+    assert np.all(r2 == 0) and np.all(r3 == 0)
+    exact_w, exact_alpha = grad_cam_pp_weights(A, *_exp_score(r1, r2, r3))
+    closed_w, closed_alpha = grad_cam_pp_weights(A, r1)
+    np.testing.assert_allclose(exact_alpha, closed_alpha, rtol=1e-13)
+    np.testing.assert_allclose(grad_cam_pp(relu_model, A, "0", c, derivatives="exact"),
+                               grad_cam_pp(relu_model, A, "0", c), rtol=1e-12)
+    # tanh head: the closed form is only an approximation of the exact alpha
+    _, alpha_exact = grad_cam_pp_weights(A, *_exp_score(s1, s2, s3))
+    _, alpha_closed = grad_cam_pp_weights(A, s1)
+    assert np.max(np.abs(alpha_exact - alpha_closed)) > 1e-2
+    # paper 000's formula, f = raw score, ReLU head: d2f = 0, so every alpha_k = 0 and the
+    # map is identically zero; the published weights are not
+    assert np.all(paper000_weights(r1, r2) == 0)
+    assert np.all(cam_from_weights(A, paper000_weights(r1, r2)) == 0)
+    assert np.max(cam_from_weights(A, closed_w)) > 0
+    # with f = exp(S) (divided by e^S): alpha_k = sum g^3 / sum g, another ranking
+    p_w = paper000_weights(*_exp_score(r1, r2, r3)[:2])
+    np.testing.assert_allclose(p_w, (r1 ** 3).sum((2, 3)) / r1.sum((2, 3)), rtol=1e-12)
+    assert not np.allclose(p_w / np.abs(p_w).max(), closed_w / np.abs(closed_w).max())
+
+
+def test_viz_2_relu_keeps_regions_that_increase_the_score():
+    # GAP + linear head: S^c = sum_k w_ck mean_ij A_k^ij + b_c (CAM), Grad-CAM a_k = w_ck/hw
+    refdl.manual_seed(3)
+    lin = nn.Linear(K, C).to(np.float64)
+
+    class GAPHead(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.features = nn.Identity()
+            self.fc = lin
+
+        def forward(self, a):
+            self._shape = self.features(a).shape
+            return self.fc(a.mean(axis=(2, 3)))
+
+        def backward(self, g):
+            ga = self.fc.backward(g)[:, :, None, None] / (H * W)
+            return self.features.backward(np.broadcast_to(ga, self._shape).copy())
+
+    model = GAPHead()
+    A = np.random.default_rng(4).standard_normal((1, K, H, W))     # signed activations
+    c = 2
+    cam = grad_cam(model, A, "features", c, relu=False)[0]
+    S = model(A)[0, c]
+    assert cam.sum() == pytest.approx(S - lin.bias.data[c], rel=1e-12)   # the map adds up
+    neg, pos = cam < 0, cam > 0
+    assert neg.any() and pos.any()
+    for region, sign in ((neg, +1), (pos, -1)):
+        B = A.copy()
+        B[0][:, region] = 0.0                  # remove the activations of that region
+        change = model(B)[0, c] - S
+        assert sign * change > 0               # removing negative regions raises S^c
+        assert change == pytest.approx(-cam[region].sum(), rel=1e-12)
+    relu_cam = grad_cam(model, A, "features", c)[0]
+    np.testing.assert_array_equal(relu_cam > 0, pos)     # ReLU keeps exactly those
+
+
+def test_viz_3_flat_score_second_order_terms_vanish():
+    A = features(1)
+    rows = []
+    for eps in (1.0, 1e-2, 1e-4):
+        m = feature_model("relu", scale=eps)
+        s1, s2, s3 = score_derivatives(to_engine(m[1:]), A, np.array([0]))
+        w_pp, alpha = grad_cam_pp_weights(A, s1)
+        half = 0.5 * np.maximum(s1, 0).sum((2, 3))       # GC++ with its 2nd-order terms gone
+        mt = feature_model("tanh", scale=eps)
+        t1, t2, _ = score_derivatives(to_engine(mt[1:]), A, np.array([0]))
+        cam = grad_cam(m, A, "0", 0)
+        rows.append((eps, np.abs(t2).max(), np.abs(w_pp - half).max() / np.abs(half).max(),
+                     cam / cam.max()))
+    # the raw second derivatives shrink with the score's sensitivity ...
+    assert rows[1][1] < 2e-2 * rows[0][1] and rows[2][1] < 2e-4 * rows[0][1]
+    # ... and Grad-CAM++'s weights tend to (1/2) sum ReLU(g): a first-order method
+    assert rows[0][2] > 0.05 and rows[1][2] < 0.05 and rows[2][2] < 1e-3
+    # while normalised Grad-CAM maps do not change at all (a scale does not matter)
+    np.testing.assert_allclose(rows[2][3], rows[0][3], rtol=1e-10)
+
+
+def test_viz_4_noisy_gradients_hurt_gradcampp_more():
+    r = np.random.default_rng(5)
+    A = np.abs(r.standard_normal((1, 8, 6, 6)))
+    g = 0.3 * r.standard_normal((1, 8, 1, 1)) + 0.05 * r.standard_normal((1, 8, 6, 6))
+    clean_gc = cam_from_weights(A, grad_cam_weights(g))[0].ravel()
+    clean_pp = cam_from_weights(A, grad_cam_pp_weights(A, g)[0])[0].ravel()
+    corr = {"gc": [], "pp": []}
+    for _ in range(50):
+        noisy = g + 0.3 * r.standard_normal(g.shape)
+        gc = cam_from_weights(A, grad_cam_weights(noisy))[0].ravel()
+        pp = cam_from_weights(A, grad_cam_pp_weights(A, noisy)[0])[0].ravel()
+        corr["gc"].append(np.corrcoef(gc, clean_gc)[0, 1] if gc.std() > 0 else 0.0)
+        corr["pp"].append(np.corrcoef(pp, clean_pp)[0, 1] if pp.std() > 0 else 0.0)
+    gc_mean, pp_mean = np.mean(corr["gc"]), np.mean(corr["pp"])
+    assert gc_mean > pp_mean
+    print(f"viz-4: mean correlation with the clean map, Grad-CAM {gc_mean:.3f}, "
+          f"Grad-CAM++ {pp_mean:.3f}")
+
+
+@pytest.mark.parametrize("depth", [1, 2, 4])
+@pytest.mark.parametrize("width", [4, 32])
+def test_viz_5_diagonal_hessian_of_relu_heads_is_zero(depth, width):
+    A = features(2)
+    idx = np.array([0, 2])
+    relu = feature_model("relu", hidden=width, depth=depth, seed=depth)
+    s1, s2, s3 = score_derivatives(to_engine(relu[1:]), A, idx)
+    assert np.any(s1 != 0)
+    assert np.all(s2 == 0) and np.all(s3 == 0)        # higher-order terms: only from exp(S)
+    tanh = feature_model("tanh", hidden=width, depth=depth, seed=depth)
+    t1, t2 = score_derivatives(to_engine(tanh[1:]), A, idx, order=2)
+    ratio = np.abs(t2).mean() / (t1 ** 2).mean()
+    print(f"viz-5: depth {depth} width {width}: tanh head mean|S''| / mean S'^2 = {ratio:.3g}")
+    assert np.abs(t2).max() > 0
