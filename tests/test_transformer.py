@@ -7,7 +7,8 @@ import pytest
 import refdl
 from refdl import nn
 from refdl.gradcheck import check_module
-from refdl.nn.transformer import (LayerNorm, _PatchProjection, patchify, shifted_window_mask,
+from refdl.nn import LayerNorm
+from refdl.nn.transformer import (_PatchProjection, patchify, shifted_window_mask,
                                   unpatchify, window_partition, window_reverse)
 
 

@@ -23,7 +23,8 @@ from ..nn._validate import check_forward_called, layer_name
 from ..nn.attention import LearnedPositionalEncoding, SinusoidalPositionalEncoding
 from ..nn.linear import Linear
 from ..nn.module import Module, Parameter
-from ..nn.transformer import (LayerNorm, PatchEmbed, TransformerEncoder,
+from ..nn.normalization import LayerNorm
+from ..nn.transformer import (PatchEmbed, TransformerEncoder,
                               TransformerEncoderLayer, WindowedEncoder)
 
 __all__ = ["ViT", "WindowedViT", "attention_cost"]

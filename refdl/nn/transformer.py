@@ -17,16 +17,9 @@ from ._validate import check_float, check_forward_called, check_grad, layer_name
 from .activation import GELU, ReLU
 from .attention import MultiheadAttention
 from .linear import Linear
+from .dropout import Dropout
 from .module import Module, ModuleList, Parameter
-
-try:                                    # the real ones, once on main
-    from .normalization import LayerNorm
-except ImportError:                     # pragma: no cover - temporary
-    from ._attn_fallback import LayerNorm
-try:
-    from .dropout import Dropout
-except ImportError:                     # pragma: no cover - temporary
-    from ._attn_fallback import Dropout
+from .normalization import LayerNorm
 
 __all__ = ["TransformerEncoderLayer", "TransformerEncoder", "PatchEmbed", "patchify",
            "unpatchify", "window_partition", "window_reverse", "shifted_window_mask",
