@@ -19,7 +19,7 @@ cost is linear in the number of patches (see docs/attention-cost.md).
 import numpy as np
 
 from .. import init
-from ..nn._validate import check_forward_called, layer_name
+from ..nn._validate import check_forward_called
 from ..nn.attention import LearnedPositionalEncoding, SinusoidalPositionalEncoding
 from ..nn.linear import Linear
 from ..nn.module import Module, Parameter
