@@ -268,7 +268,8 @@ class MultiheadAttention(Module):
     Shapes (batch_first=False; with batch_first=True swap the first two axes; unbatched
     inputs drop N): query (L, N, E), key (S, N, kdim), value (S, N, vdim)
     -> attn_output (L, N, E); attn_weights (N, L, S) averaged over heads, or (N, H, L, S)
-    with average_attn_weights=False, or None with need_weights=False.
+    with average_attn_weights=False, or None with need_weights=False. In training mode
+    with dropout > 0 the returned weights are the dropped-out ones, as in PyTorch.
     key_padding_mask (N, S); attn_mask (L, S) or (N*H, L, S). Boolean masks: **True = NOT
     allowed to attend** (the opposite of scaled_dot_product_attention's booleans); float
     masks are added to the scores. is_causal=True without attn_mask applies the causal
