@@ -446,3 +446,9 @@ def test_training_restores_parameters_that_became_non_finite():
     for k, v in net.state_dict().items():
         assert np.all(np.isfinite(v))
         np.testing.assert_array_equal(v, saved[0][k])     # the parameters used at step 2
+
+
+def test_ring_mixture_draws_what_refdl_data_make_ring_draws():
+    synthetic = pytest.importorskip("refdl.data.synthetic")
+    x, _ = synthetic.make_ring(50, std=0.1, generator=np.random.default_rng(3))
+    np.testing.assert_array_equal(ring_mixture(50, std=0.1, generator=np.random.default_rng(3)), x)
