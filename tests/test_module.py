@@ -159,3 +159,14 @@ def test_summary_returns_rows():
     assert [r["output_shape"] for r in res["rows"]] == [(2, 2), (2, 4), (2, 4), (2, 2)]
     assert [r["params"] for r in res["rows"]] == [0, 16, 0, 10]
     assert res["trainable_params"] == 26
+
+
+def test_gradcheck_kink_within_the_step_is_recognised_and_a_wrong_slope_still_fails():
+    def f(x):
+        return 3 * np.maximum(x, 0)
+
+    x = np.array([0.5, 5e-5, -5e-5, -1.0])      # two entries within 2h = 2e-4 of the kink
+    res = check_function(f, [x], lambda g, x: 3 * g * (x > 0))
+    assert res.passed and sorted(k[0] for k in res.tensors[0].kinks) == [(1,), (2,)]
+    with pytest.raises(GradcheckError, match=r"FAIL input 0"):
+        check_function(f, [x], lambda g, x: 3.001 * g * (x > 0))

@@ -1,2 +1,179 @@
-"""(to be written)"""
-__all__ = []
+r"""Batch normalisation: BatchNorm1d, BatchNorm2d, BatchNorm3d (PyTorch's ``nn.BatchNorm*``).
+
+Every channel c is normalised with statistics over the batch and the spatial positions,
+i.e. over all axes except axis 1 (m = N * prod(spatial) values per channel):
+
+    mu_c = (1/m) sum x            var_c = (1/m) sum (x - mu_c)^2      (biased)
+    x_hat = (x - mu_c) / sqrt(var_c + eps)          y = gamma_c x_hat + beta_c
+
+Backward, with g = dL/dy, g_hat = gamma g, sigma = sqrt(var + eps), sums over the m
+values of a channel:
+
+    dL/dbeta  = sum g              dL/dgamma = sum g x_hat
+    dL/dx     = (1 / (m sigma)) (m g_hat - sum g_hat - x_hat sum(g_hat x_hat))   (training)
+    dL/dx     = g_hat / sqrt(running_var + eps)                                  (eval)
+
+Derivation: docs/derivations/batchnorm.md
+"""
+import numpy as np
+
+from ._validate import check_float, check_forward_called, check_grad, layer_name
+from .module import Module, Parameter
+
+__all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
+
+
+def normalize_backward(g_hat, x_hat, inv_std, axes):
+    r"""dL/dx of x_hat = (x - mean(x)) * inv_std with biased statistics over ``axes``.
+
+    ``g_hat`` is dL/dx_hat, ``inv_std`` = 1/sqrt(var + eps) broadcastable to x. Returns
+
+        (inv_std / m) (m g_hat - sum g_hat - x_hat sum(g_hat x_hat)),
+
+    the compact form derived in docs/derivations/batchnorm.md (shared with GroupNorm and
+    InstanceNorm, which only differ in the axes the statistics run over).
+    """
+    m = 1
+    for a in axes:
+        m *= x_hat.shape[a]
+    s1 = g_hat.sum(axis=axes, keepdims=True)
+    s2 = (g_hat * x_hat).sum(axis=axes, keepdims=True)
+    return (inv_std / m) * (m * g_hat - s1 - x_hat * s2)
+
+
+class _BatchNorm(Module):
+    _ndims = ()            # accepted input ranks
+    _shape_hint = ""
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
+                 track_running_stats=True, dtype=np.float32):
+        super().__init__()
+        self.num_features = int(num_features)
+        if self.num_features <= 0:
+            raise ValueError(f"{type(self).__name__}: num_features must be positive, "
+                             f"got {num_features}")
+        if eps < 0:
+            raise ValueError(f"{type(self).__name__}: eps must be >= 0, got {eps}")
+        if momentum is not None and not 0.0 <= momentum <= 1.0:
+            raise ValueError(f"{type(self).__name__}: momentum must be in [0, 1] or None, "
+                             f"got {momentum}")
+        self.eps = float(eps)
+        self.momentum = momentum
+        self.affine = bool(affine)
+        self.track_running_stats = bool(track_running_stats)
+        if self.affine:
+            self.weight = Parameter(np.ones(self.num_features, dtype=dtype))
+            self.bias = Parameter(np.zeros(self.num_features, dtype=dtype))
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+        if self.track_running_stats:
+            self.register_buffer("running_mean", np.zeros(self.num_features, dtype=dtype))
+            self.register_buffer("running_var", np.ones(self.num_features, dtype=dtype))
+            self.register_buffer("num_batches_tracked", np.array(0, dtype=np.int64))
+        else:
+            self.register_buffer("running_mean", None)
+            self.register_buffer("running_var", None)
+            self.register_buffer("num_batches_tracked", None)
+        self._xhat = None
+
+    def reset_running_stats(self):
+        if self.track_running_stats:
+            self.running_mean = np.zeros_like(self.running_mean)
+            self.running_var = np.ones_like(self.running_var)
+            self.num_batches_tracked = np.array(0, dtype=np.int64)
+
+    def reset_parameters(self):
+        self.reset_running_stats()
+        if self.affine:
+            self.weight.data[...] = 1
+            self.bias.data[...] = 0
+
+    def extra_repr(self):
+        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
+                f"affine={self.affine}, track_running_stats={self.track_running_stats}")
+
+    def _shape(self, x):
+        return (1, self.num_features) + (1,) * (x.ndim - 2)
+
+    def forward(self, x):
+        x = check_float(self, x)
+        if x.ndim not in self._ndims:
+            want = " or ".join(f"{n}-D" for n in self._ndims)
+            raise ValueError(f"{layer_name(self)}: expected a {want} input "
+                             f"{self._shape_hint}, got shape {tuple(x.shape)}")
+        if x.shape[1] != self.num_features:
+            raise ValueError(f"{layer_name(self)}: expected input with "
+                             f"{self.num_features} channels (axis 1), got shape "
+                             f"{tuple(x.shape)} with {x.shape[1]} channels")
+        axes = (0,) + tuple(range(2, x.ndim))
+        m = x.size // self.num_features
+        use_batch = self.training or not self.track_running_stats
+        shape = self._shape(x)
+        if use_batch:
+            if m <= 1:
+                raise ValueError(f"{layer_name(self)}: Expected more than 1 value per "
+                                 f"channel when training, got input size {tuple(x.shape)}")
+            mean = x.mean(axis=axes)
+            xc = x - mean.reshape(shape)
+            var = (xc * xc).mean(axis=axes)
+            if self.training and self.track_running_stats:
+                self._update_running(mean, var, m)
+        else:
+            mean = self.running_mean.astype(x.dtype, copy=False)
+            var = self.running_var.astype(x.dtype, copy=False)
+            xc = x - mean.reshape(shape)
+        with np.errstate(divide="ignore", invalid="ignore"):   # eps = 0, var = 0: inf/nan
+            inv_std = (1.0 / np.sqrt(var + self.eps)).reshape(shape)  # as PyTorch
+            x_hat = xc * inv_std
+        self._xhat, self._inv_std, self._batch_stats = x_hat, inv_std, use_batch
+        if self.affine:
+            return x_hat * self.weight.data.reshape(shape) + self.bias.data.reshape(shape)
+        return x_hat
+
+    def _update_running(self, mean, var, m):
+        self.num_batches_tracked = self.num_batches_tracked + 1
+        if self.momentum is None:            # cumulative moving average
+            f = 1.0 / float(self.num_batches_tracked)
+        else:
+            f = self.momentum
+        unbiased = var * (m / (m - 1))
+        dt = self.running_mean.dtype
+        self.running_mean = ((1 - f) * self.running_mean + f * mean).astype(dt)
+        self.running_var = ((1 - f) * self.running_var + f * unbiased).astype(dt)
+
+    def backward(self, grad_out):
+        x_hat = self._xhat
+        check_forward_called(self, x_hat)
+        g = check_grad(self, grad_out, x_hat.shape)
+        axes = (0,) + tuple(range(2, x_hat.ndim))
+        shape = self._shape(x_hat)
+        if self.affine:
+            if self.weight.requires_grad:
+                self.weight.grad += (g * x_hat).sum(axis=axes).astype(self.weight.dtype)
+            if self.bias.requires_grad:
+                self.bias.grad += g.sum(axis=axes).astype(self.bias.dtype)
+            g_hat = g * self.weight.data.reshape(shape)
+        else:
+            g_hat = g
+        if self._batch_stats:
+            return normalize_backward(g_hat, x_hat, self._inv_std, axes)
+        return g_hat * self._inv_std
+
+
+class BatchNorm1d(_BatchNorm):
+    """Batch normalisation of (N, C) or (N, C, L) input over N (and L). See the module doc."""
+    _ndims = (2, 3)
+    _shape_hint = "(N, C) or (N, C, L)"
+
+
+class BatchNorm2d(_BatchNorm):
+    """Batch normalisation of (N, C, H, W) input over N, H, W. See the module doc."""
+    _ndims = (4,)
+    _shape_hint = "(N, C, H, W)"
+
+
+class BatchNorm3d(_BatchNorm):
+    """Batch normalisation of (N, C, D, H, W) input over N, D, H, W. See the module doc."""
+    _ndims = (5,)
+    _shape_hint = "(N, C, D, H, W)"
