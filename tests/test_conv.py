@@ -283,3 +283,7 @@ def test_backward_checks(path):
     m(np.zeros((1, 1, 4, 4), np.float32))
     with pytest.raises(ValueError, match=r"expected grad_out of shape \(1, 2, 2, 2\)"):
         m.backward(np.zeros((1, 2, 3, 3), np.float32))
+    m.backward(np.zeros((1, 2, 2, 2), np.float32))
+    # backward reuses the column buffer for dL/dcols: a second backward needs a forward
+    with pytest.raises(RuntimeError, match="twice after one forward"):
+        m.backward(np.zeros((1, 2, 2, 2), np.float32))

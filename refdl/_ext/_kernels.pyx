@@ -57,6 +57,61 @@ def openmp_enabled():
     return bool(REFDL_HAVE_OPENMP)
 
 
+cdef extern from *:
+    """
+    #include <string.h>
+    /* the innermost rows of im2col / col2im: restrict lets the compiler vectorise */
+    static inline void refdl_copy_f(float* restrict d, const float* restrict s,
+                                    Py_ssize_t n, Py_ssize_t st) {
+        if (st == 1) { memcpy(d, s, (size_t)n * sizeof(float)); return; }
+        for (Py_ssize_t i = 0; i < n; i++) d[i] = s[i * st];
+    }
+    static inline void refdl_copy_d(double* restrict d, const double* restrict s,
+                                    Py_ssize_t n, Py_ssize_t st) {
+        if (st == 1) { memcpy(d, s, (size_t)n * sizeof(double)); return; }
+        for (Py_ssize_t i = 0; i < n; i++) d[i] = s[i * st];
+    }
+    static inline void refdl_add_f(float* restrict d, const float* restrict s,
+                                   Py_ssize_t n, Py_ssize_t st) {
+        if (st == 1) { for (Py_ssize_t i = 0; i < n; i++) d[i] += s[i]; return; }
+        for (Py_ssize_t i = 0; i < n; i++) d[i * st] += s[i];
+    }
+    static inline void refdl_add_d(double* restrict d, const double* restrict s,
+                                   Py_ssize_t n, Py_ssize_t st) {
+        if (st == 1) { for (Py_ssize_t i = 0; i < n; i++) d[i] += s[i]; return; }
+        for (Py_ssize_t i = 0; i < n; i++) d[i * st] += s[i];
+    }
+    """
+    void refdl_copy_f(float* d, const float* s, Py_ssize_t n, Py_ssize_t st) noexcept nogil
+    void refdl_copy_d(double* d, const double* s, Py_ssize_t n, Py_ssize_t st) noexcept nogil
+    void refdl_add_f(float* d, const float* s, Py_ssize_t n, Py_ssize_t st) noexcept nogil
+    void refdl_add_d(double* d, const double* s, Py_ssize_t n, Py_ssize_t st) noexcept nogil
+    void* memset(void* p, int c, size_t n) noexcept nogil
+
+
+cdef inline void copy_row(real* d, const real* s, Py_ssize_t n, Py_ssize_t st) noexcept nogil:
+    if n <= 0:
+        return
+    if real is float:
+        refdl_copy_f(d, s, n, st)
+    else:
+        refdl_copy_d(d, s, n, st)
+
+
+cdef inline void add_row(real* d, const real* s, Py_ssize_t n, Py_ssize_t st) noexcept nogil:
+    if n <= 0:
+        return
+    if real is float:
+        refdl_add_f(d, s, n, st)
+    else:
+        refdl_add_d(d, s, n, st)
+
+
+cdef inline void zero_row(real* d, Py_ssize_t n) noexcept nogil:
+    if n > 0:
+        memset(d, 0, <size_t>n * sizeof(real))
+
+
 def im2col3d(const real[:, :, :, :, ::1] x, real[:, ::1] cols,
              Py_ssize_t KD, Py_ssize_t KH, Py_ssize_t KW,
              Py_ssize_t sd, Py_ssize_t sh, Py_ssize_t sw,
@@ -66,7 +121,7 @@ def im2col3d(const real[:, :, :, :, ::1] x, real[:, ::1] cols,
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1]
     cdef Py_ssize_t D = x.shape[2], H = x.shape[3], W = x.shape[4]
     cdef Py_ssize_t L = OD * OH * OW
-    cdef Py_ssize_t n, c, kd, kh, kw, od, oh, ow, idd, ih, row, base
+    cdef Py_ssize_t n, c, kd, kh, kw, od, oh, idd, ih, row, off
     cdef Py_ssize_t od0, od1, oh0, oh1, ow0, ow1
     cdef real* dst
     cdef const real* src
@@ -79,30 +134,22 @@ def im2col3d(const real[:, :, :, :, ::1] x, real[:, ::1] cols,
                     oh0 = range_lo(sh, kh * dh - ph)
                     oh1 = range_hi(OH, H, sh, kh * dh - ph, oh0)
                     for kw in range(KW):
-                        ow0 = range_lo(sw, kw * dw - pw)
-                        ow1 = range_hi(OW, W, sw, kw * dw - pw, ow0)
+                        off = kw * dw - pw
+                        ow0 = range_lo(sw, off)
+                        ow1 = range_hi(OW, W, sw, off, ow0)
                         row = ((c * KD + kd) * KH + kh) * KW + kw
-                        base = n * L
                         for od in range(OD):
                             idd = od * sd + kd * dd - pd
                             for oh in range(OH):
-                                dst = &cols[row, base + (od * OH + oh) * OW]
+                                dst = &cols[row, n * L + (od * OH + oh) * OW]
                                 if od < od0 or od >= od1 or oh < oh0 or oh >= oh1:
-                                    for ow in range(OW):
-                                        dst[ow] = 0
+                                    zero_row(dst, OW)
                                     continue
                                 ih = oh * sh + kh * dh - ph
                                 src = &x[n, c, idd, ih, 0]
-                                for ow in range(ow0):
-                                    dst[ow] = 0
-                                if sw == 1:
-                                    for ow in range(ow0, ow1):
-                                        dst[ow] = src[ow + kw * dw - pw]
-                                else:
-                                    for ow in range(ow0, ow1):
-                                        dst[ow] = src[ow * sw + kw * dw - pw]
-                                for ow in range(ow1, OW):
-                                    dst[ow] = 0
+                                zero_row(dst, ow0)
+                                copy_row(dst + ow0, src + ow0 * sw + off, ow1 - ow0, sw)
+                                zero_row(dst + ow1, OW - ow1)
 
 
 def col2im3d(const real[:, ::1] cols, real[:, :, :, :, ::1] x,
@@ -115,7 +162,7 @@ def col2im3d(const real[:, ::1] cols, real[:, :, :, :, ::1] x,
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1]
     cdef Py_ssize_t D = x.shape[2], H = x.shape[3], W = x.shape[4]
     cdef Py_ssize_t L = OD * OH * OW
-    cdef Py_ssize_t n, c, kd, kh, kw, od, oh, ow, idd, ih, row, base
+    cdef Py_ssize_t n, c, kd, kh, kw, od, oh, idd, ih, row, off
     cdef Py_ssize_t od0, od1, oh0, oh1, ow0, ow1
     cdef const real* src
     cdef real* dst
@@ -128,22 +175,36 @@ def col2im3d(const real[:, ::1] cols, real[:, :, :, :, ::1] x,
                     oh0 = range_lo(sh, kh * dh - ph)
                     oh1 = range_hi(OH, H, sh, kh * dh - ph, oh0)
                     for kw in range(KW):
-                        ow0 = range_lo(sw, kw * dw - pw)
-                        ow1 = range_hi(OW, W, sw, kw * dw - pw, ow0)
+                        off = kw * dw - pw
+                        ow0 = range_lo(sw, off)
+                        ow1 = range_hi(OW, W, sw, off, ow0)
                         row = ((c * KD + kd) * KH + kh) * KW + kw
-                        base = n * L
                         for od in range(od0, od1):
                             idd = od * sd + kd * dd - pd
                             for oh in range(oh0, oh1):
                                 ih = oh * sh + kh * dh - ph
-                                src = &cols[row, base + (od * OH + oh) * OW]
+                                src = &cols[row, n * L + (od * OH + oh) * OW]
                                 dst = &x[n, c, idd, ih, 0]
-                                if sw == 1:
-                                    for ow in range(ow0, ow1):
-                                        dst[ow + kw * dw - pw] += src[ow]
-                                else:
-                                    for ow in range(ow0, ow1):
-                                        dst[ow * sw + kw * dw - pw] += src[ow]
+                                add_row(dst + ow0 * sw + off, src + ow0, ow1 - ow0, sw)
+
+
+cdef inline Py_ssize_t tap_lo(Py_ssize_t start, Py_ssize_t dil) noexcept nogil:
+    # first tap k >= 0 with start + k*dil >= 0 (no division when it can be avoided)
+    if start >= 0:
+        return 0
+    if dil == 1:
+        return -start
+    return ceil_div(-start, dil)
+
+
+cdef inline Py_ssize_t tap_hi(Py_ssize_t start, Py_ssize_t dil, Py_ssize_t K,
+                              Py_ssize_t length) noexcept nogil:
+    # one past the last tap k < K with start + k*dil < length
+    cdef Py_ssize_t b
+    if start + (K - 1) * dil < length:
+        return K
+    b = ceil_div(length - start, dil) if dil != 1 else length - start
+    return b if b < K else K
 
 
 def maxpool3d_forward(const real[:, :, :, ::1] x, real[:, :, :, ::1] y,
@@ -156,45 +217,55 @@ def maxpool3d_forward(const real[:, :, :, ::1] x, real[:, :, :, ::1] y,
     first maximum (a NaN wins and propagates, as in PyTorch)."""
     cdef Py_ssize_t P = x.shape[0], D = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t OD = y.shape[1], OH = y.shape[2], OW = y.shape[3]
-    cdef Py_ssize_t p, od, oh, ow, kd, kh, kw, i, j, l, best
-    cdef Py_ssize_t d0, h0, w0
+    cdef Py_ssize_t p, od, oh, ow, kd, kh, kw, best, pos
+    cdef Py_ssize_t d0, h0, w0, kd0, kd1, kh0, kh1, kw0, kw1
+    cdef const real* plane
+    cdef real* yp
+    cdef i64* ip
     cdef real m, v
     for p in prange(P, nogil=True, schedule="static"):
+        plane = &x[p, 0, 0, 0]
+        yp = &y[p, 0, 0, 0]
+        ip = &idx[p, 0, 0, 0]
         for od in range(OD):
             d0 = od * sd - pd
+            kd0 = tap_lo(d0, dd)
+            kd1 = tap_hi(d0, dd, KD, D)
             for oh in range(OH):
                 h0 = oh * sh - ph
+                kh0 = tap_lo(h0, dh)
+                kh1 = tap_hi(h0, dh, KH, H)
                 for ow in range(OW):
                     w0 = ow * sw - pw
+                    kw0 = tap_lo(w0, dw)
+                    kw1 = tap_hi(w0, dw, KW, W)
                     best = -1
                     m = 0
-                    for kd in range(KD):
-                        i = d0 + kd * dd
-                        if i < 0 or i >= D:
-                            continue
-                        for kh in range(KH):
-                            j = h0 + kh * dh
-                            if j < 0 or j >= H:
-                                continue
-                            for kw in range(KW):
-                                l = w0 + kw * dw
-                                if l < 0 or l >= W:
-                                    continue
-                                v = x[p, i, j, l]
+                    for kd in range(kd0, kd1):
+                        for kh in range(kh0, kh1):
+                            for kw in range(kw0, kw1):
+                                pos = ((d0 + kd * dd) * H + h0 + kh * dh) * W + w0 + kw * dw
+                                v = plane[pos]
                                 if best < 0 or v > m or (v != v and m == m):
                                     m = v
-                                    best = (i * H + j) * W + l
-                    y[p, od, oh, ow] = m
-                    idx[p, od, oh, ow] = best
+                                    best = pos
+                    yp[(od * OH + oh) * OW + ow] = m
+                    ip[(od * OH + oh) * OW + ow] = best
 
 
 def maxpool3d_backward(const real[:, ::1] grad, const i64[:, ::1] idx, real[:, ::1] dx):
     """dx[p, idx[p, o]] += grad[p, o]; dx zeroed by the caller. Shapes (P, O) and (P, S)."""
     cdef Py_ssize_t P = grad.shape[0], O = grad.shape[1]
     cdef Py_ssize_t p, o
+    cdef real* d
+    cdef const real* g
+    cdef const i64* ip
     for p in prange(P, nogil=True, schedule="static"):
+        d = &dx[p, 0]
+        g = &grad[p, 0]
+        ip = &idx[p, 0]
         for o in range(O):
-            dx[p, idx[p, o]] += grad[p, o]
+            d[ip[o]] += g[o]
 
 
 cdef inline Py_ssize_t win_end(Py_ssize_t start, Py_ssize_t k, Py_ssize_t length,

@@ -85,6 +85,7 @@ class _ConvBase(Module):
             self.register_parameter("bias", None)
         self.reset_parameters(generator)
         self._cols = None      # the column matrix of the last forward (reused buffer)
+        self._fresh = False    # True between a forward and its backward
         self._xg = None
 
     def reset_parameters(self, generator=None):
@@ -221,7 +222,8 @@ class _ConvNd(_ConvBase):
         if self.bias is not None:
             y += self.bias.data.astype(y.dtype, copy=False).reshape(
                 (-1,) + (1,) * self._rank)
-        self._cols = cols
+        self._cols = cols                          # reused by the next forward's im2col
+        self._fresh = True                         # backward turns it into dcols
         self._in_shape = xb.shape                  # padded shape for non-zeros modes
         self._spatial = spatial
         self._pads_used = pads
@@ -230,7 +232,7 @@ class _ConvNd(_ConvBase):
         return y if batched else y[0]
 
     def backward(self, grad_out):
-        check_forward_called(self, self._cols)
+        check_forward_called(self, self._cols if self._fresh else None)
         N = self._in_shape[0]
         shape = (N, self.out_channels) + self._out
         g = check_grad(self, grad_out, shape if self._batched_in else shape[1:])
@@ -245,8 +247,10 @@ class _ConvNd(_ConvBase):
         gm = gm.reshape(G, self.out_channels // G, -1)    # (G, C_out/G, N*L)
         W = self._weight(cols.dtype).reshape(G, self.out_channels // G, -1)
         self._add_param_grads(np.matmul(gm, colsg.transpose(0, 2, 1)), g)
-        dcols = np.matmul(W.transpose(0, 2, 1), gm).reshape(cols.shape)
-        dx = ext.col2im(dcols, self._in_shape, self.kernel_size, self.stride,
+        # cols is not needed any more: dcols = W^T g overwrites it (no new big buffer)
+        np.matmul(W.transpose(0, 2, 1), gm, out=colsg)
+        self._fresh = False
+        dx = ext.col2im(cols, self._in_shape, self.kernel_size, self.stride,
                         self._pads_used, self.dilation, self._out)
         if self._pad_map is not None:              # adjoint of the index-map padding
             flat = np.zeros((N * self.in_channels, math.prod(self._spatial)), dtype=dx.dtype)
@@ -360,8 +364,13 @@ class _ConvTransposeNd(_ConvBase):
         xg = np.ascontiguousarray(xb.reshape(N, self.in_channels, -1).transpose(1, 0, 2))
         xg = xg.reshape(G, cin_g, -1)                       # (G, C_in/G, N*L_in)
         W = self._weight(xb.dtype).reshape(G, cin_g, -1)    # (G, C_in/G, C_out/G*K)
-        cols = np.matmul(W.transpose(0, 2, 1), xg)          # (G, C_out/G*K, N*L_in)
-        cols = cols.reshape(-1, cols.shape[2])
+        shape = (G, W.shape[2], xg.shape[2])                # (G, C_out/G*K, N*L_in)
+        buf = self._cols
+        if buf is None or buf.size != np.prod(shape) or buf.dtype != xg.dtype:
+            buf = np.empty((shape[0] * shape[1], shape[2]), dtype=xg.dtype)
+        self._cols = buf.reshape(shape[0] * shape[1], shape[2])
+        cols = self._cols
+        np.matmul(W.transpose(0, 2, 1), xg, out=cols.reshape(shape))
         pads = tuple((p, p) for p in self.padding)
         y = ext.col2im(cols, (N, self.out_channels) + out, self.kernel_size, self.stride,
                        pads, self.dilation, spatial)
