@@ -44,12 +44,29 @@ cdef inline Py_ssize_t range_hi(Py_ssize_t n_out, Py_ssize_t length, Py_ssize_t 
 cdef extern from *:
     """
     #ifdef _OPENMP
+    #include <omp.h>
     static const int REFDL_HAVE_OPENMP = 1;
+    static int refdl_max_threads(void) { return omp_get_max_threads(); }
     #else
     static const int REFDL_HAVE_OPENMP = 0;
+    static int refdl_max_threads(void) { return 1; }
     #endif
     """
     const int REFDL_HAVE_OPENMP
+    int refdl_max_threads() noexcept nogil
+
+
+# Below this many elements touched, a kernel runs on one thread: waking a team of OpenMP
+# threads costs more than it saves (and far more on a loaded machine).
+cdef Py_ssize_t PARALLEL_GRAIN = 1 << 18
+
+
+cdef inline int n_threads(Py_ssize_t work, Py_ssize_t outer) noexcept nogil:
+    cdef int t
+    if work < PARALLEL_GRAIN or outer < 2:
+        return 1
+    t = refdl_max_threads()
+    return t if t < outer else <int>outer
 
 
 def openmp_enabled():
@@ -118,6 +135,7 @@ def im2col3d(const real[:, :, :, :, ::1] x, real[:, ::1] cols,
              Py_ssize_t pd, Py_ssize_t ph, Py_ssize_t pw,
              Py_ssize_t dd, Py_ssize_t dh, Py_ssize_t dw,
              Py_ssize_t OD, Py_ssize_t OH, Py_ssize_t OW):
+    cdef int nt
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1]
     cdef Py_ssize_t D = x.shape[2], H = x.shape[3], W = x.shape[4]
     cdef Py_ssize_t L = OD * OH * OW
@@ -125,7 +143,8 @@ def im2col3d(const real[:, :, :, :, ::1] x, real[:, ::1] cols,
     cdef Py_ssize_t od0, od1, oh0, oh1, ow0, ow1
     cdef real* dst
     cdef const real* src
-    for n in prange(N, nogil=True, schedule="static"):
+    nt = n_threads(cols.shape[0] * cols.shape[1], N)
+    for n in prange(N, nogil=True, schedule="static", num_threads=nt):
         for c in range(C):
             for kd in range(KD):
                 od0 = range_lo(sd, kd * dd - pd)
@@ -159,6 +178,7 @@ def col2im3d(const real[:, ::1] cols, real[:, :, :, :, ::1] x,
              Py_ssize_t dd, Py_ssize_t dh, Py_ssize_t dw,
              Py_ssize_t OD, Py_ssize_t OH, Py_ssize_t OW):
     """x += col2im(cols); x must be zeroed by the caller."""
+    cdef int nt
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1]
     cdef Py_ssize_t D = x.shape[2], H = x.shape[3], W = x.shape[4]
     cdef Py_ssize_t L = OD * OH * OW
@@ -166,7 +186,8 @@ def col2im3d(const real[:, ::1] cols, real[:, :, :, :, ::1] x,
     cdef Py_ssize_t od0, od1, oh0, oh1, ow0, ow1
     cdef const real* src
     cdef real* dst
-    for n in prange(N, nogil=True, schedule="static"):
+    nt = n_threads(cols.shape[0] * cols.shape[1], N)
+    for n in prange(N, nogil=True, schedule="static", num_threads=nt):
         for c in range(C):
             for kd in range(KD):
                 od0 = range_lo(sd, kd * dd - pd)
@@ -215,6 +236,7 @@ def maxpool3d_forward(const real[:, :, :, ::1] x, real[:, :, :, ::1] y,
                       Py_ssize_t dd, Py_ssize_t dh, Py_ssize_t dw):
     """y = max over each window (padding never wins), idx = flat input position of the
     first maximum (a NaN wins and propagates, as in PyTorch)."""
+    cdef int nt
     cdef Py_ssize_t P = x.shape[0], D = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t OD = y.shape[1], OH = y.shape[2], OW = y.shape[3]
     cdef Py_ssize_t p, od, oh, ow, kd, kh, kw, best, pos
@@ -223,7 +245,8 @@ def maxpool3d_forward(const real[:, :, :, ::1] x, real[:, :, :, ::1] y,
     cdef real* yp
     cdef i64* ip
     cdef real m, v
-    for p in prange(P, nogil=True, schedule="static"):
+    nt = n_threads(x.shape[0] * x.shape[1] * x.shape[2] * x.shape[3], P)
+    for p in prange(P, nogil=True, schedule="static", num_threads=nt):
         plane = &x[p, 0, 0, 0]
         yp = &y[p, 0, 0, 0]
         ip = &idx[p, 0, 0, 0]
@@ -255,12 +278,14 @@ def maxpool3d_forward(const real[:, :, :, ::1] x, real[:, :, :, ::1] y,
 
 def maxpool3d_backward(const real[:, ::1] grad, const i64[:, ::1] idx, real[:, ::1] dx):
     """dx[p, idx[p, o]] += grad[p, o]; dx zeroed by the caller. Shapes (P, O) and (P, S)."""
+    cdef int nt
     cdef Py_ssize_t P = grad.shape[0], O = grad.shape[1]
     cdef Py_ssize_t p, o
     cdef real* d
     cdef const real* g
     cdef const i64* ip
-    for p in prange(P, nogil=True, schedule="static"):
+    nt = n_threads(grad.shape[0] * grad.shape[1], P)
+    for p in prange(P, nogil=True, schedule="static", num_threads=nt):
         d = &dx[p, 0]
         g = &grad[p, 0]
         ip = &idx[p, 0]
@@ -283,12 +308,14 @@ def avgpool3d_forward(const real[:, :, :, ::1] x, real[:, :, :, ::1] y,
                       Py_ssize_t sd, Py_ssize_t sh, Py_ssize_t sw,
                       Py_ssize_t pd, Py_ssize_t ph, Py_ssize_t pw,
                       bint include_pad, Py_ssize_t override):
+    cdef int nt
     cdef Py_ssize_t P = x.shape[0], D = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t OD = y.shape[1], OH = y.shape[2], OW = y.shape[3]
     cdef Py_ssize_t p, od, oh, ow, i, j, l
     cdef Py_ssize_t ds, de, hs, he, ws, we, npad
     cdef real div, acc
-    for p in prange(P, nogil=True, schedule="static"):
+    nt = n_threads(x.shape[0] * x.shape[1] * x.shape[2] * x.shape[3], P)
+    for p in prange(P, nogil=True, schedule="static", num_threads=nt):
         for od in range(OD):
             for oh in range(OH):
                 for ow in range(OW):
@@ -327,12 +354,14 @@ def avgpool3d_backward(const real[:, :, :, ::1] grad, real[:, :, :, ::1] dx,
                        Py_ssize_t pd, Py_ssize_t ph, Py_ssize_t pw,
                        bint include_pad, Py_ssize_t override):
     """dx += spread of grad / divisor over each window; dx zeroed by the caller."""
+    cdef int nt
     cdef Py_ssize_t P = dx.shape[0], D = dx.shape[1], H = dx.shape[2], W = dx.shape[3]
     cdef Py_ssize_t OD = grad.shape[1], OH = grad.shape[2], OW = grad.shape[3]
     cdef Py_ssize_t p, od, oh, ow, i, j, l
     cdef Py_ssize_t ds, de, hs, he, ws, we, npad
     cdef real div, share
-    for p in prange(P, nogil=True, schedule="static"):
+    nt = n_threads(dx.shape[0] * dx.shape[1] * dx.shape[2] * dx.shape[3], P)
+    for p in prange(P, nogil=True, schedule="static", num_threads=nt):
         for od in range(OD):
             for oh in range(OH):
                 for ow in range(OW):

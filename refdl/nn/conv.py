@@ -214,11 +214,15 @@ class _ConvNd(_ConvBase):
         cols = ext.im2col(xb, self.kernel_size, self.stride, pads, self.dilation, out,
                           out=self._cols)
         G = self.groups
-        W = self._weight(xb.dtype).reshape(G, self.out_channels // G, -1)
-        colsg = cols.reshape(G, cols.shape[0] // G, cols.shape[1])
-        y = np.matmul(W, colsg)                       # (G, C_out/G, N*L): one GEMM a group
-        y = y.reshape(self.out_channels, N, -1).transpose(1, 0, 2)
-        y = np.ascontiguousarray(y).reshape((N, self.out_channels) + out)
+        cog = self.out_channels // G
+        W = self._weight(xb.dtype).reshape(G, cog, -1)
+        L = math.prod(out)
+        # cols viewed as (G, N, C_in/G*K, L): for each group, W_g @ cols_g lands directly
+        # in y[:, group] (N, C_out/G, L), without a transposed copy of the output
+        colsg = cols.reshape(G, cols.shape[0] // G, N, L).transpose(0, 2, 1, 3)
+        y = np.empty((N, G, cog, L), dtype=xb.dtype)
+        np.matmul(W[:, None], colsg, out=y.transpose(1, 0, 2, 3))
+        y = y.reshape((N, self.out_channels) + out)
         if self.bias is not None:
             y += self.bias.data.astype(y.dtype, copy=False).reshape(
                 (-1,) + (1,) * self._rank)
