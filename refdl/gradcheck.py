@@ -48,7 +48,8 @@ import numpy as np
 from . import random as _random
 
 __all__ = ["numeric_gradient", "relative_error", "check_function", "check_module",
-           "check_loss", "GradcheckError", "GradcheckResult", "TensorReport"]
+           "check_loss", "gradgradcheck", "GradcheckError", "GradcheckResult",
+           "TensorReport"]
 
 EPS = 1e-4
 RTOL = 1e-7
@@ -332,3 +333,74 @@ def check_module(module, *inputs, wrt=None, params=True, eps=EPS, rtol=RTOL, see
 def check_loss(criterion, input, target, **kwargs):
     """Check a loss's ``backward`` (dL/dinput) with a random upstream scalar or array."""
     return check_module(criterion, input, target, wrt=[0], **kwargs)
+
+
+def gradgradcheck(func, inputs, grad_outputs=None, eps=EPS, rtol=RTOL, seed=0,
+                  check_first_order=True, raise_exception=True):
+    r"""Check second derivatives computed by refdl.autograd (double backward) numerically.
+
+    ``func(*tensors)`` maps refdl.autograd Tensors to a Tensor (or a tuple of Tensors).
+    With random projections R (of the outputs; ``grad_outputs`` if given) and V (of the
+    first derivatives), float64 throughout:
+
+        F(x) = <func(x), R>            g_i(x) = dF/dx_i  (engine, create_graph=True)
+        G(x) = sum_i <g_i(x), V_i>     dG/dx_j = sum_i H_ji V_i   (a Hessian-vector product)
+
+    The engine's dG/dx_j (a backward through the gradient graph) is compared with central
+    differences of G, where G is evaluated from the engine's first derivatives alone. With
+    ``check_first_order`` the g_i are also compared with differences of F. Returns a
+    :class:`GradcheckResult` (tensors named ``grad input i`` and ``gradgrad input i``).
+
+    A hand-derived double backward (no engine) is checked with :func:`check_function`
+    instead: pass the first-derivative function as ``f`` and its VJP as ``vjp``.
+    """
+    from .autograd import Tensor, grad
+
+    arrays = [_float64(np.asarray(x)) for x in _as_tuple(inputs)]
+    rng = np.random.default_rng(seed)
+
+    def outs_of(ts):
+        return _as_tuple(func(*ts))
+
+    outs = outs_of([Tensor(a) for a in arrays])
+    if grad_outputs is None:
+        R = [rng.standard_normal(o.shape) for o in outs]
+    else:
+        R = [np.asarray(r, dtype=np.float64) for r in _as_tuple(grad_outputs)]
+    V = [rng.standard_normal(a.shape) for a in arrays]
+
+    def first(create_graph):
+        ts = [Tensor(a, requires_grad=True) for a in arrays]
+        os_ = outs_of(ts)
+        F = sum((o * Tensor(r)).sum() for o, r in zip(os_, R))
+        gs = grad(F, ts, create_graph=create_graph, allow_unused=True)
+        gs = [g if g is not None else Tensor(np.zeros_like(a)) for g, a in zip(gs, arrays)]
+        return ts, F, gs
+
+    def F_value():
+        with_ts = [Tensor(a) for a in arrays]
+        return sum(float(np.sum(o.data * r)) for o, r in zip(outs_of(with_ts), R))
+
+    def G_value():
+        _, _, gs = first(False)
+        return sum(float(np.sum(g.data * v)) for g, v in zip(gs, V))
+
+    ts, F, gs = first(True)
+    G = sum((g * Tensor(v)).sum() for g, v in zip(gs, V))
+    if G.requires_grad:
+        hv = grad(G, ts, allow_unused=True)
+        hv = [h.data if h is not None else np.zeros_like(a) for h, a in zip(hv, arrays)]
+    else:                      # the gradient does not depend on x: second derivatives 0
+        hv = [np.zeros_like(a) for a in arrays]
+    reports = []
+    for i, a in enumerate(arrays):
+        if check_first_order:
+            num = numeric_gradient(F_value, a, eps)
+            reports.append(_compare(f"grad input {i}", F_value, a, gs[i].data, num, eps, rtol))
+        num2 = numeric_gradient(G_value, a, eps)
+        reports.append(_compare(f"gradgrad input {i}", G_value, a, hv[i], num2, eps, rtol))
+    fname = getattr(func, "__name__", type(func).__name__)
+    result = GradcheckResult(fname, reports, [])
+    if raise_exception and not result.passed:
+        raise GradcheckError(result)
+    return result

@@ -1,1 +1,21 @@
-"""(to be written)"""
+"""refdl.autograd: a small reverse-mode engine whose gradients are graphs.
+
+    from refdl.autograd import Tensor, grad
+    x = Tensor([1.0, 2.0], requires_grad=True)
+    y = (x ** 3).sum()
+    (g,) = grad(y, x, create_graph=True)     # 3 x^2, itself a graph
+    (h,) = grad(g.sum(), x)                  # 6 x
+
+See tensor.py (Tensor, the engine), ops.py (the operations) and functional.py (layers and
+losses written with the ops). Derivation: docs/derivations/autograd.md
+"""
+from .tensor import Op, Tensor, grad, is_grad_enabled, no_grad, tensor
+from . import ops
+from . import functional
+from .ops import (broadcast_to, erf, exp, log, logsumexp, matmul, maximum, mean, mse, relu,
+                  reshape, sigmoid, summation, tanh, transpose)
+
+__all__ = ["Tensor", "Op", "grad", "no_grad", "is_grad_enabled", "tensor", "ops",
+           "functional", "exp", "log", "tanh", "sigmoid", "relu", "erf", "maximum",
+           "matmul", "summation", "mean", "reshape", "transpose", "broadcast_to",
+           "logsumexp", "mse"]
