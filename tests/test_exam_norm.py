@@ -104,8 +104,8 @@ def test_cnn_7_encoder_shapes_N3_M2():
     from refdl.models.unet import UNet
     refdl.manual_seed(0)
     m = UNet(3, 3, depth=3, convs_per_level=1, base_channels=2, dim=3, pool_kernel=2)
-    with pytest.raises(ValueError, match=r"level 1: .* \(1, 4, 4, 8, 8\) but the encoder's "
-                                         r"skip has shape \(1, 4, 5, 8, 8\)"):
+    with pytest.raises(ValueError, match=r"level 1: .* \(1, 4, 4, 16, 16\) but the encoder's "
+                                         r"skip has shape \(1, 4, 5, 16, 16\)"):
         m(np.zeros((1, 3, 10, 32, 32), dtype=np.float32))
 
 

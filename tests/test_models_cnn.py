@@ -67,7 +67,8 @@ def test_plain_block_without_norm_gradcheck():
 # -- ResNet -------------------------------------------------------------------------------
 def tiny_resnet():
     refdl.manual_seed(0)
-    return perturb_bn(refdl.models.resnet.ResNet(nn.BasicBlock, [1, 1], num_classes=3,
+    from refdl.models.resnet import ResNet
+    return perturb_bn(ResNet(nn.BasicBlock, [1, 1], num_classes=3,
                                                  in_channels=1, widths=(2, 3), stem="cifar"))
 
 

@@ -141,7 +141,8 @@ class UNet(nn.Module):
     def backward(self, grad_out):
         g = self.head.backward(grad_out)
         g_skip = [None] * self.depth
-        for j, l in enumerate(reversed(range(self.depth))):
+        for j in reversed(range(self.depth)):               # decoder j works on level l
+            l = self.depth - 1 - j
             g_s, g_u = self.cats[j].backward(self.decoders[j].backward(g))
             g_skip[l] = g_s
             g = self.ups[j].backward(g_u)

@@ -3,6 +3,8 @@ separated by 2x2 max-pooling, then fully connected layers.
 
 A configuration is a list: an int is a 3x3 convolution (padding 1) to that many channels
 (followed by BatchNorm2d with ``batch_norm=True``, then ReLU), "M" a 2x2 max-pool.
+With BatchNorm the convolutions have no bias (BatchNorm subtracts the mean, so a bias
+before it has gradient exactly 0; torchvision's vgg*_bn keep the unused bias).
 torchvision's VGG-11 is ``cfgs["A"]``. Backward: the chain rule through ``features`` and
 ``classifier`` in reverse.
 """
@@ -41,7 +43,7 @@ class VGG(nn.Module):
                 layers.append(nn.MaxPool2d(2, stride=2))
                 h, w = h // 2, w // 2
             else:
-                layers.append(nn.Conv2d(c, v, 3, padding=1))
+                layers.append(nn.Conv2d(c, v, 3, padding=1, bias=not batch_norm))
                 if batch_norm:
                     layers.append(nn.BatchNorm2d(v))
                 layers.append(nn.ReLU())

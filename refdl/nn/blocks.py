@@ -110,8 +110,8 @@ class Concat(Module):
 
 def _layers():
     """The convolution/activation layers, imported when a block is built."""
-    from . import activation, conv
-    return conv.Conv2d, activation.ReLU
+    from .. import nn
+    return nn.Conv2d, nn.ReLU
 
 
 def _norm(norm_layer):
