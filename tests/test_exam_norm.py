@@ -8,16 +8,9 @@ from refdl import nn
 
 
 # -- norm ---------------------------------------------------------------------------------
-def _layernorm(num_features, eps):
-    """LayerNorm over the feature axis, no affine."""
-    if hasattr(nn, "LayerNorm"):
-        return nn.LayerNorm(num_features, eps=eps, elementwise_affine=False)
-    return nn.GroupNorm(1, num_features, eps=eps, affine=False)   # same map on (N, C)
-
-
 def test_norm_1_layernorm_of_2x2():
     X = np.array([[8.0, 2.0], [0.0, 4.0]])
-    Y = _layernorm(2, eps=0.0)(X)
+    Y = nn.LayerNorm(2, eps=0.0, elementwise_affine=False)(X)
     # row 1: mean 5, var 9 -> (+3, -3)/3; row 2: mean 2, var 4 -> (-2, +2)/2
     np.testing.assert_allclose(Y, [[1.0, -1.0], [-1.0, 1.0]], rtol=0, atol=1e-15)
     # the same as GroupNorm with one group, computed independently
