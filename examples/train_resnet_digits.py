@@ -45,16 +45,6 @@ def build(name, seed):
     raise SystemExit(f"unknown model {name!r}")
 
 
-def cross_entropy(logits, y):
-    """Mean cross-entropy and its gradient with respect to the logits."""
-    z = logits - logits.max(axis=1, keepdims=True)
-    logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-    loss = -logp[np.arange(len(y)), y].mean()
-    g = np.exp(logp)
-    g[np.arange(len(y)), y] -= 1
-    return float(loss), g / len(y)
-
-
 def accuracy(model, x, y, batch=256):
     model.eval()
     pred = np.concatenate([model(x[i:i + batch]).argmax(axis=1) for i in range(0, len(x), batch)])
@@ -66,6 +56,7 @@ def train(name="resnet_small", epochs=15, seed=0, lr=1e-3, batch=32, verbose=Tru
     xtr, ytr, xte, yte = digits()
     model = build(name, seed)
     opt = Adam(model.parameters(), lr=lr)
+    criterion = nn.CrossEntropyLoss()
     rng = np.random.default_rng(seed)
     steps = epochs * int(np.ceil(len(xtr) / batch))
     step = 0
@@ -78,12 +69,11 @@ def train(name="resnet_small", epochs=15, seed=0, lr=1e-3, batch=32, verbose=Tru
             idx = perm[i:i + batch]
             for group in opt.param_groups:                 # cosine learning-rate decay
                 group["lr"] = lr * 0.5 * (1 + np.cos(np.pi * step / steps))
-            logits = model(xtr[idx])
-            loss, g = cross_entropy(logits, ytr[idx])
+            loss = criterion(model(xtr[idx]), ytr[idx])
             opt.zero_grad()
-            model.backward(g.astype(logits.dtype))
+            model.backward(criterion.backward())
             opt.step()
-            total += loss * len(idx)
+            total += float(loss) * len(idx)
             step += 1
         if verbose:
             print(f"epoch {epoch:2d}  train loss {total / len(xtr):.4f}  "
