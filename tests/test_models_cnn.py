@@ -48,8 +48,8 @@ def test_basic_block_shapes_and_projection():
 @pytest.mark.parametrize("make,shape", [
     (lambda: nn.BasicBlock(2, 2), (2, 2, 3, 3)),
     (lambda: nn.BasicBlock(2, 3, stride=2), (2, 2, 4, 4)),
-    (lambda: nn.Bottleneck(4, 1), (2, 4, 3, 3)),
-    (lambda: nn.Bottleneck(2, 1, stride=2), (2, 2, 4, 4)),
+    (lambda: nn.Bottleneck(8, 2), (2, 8, 3, 3)),
+    (lambda: nn.Bottleneck(2, 2, stride=2), (2, 2, 4, 4)),
 ])
 def test_residual_block_gradcheck(make, shape, mode):
     refdl.manual_seed(1)
