@@ -9,11 +9,15 @@ With the defaults the small ResNet reaches >= 97 % test accuracy (see the report
 docs/derivations/residual.md or run it).
 """
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
-import refdl
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # run from a checkout
+
+import refdl  # noqa: E402
 from refdl import nn
 
 

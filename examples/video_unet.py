@@ -10,11 +10,15 @@ Prints the summary with every intermediate and skip shape, then trains until the
 has fallen tenfold from its first value (or --steps), printing the loss as it goes.
 """
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
-import refdl
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # run from a checkout
+
+import refdl  # noqa: E402
 from refdl.data.video import moving_shapes
 from refdl.models.unet import video_unet
 from refdl.optim import Adam
