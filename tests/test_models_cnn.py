@@ -154,3 +154,26 @@ def test_vgg_small_shapes_and_input_gradcheck():
     tiny = perturb_bn(VGG([2, "M", 3], num_classes=3, input_shape=(1, 4, 4), batch_norm=True,
                           hidden=(4,)))
     check_module(tiny, rng().standard_normal((2, 1, 4, 4)))
+
+
+# -- training on the digits ---------------------------------------------------------------
+def test_resnet_small_trains_on_digits_with_refdl_train():
+    """ResNetSmall on the 8x8 digits (1,437 train / 360 test) through refdl.train.fit:
+    Adam 1e-3 with cosine decay, batch 32, 5 epochs (measured 98.3 % test accuracy; 15
+    epochs of examples/train_resnet_digits.py reach 99.2 %)."""
+    from refdl.data import DataLoader, TensorDataset, load_digits
+    from refdl.models.resnet import ResNetSmall
+    from refdl.optim import Adam
+    from refdl.optim.lr_scheduler import CosineAnnealingLR
+    from refdl.train import evaluate, fit
+    xtr, ytr, xte, yte = load_digits()
+    refdl.manual_seed(0)
+    model = ResNetSmall(num_classes=10, input_shape=(1, 8, 8))
+    opt = Adam(model.parameters(), lr=1e-3)
+    train = DataLoader(TensorDataset(xtr, ytr), batch_size=32, shuffle=True,
+                       generator=np.random.default_rng(0))
+    test = DataLoader(TensorDataset(xte, yte), batch_size=360)
+    fit(model, nn.CrossEntropyLoss(), opt, train, epochs=5,
+        scheduler=CosineAnnealingLR(opt, T_max=5), progress=False)
+    acc = evaluate(model, test)["accuracy"]
+    assert acc >= 0.97, acc
