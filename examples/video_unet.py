@@ -1,6 +1,6 @@
 """The video U-Net of paper 004 Q3, trained as a reconstruction auto-encoder.
 
-    python examples/video_unet.py [--steps 300] [--batch 4] [--base 16] [--lr 2e-3]
+    python examples/video_unet.py [--steps 300] [--batch 4] [--base 16] [--lr 1e-3]
 
 Input: generated moving-shapes videos (refdl.data.video, no download), 10 frames of
 32x32 RGB, as (N, 3, 10, 32, 32). Model: refdl.models.unet.video_unet() (N = 3 encoder
@@ -24,7 +24,7 @@ from refdl.models.unet import video_unet
 from refdl.optim import Adam
 
 
-def main(steps=300, batch=4, base=16, lr=2e-3, n_videos=64, seed=0, target=10.0):
+def main(steps=300, batch=4, base=16, lr=1e-3, n_videos=64, seed=0, target=10.0):
     refdl.manual_seed(seed)
     model = video_unet(base_channels=base)
     print("Shapes of one forward pass (batch 1):")
@@ -62,6 +62,6 @@ if __name__ == "__main__":
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--base", type=int, default=16)
-    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--lr", type=float, default=1e-3)
     a = ap.parse_args()
     main(a.steps, a.batch, a.base, a.lr)
