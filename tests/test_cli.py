@@ -211,3 +211,14 @@ def test_image_model_writes_feature_maps(tmp_path, capsys, monkeypatch):
                        "--out", str(tmp_path / "t"))
     assert rc == 0, err
     assert (tmp_path / "t" / "feature_maps.png").is_file()
+
+
+def test_python_dash_m_refdl():
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parent.parent
+    r = subprocess.run([sys.executable, "-m", "refdl", "summary", "nonet"], cwd=root,
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.startswith("refdl summary: error: unknown model")
+    assert "Traceback" not in r.stderr
