@@ -181,7 +181,8 @@ def cmd_train(args):
     out.mkdir(parents=True, exist_ok=True)
     config = {k2: (str(v) if isinstance(v, Path) else v) for k2, v in vars(args).items()
               if k2 != "func"}
-    (out / "config.json").write_text(json.dumps(config, indent=1))
+    if not args.resume:            # a failed resume must not touch the run's files
+        (out / "config.json").write_text(json.dumps(config, indent=1))
     t0 = time.perf_counter()
     try:
         # overflow on the way to a NaN loss is reported once, by fit's guard, not as a
@@ -195,6 +196,8 @@ def cmd_train(args):
         print(f"refdl train: {e}", file=sys.stderr)
         return 1
     secs = time.perf_counter() - t0
+    if args.resume:
+        (out / "config.json").write_text(json.dumps(config, indent=1))
     ev = evaluate(model, test, loss, num_classes=k)
     (out / "history.json").write_text(json.dumps(history, indent=1))
     files = [ck, out / "history.json"]

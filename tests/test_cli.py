@@ -65,7 +65,9 @@ def test_resume_with_another_model_is_refused(tmp_path, capsys, monkeypatch):
     assert run(capsys, "train", "--epochs", "1", "--out", d, "--no-plots", "--quiet")[0] == 0
     from refdl import models
     monkeypatch.setitem(models._REGISTRY, "tiny", ("_ux_standins", "WideMLP", "flat", "x"))
+    files = {p.name: p.read_bytes() for p in (tmp_path / "r").iterdir()}
     rc, _, err = run(capsys, "train", "--model", "tiny", "--out", d, "--resume")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "r").iterdir()} == files
     assert rc == 2 and "checkpoint is from a different MLP: unexpected keys ['5.weight'" in err
 
 
