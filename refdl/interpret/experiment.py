@@ -146,13 +146,16 @@ def localisation_table(model, ds, layer="7", threshold=0.5, generator=None):
     return table, maps
 
 
-def run_shapes_experiment(n_train=600, n_test=200, epochs=6, seed=0, png=None):
+def run_shapes_experiment(n_train=600, n_test=200, epochs=10, size=32, min_radius=3,
+                          max_radius=6, lr=1e-2, seed=0, png=None):
     """Train the CNN on generated shapes, score every method; optionally write overlays."""
     rng = np.random.default_rng(seed)
-    train = make_shapes(n_train, generator=rng)
-    test = make_shapes(n_test, generator=rng)
+    kw = dict(size=size, min_radius=min_radius, max_radius=max_radius, generator=rng)
+    train = make_shapes(n_train, **kw)
+    test = make_shapes(n_test, **kw)
     model = make_cnn(generator=rng)
-    losses = train_cnn(model, train.images, train.labels, epochs=epochs, generator=rng)
+    losses = train_cnn(model, train.images, train.labels, epochs=epochs, lr=lr,
+                       generator=rng)
     model.eval()
     acc = float(np.mean(np.argmax(model(test.images), axis=1) == test.labels))
     table, maps = localisation_table(model, test)
