@@ -8,6 +8,7 @@ one Tensor per input, built from Tensor operations only (so it can be differenti
 op              out                          gradient (d loss / d inputs)
 ==============  ===========================  =========================================
 EWiseAdd        a + b                        g, g
+EWiseSub        a - b                        g, -g
 AddScalar       a + c                        g
 EWiseMul        a * b                        g * b, g * a
 MulScalar       a * c                        g * c
@@ -42,11 +43,11 @@ from scipy import special
 
 from .tensor import Op, Tensor
 
-__all__ = ["EWiseAdd", "AddScalar", "EWiseMul", "MulScalar", "EWiseDiv", "DivScalar",
+__all__ = ["EWiseAdd", "EWiseSub", "AddScalar", "EWiseMul", "MulScalar", "EWiseDiv", "DivScalar",
            "Negate", "PowerScalar", "EWisePow", "Exp", "Log", "Tanh", "Sigmoid", "ReLU",
            "Maximum", "Erf", "MatMul", "Summation", "Reshape", "Transpose", "BroadcastTo",
            "LogSumExp", "MSE", "GetItem", "Scatter",
-           "add", "mul", "div", "neg", "power", "matmul", "mean", "maximum", "exp", "log",
+           "add", "sub", "mul", "div", "neg", "power", "matmul", "mean", "maximum", "exp", "log",
            "tanh", "sigmoid", "relu", "erf", "summation", "reshape", "transpose",
            "broadcast_to", "logsumexp", "mse"]
 
@@ -71,6 +72,14 @@ class EWiseAdd(Op):
 
     def gradient(self, g, node):
         return g, g
+
+
+class EWiseSub(Op):
+    def compute(self, a, b):
+        return a - b
+
+    def gradient(self, g, node):
+        return g, -g
 
 
 class AddScalar(Op):
@@ -385,6 +394,14 @@ def add(a, b):
     if not isinstance(a, (Tensor, np.ndarray)):
         return AddScalar(a)(b)
     return EWiseAdd()(*_pair(a, b))
+
+
+def sub(a, b):
+    if not isinstance(b, (Tensor, np.ndarray)):
+        return AddScalar(-b)(a)
+    if not isinstance(a, (Tensor, np.ndarray)):
+        return AddScalar(a)(Negate()(b))
+    return EWiseSub()(*_pair(a, b))
 
 
 def mul(a, b):
