@@ -28,7 +28,8 @@ from ..nn.module import Module, ModuleList
 from ..random import get_rng
 
 __all__ = ["MLPCritic", "GradientPenalty", "DiscriminatorLoss", "GeneratorLoss",
-           "WassersteinCriticLoss", "clip_weights_"]
+           "WassersteinCriticLoss", "clip_weights_", "mlp_generator", "train_gan",
+           "sample_generator", "mode_metrics"]
 
 
 def _act(name, a, slope):
@@ -291,7 +292,8 @@ def _adam(params, lr, betas):
 
 def train_gan(sample_real, kind="gan", steps=2000, batch_size=256, latent_dim=2,
               hidden=(64, 64), lr=None, n_critic=None, lam=10.0, clip=0.01,
-              critic_activation=None, generator=None, log_every=0, print_fn=print):
+              critic_activation=None, n_classes=0, generator=None, log_every=0,
+              print_fn=print):
     r"""Train a GAN on samples from ``sample_real(n, rng) -> (n, d)`` array.
 
     kind: 'gan' (non-saturating generator loss, BCE discriminator, Adam(2e-4, (0.5, .999))),
@@ -299,6 +301,10 @@ def train_gan(sample_real, kind="gan", steps=2000, batch_size=256, latent_dim=2,
           'wgan' (critic clipped to [-clip, clip], RMSprop-like small lr; here Adam),
           'wgan-gp' (two-sided penalty lam (||grad f(x_hat)|| - 1)^2, n_critic = 5,
           Adam(1e-4, (0.5, 0.9))).
+    Conditional GAN (``n_classes`` > 0): ``sample_real(n, rng)`` returns (x, y) with integer
+    labels y; the generator sees concat(z, onehot(y)) and the discriminator
+    concat(x, onehot(y)), so D estimates p_data(x, y) / (p_data(x, y) + p_theta(x|y) p(y))
+    (paper 002 Q7); fake labels are drawn uniformly.
     Returns (G, D, history) with history = {'d_loss': [...], 'g_loss': [...]}.
     A non-finite loss stops training with a FloatingPointError naming the step.
     """
@@ -306,11 +312,24 @@ def train_gan(sample_real, kind="gan", steps=2000, batch_size=256, latent_dim=2,
     if kind not in kinds:
         raise ValueError(f"train_gan: kind must be one of {kinds}, got {kind!r}")
     rng = get_rng(generator)
-    d = sample_real(2, rng).shape[1]
+    K = int(n_classes)
+
+    def real_batch(n):
+        out = sample_real(n, rng)
+        if K:
+            x, y = out
+            return np.asarray(x, np.float32), np.eye(K, dtype=np.float32)[y]
+        return np.asarray(out, np.float32), np.zeros((n, 0), np.float32)
+
+    def fake_labels(n):
+        return np.eye(K, dtype=np.float32)[rng.integers(0, K, n)] if K else \
+            np.zeros((n, 0), np.float32)
+
+    d = real_batch(2)[0].shape[1]
     wasserstein = kind.startswith("wgan")
     act = critic_activation or ("leaky_relu" if not wasserstein else "tanh")
-    G = mlp_generator(latent_dim, d, hidden, generator=rng)
-    D = MLPCritic(d, hidden, activation=act, generator=rng)
+    G = mlp_generator(latent_dim, d, hidden, cond_dim=K, generator=rng)
+    D = MLPCritic(d + K, hidden, activation=act, generator=rng)
     if lr is None:
         lr = 1e-4 if kind == "wgan-gp" else 2e-4
     betas = (0.5, 0.9) if kind == "wgan-gp" else (0.5, 0.999)
@@ -322,10 +341,17 @@ def train_gan(sample_real, kind="gan", steps=2000, batch_size=256, latent_dim=2,
                               "saturating" if kind == "gan-saturating" else "non_saturating")
     gp = GradientPenalty(D, lam=lam, center=1.0) if kind == "wgan-gp" else None
     history = {"d_loss": [], "g_loss": []}
+
+    def generate(n):
+        c = fake_labels(n)
+        z = rng.standard_normal((n, latent_dim)).astype(np.float32)
+        return G(np.concatenate([z, c], 1)), c
+
     for step in range(1, steps + 1):
         for _ in range(n_critic):
-            real = sample_real(batch_size, rng).astype(np.float32)
-            fake = G(rng.standard_normal((batch_size, latent_dim)).astype(np.float32))
+            real, c_real = real_batch(batch_size)
+            fake, c_fake = generate(batch_size)
+            real, fake = np.concatenate([real, c_real], 1), np.concatenate([fake, c_fake], 1)
             opt_d.zero_grad()
             # one pass over real and fake together, so D's cache serves one backward
             out = D(np.concatenate([real, fake]))
@@ -341,12 +367,12 @@ def train_gan(sample_real, kind="gan", steps=2000, batch_size=256, latent_dim=2,
             if kind == "wgan":
                 clip_weights_(D, clip)
         opt_g.zero_grad()
-        z = rng.standard_normal((batch_size, latent_dim)).astype(np.float32)
-        fake = G(z)
-        g_loss = float(g_loss_fn(D(fake)))
+        fake, c_fake = generate(batch_size)
+        g_loss = float(g_loss_fn(D(np.concatenate([fake, c_fake], 1))))
         if not np.isfinite(g_loss):
             raise FloatingPointError(f"train_gan({kind}): non-finite generator loss at step {step}")
-        G.backward(D.backward(g_loss_fn.backward()))
+        dx = D.backward(g_loss_fn.backward())[:, :d]       # the label columns are not G's
+        G.backward(dx)
         opt_g.step()           # D's gradients from this pass are discarded by opt_d.zero_grad
         history["d_loss"].append(d_loss)
         history["g_loss"].append(g_loss)
@@ -371,3 +397,13 @@ def mode_metrics(samples, centers, std):
     expected = len(samples) / len(centers)
     return {"modes_covered": int(np.sum(counts >= 0.2 * expected)), "n_modes": len(centers),
             "high_quality": float(good.mean()), "counts": counts}
+
+
+def sample_generator(G, n, latent_dim=2, labels=None, n_classes=0, generator=None):
+    """n samples of a generator from train_gan (``labels``: ints for a conditional G)."""
+    rng = get_rng(generator)
+    z = rng.standard_normal((n, latent_dim)).astype(np.float32)
+    if n_classes:
+        labels = rng.integers(0, n_classes, n) if labels is None else np.asarray(labels)
+        z = np.concatenate([z, np.eye(n_classes, dtype=np.float32)[labels]], 1)
+    return G(z)
