@@ -27,13 +27,17 @@ def test_global_pool_gradcheck_and_engine_translation(pool):
                     reason="refdl.nn.Conv2d / MaxPool2d not merged yet")
 def test_trained_cnn_maps_localise_the_shapes(tmp_path):
     from refdl.interpret.experiment import run_shapes_experiment
-    out = run_shapes_experiment(n_train=300, n_test=48, epochs=4, seed=0,
+    out = run_shapes_experiment(n_train=300, n_test=48, epochs=8, seed=0,
                                 png=tmp_path / "cams.png")
     t = out["table"]
     print(out["accuracy"], {k: tuple(round(v, 3) for v in vals) for k, vals in t.items()})
     assert out["accuracy"] > 0.8
     assert (tmp_path / "cams.png").stat().st_size > 1000
-    for method in ("Grad-CAM", "Grad-CAM++ (closed form)", "Grad-CAM++ (exact derivatives)"):
-        assert t[method][0] > t["baseline: random"][0]
-        assert t[method][0] > t["baseline: centre"][0]
-    assert t["paper 000 formula, f = S"][0] == 0.0 or t["paper 000 formula, f = S"][0] < 0.5
+    for method in ("saliency", "Grad-CAM", "Grad-CAM++ (closed form)",
+                   "Grad-CAM++ (exact derivatives)"):
+        assert t[method][0] > 2 * t["baseline: centre"][0] > 2 * t["baseline: random"][0]
+    for method in ("Grad-CAM", "Grad-CAM++ (closed form)"):
+        assert t[method][1] > t["baseline: centre"][1]          # IoU@0.5 too
+    # paper 000's formula with f = S: S'' comes from the one tanh of the head only, and
+    # the map is zero (a miss) for most images
+    assert t["paper 000 formula, f = S"][0] < 0.5 * t["Grad-CAM"][0]
