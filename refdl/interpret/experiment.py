@@ -173,7 +173,8 @@ def run_shapes_experiment(n_train=600, n_test=200, epochs=10, size=32, min_radiu
         save_overlays(png, test.images[:8], {k: maps[k][:8] for k in keep},
                       boxes=test.boxes[:8])
     return {"accuracy": acc, "final_loss": float(np.mean(losses[-10:])), "table": table,
-            "by_class": pointing_by_class(maps, test), "classes": test.classes}
+            "by_class": pointing_by_class(maps, test), "classes": test.classes,
+            "model": model, "test": test}
 
 
 if __name__ == "__main__":    # pragma: no cover
