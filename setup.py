@@ -1,14 +1,119 @@
 """Build script: the Python package plus the optional Cython kernels of refdl/_ext/.
 
 The kernels are optional by design: when Cython, NumPy headers or a C compiler are missing
-the build prints one warning and refdl runs on its pure-NumPy reference path.
+(or the compilation fails) the build prints one warning and refdl runs on its pure-NumPy
+reference path (``refdl.ext.available()`` is then False). OpenMP is used when a test
+program compiles and links with ``-fopenmp``; otherwise the kernels run serially.
 """
+import os
+import sys
+import tempfile
+
 from setuptools import setup
+from setuptools.command.build_ext import build_ext
+
+WARNING = ("refdl: the compiled kernels were not built ({}); "
+           "refdl will use its pure-NumPy path")
+
+
+def _warn(reason):
+    print("WARNING: " + WARNING.format(reason), file=sys.stderr)
+
+
+def _compiles(compiler, code, extra_compile=(), extra_link=()):
+    """True when ``code`` compiles and links with the given flags."""
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "probe.c")
+        with open(src, "w") as f:
+            f.write(code)
+        try:
+            objs = compiler.compile([src], output_dir=tmp, extra_postargs=list(extra_compile))
+            compiler.link_executable(objs, os.path.join(tmp, "probe"),
+                                     extra_postargs=list(extra_link))
+        except Exception:
+            return False
+    return True
+
+
+def _new_compiler():
+    from setuptools._distutils.ccompiler import new_compiler
+    from setuptools._distutils.sysconfig import customize_compiler
+    compiler = new_compiler()
+    customize_compiler(compiler)
+    return compiler
+
+
+OPENMP_PROBE = """
+#include <omp.h>
+int main(void) { int n = 0;
+#pragma omp parallel reduction(+:n)
+  n += 1;
+  return omp_get_max_threads() > 0 && n > 0 ? 0 : 1; }
+"""
+
+
+def openmp_flags(compiler):
+    """(compile flags, link flags) for OpenMP, or ((), ()) when the compiler lacks it."""
+    if os.environ.get("REFDL_NO_OPENMP"):
+        return [], []
+    if compiler.compiler_type == "msvc":
+        return ["/openmp"], []
+    if _compiles(compiler, OPENMP_PROBE, ["-fopenmp"], ["-fopenmp"]):
+        return ["-fopenmp"], ["-fopenmp"]
+    return [], []
+
+
+class OptionalBuildExt(build_ext):
+    """build_ext that adds OpenMP flags when they work and never fails the install."""
+
+    def build_extensions(self):
+        try:
+            if not _compiles(self.compiler, "int main(void) { return 0; }\n"):
+                _warn("no working C compiler")
+                self.extensions = []
+                return
+            cflags, lflags = openmp_flags(self.compiler)
+            for ext in self.extensions:
+                ext.extra_compile_args = list(ext.extra_compile_args or []) + cflags
+                ext.extra_link_args = list(ext.extra_link_args or []) + lflags
+            print(f"refdl: building the compiled kernels "
+                  f"({'with' if cflags else 'without'} OpenMP)", file=sys.stderr)
+            super().build_extensions()
+        except Exception as exc:    # a failed kernel build must not fail the install
+            _warn(f"{type(exc).__name__}: {exc}".splitlines()[0])
+
+    def run(self):
+        try:
+            super().run()
+        except Exception as exc:
+            _warn(f"{type(exc).__name__}: {exc}".splitlines()[0])
 
 
 def ext_modules():
-    """The compiled extensions (filled in by the convolution work); [] means NumPy only."""
-    return []
+    """The Cython extensions, or [] (with a one-line warning) when they cannot be built."""
+    if os.environ.get("REFDL_NO_EXT"):
+        _warn("REFDL_NO_EXT is set")
+        return []
+    try:
+        import numpy
+        from Cython.Build import cythonize
+    except ImportError as exc:
+        _warn(f"{exc.name or 'Cython/numpy'} is not installed")
+        return []
+    from setuptools import Extension
+    ext = Extension(
+        "refdl._ext._kernels",
+        ["refdl/_ext/_kernels.pyx"],
+        include_dirs=[numpy.get_include()],
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+        extra_compile_args=["-O3"] if sys.platform != "win32" else ["/O2"],
+        optional=True,
+    )
+    try:
+        return cythonize([ext], language_level=3, quiet=True)
+    except Exception as exc:
+        _warn(f"cythonize failed: {exc}".splitlines()[0])
+        return []
 
 
-setup(ext_modules=ext_modules())
+setup(ext_modules=ext_modules(), cmdclass={"build_ext": OptionalBuildExt})

@@ -181,7 +181,8 @@ def cmd_train(args):
     out.mkdir(parents=True, exist_ok=True)
     config = {k2: (str(v) if isinstance(v, Path) else v) for k2, v in vars(args).items()
               if k2 != "func"}
-    (out / "config.json").write_text(json.dumps(config, indent=1))
+    if not args.resume:            # a failed resume must not touch the run's files
+        (out / "config.json").write_text(json.dumps(config, indent=1))
     t0 = time.perf_counter()
     try:
         # overflow on the way to a NaN loss is reported once, by fit's guard, not as a
@@ -195,6 +196,8 @@ def cmd_train(args):
         print(f"refdl train: {e}", file=sys.stderr)
         return 1
     secs = time.perf_counter() - t0
+    if args.resume:
+        (out / "config.json").write_text(json.dumps(config, indent=1))
     ev = evaluate(model, test, loss, num_classes=k)
     (out / "history.json").write_text(json.dumps(history, indent=1))
     files = [ck, out / "history.json"]
@@ -212,14 +215,16 @@ def cmd_train(args):
         if maps is not None:
             files.append(plot.plot_feature_maps(maps, out / "feature_maps.png",
                                                 title="first feature maps (one test image)"))
-        first = next((p for n_, p in model.named_parameters() if n_.endswith("weight")), None)
-        if first is not None and img is not None:
-            try:
-                shape = tuple(img[1:]) if first.data.ndim == 2 and \
-                    first.data.shape[1] == int(np.prod(img)) and img[0] == 1 else None
-                files.append(plot.plot_filters(first, out / "filters.png", image_shape=shape))
-            except ValueError:
-                pass
+        name0, first = next(iter(model.named_parameters()), (None, None))
+        if name0 is not None and not name0.endswith("weight"):
+            first = None
+        # draw the first layer's weights only where they are pictures: a Linear that sees
+        # the whole grey image, or a convolution's kernels
+        if first is not None and img is not None and (
+                first.data.ndim == 4 or (first.data.ndim == 2 and img[0] == 1
+                                         and first.data.shape[1] == int(np.prod(img)))):
+            shape = tuple(img[1:]) if first.data.ndim == 2 else None
+            files.append(plot.plot_filters(first, out / "filters.png", image_shape=shape))
     correct = int(np.trace(ev["confusion"]))
     say(f"test accuracy: {100 * ev['accuracy']:.2f}% ({correct}/{len(yte)}), "
         f"macro F1 {ev['f1']:.3f}, {secs:.1f} s")
@@ -301,6 +306,20 @@ def _table():
         ("TransformerEncoderLayer", "TransformerEncoderLayer",
          ((), {"d_model": 4, "nhead": 2, "dim_feedforward": 8, "dropout": 0.0,
                "batch_first": True}), _n((2, 3, 4)), {}),
+        ("TransformerEncoder", lambda nn: nn.TransformerEncoder(nn.TransformerEncoderLayer(
+            d_model=4, nhead=2, dim_feedforward=8, dropout=0.0, batch_first=True), 2),
+         ((), {}), _n((2, 3, 4)), {}),
+        ("ScaledDotProductAttention", "ScaledDotProductAttention", ((), {}),
+         lambda r: [r.standard_normal((2, 3, 4)) for _ in range(3)], {}),
+        ("SinusoidalPositionalEncoding", "SinusoidalPositionalEncoding", ((4,), {}),
+         _n((2, 3, 4)), {}),
+        ("LearnedPositionalEncoding", "LearnedPositionalEncoding", ((5, 4), {}),
+         _n((2, 3, 4)), {}),
+        ("PatchEmbed", "PatchEmbed", ((), {"patch_size": 2, "in_chans": 1, "embed_dim": 4}),
+         _n((1, 1, 4, 4)), {}),
+        ("PatchMerging", "PatchMerging", ((4,), {}), _n((1, 2, 2, 4)), {}),
+        ("WindowedEncoderLayer", "WindowedEncoderLayer", ((4, 2), {"window_size": 2}),
+         _n((1, 4, 4, 4)), {}),
         ("Add", "Add", ((), {}), lambda r: [r.standard_normal((2, 3)), r.standard_normal((2, 3))], {}),
         ("Concat", "Concat", ((), {"dim": 1}),
          lambda r: [r.standard_normal((2, 3)), r.standard_normal((2, 2))], {}),
@@ -338,14 +357,15 @@ def _run_gradchecks(only=None):
 
     rows = []
     for label, cls, (a, kw), make_inputs, opts in GRADCHECK_TABLE:
-        if only and label not in only and cls not in only:
+        if only and label not in only and cls not in only and \
+                getattr(cls, "__name__", None) not in only:
             continue
-        if not hasattr(nn, cls):
+        if isinstance(cls, str) and not hasattr(nn, cls):
             rows.append((label, "skip", "not in refdl.nn yet"))
             continue
         try:
             with fork_rng(0):
-                layer = getattr(nn, cls)(*a, **kw)
+                layer = cls(nn) if callable(cls) else getattr(nn, cls)(*a, **kw)
         except (TypeError, ValueError, NotImplementedError, AttributeError, ImportError) as e:
             rows.append((label, "skip", f"cannot construct it here: {e}"))
             continue
@@ -365,37 +385,38 @@ def _run_gradchecks(only=None):
 
 
 def cmd_gradcheck(args):
-    labels = {r[0] for r in GRADCHECK_TABLE} | {r[1] for r in GRADCHECK_TABLE}
+    labels = {r[0] for r in GRADCHECK_TABLE} | {r[1] for r in GRADCHECK_TABLE
+                                                 if isinstance(r[1], str)}
     unknown = [n for n in (args.only or []) if n not in labels]
     if unknown:
         raise UserError(f"unknown layer(s) {', '.join(unknown)}; known: "
                         f"{', '.join(sorted(labels))}")
     rows = _run_gradchecks(args.only)
-    print(f"{'layer':<26}{'status':<8}{'max rel err':>12}  {'tensors':<8} worst tensor")
-    print("-" * 78)
+    print(f"{'layer':<30}{'status':<8}{'max rel err':>12}  {'tensors':<8} worst tensor")
+    print("-" * 82)
     results = {}
     for label, status, res in rows:
         if isinstance(res, str):
             if status != "skip" or args.verbose:
-                print(f"{label:<26}{status:<8}{'':>12}  {'':<8} {res}")
+                print(f"{label:<30}{status:<8}{'':>12}  {'':<8} {res}")
             continue
         results[label] = res
         worst = max(res.tensors, key=lambda t: t.max_rel_error) if res.tensors else None
-        print(f"{label:<26}{status:<8}{res.max_rel_error:>12.2e}  {len(res.tensors):<8} "
+        print(f"{label:<30}{status:<8}{res.max_rel_error:>12.2e}  {len(res.tensors):<8} "
               f"{worst.name if worst else ''}")
         if status == "FAIL" or args.verbose:
             print("    " + str(res).replace("\n", "\n    "))
     n_ok = sum(s == "ok" for _, s, _ in rows)
     bad = [lab for lab, s, _ in rows if s in ("FAIL", "ERROR")]
     skipped = [lab for lab, s, _ in rows if s == "skip"]
-    print("-" * 78)
+    print("-" * 82)
     print(f"{n_ok} passed, {len(bad)} failed, {len(skipped)} not available"
           + (f" ({', '.join(skipped)})" if skipped and not args.verbose else "")
           + f"; rtol = 1e-7")
     if not args.only:
         from . import nn
         from .nn.module import Module
-        covered = {r[1] for r in GRADCHECK_TABLE}
+        covered = {r[1] if isinstance(r[1], str) else r[0] for r in GRADCHECK_TABLE}
         others = sorted(n for n in getattr(nn, "__all__", dir(nn))
                         if isinstance(getattr(nn, n, None), type)
                         and issubclass(getattr(nn, n), Module)

@@ -233,8 +233,9 @@ def fit(model, loss_fn, optimizer, train_loader, val_loader=None, epochs=10, sch
         for step, batch in enumerate(train_loader, 1):
             x, y = _split_batch(batch)
             out = model(x)
-            loss = loss_fn(out, y)
-            value = float(loss)
+            # the losses refuse NaN inputs with a ValueError; a diverged model is caught
+            # here first, so the user hears where training broke down
+            value = float(loss_fn(out, y)) if np.all(np.isfinite(out)) else float("nan")
             if not math.isfinite(value):
                 bar.line("")
                 raise NonFiniteLossError(epoch, step, value, history, checkpoint_path,

@@ -359,3 +359,13 @@ def test_blockwise_attention_equals_naive():
         out, buf = nn.blockwise_attention(q, k, v, B)
         np.testing.assert_allclose(out, ref, rtol=1e-12, atol=1e-14)
         assert buf == 2 * 7 * min(B, 10)
+
+
+def test_sdpa_gradcheck_keys_broadcast_over_the_batch():
+    g = rng(17)
+    q = 2 * g.standard_normal((2, 3, 4))          # two query sets ...
+    k, v = 2 * g.standard_normal((5, 4)), g.standard_normal((5, 2))   # ... one key set
+    att = nn.ScaledDotProductAttention()
+    out = att(q, k, v)
+    np.testing.assert_allclose(out[1], naive_attention(q[1], k, v)[0], rtol=1e-12)
+    check_module(att, q, k, v)

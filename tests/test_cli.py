@@ -65,7 +65,9 @@ def test_resume_with_another_model_is_refused(tmp_path, capsys, monkeypatch):
     assert run(capsys, "train", "--epochs", "1", "--out", d, "--no-plots", "--quiet")[0] == 0
     from refdl import models
     monkeypatch.setitem(models._REGISTRY, "tiny", ("_ux_standins", "WideMLP", "flat", "x"))
+    files = {p.name: p.read_bytes() for p in (tmp_path / "r").iterdir()}
     rc, _, err = run(capsys, "train", "--model", "tiny", "--out", d, "--resume")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "r").iterdir()} == files
     assert rc == 2 and "checkpoint is from a different MLP: unexpected keys ['5.weight'" in err
 
 
@@ -211,3 +213,14 @@ def test_image_model_writes_feature_maps(tmp_path, capsys, monkeypatch):
                        "--out", str(tmp_path / "t"))
     assert rc == 0, err
     assert (tmp_path / "t" / "feature_maps.png").is_file()
+
+
+def test_python_dash_m_refdl():
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parent.parent
+    r = subprocess.run([sys.executable, "-m", "refdl", "summary", "nonet"], cwd=root,
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.startswith("refdl summary: error: unknown model")
+    assert "Traceback" not in r.stderr

@@ -6,7 +6,9 @@ Nothing here is fetched at import time or in the tests:
 * ``load_mnist(root)``, ``load_fashion_mnist(root)``: IDX files in a local folder
   (``download=True`` is opt-in);
 * generated sets: ``make_spirals``, ``make_moons``, ``make_ring`` (8 Gaussians on a circle),
-  ``make_grid`` (25 Gaussians), ``make_gaussian_mixture``;
+  ``make_grid`` (25 Gaussians), ``make_gaussian_mixture``; images of shapes with known
+  boxes (``make_shapes``, ``ShapesDataset``); moving-shapes videos (``moving_shapes``);
+  sequence tasks (``adding_problem``, ``copy_task``, ``digit_rows``);
 * ``TensorDataset``, ``Subset``, ``random_split``, ``DataLoader`` (seeded shuffling,
   ``drop_last``, a batch ``transform``);
 * transforms: ``Normalize``, ``RandomCrop``, ``RandomHorizontalFlip``, ``Compose``.
@@ -25,9 +27,12 @@ __all__ = [
     "Compose", "Normalize", "RandomCrop", "RandomHorizontalFlip",
 ]
 
-# ---- data sets written by other helpers (the integrator adds their imports here) ------
-# refdl/data/shapes.py     (helper autograd): images of shapes with known boxes
-# refdl/data/video.py      (helper norm):     moving-shapes video
-# refdl/data/sequences.py  (helper rnn):      sequence tasks
-# e.g.  from .shapes import *  ;  __all__ += shapes.__all__
-# ----------------------------------------------------------------------------------------
+# ---- data sets written by other helpers -------------------------------------------------
+# shapes.py (images of shapes with known boxes), video.py (moving-shapes video),
+# sequences.py (sequence tasks: adding problem, copy task, digit rows)
+from . import sequences, shapes, video  # noqa: E402
+from .sequences import *  # noqa: E402,F401,F403
+from .shapes import *  # noqa: E402,F401,F403
+from .video import *  # noqa: E402,F401,F403
+
+__all__ += shapes.__all__ + video.__all__ + sequences.__all__

@@ -278,7 +278,7 @@ def to_engine(module):
     """An engine function Tensor -> Tensor computing ``module``'s forward (eval mode).
 
     Supported: Sequential, Linear, Flatten, Identity, Dropout (identity), ReLU, LeakyReLU,
-    ELU, Tanh, Sigmoid, Softplus, GELU, SiLU, AdaptiveAvgPool2d(1), GlobalAvgPool2d.
+    ELU, Tanh, Sigmoid, Softplus, GELU, SiLU, AdaptiveAvgPool2d(1), GlobalAvgPool2d, GlobalMaxPool2d.
     """
     from ..autograd import Tensor
     from ..autograd import functional as AF
@@ -306,6 +306,8 @@ def to_engine(module):
         return lambda t: t
     if kind == "GlobalAvgPool2d":
         return lambda t: ops.mean(t, axis=(2, 3))
+    if kind == "GlobalMaxPool2d":
+        return lambda t: ops.max(t.reshape(t.shape[0], t.shape[1], -1), axis=-1)
     if kind == "AdaptiveAvgPool2d" and tuple(np.atleast_1d(module.output_size)) in ((1,), (1, 1)):
         return lambda t: ops.mean(t, axis=(2, 3), keepdims=True)
     simple = {"ReLU": AF.relu, "Tanh": AF.tanh, "Sigmoid": AF.sigmoid, "SiLU": AF.silu}
@@ -322,4 +324,4 @@ def to_engine(module):
     raise NotImplementedError(f"to_engine: no engine translation for {kind}; supported: "
                               "Sequential, Linear, Flatten, Identity, Dropout, ReLU, "
                               "LeakyReLU, ELU, Tanh, Sigmoid, Softplus(beta=1), GELU, SiLU, "
-                              "AdaptiveAvgPool2d(1), GlobalAvgPool2d")
+                              "AdaptiveAvgPool2d(1), GlobalAvgPool2d, GlobalMaxPool2d")

@@ -396,7 +396,7 @@ class MultiheadAttention(Module):
             raise ValueError(f"{layer_name(self)}: expected a 3-D query {lay} or a 2-D "
                              f"unbatched query (L, E), got shape {tuple(q.shape)}")
         batched = q.ndim == 3
-        for name, x, d in (("key", k, self.kdim), ("value", v, self.vdim)):
+        for name, x in (("key", k), ("value", v)):
             if x.ndim != q.ndim:
                 raise ValueError(f"{layer_name(self)}: query is {q.ndim}-D, so {name} must be "
                                  f"{q.ndim}-D too, got {name} of shape {tuple(x.shape)}")

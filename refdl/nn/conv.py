@@ -1,2 +1,441 @@
-"""(to be written)"""
-__all__ = []
+r"""Convolutions (PyTorch's Conv1d/2d/3d and ConvTranspose1d/2d/3d), by im2col + one GEMM.
+
+Like PyTorch (and every deep-learning library) a "convolution" is a cross-correlation,
+NCHW layout (N, C, L) / (N, C, H, W) / (N, C, D, H, W); unbatched inputs (C, *S) are
+accepted and give unbatched outputs.
+
+Forward, for x (N, C_in, *S), W (C_out, C_in/G, *K), b (C_out,), groups G:
+
+    y[n, o, p] = b[o] + sum_{c in group(o)} sum_k W[o, c, k] x_pad[n, c, p*s + k*d]
+
+computed as   cols = im2col(x)                      (C_in*prod(K), N*prod(O))
+              y_g  = W_g @ cols_g                   one GEMM per group
+Backward, with g = dL/dy reshaped to (C_out, N*prod(O)) per group:
+
+    dL/dW_g = g_g cols_g^T        dL/db = sum over n and p of g
+    dL/dx   = col2im(W_g^T g_g)   (the adjoint of im2col adds each column back)
+
+dL/dx is itself a convolution: the *transposed* convolution of g with the same W, which
+is exactly what ConvTranspose computes in its forward. Derivation:
+docs/derivations/conv.md.
+
+im2col/col2im run in the compiled kernels of refdl/_ext when they are built
+(``refdl.ext.available()``), else in the NumPy reference of refdl.functional.conv.
+"""
+import math
+
+import numpy as np
+
+from .. import ext, init
+from ..functional.conv import (conv_output_size, conv_transpose_output_size,
+                               normalize_tuple, same_padding)
+from ._validate import check_float, check_forward_called, check_grad, layer_name
+from .module import Module, Parameter
+
+__all__ = ["Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d",
+           "ConvTranspose3d"]
+
+_NP_PAD_MODE = {"circular": "wrap", "reflect": "reflect", "replicate": "edge"}
+_AXES = {1: "(N, C, L)", 2: "(N, C, H, W)", 3: "(N, C, D, H, W)"}
+
+
+def _fmt(t):
+    return "x".join(str(v) for v in t)
+
+
+class _ConvBase(Module):
+    """Shared machinery: arguments, parameters, input checks, grouped GEMMs."""
+
+    _rank = None
+    transposed = False
+
+    def _common_init(self, in_channels, out_channels, kernel_size, stride, dilation,
+                     groups, bias, dtype, generator):
+        r = self._rank
+        name = type(self).__name__
+        self.in_channels = int(in_channels)
+        self.out_channels = int(out_channels)
+        if self.in_channels <= 0 or self.out_channels <= 0:
+            raise ValueError(f"{name}: in_channels and out_channels must be positive, got "
+                             f"({in_channels}, {out_channels})")
+        self.kernel_size = normalize_tuple(kernel_size, r, "kernel_size")
+        self.stride = normalize_tuple(stride, r, "stride")
+        self.dilation = normalize_tuple(dilation, r, "dilation")
+        for what, v in (("kernel_size", self.kernel_size), ("stride", self.stride),
+                        ("dilation", self.dilation)):
+            if any(a < 1 for a in v):
+                raise ValueError(f"{name}: {what} must be positive, got {v}")
+        self.groups = int(groups)
+        if self.groups < 1:
+            raise ValueError(f"{name}: groups must be a positive integer, got {groups}")
+        if self.in_channels % self.groups:
+            raise ValueError(f"{name}: in_channels ({self.in_channels}) must be divisible "
+                             f"by groups ({self.groups})")
+        if self.out_channels % self.groups:
+            raise ValueError(f"{name}: out_channels ({self.out_channels}) must be divisible "
+                             f"by groups ({self.groups})")
+        if self.transposed:
+            wshape = (self.in_channels, self.out_channels // self.groups) + self.kernel_size
+        else:
+            wshape = (self.out_channels, self.in_channels // self.groups) + self.kernel_size
+        self.weight = Parameter(np.empty(wshape, dtype=dtype))
+        if bias:
+            self.bias = Parameter(np.empty(self.out_channels, dtype=dtype))
+        else:
+            self.register_parameter("bias", None)
+        self.reset_parameters(generator)
+        self._cols = None      # the column matrix of the last forward (reused buffer)
+        self._fresh = False    # True between a forward and its backward
+        self._xg = None
+
+    def reset_parameters(self, generator=None):
+        """PyTorch's default: kaiming_uniform_(W, a=sqrt(5)), b ~ U(+-1/sqrt(fan_in)).
+
+        That is W ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)) with fan_in = W.shape[1]*prod(K).
+        """
+        init.kaiming_uniform_(self.weight, a=math.sqrt(5), generator=generator)
+        if self.bias is not None:
+            fan_in, _ = init.calculate_fan_in_and_fan_out(self.weight)
+            bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+            init.uniform_(self.bias, -bound, bound, generator=generator)
+
+    # -- input handling -------------------------------------------------------------------
+    def _batched(self, x, channels):
+        """Validate x and return it as a contiguous batched array (plus the batch flag)."""
+        r = self._rank
+        x = check_float(self, x)
+        if x.ndim not in (r + 1, r + 2):
+            raise ValueError(f"{layer_name(self)}: expected a {r + 1}-D (unbatched) or "
+                             f"{r + 2}-D (batched) input {_AXES[r]}, got shape "
+                             f"{tuple(x.shape)}")
+        batched = x.ndim == r + 2
+        xb = x if batched else x[None]
+        if xb.shape[1] != channels:
+            raise ValueError(f"{layer_name(self)}: expected input with {channels} channels "
+                             f"{_AXES[r]} with C={channels}, got shape {tuple(x.shape)}")
+        if any(s == 0 for s in xb.shape):
+            raise ValueError(f"{layer_name(self)}: empty input of shape {tuple(x.shape)}")
+        return np.ascontiguousarray(xb), batched
+
+    def _weight(self, dtype):
+        return self.weight.data.astype(dtype, copy=False)
+
+    def _add_param_grads(self, dW, g):
+        if self.weight.requires_grad:
+            self.weight.grad += dW.reshape(self.weight.shape)
+        if self.bias is not None and self.bias.requires_grad:
+            self.bias.grad += g.sum(axis=(0,) + tuple(range(2, g.ndim)))
+
+
+class _ConvNd(_ConvBase):
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
+                 dilation=1, groups=1, bias=True, padding_mode="zeros", dtype=np.float32,
+                 generator=None):
+        super().__init__()
+        r = self._rank
+        name = type(self).__name__
+        if padding_mode not in ("zeros", "circular", "reflect", "replicate"):
+            raise ValueError(f"{name}: padding_mode must be 'zeros', 'circular', 'reflect' "
+                             f"or 'replicate', got {padding_mode!r}")
+        self.padding_mode = padding_mode
+        if isinstance(padding, str):
+            if padding not in ("same", "valid"):
+                raise ValueError(f"{name}: padding must be an int, a tuple, 'same' or "
+                                 f"'valid', got {padding!r}")
+            if padding == "same" and any(s != 1 for s in normalize_tuple(stride, r)):
+                raise ValueError(f"{name}: padding='same' is not supported for strided "
+                                 f"convolutions (stride={stride})")
+            self.padding = padding
+        else:
+            self.padding = normalize_tuple(padding, r, "padding")
+            if any(p < 0 for p in self.padding):
+                raise ValueError(f"{name}: padding must be non-negative, got {padding}")
+        self._common_init(in_channels, out_channels, kernel_size, stride, dilation, groups,
+                          bias, dtype, generator)
+
+    def extra_repr(self):
+        s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+             f"stride={self.stride}")
+        pad = repr(self.padding) if isinstance(self.padding, str) else self.padding
+        if self.padding != (0,) * self._rank:
+            s += f", padding={pad}"
+        if self.dilation != (1,) * self._rank:
+            s += f", dilation={self.dilation}"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
+        if self.bias is None:
+            s += ", bias=False"
+        if self.padding_mode != "zeros":
+            s += f", padding_mode={self.padding_mode!r}"
+        return s
+
+    def _pads(self):
+        """Padding as (before, after) pairs."""
+        if self.padding == "valid":
+            return ((0, 0),) * self._rank
+        if self.padding == "same":
+            return same_padding(self.kernel_size, self.dilation)
+        return tuple((p, p) for p in self.padding)
+
+    def output_size(self, spatial):
+        """The output's spatial size for an input of spatial size ``spatial``."""
+        return conv_output_size(tuple(spatial), self.kernel_size, self.stride, self._pads(),
+                                self.dilation)
+
+    # -- padding modes other than zeros: an index map and its adjoint -----------------------
+    def _pad_index(self, spatial, pads):
+        idx = np.arange(math.prod(spatial)).reshape(spatial)
+        return np.pad(idx, pads, mode=_NP_PAD_MODE[self.padding_mode])
+
+    def forward(self, x):
+        xb, batched = self._batched(x, self.in_channels)
+        N, C = xb.shape[:2]
+        spatial = xb.shape[2:]
+        pads = self._pads()
+        padded = tuple(L + lo + hi for L, (lo, hi) in zip(spatial, pads))
+        span = tuple(d * (k - 1) + 1 for k, d in zip(self.kernel_size, self.dilation))
+        if any(sp > p for sp, p in zip(span, padded)):
+            raise ValueError(
+                f"{layer_name(self)}: the kernel (dilated size {_fmt(span)}) is larger than "
+                f"the padded input ({_fmt(padded)}) for input of shape {tuple(x.shape)}")
+        self._pad_map = None
+        if self.padding_mode != "zeros" and any(lo or hi for lo, hi in pads):
+            for L, (lo, hi) in zip(spatial, pads):
+                limit = L - 1 if self.padding_mode == "reflect" else L
+                if self.padding_mode != "replicate" and max(lo, hi) > limit:
+                    raise ValueError(f"{layer_name(self)}: {self.padding_mode} padding "
+                                     f"{max(lo, hi)} is too large for input of shape "
+                                     f"{tuple(x.shape)}")
+            self._pad_map = self._pad_index(spatial, pads)
+            xb = xb.reshape(N, C, -1)[:, :, self._pad_map]
+            pads = ((0, 0),) * self._rank
+        out = conv_output_size(xb.shape[2:], self.kernel_size, self.stride, pads,
+                               self.dilation)
+        cols = ext.im2col(xb, self.kernel_size, self.stride, pads, self.dilation, out,
+                          out=self._cols)
+        G = self.groups
+        cog = self.out_channels // G
+        W = self._weight(xb.dtype).reshape(G, cog, -1)
+        L = math.prod(out)
+        # cols viewed as (G, N, C_in/G*K, L): for each group, W_g @ cols_g lands directly
+        # in y[:, group] (N, C_out/G, L), without a transposed copy of the output
+        colsg = cols.reshape(G, cols.shape[0] // G, N, L).transpose(0, 2, 1, 3)
+        y = np.empty((N, G, cog, L), dtype=xb.dtype)
+        np.matmul(W[:, None], colsg, out=y.transpose(1, 0, 2, 3))
+        y = y.reshape((N, self.out_channels) + out)
+        if self.bias is not None:
+            y += self.bias.data.astype(y.dtype, copy=False).reshape(
+                (-1,) + (1,) * self._rank)
+        self._cols = cols                          # reused by the next forward's im2col
+        self._fresh = True                         # backward turns it into dcols
+        self._in_shape = xb.shape                  # padded shape for non-zeros modes
+        self._spatial = spatial
+        self._pads_used = pads
+        self._out = out
+        self._batched_in = batched
+        return y if batched else y[0]
+
+    def backward(self, grad_out):
+        check_forward_called(self, self._cols if self._fresh else None)
+        N = self._in_shape[0]
+        shape = (N, self.out_channels) + self._out
+        g = check_grad(self, grad_out, shape if self._batched_in else shape[1:])
+        if not self._batched_in:
+            g = g[None]
+        G = self.groups
+        cols = self._cols
+        colsg = cols.reshape(G, cols.shape[0] // G, cols.shape[1])
+        gm = np.ascontiguousarray(
+            g.reshape(N, self.out_channels, -1).transpose(1, 0, 2)).astype(cols.dtype,
+                                                                          copy=False)
+        gm = gm.reshape(G, self.out_channels // G, -1)    # (G, C_out/G, N*L)
+        W = self._weight(cols.dtype).reshape(G, self.out_channels // G, -1)
+        self._add_param_grads(np.matmul(gm, colsg.transpose(0, 2, 1)), g)
+        # cols is not needed any more: dcols = W^T g overwrites it (no new big buffer)
+        np.matmul(W.transpose(0, 2, 1), gm, out=colsg)
+        self._fresh = False
+        dx = ext.col2im(cols, self._in_shape, self.kernel_size, self.stride,
+                        self._pads_used, self.dilation, self._out)
+        if self._pad_map is not None:              # adjoint of the index-map padding
+            flat = np.zeros((N * self.in_channels, math.prod(self._spatial)), dtype=dx.dtype)
+            np.add.at(flat, (slice(None), self._pad_map.ravel()),
+                      dx.reshape(N * self.in_channels, -1))
+            dx = flat.reshape((N, self.in_channels) + tuple(self._spatial))
+        return dx if self._batched_in else dx[0]
+
+
+class Conv1d(_ConvNd):
+    r"""1-D convolution (cross-correlation) over (N, C_in, L) -> (N, C_out, L_out).
+
+    W: (C_out, C_in/groups, k), b: (C_out,).
+    y[n, o, l] = b[o] + sum_{c, j} W[o, c, j] x_pad[n, c, l*s + j*d]
+    L_out = floor((L + 2p - d(k-1) - 1)/s) + 1;  padding 'same' keeps L (stride 1).
+    Backward (g = dL/dy): dW = g cols^T, db = sum_{n,l} g, dx = col2im(W^T g)
+    (a transposed convolution of g). Derivation: docs/derivations/conv.md
+    """
+    _rank = 1
+
+
+class Conv2d(_ConvNd):
+    r"""2-D convolution (cross-correlation) over (N, C_in, H, W) -> (N, C_out, H_out, W_out).
+
+    W: (C_out, C_in/groups, kH, kW), b: (C_out,).
+    y[n, o, i, j] = b[o] + sum_{c, u, v} W[o, c, u, v] x_pad[n, c, i*s_h + u*d_h, j*s_w + v*d_w]
+    H_out = floor((H + 2p_h - d_h(kH-1) - 1)/s_h) + 1, and likewise W_out.
+    Backward (g = dL/dy, cols = im2col(x)): dL/dW = g cols^T, dL/db = sum_{n,i,j} g,
+    dL/dx = col2im(W^T g), the transposed convolution of g with W.
+    Derivation: docs/derivations/conv.md
+    """
+    _rank = 2
+
+
+class Conv3d(_ConvNd):
+    r"""3-D convolution over (N, C_in, D, H, W) -> (N, C_out, D_out, H_out, W_out).
+
+    W: (C_out, C_in/groups, kD, kH, kW); each output size as in Conv1d per axis.
+    Backward: dW = g cols^T, db = sum g, dx = col2im(W^T g). docs/derivations/conv.md
+    """
+    _rank = 3
+
+
+class _ConvTransposeNd(_ConvBase):
+    transposed = True
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
+                 output_padding=0, groups=1, bias=True, dilation=1, padding_mode="zeros",
+                 dtype=np.float32, generator=None):
+        super().__init__()
+        r = self._rank
+        name = type(self).__name__
+        if padding_mode != "zeros":
+            raise ValueError(f"{name}: only padding_mode='zeros' is supported, got "
+                             f"{padding_mode!r}")
+        self.padding_mode = padding_mode
+        self.padding = normalize_tuple(padding, r, "padding")
+        self.output_padding = normalize_tuple(output_padding, r, "output_padding")
+        if any(p < 0 for p in self.padding + self.output_padding):
+            raise ValueError(f"{name}: padding and output_padding must be non-negative")
+        self._common_init(in_channels, out_channels, kernel_size, stride, dilation, groups,
+                          bias, dtype, generator)
+        for op, s, d in zip(self.output_padding, self.stride, self.dilation):
+            if op >= max(s, d):
+                raise ValueError(f"{name}: output_padding {self.output_padding} must be "
+                                 f"smaller than either stride {self.stride} or dilation "
+                                 f"{self.dilation}")
+
+    def extra_repr(self):
+        s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+             f"stride={self.stride}")
+        if self.padding != (0,) * self._rank:
+            s += f", padding={self.padding}"
+        if self.output_padding != (0,) * self._rank:
+            s += f", output_padding={self.output_padding}"
+        if self.dilation != (1,) * self._rank:
+            s += f", dilation={self.dilation}"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
+        if self.bias is None:
+            s += ", bias=False"
+        return s
+
+    def output_size(self, spatial, output_padding=None):
+        op = self.output_padding if output_padding is None else output_padding
+        return conv_transpose_output_size(tuple(spatial), self.kernel_size, self.stride,
+                                          self.padding, op, self.dilation)
+
+    def forward(self, x, output_size=None):
+        """``output_size`` (optional, spatial or full shape) picks output_padding per call,
+        as in PyTorch."""
+        xb, batched = self._batched(x, self.in_channels)
+        N = xb.shape[0]
+        spatial = xb.shape[2:]
+        op = self.output_padding
+        if output_size is not None:
+            want = tuple(int(v) for v in output_size)[-self._rank:]
+            base = self.output_size(spatial, (0,) * self._rank)
+            op = tuple(w - b for w, b in zip(want, base))
+            if any(o < 0 or o >= max(s, d) for o, s, d in zip(op, self.stride,
+                                                                  self.dilation)):
+                raise ValueError(f"{layer_name(self)}: requested output size {want} is not "
+                                 f"reachable from input {tuple(x.shape)} (valid sizes: "
+                                 f"{base} plus less than max(stride, dilation))")
+        out = self.output_size(spatial, op)
+        if any(o < 1 for o in out):
+            raise ValueError(f"{layer_name(self)}: input of shape {tuple(x.shape)} gives "
+                             f"an empty output {out}")
+        G = self.groups
+        cin_g = self.in_channels // G
+        xg = np.ascontiguousarray(xb.reshape(N, self.in_channels, -1).transpose(1, 0, 2))
+        xg = xg.reshape(G, cin_g, -1)                       # (G, C_in/G, N*L_in)
+        W = self._weight(xb.dtype).reshape(G, cin_g, -1)    # (G, C_in/G, C_out/G*K)
+        shape = (G, W.shape[2], xg.shape[2])                # (G, C_out/G*K, N*L_in)
+        buf = self._cols
+        if buf is None or buf.size != np.prod(shape) or buf.dtype != xg.dtype:
+            buf = np.empty((shape[0] * shape[1], shape[2]), dtype=xg.dtype)
+        self._cols = buf.reshape(shape[0] * shape[1], shape[2])
+        cols = self._cols
+        np.matmul(W.transpose(0, 2, 1), xg, out=cols.reshape(shape))
+        pads = tuple((p, p) for p in self.padding)
+        y = ext.col2im(cols, (N, self.out_channels) + out, self.kernel_size, self.stride,
+                       pads, self.dilation, spatial)
+        if self.bias is not None:
+            y += self.bias.data.astype(y.dtype, copy=False).reshape(
+                (-1,) + (1,) * self._rank)
+        self._xg = xg
+        self._in_shape = xb.shape
+        self._out = out
+        self._batched_in = batched
+        return y if batched else y[0]
+
+    def backward(self, grad_out):
+        check_forward_called(self, self._xg)
+        N = self._in_shape[0]
+        shape = (N, self.out_channels) + self._out
+        g = check_grad(self, grad_out, shape if self._batched_in else shape[1:])
+        if not self._batched_in:
+            g = g[None]
+        g = np.ascontiguousarray(g, dtype=self._xg.dtype)
+        G = self.groups
+        cin_g = self.in_channels // G
+        spatial = self._in_shape[2:]
+        pads = tuple((p, p) for p in self.padding)
+        self._cols = ext.im2col(g, self.kernel_size, self.stride, pads, self.dilation,
+                                spatial, out=self._cols)
+        gcols = self._cols.reshape(G, -1, self._cols.shape[1])   # (G, C_out/G*K, N*L_in)
+        W = self._weight(g.dtype).reshape(G, cin_g, -1)
+        self._add_param_grads(np.matmul(self._xg, gcols.transpose(0, 2, 1)), g)
+        dx = np.matmul(W, gcols).reshape(self.in_channels, N, -1).transpose(1, 0, 2)
+        dx = np.ascontiguousarray(dx).reshape(self._in_shape)
+        return dx if self._batched_in else dx[0]
+
+
+class ConvTranspose1d(_ConvTransposeNd):
+    r"""1-D transposed convolution (the adjoint of Conv1d): (N, C_in, L) -> (N, C_out, L_out).
+
+    W: (C_in, C_out/groups, k). L_out = (L-1)s - 2p + d(k-1) + output_padding + 1.
+    Forward: y = col2im(W^T x) + b, i.e. every input entry scatters a copy of the kernel
+    scaled by itself into the output at stride s ("fractionally strided" convolution).
+    Backward: cols = im2col(g);  dx = W cols (an ordinary convolution of g),
+    dW = x cols^T, db = sum g. docs/derivations/conv.md
+    """
+    _rank = 1
+
+
+class ConvTranspose2d(_ConvTransposeNd):
+    r"""2-D transposed convolution (the adjoint of Conv2d): (N, C_in, H, W) -> (N, C_out, H', W').
+
+    W: (C_in, C_out/groups, kH, kW).
+    H' = (H-1)s_h - 2p_h + d_h(kH-1) + output_padding_h + 1, and likewise W'.
+    Forward: y = col2im(W^T x) + b. Backward (cols = im2col(g)): dx = W cols (Conv2d of g
+    with the same weights), dW = x cols^T, db = sum g. docs/derivations/conv.md
+    """
+    _rank = 2
+
+
+class ConvTranspose3d(_ConvTransposeNd):
+    r"""3-D transposed convolution (the adjoint of Conv3d): (N, C_in, D, H, W) -> (N, C_out, ...).
+
+    W: (C_in, C_out/groups, kD, kH, kW); each output size as in ConvTranspose1d per axis.
+    Forward y = col2im(W^T x) + b; backward dx = W im2col(g), dW = x im2col(g)^T.
+    """
+    _rank = 3

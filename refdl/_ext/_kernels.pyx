@@ -1,0 +1,393 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+# cython: initializedcheck=False, nonecheck=False
+"""im2col / col2im and max / average pooling on 3-D volumes (1-D and 2-D are views with
+unit axes). Called only through refdl.ext, which validates every shape, dtype and
+contiguity first: bounds checks are off here.
+
+Layout (same as refdl.functional.conv.im2col):
+    x     (N, C, D, H, W)            C-contiguous
+    cols  (C*KD*KH*KW, N*OD*OH*OW)   row (c, kd, kh, kw), column (n, od, oh, ow)
+Pooling works on planes: x (P, D, H, W) with P = N*C.
+The outer loop (batch or plane) runs in parallel with OpenMP when the extension was
+compiled with it; every iteration writes a disjoint part of the output.
+"""
+from cython.parallel cimport prange
+
+ctypedef fused real:
+    float
+    double
+
+ctypedef long long i64
+
+
+cdef inline Py_ssize_t ceil_div(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+    # ceil(a / b) for b > 0 with C's truncating division
+    if a >= 0:
+        return (a + b - 1) // b
+    return -((-a) // b)
+
+
+# outputs o in [lo, hi) read the index o*stride + offset inside [0, length)
+cdef inline Py_ssize_t range_lo(Py_ssize_t stride, Py_ssize_t offset) noexcept nogil:
+    cdef Py_ssize_t a = ceil_div(-offset, stride)
+    return a if a > 0 else 0
+
+
+cdef inline Py_ssize_t range_hi(Py_ssize_t n_out, Py_ssize_t length, Py_ssize_t stride,
+                                Py_ssize_t offset, Py_ssize_t lo) noexcept nogil:
+    cdef Py_ssize_t b = ceil_div(length - offset, stride)
+    if b > n_out:
+        b = n_out
+    return b if b > lo else lo
+
+
+cdef extern from *:
+    """
+    #ifdef _OPENMP
+    #include <omp.h>
+    static const int REFDL_HAVE_OPENMP = 1;
+    static int refdl_max_threads(void) { return omp_get_max_threads(); }
+    #else
+    static const int REFDL_HAVE_OPENMP = 0;
+    static int refdl_max_threads(void) { return 1; }
+    #endif
+    """
+    const int REFDL_HAVE_OPENMP
+    int refdl_max_threads() noexcept nogil
+
+
+# Below this many elements touched, a kernel runs on one thread: waking a team of OpenMP
+# threads costs more than it saves (and far more on a loaded machine).
+cdef Py_ssize_t PARALLEL_GRAIN = 1 << 18
+
+
+cdef inline int n_threads(Py_ssize_t work, Py_ssize_t outer) noexcept nogil:
+    cdef int t
+    if work < PARALLEL_GRAIN or outer < 2:
+        return 1
+    t = refdl_max_threads()
+    return t if t < outer else <int>outer
+
+
+def openmp_enabled():
+    """True when this module was compiled with OpenMP."""
+    return bool(REFDL_HAVE_OPENMP)
+
+
+cdef extern from *:
+    """
+    #include <string.h>
+    /* the innermost rows of im2col / col2im: restrict lets the compiler vectorise */
+    static inline void refdl_copy_f(float* restrict d, const float* restrict s,
+                                    Py_ssize_t n, Py_ssize_t st) {
+        if (st == 1) { memcpy(d, s, (size_t)n * sizeof(float)); return; }
+        for (Py_ssize_t i = 0; i < n; i++) d[i] = s[i * st];
+    }
+    static inline void refdl_copy_d(double* restrict d, const double* restrict s,
+                                    Py_ssize_t n, Py_ssize_t st) {
+        if (st == 1) { memcpy(d, s, (size_t)n * sizeof(double)); return; }
+        for (Py_ssize_t i = 0; i < n; i++) d[i] = s[i * st];
+    }
+    static inline void refdl_add_f(float* restrict d, const float* restrict s,
+                                   Py_ssize_t n, Py_ssize_t st) {
+        if (st == 1) { for (Py_ssize_t i = 0; i < n; i++) d[i] += s[i]; return; }
+        for (Py_ssize_t i = 0; i < n; i++) d[i * st] += s[i];
+    }
+    static inline void refdl_add_d(double* restrict d, const double* restrict s,
+                                   Py_ssize_t n, Py_ssize_t st) {
+        if (st == 1) { for (Py_ssize_t i = 0; i < n; i++) d[i] += s[i]; return; }
+        for (Py_ssize_t i = 0; i < n; i++) d[i * st] += s[i];
+    }
+    """
+    void refdl_copy_f(float* d, const float* s, Py_ssize_t n, Py_ssize_t st) noexcept nogil
+    void refdl_copy_d(double* d, const double* s, Py_ssize_t n, Py_ssize_t st) noexcept nogil
+    void refdl_add_f(float* d, const float* s, Py_ssize_t n, Py_ssize_t st) noexcept nogil
+    void refdl_add_d(double* d, const double* s, Py_ssize_t n, Py_ssize_t st) noexcept nogil
+    void* memset(void* p, int c, size_t n) noexcept nogil
+
+
+cdef inline void copy_row(real* d, const real* s, Py_ssize_t n, Py_ssize_t st) noexcept nogil:
+    if n <= 0:
+        return
+    if real is float:
+        refdl_copy_f(d, s, n, st)
+    else:
+        refdl_copy_d(d, s, n, st)
+
+
+cdef inline void add_row(real* d, const real* s, Py_ssize_t n, Py_ssize_t st) noexcept nogil:
+    if n <= 0:
+        return
+    if real is float:
+        refdl_add_f(d, s, n, st)
+    else:
+        refdl_add_d(d, s, n, st)
+
+
+cdef inline void zero_row(real* d, Py_ssize_t n) noexcept nogil:
+    if n > 0:
+        memset(d, 0, <size_t>n * sizeof(real))
+
+
+def im2col3d(const real[:, :, :, :, ::1] x, real[:, ::1] cols,
+             Py_ssize_t KD, Py_ssize_t KH, Py_ssize_t KW,
+             Py_ssize_t sd, Py_ssize_t sh, Py_ssize_t sw,
+             Py_ssize_t pd, Py_ssize_t ph, Py_ssize_t pw,
+             Py_ssize_t dd, Py_ssize_t dh, Py_ssize_t dw,
+             Py_ssize_t OD, Py_ssize_t OH, Py_ssize_t OW):
+    cdef int nt
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1]
+    cdef Py_ssize_t D = x.shape[2], H = x.shape[3], W = x.shape[4]
+    cdef Py_ssize_t L = OD * OH * OW
+    cdef Py_ssize_t n, c, kd, kh, kw, od, oh, idd, ih, row, off
+    cdef Py_ssize_t od0, od1, oh0, oh1, ow0, ow1
+    cdef real* dst
+    cdef const real* src
+    nt = n_threads(cols.shape[0] * cols.shape[1], N)
+    for n in prange(N, nogil=True, schedule="static", num_threads=nt):
+        for c in range(C):
+            for kd in range(KD):
+                od0 = range_lo(sd, kd * dd - pd)
+                od1 = range_hi(OD, D, sd, kd * dd - pd, od0)
+                for kh in range(KH):
+                    oh0 = range_lo(sh, kh * dh - ph)
+                    oh1 = range_hi(OH, H, sh, kh * dh - ph, oh0)
+                    for kw in range(KW):
+                        off = kw * dw - pw
+                        ow0 = range_lo(sw, off)
+                        ow1 = range_hi(OW, W, sw, off, ow0)
+                        row = ((c * KD + kd) * KH + kh) * KW + kw
+                        for od in range(OD):
+                            idd = od * sd + kd * dd - pd
+                            for oh in range(OH):
+                                dst = &cols[row, n * L + (od * OH + oh) * OW]
+                                if od < od0 or od >= od1 or oh < oh0 or oh >= oh1:
+                                    zero_row(dst, OW)
+                                    continue
+                                ih = oh * sh + kh * dh - ph
+                                src = &x[n, c, idd, ih, 0]
+                                zero_row(dst, ow0)
+                                copy_row(dst + ow0, src + ow0 * sw + off, ow1 - ow0, sw)
+                                zero_row(dst + ow1, OW - ow1)
+
+
+def col2im3d(const real[:, ::1] cols, real[:, :, :, :, ::1] x,
+             Py_ssize_t KD, Py_ssize_t KH, Py_ssize_t KW,
+             Py_ssize_t sd, Py_ssize_t sh, Py_ssize_t sw,
+             Py_ssize_t pd, Py_ssize_t ph, Py_ssize_t pw,
+             Py_ssize_t dd, Py_ssize_t dh, Py_ssize_t dw,
+             Py_ssize_t OD, Py_ssize_t OH, Py_ssize_t OW):
+    """x += col2im(cols); x must be zeroed by the caller."""
+    cdef int nt
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1]
+    cdef Py_ssize_t D = x.shape[2], H = x.shape[3], W = x.shape[4]
+    cdef Py_ssize_t L = OD * OH * OW
+    cdef Py_ssize_t n, c, kd, kh, kw, od, oh, idd, ih, row, off
+    cdef Py_ssize_t od0, od1, oh0, oh1, ow0, ow1
+    cdef const real* src
+    cdef real* dst
+    nt = n_threads(cols.shape[0] * cols.shape[1], N)
+    for n in prange(N, nogil=True, schedule="static", num_threads=nt):
+        for c in range(C):
+            for kd in range(KD):
+                od0 = range_lo(sd, kd * dd - pd)
+                od1 = range_hi(OD, D, sd, kd * dd - pd, od0)
+                for kh in range(KH):
+                    oh0 = range_lo(sh, kh * dh - ph)
+                    oh1 = range_hi(OH, H, sh, kh * dh - ph, oh0)
+                    for kw in range(KW):
+                        off = kw * dw - pw
+                        ow0 = range_lo(sw, off)
+                        ow1 = range_hi(OW, W, sw, off, ow0)
+                        row = ((c * KD + kd) * KH + kh) * KW + kw
+                        for od in range(od0, od1):
+                            idd = od * sd + kd * dd - pd
+                            for oh in range(oh0, oh1):
+                                ih = oh * sh + kh * dh - ph
+                                src = &cols[row, n * L + (od * OH + oh) * OW]
+                                dst = &x[n, c, idd, ih, 0]
+                                add_row(dst + ow0 * sw + off, src + ow0, ow1 - ow0, sw)
+
+
+cdef inline Py_ssize_t tap_lo(Py_ssize_t start, Py_ssize_t dil) noexcept nogil:
+    # first tap k >= 0 with start + k*dil >= 0 (no division when it can be avoided)
+    if start >= 0:
+        return 0
+    if dil == 1:
+        return -start
+    return ceil_div(-start, dil)
+
+
+cdef inline Py_ssize_t tap_hi(Py_ssize_t start, Py_ssize_t dil, Py_ssize_t K,
+                              Py_ssize_t length) noexcept nogil:
+    # one past the last tap k < K with start + k*dil < length
+    cdef Py_ssize_t b
+    if start + (K - 1) * dil < length:
+        return K
+    b = ceil_div(length - start, dil) if dil != 1 else length - start
+    return b if b < K else K
+
+
+def maxpool3d_forward(const real[:, :, :, ::1] x, real[:, :, :, ::1] y,
+                      i64[:, :, :, ::1] idx,
+                      Py_ssize_t KD, Py_ssize_t KH, Py_ssize_t KW,
+                      Py_ssize_t sd, Py_ssize_t sh, Py_ssize_t sw,
+                      Py_ssize_t pd, Py_ssize_t ph, Py_ssize_t pw,
+                      Py_ssize_t dd, Py_ssize_t dh, Py_ssize_t dw):
+    """y = max over each window (padding never wins), idx = flat input position of the
+    first maximum (a NaN wins and propagates, as in PyTorch)."""
+    cdef int nt
+    cdef Py_ssize_t P = x.shape[0], D = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t OD = y.shape[1], OH = y.shape[2], OW = y.shape[3]
+    cdef Py_ssize_t p, od, oh, ow, kd, kh, kw, best, pos
+    cdef Py_ssize_t d0, h0, w0, kd0, kd1, kh0, kh1, kw0, kw1
+    cdef const real* plane
+    cdef real* yp
+    cdef i64* ip
+    cdef real m, v
+    nt = n_threads(x.shape[0] * x.shape[1] * x.shape[2] * x.shape[3], P)
+    for p in prange(P, nogil=True, schedule="static", num_threads=nt):
+        plane = &x[p, 0, 0, 0]
+        yp = &y[p, 0, 0, 0]
+        ip = &idx[p, 0, 0, 0]
+        for od in range(OD):
+            d0 = od * sd - pd
+            kd0 = tap_lo(d0, dd)
+            kd1 = tap_hi(d0, dd, KD, D)
+            for oh in range(OH):
+                h0 = oh * sh - ph
+                kh0 = tap_lo(h0, dh)
+                kh1 = tap_hi(h0, dh, KH, H)
+                for ow in range(OW):
+                    w0 = ow * sw - pw
+                    kw0 = tap_lo(w0, dw)
+                    kw1 = tap_hi(w0, dw, KW, W)
+                    best = -1
+                    m = 0
+                    for kd in range(kd0, kd1):
+                        for kh in range(kh0, kh1):
+                            for kw in range(kw0, kw1):
+                                pos = ((d0 + kd * dd) * H + h0 + kh * dh) * W + w0 + kw * dw
+                                v = plane[pos]
+                                if best < 0 or v > m or (v != v and m == m):
+                                    m = v
+                                    best = pos
+                    yp[(od * OH + oh) * OW + ow] = m
+                    ip[(od * OH + oh) * OW + ow] = best
+
+
+def maxpool3d_backward(const real[:, ::1] grad, const i64[:, ::1] idx, real[:, ::1] dx):
+    """dx[p, idx[p, o]] += grad[p, o]; dx zeroed by the caller. Shapes (P, O) and (P, S)."""
+    cdef int nt
+    cdef Py_ssize_t P = grad.shape[0], O = grad.shape[1]
+    cdef Py_ssize_t p, o
+    cdef real* d
+    cdef const real* g
+    cdef const i64* ip
+    nt = n_threads(grad.shape[0] * grad.shape[1], P)
+    for p in prange(P, nogil=True, schedule="static", num_threads=nt):
+        d = &dx[p, 0]
+        g = &grad[p, 0]
+        ip = &idx[p, 0]
+        for o in range(O):
+            d[ip[o]] += g[o]
+
+
+cdef inline Py_ssize_t win_end(Py_ssize_t start, Py_ssize_t k, Py_ssize_t length,
+                               Py_ssize_t pad) noexcept nogil:
+    # end of the padded window: min(start + k, L + p)
+    return start + k if start + k < length + pad else length + pad
+
+
+cdef inline Py_ssize_t clip(Py_ssize_t v, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    return lo if v < lo else (hi if v > hi else v)
+
+
+def avgpool3d_forward(const real[:, :, :, ::1] x, real[:, :, :, ::1] y,
+                      Py_ssize_t KD, Py_ssize_t KH, Py_ssize_t KW,
+                      Py_ssize_t sd, Py_ssize_t sh, Py_ssize_t sw,
+                      Py_ssize_t pd, Py_ssize_t ph, Py_ssize_t pw,
+                      bint include_pad, Py_ssize_t override):
+    cdef int nt
+    cdef Py_ssize_t P = x.shape[0], D = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t OD = y.shape[1], OH = y.shape[2], OW = y.shape[3]
+    cdef Py_ssize_t p, od, oh, ow, i, j, l
+    cdef Py_ssize_t ds, de, hs, he, ws, we, npad
+    cdef real div, acc
+    nt = n_threads(x.shape[0] * x.shape[1] * x.shape[2] * x.shape[3], P)
+    for p in prange(P, nogil=True, schedule="static", num_threads=nt):
+        for od in range(OD):
+            for oh in range(OH):
+                for ow in range(OW):
+                    # PyTorch's divisor: the padded window [start, min(start+k, L+p))
+                    # when count_include_pad, else its part inside [0, L)
+                    ds = od * sd - pd
+                    hs = oh * sh - ph
+                    ws = ow * sw - pw
+                    de = win_end(ds, KD, D, pd)
+                    he = win_end(hs, KH, H, ph)
+                    we = win_end(ws, KW, W, pw)
+                    npad = (de - ds) * (he - hs) * (we - ws)
+                    ds = clip(ds, 0, D)
+                    de = clip(de, 0, D)
+                    hs = clip(hs, 0, H)
+                    he = clip(he, 0, H)
+                    ws = clip(ws, 0, W)
+                    we = clip(we, 0, W)
+                    if override > 0:
+                        div = <real>override
+                    elif include_pad:
+                        div = <real>npad
+                    else:
+                        div = <real>((de - ds) * (he - hs) * (we - ws))
+                    acc = 0
+                    for i in range(ds, de):
+                        for j in range(hs, he):
+                            for l in range(ws, we):
+                                acc = acc + x[p, i, j, l]
+                    y[p, od, oh, ow] = acc / div
+
+
+def avgpool3d_backward(const real[:, :, :, ::1] grad, real[:, :, :, ::1] dx,
+                       Py_ssize_t KD, Py_ssize_t KH, Py_ssize_t KW,
+                       Py_ssize_t sd, Py_ssize_t sh, Py_ssize_t sw,
+                       Py_ssize_t pd, Py_ssize_t ph, Py_ssize_t pw,
+                       bint include_pad, Py_ssize_t override):
+    """dx += spread of grad / divisor over each window; dx zeroed by the caller."""
+    cdef int nt
+    cdef Py_ssize_t P = dx.shape[0], D = dx.shape[1], H = dx.shape[2], W = dx.shape[3]
+    cdef Py_ssize_t OD = grad.shape[1], OH = grad.shape[2], OW = grad.shape[3]
+    cdef Py_ssize_t p, od, oh, ow, i, j, l
+    cdef Py_ssize_t ds, de, hs, he, ws, we, npad
+    cdef real div, share
+    nt = n_threads(dx.shape[0] * dx.shape[1] * dx.shape[2] * dx.shape[3], P)
+    for p in prange(P, nogil=True, schedule="static", num_threads=nt):
+        for od in range(OD):
+            for oh in range(OH):
+                for ow in range(OW):
+                    # PyTorch's divisor: the padded window [start, min(start+k, L+p))
+                    # when count_include_pad, else its part inside [0, L)
+                    ds = od * sd - pd
+                    hs = oh * sh - ph
+                    ws = ow * sw - pw
+                    de = win_end(ds, KD, D, pd)
+                    he = win_end(hs, KH, H, ph)
+                    we = win_end(ws, KW, W, pw)
+                    npad = (de - ds) * (he - hs) * (we - ws)
+                    ds = clip(ds, 0, D)
+                    de = clip(de, 0, D)
+                    hs = clip(hs, 0, H)
+                    he = clip(he, 0, H)
+                    ws = clip(ws, 0, W)
+                    we = clip(we, 0, W)
+                    if override > 0:
+                        div = <real>override
+                    elif include_pad:
+                        div = <real>npad
+                    else:
+                        div = <real>((de - ds) * (he - hs) * (we - ws))
+                    share = grad[p, od, oh, ow] / div
+                    for i in range(ds, de):
+                        for j in range(hs, he):
+                            for l in range(ws, we):
+                                dx[p, i, j, l] += share

@@ -1,0 +1,280 @@
+"""Which path runs the hot loops: the compiled kernels of ``refdl/_ext`` or pure NumPy.
+
+``available()`` is True when the Cython extension was built and imported and has not been
+switched off; then ``im2col``, ``col2im`` and the pooling functions below call it, else
+they call the NumPy reference of ``refdl.functional`` (same numbers: float64 to 1e-12,
+float32 to 1e-5 relative).
+
+* ``REFDL_DISABLE_EXT=1`` in the environment (read at import) forces the NumPy path.
+* ``refdl.ext.use_numpy()`` / ``refdl.ext.use_compiled()`` switch at run time, and
+  ``with refdl.ext.numpy_path(): ...`` switches inside a block (tests run both paths).
+
+Every function here validates shapes, dtypes and contiguity before handing arrays to the
+compiled code, whose bounds checks are off: a bad call raises a Python error, it never
+reaches the kernels.
+"""
+import contextlib
+import math
+import os
+
+import numpy as np
+
+from .functional import conv as _ref_conv
+from .functional import pooling as _ref_pool
+
+__all__ = ["available", "compiled_module", "openmp", "use_numpy", "use_compiled",
+           "numpy_path", "im2col", "col2im", "max_pool_forward", "max_pool_backward",
+           "avg_pool_forward", "avg_pool_backward", "backend", "import_error"]
+
+try:
+    from ._ext import _kernels as _K
+    import_error = None
+except ImportError as exc:           # not built: the NumPy path is a first-class citizen
+    _K = None
+    import_error = str(exc)
+
+_enabled = os.environ.get("REFDL_DISABLE_EXT", "").strip() not in ("1", "true", "True",
+                                                                     "yes")
+
+
+def compiled_module():
+    """The compiled module (``refdl._ext._kernels``) or None when it is not built."""
+    return _K
+
+
+def available():
+    """True when the compiled kernels are built, imported and enabled."""
+    return _K is not None and _enabled
+
+
+def backend():
+    """'cython' or 'numpy': the path the layers use right now."""
+    return "cython" if available() else "numpy"
+
+
+def openmp():
+    """True when the compiled kernels use OpenMP threads over the batch."""
+    return _K is not None and _K.openmp_enabled()
+
+
+def use_numpy():
+    """Force the NumPy reference path (until :func:`use_compiled`)."""
+    global _enabled
+    _enabled = False
+
+
+def use_compiled():
+    """Use the compiled kernels again (if they are built); returns :func:`available`."""
+    global _enabled
+    _enabled = True
+    return available()
+
+
+@contextlib.contextmanager
+def numpy_path(flag=True):
+    """``with numpy_path(): ...`` runs the block on the NumPy path (flag=False: compiled)."""
+    global _enabled
+    saved = _enabled
+    _enabled = not flag
+    try:
+        yield
+    finally:
+        _enabled = saved
+
+
+# -- validation -----------------------------------------------------------------------------
+
+def _check_geometry(name, spatial, ks, ss, ps, ds, out):
+    r = len(spatial)
+    for what, v in (("kernel_size", ks), ("stride", ss), ("dilation", ds), ("out_size", out)):
+        if len(v) != r or any(int(a) < 1 for a in v):
+            raise ValueError(f"{name}: {what} must be {r} positive ints, got {tuple(v)}")
+    if len(ps) != r or any(lo < 0 or hi < 0 for lo, hi in ps):
+        raise ValueError(f"{name}: padding must be {r} non-negative (before, after) pairs, "
+                         f"got {ps}")
+    for L, k, s, (lo, hi), d, o in zip(spatial, ks, ss, ps, ds, out):
+        if L < 1:
+            raise ValueError(f"{name}: empty spatial size {tuple(spatial)}")
+        # every window must start at or before the end of the padded input
+        if (o - 1) * s > L + lo + hi - 1:
+            raise ValueError(f"{name}: {o} outputs with stride {s} do not fit an input of "
+                             f"length {L} padded by ({lo}, {hi})")
+
+
+def _as3(t, fill):
+    """Left-pad a 1-D/2-D geometry tuple with unit axes so the 3-D kernel can run it."""
+    return (fill,) * (3 - len(t)) + tuple(t)
+
+
+def _floating(name, *arrays):
+    dt = arrays[0].dtype
+    for a in arrays:
+        if a.dtype not in (np.float32, np.float64):
+            raise TypeError(f"{name}: expected float32 or float64 arrays, got {a.dtype}")
+        if a.dtype != dt:
+            raise TypeError(f"{name}: mixed dtypes {dt} and {a.dtype}")
+
+
+def _parse(x_shape, kernel_size, stride, padding, dilation, out_size):
+    spatial = tuple(int(s) for s in x_shape[2:])
+    r = len(spatial)
+    ks = _ref_conv.normalize_tuple(kernel_size, r, "kernel_size")
+    ss = _ref_conv.normalize_tuple(stride, r, "stride")
+    ds = _ref_conv.normalize_tuple(dilation, r, "dilation")
+    ps = _ref_conv._pairs(padding, r)
+    if out_size is None:
+        out_size = _ref_conv.conv_output_size(spatial, ks, ss, ps, ds)
+    out = tuple(int(o) for o in out_size)
+    return spatial, ks, ss, ps, ds, out
+
+
+# -- im2col / col2im ------------------------------------------------------------------------
+
+def im2col(x, kernel_size, stride=1, padding=0, dilation=1, out_size=None, out=None):
+    """Column matrix (C*prod(K), N*prod(O)) of x (N, C, *S), S of rank 1, 2 or 3.
+
+    See :func:`refdl.functional.conv.im2col`. The compiled path needs the padding to be
+    zeros and writes into ``out`` when it has the right shape and dtype (buffer reuse).
+    """
+    x = np.asarray(x)
+    if x.ndim not in (3, 4, 5):
+        raise ValueError(f"im2col: expected x of shape (N, C, *S) with 1 to 3 spatial "
+                         f"axes, got {x.shape}")
+    _floating("im2col", x)
+    spatial, ks, ss, ps, ds, osz = _parse(x.shape, kernel_size, stride, padding, dilation,
+                                          out_size)
+    _check_geometry("im2col", spatial, ks, ss, ps, ds, osz)
+    N, C = x.shape[:2]
+    shape = (C * math.prod(ks), N * math.prod(osz))
+    if not available():
+        cols = _ref_conv.im2col(x, ks, ss, ps, ds, osz)
+        if out is not None and out.shape == shape and out.dtype == cols.dtype:
+            out[...] = cols
+            return out
+        return cols
+    if out is None or out.shape != shape or out.dtype != x.dtype or \
+            not out.flags.c_contiguous:
+        out = np.empty(shape, dtype=x.dtype)
+    x5 = np.ascontiguousarray(x).reshape((N, C) + _as3(spatial, 1))
+    _K.im2col3d(x5, out, *_as3(ks, 1), *_as3(ss, 1), *_as3([lo for lo, _ in ps], 0),
+                *_as3(ds, 1), *_as3(osz, 1))
+    return out
+
+
+def col2im(cols, x_shape, kernel_size, stride=1, padding=0, dilation=1, out_size=None):
+    """The adjoint of :func:`im2col`: (C*prod(K), N*prod(O)) -> (N, C, *S)."""
+    cols = np.asarray(cols)
+    x_shape = tuple(int(s) for s in x_shape)
+    if len(x_shape) not in (3, 4, 5):
+        raise ValueError(f"col2im: expected x_shape (N, C, *S) with 1 to 3 spatial axes, "
+                         f"got {x_shape}")
+    _floating("col2im", cols)
+    spatial, ks, ss, ps, ds, osz = _parse(x_shape, kernel_size, stride, padding, dilation,
+                                          out_size)
+    _check_geometry("col2im", spatial, ks, ss, ps, ds, osz)
+    N, C = x_shape[:2]
+    shape = (C * math.prod(ks), N * math.prod(osz))
+    if cols.shape != shape:
+        raise ValueError(f"col2im: expected cols of shape {shape} for x_shape {x_shape}, "
+                         f"got {cols.shape}")
+    if not available():
+        return _ref_conv.col2im(cols, x_shape, ks, ss, ps, ds, osz)
+    cols = np.ascontiguousarray(cols)
+    x = np.zeros((N, C) + _as3(spatial, 1), dtype=cols.dtype)
+    _K.col2im3d(cols, x, *_as3(ks, 1), *_as3(ss, 1), *_as3([lo for lo, _ in ps], 0),
+                *_as3(ds, 1), *_as3(osz, 1))
+    return x.reshape(x_shape)
+
+
+# -- pooling --------------------------------------------------------------------------------
+
+def _pool_args(name, x_shape, kernel_size, stride, padding, dilation, out_size):
+    spatial = tuple(x_shape[2:])
+    r = len(spatial)
+    if r not in (1, 2, 3):
+        raise ValueError(f"{name}: expected 1 to 3 spatial axes, got shape {x_shape}")
+    ks = _ref_conv.normalize_tuple(kernel_size, r, "kernel_size")
+    ss = _ref_conv.normalize_tuple(stride, r, "stride")
+    ps = _ref_conv.normalize_tuple(padding, r, "padding")
+    ds = _ref_conv.normalize_tuple(dilation, r, "dilation")
+    osz = tuple(int(o) for o in out_size)
+    _check_geometry(name, spatial, ks, ss, tuple((p, p) for p in ps), ds, osz)
+    if any(2 * p > k for p, k in zip(ps, ks)):
+        raise ValueError(f"{name}: padding {ps} must be at most half the kernel {ks}")
+    return spatial, ks, ss, ps, ds, osz
+
+
+def max_pool_forward(x, kernel_size, stride, padding, dilation, out_size):
+    """(y, indices): the maximum of every window and its flat position in the input."""
+    _floating("max_pool", x)
+    spatial, ks, ss, ps, ds, osz = _pool_args("max_pool", x.shape, kernel_size, stride,
+                                              padding, dilation, out_size)
+    if not available():
+        return _ref_pool.max_pool_forward(x, ks, ss, ps, ds, osz)
+    N, C = x.shape[:2]
+    x4 = np.ascontiguousarray(x).reshape((N * C,) + _as3(spatial, 1))
+    y = np.empty((N * C,) + _as3(osz, 1), dtype=x.dtype)
+    idx = np.empty(y.shape, dtype=np.int64)
+    _K.maxpool3d_forward(x4, y, idx, *_as3(ks, 1), *_as3(ss, 1), *_as3(ps, 0),
+                         *_as3(ds, 1))
+    shape = (N, C) + osz
+    return y.reshape(shape), idx.reshape(shape)
+
+
+def max_pool_backward(grad_out, indices, x_shape):
+    """Scatter-add grad_out (N, C, *O) to the input positions ``indices``."""
+    _floating("max_pool_backward", grad_out)
+    x_shape = tuple(x_shape)
+    if indices.shape != grad_out.shape or indices.dtype != np.int64:
+        raise ValueError(f"max_pool_backward: indices {indices.shape} {indices.dtype} do "
+                         f"not match grad_out {grad_out.shape}")
+    if grad_out.shape[:2] != x_shape[:2]:
+        raise ValueError(f"max_pool_backward: grad_out {grad_out.shape} does not match the "
+                         f"input {x_shape}")
+    if not available():
+        return _ref_pool.max_pool_backward(grad_out, indices, x_shape)
+    S = math.prod(x_shape[2:])
+    P = x_shape[0] * x_shape[1]
+    idx = np.ascontiguousarray(indices).reshape(P, -1)
+    if idx.size and (idx.min() < 0 or idx.max() >= S):
+        raise ValueError("max_pool_backward: an index lies outside the input")
+    g = np.ascontiguousarray(grad_out).reshape(P, -1)
+    dx = np.zeros((P, S), dtype=grad_out.dtype)
+    _K.maxpool3d_backward(g, idx, dx)
+    return dx.reshape(x_shape)
+
+
+def avg_pool_forward(x, kernel_size, stride, padding, out_size, count_include_pad=True,
+                     divisor_override=None):
+    _floating("avg_pool", x)
+    spatial, ks, ss, ps, _, osz = _pool_args("avg_pool", x.shape, kernel_size, stride,
+                                             padding, 1, out_size)
+    if not available():
+        return _ref_pool.avg_pool_forward(x, ks, ss, ps, osz, count_include_pad,
+                                          divisor_override)
+    N, C = x.shape[:2]
+    x4 = np.ascontiguousarray(x).reshape((N * C,) + _as3(spatial, 1))
+    y = np.empty((N * C,) + _as3(osz, 1), dtype=x.dtype)
+    _K.avgpool3d_forward(x4, y, *_as3(ks, 1), *_as3(ss, 1), *_as3(ps, 0),
+                         bool(count_include_pad), int(divisor_override or 0))
+    return y.reshape((N, C) + osz)
+
+
+def avg_pool_backward(grad_out, x_shape, kernel_size, stride, padding, out_size,
+                      count_include_pad=True, divisor_override=None):
+    _floating("avg_pool_backward", grad_out)
+    x_shape = tuple(x_shape)
+    spatial, ks, ss, ps, _, osz = _pool_args("avg_pool_backward", x_shape, kernel_size,
+                                             stride, padding, 1, out_size)
+    if grad_out.shape != x_shape[:2] + osz:
+        raise ValueError(f"avg_pool_backward: expected grad_out of shape "
+                         f"{x_shape[:2] + osz}, got {grad_out.shape}")
+    if not available():
+        return _ref_pool.avg_pool_backward(grad_out, x_shape, ks, ss, ps, osz,
+                                           count_include_pad, divisor_override)
+    N, C = x_shape[:2]
+    g = np.ascontiguousarray(grad_out).reshape((N * C,) + _as3(osz, 1))
+    dx = np.zeros((N * C,) + _as3(spatial, 1), dtype=grad_out.dtype)
+    _K.avgpool3d_backward(g, dx, *_as3(ks, 1), *_as3(ss, 1), *_as3(ps, 0),
+                          bool(count_include_pad), int(divisor_override or 0))
+    return dx.reshape(x_shape)

@@ -1,0 +1,214 @@
+"""The compiled kernels of refdl/_ext against the pure-NumPy reference, which path runs,
+and the guards in front of the unchecked loops."""
+import glob
+import importlib.metadata
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+
+import numpy as np
+import pytest
+
+import refdl
+from refdl import ext, nn
+from refdl.functional import conv as F
+from refdl.functional import pool_output_size
+from refdl.functional import pooling as P
+
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(refdl.__file__)))
+built = glob.glob(os.path.join(os.path.dirname(refdl.__file__), "_ext", "_kernels*.so")) + \
+    glob.glob(os.path.join(os.path.dirname(refdl.__file__), "_ext", "_kernels*.pyd"))
+needs_ext = pytest.mark.skipif(ext.compiled_module() is None,
+                               reason="the compiled kernels are not built")
+
+# (input shape, kernel, stride, padding as (before, after) pairs, dilation)
+GEOMETRIES = [
+    ((2, 3, 9), (4,), (3,), ((1, 1),), (2,)),
+    ((1, 2, 5), (5,), (1,), ((0, 0),), (1,)),
+    ((2, 3, 7, 6), (3, 2), (2, 1), ((1, 2), (0, 1)), (1, 2)),       # non-square kernel
+    ((3, 2, 5, 8), (2, 5), (1, 3), ((1, 1), (2, 2)), (2, 1)),       # CS231n's bug: kH != kW
+    ((1, 1, 4, 4), (4, 4), (1, 1), ((0, 0), (0, 0)), (1, 1)),
+    ((2, 2, 3, 11), (1, 3), (1, 1), ((0, 0), (1, 1)), (1, 1)),
+    ((1, 2, 4, 5, 6), (2, 3, 1), (1, 2, 3), ((1, 0), (2, 1), (0, 0)), (2, 1, 1)),
+    ((2, 1, 3, 3, 3), (3, 3, 3), (1, 1, 1), ((1, 1), (1, 1), (1, 1)), (1, 1, 1)),
+]
+TOL = {np.float64: dict(rtol=1e-12, atol=1e-12), np.float32: dict(rtol=1e-5, atol=1e-6)}
+
+
+def compiled_and_reference(fn, *args):
+    with ext.numpy_path(False):
+        a = fn(*args)
+    with ext.numpy_path(True):
+        b = fn(*args)
+    return a, b
+
+
+@needs_ext
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("shape,k,s,p,d", GEOMETRIES)
+def test_im2col_col2im_compiled_equal_reference(shape, k, s, p, d, dtype):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(shape).astype(dtype)
+    a, b = compiled_and_reference(ext.im2col, x, k, s, p, d)
+    assert a.dtype == b.dtype == dtype
+    np.testing.assert_array_equal(a, b)            # a copy: bit for bit
+    np.testing.assert_array_equal(b, F.im2col(x, k, s, p, d))
+    M = rng.standard_normal(a.shape).astype(dtype)
+    a, b = compiled_and_reference(ext.col2im, M, shape, k, s, p, d)
+    assert a.dtype == dtype
+    np.testing.assert_allclose(a, b, **TOL[dtype])
+    # col2im is the adjoint of im2col: <im2col(x), M> = <x, col2im(M)>
+    x64, M64 = x.astype(np.float64), M.astype(np.float64)
+    for use_numpy in (False, True):
+        with ext.numpy_path(use_numpy):
+            lhs = np.sum(ext.im2col(x64, k, s, p, d) * M64)
+            rhs = np.sum(x64 * ext.col2im(M64, shape, k, s, p, d))
+        assert abs(lhs - rhs) < 1e-12 * max(1, abs(lhs))
+
+
+POOLS = [
+    ((2, 3, 9), (3,), (2,), (1,), (2,), True),
+    ((2, 3, 7, 6), (3, 2), (2, 1), (1, 1), (1, 2), False),
+    ((1, 2, 5, 8), (2, 5), (2, 3), (1, 2), (1, 1), True),
+    ((2, 2, 6, 6), (2, 2), (2, 2), (0, 0), (1, 1), False),
+    ((1, 2, 4, 5, 6), (2, 3, 1), (1, 2, 3), (1, 1, 0), (2, 1, 1), True),
+]
+
+
+@needs_ext
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("shape,k,s,p,d,ceil", POOLS)
+def test_pooling_compiled_equal_reference(shape, k, s, p, d, ceil, dtype):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal(shape).astype(dtype)
+    out = pool_output_size(shape[2:], k, s, p, d, ceil)
+    (ya, ia), (yb, ib) = compiled_and_reference(ext.max_pool_forward, x, k, s, p, d, out)
+    np.testing.assert_array_equal(ya, yb)
+    np.testing.assert_array_equal(ia, ib)
+    g = rng.standard_normal(ya.shape).astype(dtype)
+    a, b = compiled_and_reference(ext.max_pool_backward, g, ia, shape)
+    np.testing.assert_allclose(a, b, **TOL[dtype])
+    aout = pool_output_size(shape[2:], k, s, p, 1, ceil)
+    for include in (True, False):
+        for override in (None, 5):
+            a, b = compiled_and_reference(ext.avg_pool_forward, x, k, s, p, aout, include,
+                                          override)
+            np.testing.assert_allclose(a, b, **TOL[dtype])
+            g = rng.standard_normal(a.shape).astype(dtype)
+            a, b = compiled_and_reference(ext.avg_pool_backward, g, shape, k, s, p, aout,
+                                          include, override)
+            np.testing.assert_allclose(a, b, **TOL[dtype])
+    np.testing.assert_array_equal(yb, P.max_pool_forward(x, k, s, p, d, out)[0])
+
+
+@needs_ext
+def test_layers_call_the_compiled_kernels_when_available(monkeypatch):
+    calls = []
+    K = ext.compiled_module()
+    for name in ("im2col3d", "col2im3d", "maxpool3d_forward", "maxpool3d_backward"):
+        fn = getattr(K, name)
+        monkeypatch.setattr(K, name, lambda *a, _f=fn, _n=name: (calls.append(_n), _f(*a))[1])
+    with ext.numpy_path(False):
+        assert ext.available() and ext.backend() == "cython"
+        net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.MaxPool2d(2))
+        y = net(np.ones((1, 1, 6, 6), np.float32))
+        net.backward(np.ones_like(y))
+    assert calls == ["im2col3d", "maxpool3d_forward", "maxpool3d_backward", "col2im3d"]
+    calls.clear()
+    with ext.numpy_path(True):
+        assert not ext.available() and ext.backend() == "numpy"
+        y = net(np.ones((1, 1, 6, 6), np.float32))
+        net.backward(np.ones_like(y))
+    assert calls == []
+
+
+def test_the_built_extension_is_the_one_in_use():
+    """If a compiled kernel file sits in refdl/_ext it must import and be used (a broken
+    build must not fall back silently), unless REFDL_DISABLE_EXT asks for NumPy."""
+    disabled = os.environ.get("REFDL_DISABLE_EXT", "") in ("1", "true", "True", "yes")
+    if built:
+        assert ext.compiled_module() is not None, ext.import_error
+        assert ext.available() is (not disabled)
+    else:
+        assert ext.compiled_module() is None and not ext.available()
+
+
+def test_an_installed_refdl_has_the_compiled_kernels():
+    """`pip install -e .` (CI, README) on a machine with a C compiler must build and load
+    the kernels. (Skipped when refdl is imported from a source tree that was never
+    installed, and when no C compiler is available, where the NumPy path is expected.)"""
+    try:
+        dist = importlib.metadata.distribution("refdl")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("refdl is not pip-installed here (imported from the source tree)")
+    files = [str(f) for f in (dist.files or [])]
+    editable_here = any("refdl" in f for f in files)
+    cc = (sysconfig.get_config_var("CC") or "cc").split()[0]
+    if not (shutil.which(cc) or shutil.which("cc")) or not editable_here:
+        pytest.skip("no C compiler: the NumPy path is the expected one")
+    assert ext.compiled_module() is not None, f"kernels not built: {ext.import_error}"
+
+
+def test_disable_env_var_forces_numpy():
+    code = "import refdl.ext as e; print(e.available(), e.backend())"
+    env = dict(os.environ, REFDL_DISABLE_EXT="1")
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=HERE,
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "numpy"]
+
+
+def test_runtime_switches():
+    saved = ext.available()
+    ext.use_numpy()
+    assert not ext.available()
+    assert ext.use_compiled() is (ext.compiled_module() is not None)
+    with ext.numpy_path():
+        assert ext.backend() == "numpy"
+    if not saved:
+        ext.use_numpy()
+
+
+@pytest.mark.parametrize("use_numpy", [False, True])
+def test_kernel_guards_refuse_bad_calls(use_numpy):
+    """Bad shapes, dtypes and indices never reach the unchecked loops."""
+    x = np.zeros((1, 2, 4, 4))
+    with ext.numpy_path(use_numpy):
+        with pytest.raises(TypeError, match="float32 or float64"):
+            ext.im2col(x.astype(np.int32), 2)
+        with pytest.raises(TypeError, match="float32 or float64"):
+            ext.im2col(x.astype(np.float16), 2)
+        with pytest.raises(ValueError, match="expected x of shape"):
+            ext.im2col(np.zeros((4, 4)), 2)
+        with pytest.raises(ValueError, match="do not fit an input"):
+            ext.im2col(x, 2, out_size=(9, 9))
+        with pytest.raises(ValueError, match="kernel_size must be 2 positive"):
+            ext.im2col(x, (0, 2))
+        with pytest.raises(ValueError, match="padding must be 2 non-negative"):
+            ext.im2col(x, 2, padding=-1)
+        with pytest.raises(ValueError, match=r"expected cols of shape \(8, 9\)"):
+            ext.col2im(np.zeros((8, 10)), x.shape, 2)
+        with pytest.raises(ValueError, match="indices"):
+            ext.max_pool_backward(np.zeros((1, 2, 2, 2)), np.zeros((1, 2, 2, 2), np.int32),
+                                  x.shape)
+        if not use_numpy and ext.compiled_module() is not None:
+            with pytest.raises(ValueError, match="outside the input"):
+                ext.max_pool_backward(np.zeros((1, 2, 2, 2)),
+                                      np.full((1, 2, 2, 2), 16, np.int64), x.shape)
+        # a non-contiguous input is made contiguous, not misread
+        xt = np.random.default_rng(0).standard_normal((1, 4, 2, 4)).transpose(0, 2, 1, 3)
+        np.testing.assert_array_equal(ext.im2col(xt, 2), F.im2col(xt, 2))
+
+
+def test_reference_im2col_is_the_textbook_definition():
+    """cols[(c, kh, kw), (n, oh, ow)] = x_pad[n, c, oh*s + kh*d, ow*s + kw*d]."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 5, 6))
+    k, s, p, d = (2, 3), (2, 1), (1, 2), (1, 2)
+    cols = F.im2col(x, k, s, p, d)
+    xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (2, 2)))
+    OH, OW = F.conv_output_size((5, 6), k, s, p, d)
+    c6 = cols.reshape(3, 2, 3, 2, OH, OW)
+    for c, kh, kw, n, oh, ow in np.ndindex(*c6.shape):
+        assert c6[c, kh, kw, n, oh, ow] == xp[n, c, oh * 2 + kh, ow + kw * 2]
