@@ -51,7 +51,9 @@ def test_basic_block_shapes_and_projection():
     assert same.downsample is None
     assert same(rng().standard_normal((2, 4, 6, 6)).astype(np.float32)).shape == (2, 4, 6, 6)
     down = nn.BasicBlock(4, 8, stride=2)
-    assert isinstance(down.downsample[0], nn.Conv2d) and down.downsample[0].kernel_size in (1, (1, 1))
+    proj = down.downsample[0]
+    assert isinstance(proj, nn.Conv2d) and proj.kernel_size in (1, (1, 1)) and \
+        proj.stride in (2, (2, 2))
     assert down(rng().standard_normal((2, 4, 6, 6)).astype(np.float32)).shape == (2, 8, 3, 3)
     assert list(down.state_dict())[:2] == ["conv1.weight", "bn1.weight"]
     assert "downsample.0.weight" in down.state_dict() and "downsample.1.running_var" in \
