@@ -6,7 +6,9 @@
 1,437 training and 360 test images (scikit-learn's digits, bundled, no download; the
 split of refdl.data.load_digits). Adam (lr 1e-3 -> cosine), batch 32, cross-entropy.
 Measured (seed 0, 15 epochs): resnet_small 99.2 %, vgg_small 98.9 %, lenet5 93.3 %
-(96.7 % with --lr 3e-3) test accuracy.
+(96.7 % with --lr 3e-3) test accuracy. The same through the command line:
+``refdl train --model resnet_small --optimizer adam --lr 1e-3 --scheduler cosine
+--epochs 10`` gives 98.6 %, ``--model lenet5 --lr 3e-3 --epochs 15`` 97.8 %.
 """
 import argparse
 import sys
