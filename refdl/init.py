@@ -13,6 +13,8 @@ xavier_normal_      N(0, std^2), std = gain * sqrt(2 / (fan_in + fan_out))
 kaiming_uniform_    U(-b, b),  b = gain * sqrt(3 / fan_mode)
 kaiming_normal_     N(0, std^2), std = gain / sqrt(fan_mode)
 orthogonal_         gain * Q, Q from the QR decomposition of a Gaussian matrix
+dirac_              identity convolution kernel (one centred 1 per channel)
+sparse_             N(0, std^2) with a fraction ``sparsity`` of each column zero
 ==================  ========================================================
 
 The Xavier variance 2/(fan_in + fan_out) keeps activation and gradient variance constant
@@ -20,6 +22,7 @@ through *linear* (or tanh-near-0) layers; the Kaiming variance 2/fan_in compensa
 ReLU zeroing half of its input (E[relu(z)^2] = Var(z)/2). See docs/derivations/init.md.
 """
 import math
+import numbers
 
 import numpy as np
 
@@ -28,12 +31,13 @@ from .random import get_rng
 __all__ = [
     "calculate_gain", "uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_",
     "eye_", "xavier_uniform_", "xavier_normal_", "kaiming_uniform_", "kaiming_normal_",
-    "orthogonal_", "calculate_fan_in_and_fan_out",
+    "orthogonal_", "dirac_", "sparse_", "calculate_fan_in_and_fan_out",
 ]
 
 
 def _array(tensor):
-    data = getattr(tensor, "data", tensor)
+    # (an ndarray has a ``.data`` attribute too, its raw buffer: test for it first)
+    data = tensor if isinstance(tensor, np.ndarray) else getattr(tensor, "data", None)
     if not isinstance(data, np.ndarray):
         raise TypeError(f"init: expected a Parameter or ndarray, got {type(tensor).__name__}")
     return data
@@ -63,7 +67,7 @@ def calculate_gain(nonlinearity, param=None):
     if nonlinearity == "leaky_relu":
         if param is None:
             slope = 0.01
-        elif isinstance(param, (int, float)) and not isinstance(param, bool):
+        elif isinstance(param, numbers.Real) and not isinstance(param, (bool, np.bool_)):
             slope = float(param)
         else:
             raise ValueError(f"calculate_gain: negative_slope {param!r} is not a number")
@@ -146,7 +150,12 @@ def xavier_normal_(tensor, gain=1.0, generator=None):
 
 
 def kaiming_uniform_(tensor, a=0.0, mode="fan_in", nonlinearity="leaky_relu", generator=None):
-    """He et al. (2015): U(-b, b), b = gain * sqrt(3 / fan), gain = calculate_gain(nonlinearity, a)."""
+    """He et al. (2015): U(-b, b), b = gain * sqrt(3 / fan), gain = calculate_gain(nonlinearity, a).
+
+    A zero-element tensor is left as it is (PyTorch: "a no-op"; its fan may be 0).
+    """
+    if _array(tensor).size == 0:
+        return tensor
     fan = _fan(tensor, mode)
     std = calculate_gain(nonlinearity, a) / math.sqrt(fan)
     bound = math.sqrt(3.0) * std
@@ -154,7 +163,9 @@ def kaiming_uniform_(tensor, a=0.0, mode="fan_in", nonlinearity="leaky_relu", ge
 
 
 def kaiming_normal_(tensor, a=0.0, mode="fan_in", nonlinearity="leaky_relu", generator=None):
-    """He et al. (2015): N(0, std^2), std = gain / sqrt(fan)."""
+    """He et al. (2015): N(0, std^2), std = gain / sqrt(fan) (zero-element tensor: no-op)."""
+    if _array(tensor).size == 0:
+        return tensor
     fan = _fan(tensor, mode)
     std = calculate_gain(nonlinearity, a) / math.sqrt(fan)
     return normal_(tensor, 0.0, std, generator)
@@ -170,6 +181,8 @@ def orthogonal_(tensor, gain=1.0, generator=None):
     if data.ndim < 2:
         raise ValueError(f"orthogonal_: only tensors with 2 or more dimensions are "
                          f"supported, got shape {data.shape}")
+    if data.size == 0:
+        return tensor
     rows = data.shape[0]
     cols = data.size // rows
     flat = get_rng(generator).normal(size=(rows, cols))
@@ -180,3 +193,40 @@ def orthogonal_(tensor, gain=1.0, generator=None):
     if rows < cols:
         q = q.T
     return _fill(tensor, gain * q.reshape(data.shape))
+
+
+def dirac_(tensor, groups=1):
+    """Identity-preserving kernel for a 3-, 4- or 5-D conv weight (C_out, C_in/groups, *k).
+
+    W[g * C_out/groups + d, d, centre] = 1 for d < min(C_out/groups, C_in/groups), else 0,
+    so a 'same'-padded convolution copies input channel d to output channel d of each group.
+    """
+    data = _array(tensor)
+    if data.ndim not in (3, 4, 5):
+        raise ValueError(f"dirac_: only tensors with 3, 4, or 5 dimensions are supported, "
+                         f"got shape {data.shape}")
+    if data.shape[0] % groups != 0:
+        raise ValueError(f"dirac_: dim 0 ({data.shape[0]}) must be divisible by groups "
+                         f"({groups})")
+    per = data.shape[0] // groups
+    data[...] = 0
+    centre = tuple(k // 2 for k in data.shape[2:])
+    for g in range(groups):
+        for d in range(min(per, data.shape[1])):
+            data[(g * per + d, d) + centre] = 1
+    return tensor
+
+
+def sparse_(tensor, sparsity, std=0.01, generator=None):
+    """Martens (2010): N(0, std^2) entries with ceil(sparsity * rows) zeros in every column."""
+    data = _array(tensor)
+    if data.ndim != 2:
+        raise ValueError(f"sparse_: only tensors with 2 dimensions are supported, got shape "
+                         f"{data.shape}")
+    rows, cols = data.shape
+    num_zeros = int(math.ceil(sparsity * rows))
+    rng = get_rng(generator)
+    data[...] = rng.normal(0.0, std, size=data.shape)
+    for c in range(cols):
+        data[rng.permutation(rows)[:num_zeros], c] = 0
+    return tensor

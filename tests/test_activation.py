@@ -36,8 +36,8 @@ IDS = [repr(m) for m, _ in ELEMENTWISE]
 @pytest.mark.parametrize("layer,ref", ELEMENTWISE, ids=IDS)
 @pytest.mark.parametrize("shape", [(7,), (3, 4), (2, 3, 2, 2)])
 def test_elementwise_gradcheck(layer, ref, shape):
-    # moderate inputs: L = <y, R> stays O(1), so the rounding error of the central
-    # difference (~1e-16 |L| / h) stays far below the small slope 0.01 of LeakyReLU
+    # moderate inputs keep L = <y, R> O(1), so the numeric estimate's rounding error
+    # stays far below the small slope 0.01 of LeakyReLU
     x = rand(*shape, seed=len(shape), scale=0.7)
     check_module(layer, x)
 

@@ -50,6 +50,8 @@ CASES = {
     "maximum": (lambda a, b: ops.maximum(a, b) * a, [rng.standard_normal(6),
                                                       rng.standard_normal(6)]),
     "erf": (lambda a: ops.erf(a), [rng.standard_normal(5)]),
+    "max_axis": (lambda a: ops.max(a, axis=1) * ops.max(a, axis=0, keepdims=True).sum(),
+                 [rng.permutation(12).reshape(3, 4) * 0.5]),
     "matmul": (lambda a, b: a @ b, [rng.standard_normal((2, 3)), rng.standard_normal((3, 4))]),
     "matmul_batched": (lambda a, b: a @ b, [rng.standard_normal((2, 2, 3)),
                                             rng.standard_normal((3, 2))]),
@@ -85,7 +87,7 @@ def test_op_first_derivatives(name):
 SECOND = ["mul", "mul_broadcast", "div", "rdiv", "power_scalar", "power_frac", "power_ewise",
           "exp", "log", "tanh", "sigmoid", "erf", "matmul", "matmul_batched", "matmul_vec_mat",
           "sum_all", "reshape", "T", "logsumexp", "mse", "getitem_fancy", "gelu", "softplus",
-          "cross_entropy", "relu", "maximum"]
+          "cross_entropy", "relu", "maximum", "max_axis"]
 
 
 @pytest.mark.parametrize("name", SECOND)
@@ -183,11 +185,11 @@ def test_grad_of_intermediate_nodes():
 def test_deep_graph_of_100000_nodes_without_recursion():
     x = Tensor(np.array(0.5), requires_grad=True)
     y = x
-    for _ in range(100_000):
-        y = y * 1.0 + 1e-6                 # two nodes per step: 200,000 nodes
+    for _ in range(50_000):
+        y = y * 1.0 + 1e-6                 # two nodes per step: 100,000 nodes
     y.backward()
     assert x.grad.item() == 1.0
-    assert y.item() == pytest.approx(0.5 + 0.1, abs=1e-9)
+    assert y.item() == pytest.approx(0.5 + 0.05, abs=1e-9)
 
 
 def test_create_graph_gradient_is_a_graph_and_d2_x_cubed():

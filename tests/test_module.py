@@ -170,3 +170,11 @@ def test_gradcheck_kink_within_the_step_is_recognised_and_a_wrong_slope_still_fa
     assert res.passed and sorted(k[0] for k in res.tensors[0].kinks) == [(1,), (2,)]
     with pytest.raises(GradcheckError, match=r"FAIL input 0"):
         check_function(f, [x], lambda g, x: 3.001 * g * (x > 0))
+
+
+def test_base_module_forward_and_backward_are_abstract():
+    m = nn.Module()
+    with pytest.raises(NotImplementedError, match="Module does not implement forward"):
+        m(np.zeros(2))
+    with pytest.raises(NotImplementedError, match="Module does not implement backward"):
+        m.backward(np.zeros(2))

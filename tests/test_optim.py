@@ -488,6 +488,15 @@ def test_clip_grad_norm_huge_and_nonfinite():
     assert math.isnan(optim.clip_grad_norm_(ps, 1.0))
 
 
+def test_grad_norm_without_clipping():
+    from refdl.nn.utils import grad_norm
+    ps = _grads([3.0, 4.0], [12.0])
+    assert grad_norm(ps) == pytest.approx(13.0)
+    np.testing.assert_array_equal(ps[1].grad, [12.0])
+    with pytest.raises(ValueError, match="norm_type"):
+        grad_norm(ps, norm_type=0)
+
+
 def test_clip_grad_value():
     ps = _grads([-3.0, 0.5, 2.0], [[0.1, -0.2]])
     optim.clip_grad_value_(ps, 1.0)

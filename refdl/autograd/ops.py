@@ -8,6 +8,7 @@ one Tensor per input, built from Tensor operations only (so it can be differenti
 op              out                          gradient (d loss / d inputs)
 ==============  ===========================  =========================================
 EWiseAdd        a + b                        g, g
+EWiseSub        a - b                        g, -g
 AddScalar       a + c                        g
 EWiseMul        a * b                        g * b, g * a
 MulScalar       a * c                        g * c
@@ -23,6 +24,7 @@ Maximum         max(a, b)                    g * [a >= b], g * [a < b]
 Erf             erf a                        g * 2/sqrt(pi) exp(-a^2)
 MatMul          a @ b                        g @ b^T, a^T @ g (summed over broadcast batch)
 Summation       sum over axes                broadcast g back to a's shape
+Max             max over one axis            g at the (first) argmax, 0 elsewhere
 Reshape         reshape                      reshape g back
 Transpose       permute axes                 permute g by the inverse permutation
 BroadcastTo     broadcast a to a shape       sum g over the broadcast axes
@@ -42,12 +44,12 @@ from scipy import special
 
 from .tensor import Op, Tensor
 
-__all__ = ["EWiseAdd", "AddScalar", "EWiseMul", "MulScalar", "EWiseDiv", "DivScalar",
+__all__ = ["EWiseAdd", "EWiseSub", "AddScalar", "EWiseMul", "MulScalar", "EWiseDiv", "DivScalar",
            "Negate", "PowerScalar", "EWisePow", "Exp", "Log", "Tanh", "Sigmoid", "ReLU",
-           "Maximum", "Erf", "MatMul", "Summation", "Reshape", "Transpose", "BroadcastTo",
+           "Maximum", "Erf", "MatMul", "Summation", "Max", "Reshape", "Transpose", "BroadcastTo",
            "LogSumExp", "MSE", "GetItem", "Scatter",
-           "add", "mul", "div", "neg", "power", "matmul", "mean", "maximum", "exp", "log",
-           "tanh", "sigmoid", "relu", "erf", "summation", "reshape", "transpose",
+           "add", "sub", "mul", "div", "neg", "power", "matmul", "mean", "maximum", "exp", "log",
+           "tanh", "sigmoid", "relu", "erf", "summation", "max", "reshape", "transpose",
            "broadcast_to", "logsumexp", "mse"]
 
 
@@ -71,6 +73,14 @@ class EWiseAdd(Op):
 
     def gradient(self, g, node):
         return g, g
+
+
+class EWiseSub(Op):
+    def compute(self, a, b):
+        return a - b
+
+    def gradient(self, g, node):
+        return g, -g
 
 
 class AddScalar(Op):
@@ -280,6 +290,29 @@ class Summation(Op):
         return f"Summation(axis={self.axis})"
 
 
+class Max(Op):
+    """max over one axis; the gradient goes to the first maximal entry (like argmax),
+    through a constant one-hot mask, so the second derivative is 0 (piecewise linear)."""
+
+    def __init__(self, axis=-1, keepdims=False):
+        self.axis = axis
+        self.keepdims = keepdims
+
+    def compute(self, a):
+        return np.max(a, axis=self.axis, keepdims=self.keepdims)
+
+    def gradient(self, g, node):
+        a = node.inputs[0]
+        ax = self.axis % a.ndim
+        mask = np.zeros(a.shape, dtype=g.dtype)
+        np.put_along_axis(mask, np.expand_dims(np.argmax(a.data, axis=ax), ax), 1.0, axis=ax)
+        kept = a.shape[:ax] + (1,) + a.shape[ax + 1:]
+        return broadcast_to(reshape(g, kept), a.shape) * Tensor(mask)
+
+    def __repr__(self):
+        return f"Max(axis={self.axis})"
+
+
 class Reshape(Op):
     def __init__(self, shape):
         self.shape = tuple(shape)
@@ -387,6 +420,14 @@ def add(a, b):
     return EWiseAdd()(*_pair(a, b))
 
 
+def sub(a, b):
+    if not isinstance(b, (Tensor, np.ndarray)):
+        return AddScalar(-b)(a)
+    if not isinstance(a, (Tensor, np.ndarray)):
+        return AddScalar(a)(Negate()(b))
+    return EWiseSub()(*_pair(a, b))
+
+
 def mul(a, b):
     if not isinstance(b, (Tensor, np.ndarray)):
         return MulScalar(b)(a)
@@ -456,6 +497,10 @@ def maximum(a, b):
 
 def summation(a, axis=None, keepdims=False):
     return Summation(axis, keepdims)(a)
+
+
+def max(a, axis=-1, keepdims=False):   # noqa: A001  (the op's natural name)
+    return Max(axis, keepdims)(a)
 
 
 def mean(a, axis=None, keepdims=False):

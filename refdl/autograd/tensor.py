@@ -176,10 +176,10 @@ class Tensor:
     __radd__ = __add__
 
     def __sub__(self, other):
-        return _ops.add(self, _ops.neg(other) if isinstance(other, Tensor) else -other)
+        return _ops.sub(self, other)
 
     def __rsub__(self, other):
-        return _ops.add(_ops.neg(self), other)
+        return _ops.sub(other, self)
 
     def __mul__(self, other):
         return _ops.mul(self, other)

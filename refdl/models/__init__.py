@@ -10,6 +10,12 @@ import importlib
 _REGISTRY = {
     # name: (module, builder, layout, description)
     "mlp": ("refdl.models.mlp", "MLP", "flat", "multilayer perceptron (Linear-ReLU-...)"),
+    "gru": ("refdl.models.rnn", "GRUClassifier", "sequence",
+            "GRU over the time steps, then Linear on the last hidden state"),
+    "lstm": ("refdl.models.rnn", "LSTMClassifier", "sequence",
+             "LSTM over the time steps, then Linear on the last hidden state"),
+    "rnn": ("refdl.models.rnn", "ElmanClassifier", "sequence",
+            "Elman (tanh) RNN over the time steps, then Linear on the last hidden state"),
 }
 
 

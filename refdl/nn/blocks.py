@@ -110,8 +110,8 @@ class Concat(Module):
 
 def _layers():
     """The convolution/activation layers, imported when a block is built."""
-    from . import activation, conv
-    return conv.Conv2d, activation.ReLU
+    from .. import nn
+    return nn.Conv2d, nn.ReLU
 
 
 def _norm(norm_layer):
@@ -121,12 +121,11 @@ def _norm(norm_layer):
     return norm_layer
 
 
-def projection(inplanes, outplanes, stride, norm_layer=None, dtype=np.float32, generator=None):
+def projection(inplanes, outplanes, stride, norm_layer=None):
     """The projection shortcut: 1x1 convolution with ``stride`` followed by a norm layer."""
     from .module import Sequential
     Conv2d, _ = _layers()
-    return Sequential(Conv2d(inplanes, outplanes, 1, stride=stride, bias=False, dtype=dtype,
-                             generator=generator),
+    return Sequential(Conv2d(inplanes, outplanes, 1, stride=stride, bias=False),
                       _norm(norm_layer)(outplanes))
 
 
@@ -149,21 +148,19 @@ class BasicBlock(Module):
     expansion = 1
 
     def __init__(self, inplanes, planes, stride=1, downsample=None, norm_layer=None,
-                 residual=True, dtype=np.float32, generator=None):
+                 residual=True):
         super().__init__()
         Conv2d, ReLU = _layers()
         norm = _norm(norm_layer)
         self.inplanes, self.planes, self.stride = int(inplanes), int(planes), int(stride)
         self.residual = bool(residual)
-        self.conv1 = Conv2d(inplanes, planes, 3, stride=stride, padding=1, bias=False,
-                            dtype=dtype, generator=generator)
+        self.conv1 = Conv2d(inplanes, planes, 3, stride=stride, padding=1, bias=False)
         self.bn1 = norm(planes)
         self.relu1 = ReLU()
-        self.conv2 = Conv2d(planes, planes, 3, padding=1, bias=False, dtype=dtype,
-                            generator=generator)
+        self.conv2 = Conv2d(planes, planes, 3, padding=1, bias=False)
         self.bn2 = norm(planes)
         if downsample is None and self.residual and (stride != 1 or inplanes != planes):
-            downsample = projection(inplanes, planes, stride, norm_layer, dtype, generator)
+            downsample = projection(inplanes, planes, stride, norm_layer)
         self.downsample = downsample
         self.relu2 = ReLU()
 
@@ -205,24 +202,23 @@ class Bottleneck(Module):
     expansion = 4
 
     def __init__(self, inplanes, planes, stride=1, downsample=None, norm_layer=None,
-                 residual=True, dtype=np.float32, generator=None):
+                 residual=True):
         super().__init__()
         Conv2d, ReLU = _layers()
         norm = _norm(norm_layer)
         out = planes * self.expansion
         self.inplanes, self.planes, self.stride = int(inplanes), int(planes), int(stride)
         self.residual = bool(residual)
-        self.conv1 = Conv2d(inplanes, planes, 1, bias=False, dtype=dtype, generator=generator)
+        self.conv1 = Conv2d(inplanes, planes, 1, bias=False)
         self.bn1 = norm(planes)
         self.relu1 = ReLU()
-        self.conv2 = Conv2d(planes, planes, 3, stride=stride, padding=1, bias=False,
-                            dtype=dtype, generator=generator)
+        self.conv2 = Conv2d(planes, planes, 3, stride=stride, padding=1, bias=False)
         self.bn2 = norm(planes)
         self.relu2 = ReLU()
-        self.conv3 = Conv2d(planes, out, 1, bias=False, dtype=dtype, generator=generator)
+        self.conv3 = Conv2d(planes, out, 1, bias=False)
         self.bn3 = norm(out)
         if downsample is None and self.residual and (stride != 1 or inplanes != out):
-            downsample = projection(inplanes, out, stride, norm_layer, dtype, generator)
+            downsample = projection(inplanes, out, stride, norm_layer)
         self.downsample = downsample
         self.relu3 = ReLU()
 

@@ -1,2 +1,760 @@
-"""(to be written)"""
-__all__ = []
+r"""Recurrent layers with hand-derived backpropagation through time (BPTT).
+
+PyTorch's names, shapes, gate order and parameter layout:
+
+=========  ====================================================================  =====
+cell       step  (a = x W_ih^T + b_ih + h W_hh^T + b_hh, split by gate)          gates
+=========  ====================================================================  =====
+RNN        h' = act(a),  act = tanh | relu | identity                            1
+LSTM       i, f, g, o = sig(a_i), sig(a_f), tanh(a_g), sig(a_o)                  4
+           c' = f * c + i * g,   h' = o * tanh(c')
+GRU        r = sig(gi_r + gh_r),  z = sig(gi_z + gh_z)                          3
+           n = tanh(gi_n + r * gh_n),  h' = (1 - z) * n + z * h
+           (gi = x W_ih^T + b_ih,  gh = h W_hh^T + b_hh, each split r | z | n)
+=========  ====================================================================  =====
+
+Layers (RNN, LSTM, GRU) take x of shape (T, N, input_size) (``batch_first``: (N, T, .);
+unbatched: (T, input_size)) and an optional initial state h0 of shape
+(num_layers * D, N, hidden_size), D = 2 if bidirectional else 1 (LSTM: a tuple (h0, c0)).
+They return ``out, h_n`` (LSTM: ``out, (h_n, c_n)``) with out of shape
+(T, N, D * hidden_size): the last layer's hidden states, both directions concatenated.
+
+Backward (BPTT) takes the gradients of the outputs in order,
+``backward(d_out, d_h_n=None)`` (LSTM: ``backward(d_out, d_h_n=None, d_c_n=None)``; an
+omitted gradient is zero) and returns dL/dx, or ``(dx, dh0)`` when h0 was passed to forward
+(LSTM: ``(dx, dh0, dc0)``). Walking t = T..1 it carries dL/dh_t (and dL/dc_t):
+
+    dh_t  = d_out_t + (dL/dh_t from step t+1)
+    step t's local backward gives d(pre-activations) and dL/dh_{t-1} (dL/dc_{t-1});
+
+the weight gradients are sums over time of outer products, computed after the loop as one
+matrix product each:  dW_ih = sum_t da_t^T x_t,  dW_hh = sum_t da^h_t^T h_{t-1},
+db_ih = sum_t da_t,  db_hh = sum_t da^h_t,  dx_t = da_t W_ih.
+The local step backwards are derived in docs/derivations/rnn.md, lstm.md and gru.md.
+
+Initialisation (PyTorch's): every weight and bias ~ U(-1/sqrt(hidden_size), 1/sqrt(hidden_size)).
+"""
+import math
+
+import numpy as np
+
+from .. import init
+from ..functional import sigmoid
+from ..random import get_rng
+from ._validate import check_float, check_forward_called, check_grad, layer_name
+from .module import Module, Parameter
+
+__all__ = ["RNNCell", "LSTMCell", "GRUCell", "RNN", "LSTM", "GRU"]
+
+_GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "RNN_IDENTITY": 1, "LSTM": 4, "GRU": 3}
+
+
+# ---------------------------------------------------------------------------------------
+# One time step of each cell: forward and its local backward.
+#   xp: the input projection x_t W_ih^T + b_ih of this step, (N, G*H)
+#   h, c: the previous state (N, H) (c is None except for the LSTM)
+# The forward returns (h', c', cache); the backward takes dL/dh' and dL/dc' and returns
+#   (d xp, d hp, dL/dh, dL/dc), where hp = h W_hh^T + b_hh is the recurrent projection.
+# ---------------------------------------------------------------------------------------
+
+def _rnn_step(act, xp, h, c, W_hh, b_hh):
+    a = xp + h @ W_hh.T
+    if b_hh is not None:
+        a = a + b_hh
+    if act == "tanh":
+        h_new = np.tanh(a)
+    elif act == "relu":
+        h_new = np.maximum(a, 0)
+    else:
+        h_new = a
+    return h_new, None, h_new
+
+
+def _rnn_step_back(act, dh, dc, cache, h, c, W_hh):
+    h_new = cache
+    if act == "tanh":
+        da = dh * (1 - h_new * h_new)          # tanh'(a) = 1 - tanh(a)^2
+    elif act == "relu":
+        da = dh * (h_new > 0)                  # relu'(a) = [a > 0]
+    else:
+        da = dh                                # identity
+    return da, da, da @ W_hh, None
+
+
+def _lstm_step(xp, h, c, W_hh, b_hh):
+    a = xp + h @ W_hh.T
+    if b_hh is not None:
+        a = a + b_hh
+    i, f, g, o = np.split(a, 4, axis=-1)
+    i, f, g, o = sigmoid(i), sigmoid(f), np.tanh(g), sigmoid(o)
+    c_new = f * c + i * g
+    tc = np.tanh(c_new)
+    return o * tc, c_new, (i, f, g, o, tc)
+
+
+def _lstm_step_back(dh, dc, cache, h, c, W_hh):
+    i, f, g, o, tc = cache
+    do = dh * tc
+    dc = dc + dh * o * (1 - tc * tc)           # through h' = o tanh(c')
+    da = np.concatenate([dc * g * i * (1 - i),           # a_i
+                         dc * c * f * (1 - f),           # a_f
+                         dc * i * (1 - g * g),           # a_g
+                         do * o * (1 - o)], axis=-1)     # a_o
+    return da, da, da @ W_hh, dc * f
+
+
+def _gru_step(xp, h, c, W_hh, b_hh):
+    gh = h @ W_hh.T
+    if b_hh is not None:
+        gh = gh + b_hh
+    xr, xz, xn = np.split(xp, 3, axis=-1)
+    hr, hz, hn = np.split(gh, 3, axis=-1)
+    r = sigmoid(xr + hr)
+    z = sigmoid(xz + hz)
+    n = np.tanh(xn + r * hn)
+    return n + z * (h - n), None, (r, z, n, hn)
+
+
+def _gru_step_back(dh, dc, cache, h, c, W_hh):
+    r, z, n, hn = cache
+    dan = dh * (1 - z) * (1 - n * n)           # d(pre-tanh of n)
+    dar = dan * hn * r * (1 - r)               # through r * hn
+    daz = dh * (h - n) * z * (1 - z)           # h' = n + z (h - n)
+    dxp = np.concatenate([dar, daz, dan], axis=-1)
+    dhp = np.concatenate([dar, daz, dan * r], axis=-1)
+    return dxp, dhp, dh * z + dhp @ W_hh, None
+
+
+def _step_fns(mode):
+    if mode == "LSTM":
+        return _lstm_step, _lstm_step_back
+    if mode == "GRU":
+        return _gru_step, _gru_step_back
+    act = mode[4:].lower()
+
+    def fwd(*a):
+        return _rnn_step(act, *a)
+
+    def back(*a):
+        return _rnn_step_back(act, *a)
+    return fwd, back
+
+
+def _sequence_forward(mode, x, h0, c0, W_ih, W_hh, b_ih, b_hh):
+    """One layer, one direction, over t = 0..T-1.  x (T, N, I), h0/c0 (N, H).
+
+    Returns out (T, N, H), h_T, c_T and the cache for :func:`_sequence_backward`.
+    """
+    step, _ = _step_fns(mode)
+    T, N, _ = x.shape
+    H = W_hh.shape[1]
+    xp = x @ W_ih.T                           # all input projections in one product
+    if b_ih is not None:
+        xp = xp + b_ih
+    hs = np.empty((T + 1, N, H), dtype=xp.dtype)   # hs[t] = h_{t-1}; hs[0] = h0
+    hs[0] = h0
+    cs = None
+    if mode == "LSTM":
+        cs = np.empty((T + 1, N, H), dtype=xp.dtype)
+        cs[0] = c0
+    caches = []
+    h, c = hs[0], c0
+    for t in range(T):
+        h, c, cache = step(xp[t], h, c, W_hh, b_hh)
+        hs[t + 1] = h
+        if cs is not None:
+            cs[t + 1] = c
+        caches.append(cache)
+    c_T = cs[T] if cs is not None else None
+    return hs[1:], hs[T], c_T, (x, hs, cs, caches)
+
+
+def _sequence_backward(mode, cache, d_out, d_hT, d_cT, W_ih, W_hh, grads, record=None):
+    """BPTT for one layer, one direction.  Returns dx (T, N, I), dh0, dc0.
+
+    ``grads`` = (dW_ih, dW_hh, db_ih, db_hh) arrays (or None) to which the parameter
+    gradients are added. If ``record`` is a (T, N, H) array, record[t] receives the total
+    dL/dh_t (the gradient reaching the state of step t from the output and from the future).
+    """
+    _, step_back = _step_fns(mode)
+    x, hs, cs, caches = cache
+    T = x.shape[0]
+    G = W_ih.shape[0]
+    dxp = np.empty(x.shape[:2] + (G,), dtype=np.result_type(hs, d_out))
+    dhp = np.empty_like(dxp) if mode == "GRU" else dxp
+    dh = d_hT
+    dc = d_cT
+    for t in range(T - 1, -1, -1):
+        dh = dh + d_out[t]
+        if record is not None:
+            record[t] = dh
+        c_prev = cs[t] if cs is not None else None
+        dxp[t], dhp_t, dh, dc = step_back(dh, dc, caches[t], hs[t], c_prev, W_hh)
+        if dhp is not dxp:
+            dhp[t] = dhp_t
+    dW_ih, dW_hh, db_ih, db_hh = grads
+    if dW_ih is not None:
+        dW_ih += np.tensordot(dxp, x, axes=([0, 1], [0, 1]))
+    if dW_hh is not None:
+        dW_hh += np.tensordot(dhp, hs[:-1], axes=([0, 1], [0, 1]))
+    if db_ih is not None:
+        db_ih += dxp.sum(axis=(0, 1))
+    if db_hh is not None:
+        db_hh += dhp.sum(axis=(0, 1))
+    return dxp @ W_ih, dh, dc
+
+
+def _grad_or_none(p):
+    return p.grad if (p is not None and p.requires_grad) else None
+
+
+def _data(p):
+    return None if p is None else p.data
+
+
+# ---------------------------------------------------------------------------------------
+# Cells
+# ---------------------------------------------------------------------------------------
+
+class _CellBase(Module):
+    _mode = None
+
+    def __init__(self, input_size, hidden_size, bias=True, dtype=np.float32, generator=None,
+                 nonlinearity=None):
+        super().__init__()
+        if nonlinearity is not None:
+            self.nonlinearity = nonlinearity
+        self.input_size = int(input_size)
+        self.hidden_size = int(hidden_size)
+        if self.input_size <= 0 or self.hidden_size <= 0:
+            raise ValueError(f"{type(self).__name__}: input_size and hidden_size must be "
+                             f"positive, got ({input_size}, {hidden_size})")
+        self.bias = bool(bias)
+        G = _GATES[self.mode] * self.hidden_size
+        self.weight_ih = Parameter(np.empty((G, self.input_size), dtype=dtype))
+        self.weight_hh = Parameter(np.empty((G, self.hidden_size), dtype=dtype))
+        if bias:
+            self.bias_ih = Parameter(np.empty(G, dtype=dtype))
+            self.bias_hh = Parameter(np.empty(G, dtype=dtype))
+        else:
+            self.register_parameter("bias_ih", None)
+            self.register_parameter("bias_hh", None)
+        self.reset_parameters(generator)
+        self._cache = None
+
+    @property
+    def mode(self):
+        return self._mode
+
+    def reset_parameters(self, generator=None):
+        """Every weight and bias ~ U(-1/sqrt(hidden_size), 1/sqrt(hidden_size))."""
+        k = 1.0 / math.sqrt(self.hidden_size)
+        for p in self.parameters():
+            init.uniform_(p, -k, k, generator=generator)
+
+    def extra_repr(self):
+        s = f"{self.input_size}, {self.hidden_size}"
+        if not self.bias:
+            s += ", bias=False"
+        return s
+
+    def _prepare(self, x, states):
+        x = check_float(self, x)
+        if x.ndim not in (1, 2) or x.shape[-1] != self.input_size:
+            raise ValueError(f"{layer_name(self)}: expected input of shape (N, "
+                             f"{self.input_size}) or ({self.input_size},), got "
+                             f"{tuple(x.shape)}")
+        batched = x.ndim == 2
+        shape = (x.shape[0], self.hidden_size) if batched else (self.hidden_size,)
+        dtype = np.result_type(x.dtype, self.weight_ih.dtype)
+        out = []
+        for name, s in states:
+            if s is None:
+                out.append(np.zeros(shape, dtype=dtype))
+                continue
+            s = check_float(self, s, name)
+            if s.shape != shape:
+                raise ValueError(f"{layer_name(self)}: expected {name} of shape {shape} "
+                                 f"(input has shape {tuple(x.shape)}), got {tuple(s.shape)}")
+            out.append(s)
+        if not batched:
+            x = x[None]
+            out = [s[None] for s in out]
+        return x, out, batched
+
+    def _run(self, x, h, c):
+        out, h1, c1, cache = _sequence_forward(
+            self.mode, x[None], h, c, self.weight_ih.data, self.weight_hh.data,
+            _data(self.bias_ih), _data(self.bias_hh))
+        return h1, c1, cache
+
+    def _run_back(self, dh, dc):
+        cache, batched, with_state = self._cache
+        d_out = np.zeros((1,) + dh.shape, dtype=dh.dtype)
+        grads = tuple(_grad_or_none(p) for p in
+                      (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh))
+        dx, dh0, dc0 = _sequence_backward(self.mode, cache, d_out, dh, dc,
+                                          self.weight_ih.data, self.weight_hh.data, grads)
+        dx = dx[0]
+        if not batched:
+            dx, dh0 = dx[0], dh0[0]
+            dc0 = None if dc0 is None else dc0[0]
+        return dx, dh0, dc0
+
+
+class RNNCell(_CellBase):
+    r"""Elman RNN cell (PyTorch's ``nn.RNNCell``):  h' = act(x W_ih^T + b_ih + h W_hh^T + b_hh).
+
+    nonlinearity: 'tanh' (default), 'relu', or 'identity' (the linear RNN).
+    Shapes: x (N, input_size) or (input_size,), h (N, hidden_size) -> h' of h's shape.
+    W_ih (hidden, input), W_hh (hidden, hidden), b_ih, b_hh (hidden,).
+
+    Backward, with g = dL/dh' and a the pre-activation:
+        da = g * act'(a)  (tanh: 1 - h'^2;  relu: [a > 0];  identity: 1)
+        dL/dx = da W_ih    dL/dh = da W_hh    dW_ih = da^T x    dW_hh = da^T h
+        db_ih = db_hh = sum_n da
+    ``backward(dh')`` returns dx, or (dx, dh) when h was passed to forward.
+    Derivation: docs/derivations/rnn.md
+    """
+
+    def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh",
+                 dtype=np.float32, generator=None):
+        if nonlinearity not in ("tanh", "relu", "identity"):
+            raise ValueError(f"RNNCell: unknown nonlinearity {nonlinearity!r}; expected "
+                             "'tanh', 'relu' or 'identity'")
+        super().__init__(input_size, hidden_size, bias, dtype, generator, nonlinearity)
+
+    @property
+    def mode(self):
+        return "RNN_" + self.nonlinearity.upper()
+
+    def extra_repr(self):
+        s = super().extra_repr()
+        if self.nonlinearity != "tanh":
+            s += f", nonlinearity={self.nonlinearity!r}"
+        return s
+
+    def forward(self, input, hx=None):
+        x, (h,), batched = self._prepare(input, [("hx", hx)])
+        h1, _, cache = self._run(x, h, None)
+        self._cache = (cache, batched, hx is not None)
+        return h1 if batched else h1[0]
+
+    def backward(self, grad_h):
+        check_forward_called(self, self._cache)
+        cache, batched, with_state = self._cache
+        shape = cache[1].shape[1:] if batched else cache[1].shape[2:]
+        g = check_grad(self, grad_h, shape)
+        g = g if batched else g[None]
+        dx, dh, _ = self._run_back(g, None)
+        return (dx, dh) if with_state else dx
+
+
+class LSTMCell(_CellBase):
+    r"""Long short-term memory cell (PyTorch's ``nn.LSTMCell``).
+
+    a = x W_ih^T + b_ih + h W_hh^T + b_hh, split in gate order i, f, g, o:
+        i = sig(a_i)  f = sig(a_f)  g = tanh(a_g)  o = sig(a_o)
+        c' = f * c + i * g        h' = o * tanh(c')
+    Shapes: x (N, input) or (input,); h, c (N, hidden); W_ih (4 hidden, input),
+    W_hh (4 hidden, hidden), biases (4 hidden,).  ``forward(x, (h, c)) -> (h', c')``.
+
+    Backward, with gh = dL/dh', gc = dL/dc':
+        do = gh * tanh(c')        dc = gc + gh * o * (1 - tanh(c')^2)
+        di = dc * g   df = dc * c   dg = dc * i   dL/dc = dc * f
+        da = [di i(1-i), df f(1-f), dg (1-g^2), do o(1-o)]
+        dL/dx = da W_ih   dL/dh = da W_hh   dW_ih = da^T x   dW_hh = da^T h
+    ``backward(dh', dc'=None)`` returns dx, or (dx, dh, dc) when (h, c) was passed.
+    Derivation: docs/derivations/lstm.md
+    """
+    _mode = "LSTM"
+
+    def forward(self, input, hx=None):
+        if hx is None:
+            h = c = None
+        else:
+            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+                raise TypeError(f"{layer_name(self)}: expected hx to be a tuple (h, c), got "
+                                f"{type(hx).__name__}")
+            h, c = hx
+        x, (h, c), batched = self._prepare(input, [("h", h), ("c", c)])
+        h1, c1, cache = self._run(x, h, c)
+        self._cache = (cache, batched, hx is not None)
+        return (h1, c1) if batched else (h1[0], c1[0])
+
+    def backward(self, grad_h, grad_c=None):
+        check_forward_called(self, self._cache)
+        cache, batched, with_state = self._cache
+        shape = cache[1].shape[1:] if batched else cache[1].shape[2:]
+        gh = check_grad(self, grad_h, shape, "grad_h")
+        gc = np.zeros_like(gh) if grad_c is None else check_grad(self, grad_c, shape, "grad_c")
+        if not batched:
+            gh, gc = gh[None], gc[None]
+        dx, dh, dc = self._run_back(gh, gc)
+        return (dx, dh, dc) if with_state else dx
+
+
+class GRUCell(_CellBase):
+    r"""Gated recurrent unit cell (PyTorch's ``nn.GRUCell``).
+
+    gi = x W_ih^T + b_ih,  gh = h W_hh^T + b_hh, each split in gate order r, z, n:
+        r = sig(gi_r + gh_r)   z = sig(gi_z + gh_z)   n = tanh(gi_n + r * gh_n)
+        h' = (1 - z) * n + z * h
+    Shapes: x (N, input) or (input,); h (N, hidden); W_ih (3 hidden, input),
+    W_hh (3 hidden, hidden), biases (3 hidden,).
+
+    Backward, with g = dL/dh':
+        dn = g (1-z) (1-n^2)            (gradient of n's pre-activation)
+        dr = dn * gh_n * r (1-r)        dz = g (h - n) z (1-z)
+        d gi = [dr, dz, dn]             d gh = [dr, dz, dn * r]
+        dL/dx = d gi W_ih   dL/dh = g z + d gh W_hh   dW_ih = d gi^T x   dW_hh = d gh^T h
+    ``backward(dh')`` returns dx, or (dx, dh) when h was passed to forward.
+    Derivation: docs/derivations/gru.md
+    """
+    _mode = "GRU"
+
+    def forward(self, input, hx=None):
+        x, (h,), batched = self._prepare(input, [("hx", hx)])
+        h1, _, cache = self._run(x, h, None)
+        self._cache = (cache, batched, hx is not None)
+        return h1 if batched else h1[0]
+
+    backward = RNNCell.backward
+
+
+# ---------------------------------------------------------------------------------------
+# Multi-layer, optionally bidirectional layers
+# ---------------------------------------------------------------------------------------
+
+class _RNNBase(Module):
+    def __init__(self, mode, input_size, hidden_size, num_layers=1, bias=True,
+                 batch_first=False, dropout=0.0, bidirectional=False, dtype=np.float32,
+                 generator=None):
+        super().__init__()
+        self.mode = mode
+        self.input_size = int(input_size)
+        self.hidden_size = int(hidden_size)
+        self.num_layers = int(num_layers)
+        self.bias = bool(bias)
+        self.batch_first = bool(batch_first)
+        self.dropout = float(dropout)
+        self.bidirectional = bool(bidirectional)
+        name = type(self).__name__
+        if self.input_size <= 0 or self.hidden_size <= 0 or self.num_layers <= 0:
+            raise ValueError(f"{name}: input_size, hidden_size and num_layers must be "
+                             f"positive, got ({input_size}, {hidden_size}, {num_layers})")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"{name}: dropout must be in [0, 1), got {dropout}")
+        G = _GATES[mode] * self.hidden_size
+        D = 2 if self.bidirectional else 1
+        self._flat_names = []
+        for layer in range(self.num_layers):
+            in_size = self.input_size if layer == 0 else self.hidden_size * D
+            for d in range(D):
+                sfx = f"_l{layer}" + ("_reverse" if d == 1 else "")
+                names = [f"weight_ih{sfx}", f"weight_hh{sfx}"]
+                setattr(self, names[0], Parameter(np.empty((G, in_size), dtype=dtype)))
+                setattr(self, names[1], Parameter(np.empty((G, self.hidden_size), dtype=dtype)))
+                if self.bias:
+                    names += [f"bias_ih{sfx}", f"bias_hh{sfx}"]
+                    setattr(self, names[2], Parameter(np.empty(G, dtype=dtype)))
+                    setattr(self, names[3], Parameter(np.empty(G, dtype=dtype)))
+                self._flat_names.append(names)
+        self.reset_parameters(generator)
+        self._cache = None
+        # retain_state_grads = True makes backward keep dL/dh_t for every step in
+        # state_grads[layer * D + direction], an array (T, N, hidden) in time order (like
+        # PyTorch's retain_grad); it is how the vanishing/exploding gradient is measured.
+        self.retain_state_grads = False
+        self.state_grads = None
+
+    def reset_parameters(self, generator=None):
+        """Every weight and bias ~ U(-1/sqrt(hidden_size), 1/sqrt(hidden_size))."""
+        k = 1.0 / math.sqrt(self.hidden_size)
+        for p in self.parameters():
+            init.uniform_(p, -k, k, generator=generator)
+
+    def extra_repr(self):
+        s = f"{self.input_size}, {self.hidden_size}"
+        if self.num_layers != 1:
+            s += f", num_layers={self.num_layers}"
+        if not self.bias:
+            s += ", bias=False"
+        if self.batch_first:
+            s += ", batch_first=True"
+        if self.dropout:
+            s += f", dropout={self.dropout}"
+        if self.bidirectional:
+            s += ", bidirectional=True"
+        return s
+
+    @property
+    def _D(self):
+        return 2 if self.bidirectional else 1
+
+    def _params(self, layer, d):
+        names = self._flat_names[layer * self._D + d]
+        ps = [getattr(self, n) for n in names]
+        if not self.bias:
+            ps += [None, None]
+        return ps
+
+    def _check_input(self, x):
+        x = check_float(self, x)
+        I = self.input_size
+        want = "(N, T, {0}), (T, {0})" if self.batch_first else "(T, N, {0}), (T, {0})"
+        want = want.format(I) + " for unbatched input"
+        if x.ndim not in (2, 3) or x.shape[-1] != I:
+            raise ValueError(f"{layer_name(self)}: expected input of shape {want}, got "
+                             f"{tuple(x.shape)}")
+        batched = x.ndim == 3
+        shape = x.shape
+        if batched and self.batch_first:
+            x = x.transpose(1, 0, 2)
+        if not batched:
+            x = x[:, None, :]
+        if x.shape[0] == 0:
+            raise ValueError(f"{layer_name(self)}: got a sequence of length zero (input "
+                             f"shape {tuple(shape)}, expected {want}); "
+                             "a recurrent layer needs at least one time step")
+        return x, batched
+
+    def _check_state(self, s, name, x_shape, batched, N, dtype):
+        L = self.num_layers * self._D
+        shape = (L, N, self.hidden_size) if batched else (L, self.hidden_size)
+        if s is None:
+            return np.zeros((L, N, self.hidden_size), dtype=dtype)
+        s = check_float(self, s, name)
+        if s.shape != shape:
+            raise ValueError(f"{layer_name(self)}: expected {name} of shape {shape} "
+                             f"(num_layers * num_directions, "
+                             f"{'N, ' if batched else ''}hidden_size) for input of shape "
+                             f"{tuple(x_shape)}, got {tuple(s.shape)}")
+        return s if batched else s[:, None, :]
+
+    def _forward(self, input, h0, c0, with_state):
+        """Shared forward. Returns out (in the caller's layout), h_n, c_n (or None)."""
+        x, batched = self._check_input(input)
+        T, N, _ = x.shape
+        dtype = np.result_type(x.dtype, self.weight_ih_l0.dtype)
+        h0 = self._check_state(h0, "h0", np.shape(input), batched, N, dtype)
+        lstm = self.mode == "LSTM"
+        if lstm:
+            c0 = self._check_state(c0, "c0", np.shape(input), batched, N, dtype)
+        D = self._D
+        rng = get_rng()
+        layer_in = x
+        caches, masks = [], []
+        h_n, c_n = [], []
+        for layer in range(self.num_layers):
+            mask = None
+            if layer > 0 and self.training and self.dropout > 0:
+                keep = 1.0 - self.dropout
+                mask = (rng.random(layer_in.shape) < keep).astype(layer_in.dtype) / keep
+                layer_in = layer_in * mask
+            masks.append(mask)
+            outs = []
+            for d in range(D):
+                W_ih, W_hh, b_ih, b_hh = self._params(layer, d)
+                k = layer * D + d
+                xin = layer_in if d == 0 else layer_in[::-1]
+                out, hT, cT, cache = _sequence_forward(
+                    self.mode, xin, h0[k], c0[k] if lstm else None, W_ih.data, W_hh.data,
+                    _data(b_ih), _data(b_hh))
+                outs.append(out if d == 0 else out[::-1])
+                caches.append(cache)
+                h_n.append(hT)
+                c_n.append(cT)
+            layer_in = outs[0] if D == 1 else np.concatenate(outs, axis=-1)
+        out = layer_in
+        h_n = np.stack(h_n)
+        c_n = np.stack(c_n) if lstm else None
+        self._cache = (caches, masks, batched, with_state, out.shape, h_n.shape)
+        if batched and self.batch_first:
+            out = out.transpose(1, 0, 2)
+        if not batched:
+            out, h_n = out[:, 0], h_n[:, 0]
+            c_n = c_n[:, 0] if lstm else None
+        return out, h_n, c_n
+
+    def _backward(self, d_out, d_h_n, d_c_n):
+        check_forward_called(self, self._cache)
+        caches, masks, batched, with_state, out_shape, hn_shape = self._cache
+        lstm = self.mode == "LSTM"
+        # the gradients in the caller's layout, checked, then in (T, N, .) layout
+        if batched:
+            user_out = (out_shape[1], out_shape[0], out_shape[2]) if self.batch_first \
+                else out_shape
+            user_hn = hn_shape
+        else:
+            user_out = (out_shape[0], out_shape[2])
+            user_hn = (hn_shape[0], hn_shape[2])
+        d_out = check_grad(self, d_out, user_out, "grad of out")
+        grads_state = []
+        for g, what in ((d_h_n, "grad of h_n"), (d_c_n, "grad of c_n")):
+            if g is None:
+                grads_state.append(np.zeros(hn_shape, dtype=d_out.dtype))
+            else:
+                g = check_grad(self, g, user_hn, what)
+                grads_state.append(g if batched else g[:, None, :])
+        d_hn, d_cn = grads_state
+        if batched and self.batch_first:
+            d_out = d_out.transpose(1, 0, 2)
+        if not batched:
+            d_out = d_out[:, None, :]
+        D = self._D
+        H = self.hidden_size
+        dh0 = np.zeros(hn_shape, dtype=np.result_type(d_out, caches[0][1]))
+        dc0 = np.zeros_like(dh0) if lstm else None
+        T = d_out.shape[0]
+        records = [None] * len(caches)
+        g_layer = d_out
+        for layer in range(self.num_layers - 1, -1, -1):
+            dx = None
+            for d in range(D):
+                W_ih, W_hh, b_ih, b_hh = self._params(layer, d)
+                k = layer * D + d
+                g = g_layer[..., d * H:(d + 1) * H]
+                if d == 1:
+                    g = g[::-1]
+                grads = tuple(_grad_or_none(p) for p in (W_ih, W_hh, b_ih, b_hh))
+                if self.retain_state_grads:
+                    records[k] = np.empty((T,) + dh0.shape[1:], dtype=dh0.dtype)
+                dxd, dh0[k], dck = _sequence_backward(
+                    self.mode, caches[k], g, d_hn[k], d_cn[k] if lstm else None,
+                    W_ih.data, W_hh.data, grads, records[k])
+                if records[k] is not None and d == 1:
+                    records[k] = records[k][::-1]
+                if lstm:
+                    dc0[k] = dck
+                if d == 1:
+                    dxd = dxd[::-1]
+                dx = dxd if dx is None else dx + dxd
+            if masks[layer] is not None:
+                dx = dx * masks[layer]
+            g_layer = dx
+        dx = g_layer
+        if self.retain_state_grads:
+            self.state_grads = [r if batched else r[:, 0] for r in records]
+        if batched and self.batch_first:
+            dx = dx.transpose(1, 0, 2)
+        if not batched:
+            dx, dh0 = dx[:, 0], dh0[:, 0]
+            dc0 = dc0[:, 0] if lstm else None
+        if not with_state:
+            return dx
+        return (dx, dh0, dc0) if lstm else (dx, dh0)
+
+
+class RNN(_RNNBase):
+    r"""Multi-layer Elman RNN (PyTorch's ``nn.RNN``):
+    h_t = act(x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh), act = tanh | relu | identity.
+
+    ``RNN(input_size, hidden_size, num_layers=1, nonlinearity='tanh', bias=True,
+    batch_first=False, dropout=0.0, bidirectional=False)``.
+    x (T, N, input) [batch_first: (N, T, input); unbatched: (T, input)],
+    h0 (num_layers * D, N, hidden) -> out (T, N, D * hidden), h_n (num_layers * D, N, hidden).
+    Parameters weight_ih_l{k}, weight_hh_l{k}, bias_ih_l{k}, bias_hh_l{k} (+ ``_reverse``).
+    Layer k > 0 reads layer k-1's output, through inverted dropout in training mode.
+
+    Backward (BPTT): ``backward(d_out, d_h_n=None)`` returns dx, or (dx, dh0) if h0 was
+    given. Per step, with dh_t = d_out_t + dL/dh_t from step t+1:
+        da_t = dh_t * act'(a_t)    dL/dh_{t-1} = da_t W_hh    dx_t = da_t W_ih
+        dW_ih = sum_t da_t^T x_t   dW_hh = sum_t da_t^T h_{t-1}   db = sum_t,n da_t
+    so dL/dh_s = dL/dh_t prod_{u=s+1..t} diag(act'(a_u)) W_hh: the product that explodes
+    or vanishes with the spectral radius of W_hh (docs/derivations/rnn.md).
+    """
+
+    def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh",
+                 bias=True, batch_first=False, dropout=0.0, bidirectional=False,
+                 dtype=np.float32, generator=None):
+        if nonlinearity not in ("tanh", "relu", "identity"):
+            raise ValueError(f"RNN: unknown nonlinearity {nonlinearity!r}; expected "
+                             "'tanh', 'relu' or 'identity'")
+        super().__init__("RNN_" + nonlinearity.upper(), input_size, hidden_size, num_layers,
+                         bias, batch_first, dropout, bidirectional, dtype, generator)
+        self.nonlinearity = nonlinearity
+
+    def extra_repr(self):
+        s = super().extra_repr()
+        if self.nonlinearity != "tanh":
+            s += f", nonlinearity={self.nonlinearity!r}"
+        return s
+
+    def forward(self, input, hx=None):
+        out, h_n, _ = self._forward(input, hx, None, hx is not None)
+        return out, h_n
+
+    def backward(self, grad_out, grad_h_n=None):
+        return self._backward(grad_out, grad_h_n, None)
+
+
+class LSTM(_RNNBase):
+    r"""Multi-layer LSTM (PyTorch's ``nn.LSTM``), gate order i, f, g, o:
+        i, f, g, o = sig, sig, tanh, sig of (x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh)
+        c_t = f * c_{t-1} + i * g      h_t = o * tanh(c_t)
+
+    ``LSTM(input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+    dropout=0.0, bidirectional=False)``; ``out, (h_n, c_n) = lstm(x, (h0, c0))``.
+    Shapes as :class:`RNN`; weights have 4 * hidden rows.
+
+    Backward (BPTT): ``backward(d_out, d_h_n=None, d_c_n=None)`` returns dx, or
+    (dx, dh0, dc0) if (h0, c0) was given. The cell-state path carries
+    dL/dc_{t-1} = dc_t * f_t: a product of forget gates, not of W_hh (docs/derivations/lstm.md).
+    """
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, dtype=np.float32, generator=None):
+        super().__init__("LSTM", input_size, hidden_size, num_layers, bias, batch_first,
+                         dropout, bidirectional, dtype, generator)
+
+    def forward(self, input, hx=None):
+        if hx is None:
+            h0 = c0 = None
+        else:
+            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+                raise TypeError(f"{layer_name(self)}: expected hx to be a tuple (h0, c0), "
+                                f"got {type(hx).__name__}")
+            h0, c0 = hx
+        out, h_n, c_n = self._forward(input, h0, c0, hx is not None)
+        return out, (h_n, c_n)
+
+    def backward(self, grad_out, grad_h_n=None, grad_c_n=None):
+        """BPTT. ``grad_h_n`` may also be the pair ``(grad_h_n, grad_c_n)`` (mirroring the
+        output ``(h_n, c_n)``), or the two stacked in one array of shape (2, *h_n.shape)."""
+        if grad_c_n is None and grad_h_n is not None:
+            if isinstance(grad_h_n, (tuple, list)) and len(grad_h_n) == 2:
+                grad_h_n, grad_c_n = grad_h_n
+            elif (isinstance(grad_h_n, np.ndarray) and self._cache is not None
+                  and grad_h_n.ndim == len(self._cache[5]) + (0 if self._cache[2] else -1) + 1
+                  and grad_h_n.shape[0] == 2):
+                grad_h_n, grad_c_n = grad_h_n[0], grad_h_n[1]
+        return self._backward(grad_out, grad_h_n, grad_c_n)
+
+
+class GRU(_RNNBase):
+    r"""Multi-layer GRU (PyTorch's ``nn.GRU``), gate order r, z, n:
+        r = sig(gi_r + gh_r)   z = sig(gi_z + gh_z)   n = tanh(gi_n + r * gh_n)
+        h_t = (1 - z) * n + z * h_{t-1}
+    with gi = x_t W_ih^T + b_ih and gh = h_{t-1} W_hh^T + b_hh.
+
+    ``GRU(input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+    dropout=0.0, bidirectional=False)``; ``out, h_n = gru(x, h0)``.
+    Shapes as :class:`RNN`; weights have 3 * hidden rows.
+
+    Backward (BPTT): ``backward(d_out, d_h_n=None)`` returns dx, or (dx, dh0) if h0 was
+    given. The update gate gives the direct path dL/dh_{t-1} += dh_t * z_t, which carries
+    the gradient across many steps when z ~ 1 (docs/derivations/gru.md).
+    """
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, dtype=np.float32, generator=None):
+        super().__init__("GRU", input_size, hidden_size, num_layers, bias, batch_first,
+                         dropout, bidirectional, dtype, generator)
+
+    def forward(self, input, hx=None):
+        out, h_n, _ = self._forward(input, hx, None, hx is not None)
+        return out, h_n
+
+    def backward(self, grad_out, grad_h_n=None):
+        return self._backward(grad_out, grad_h_n, None)

@@ -32,10 +32,10 @@ import numpy as np
 
 from ..nn.module import Parameter
 from ..nn.utils import clip_grad_norm_, clip_grad_value_
-from .penalty import l1_penalty, l2_penalty
+from .penalty import l1_penalty, l2_penalty, prox_l1
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad",
-           "clip_grad_norm_", "clip_grad_value_", "l1_penalty", "l2_penalty",
+           "clip_grad_norm_", "clip_grad_value_", "l1_penalty", "l2_penalty", "prox_l1",
            "lr_scheduler"]
 
 
@@ -117,7 +117,8 @@ class Optimizer:
         place rather than set to None; ``set_to_none`` is accepted for compatibility.)
         """
         for p in self._all_params():
-            p.grad[...] = 0
+            if p.grad is not None:
+                p.grad[...] = 0
 
     def step(self, closure=None):
         """One update of every trainable parameter; returns ``closure()`` if given."""
@@ -127,7 +128,7 @@ class Optimizer:
         for group in self.param_groups:
             self._prepare_group(group)
             for p in group["params"]:
-                if not p.requires_grad:
+                if not p.requires_grad or p.grad is None:
                     continue
                 grad = np.asarray(p.grad)
                 if grad.shape != p.data.shape:
@@ -242,7 +243,9 @@ class SGD(Optimizer):
     Momentum buffer: ``state[p]["momentum_buffer"]``.
 
     Note the momentum buffer holds gradients, not velocities: the step is gamma b_t. With
-    dampening tau = 1 - beta this is the exponential average of Adam's first moment (opt-1).
+    mu = beta1 and tau = 0, (1 - beta1) b_t is Adam's first moment m_t, so Adam without its
+    second moment is SGD(lr=gamma (1 - beta1), momentum=beta1) (exam item opt-1). (With
+    tau = 1 - beta1 instead, the first step differs: b_1 = g_1 is never damped.)
     """
 
     def __init__(self, params, lr=1e-3, momentum=0, dampening=0, weight_decay=0,

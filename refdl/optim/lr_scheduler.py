@@ -17,6 +17,8 @@ ExponentialLR      eta_t = eta_0 gamma^t
 CosineAnnealingLR  eta_t = eta_min + (eta_0 - eta_min) (1 + cos(pi t / T_max)) / 2
 LinearLR           eta_t = eta_0 (s + (e - s) min(t, T) / T)    (s, e = start/end factor)
 LambdaLR           eta_t = eta_0 lr_lambda(t)                     (closed form)
+SequentialLR       schedulers[i] runs from milestones[i-1] on (restarted at epoch 0 there),
+                   e.g. LinearLR warm-up then CosineAnnealingLR
 OneCycleLR         warm-up from max_lr/div_factor to max_lr over pct_start of the steps,
                    then annealing to initial_lr/final_div_factor (cos or linear)
 =================  ===================================================================
@@ -28,7 +30,7 @@ from bisect import bisect_right
 from collections import Counter
 
 __all__ = ["LRScheduler", "StepLR", "MultiStepLR", "ExponentialLR", "CosineAnnealingLR",
-           "LinearLR", "OneCycleLR", "LambdaLR"]
+           "LinearLR", "OneCycleLR", "LambdaLR", "SequentialLR"]
 
 
 class LRScheduler:
@@ -50,6 +52,9 @@ class LRScheduler:
                                    "when resuming an optimizer")
         self.base_lrs = [group["initial_lr"] for group in optimizer.param_groups]
         self.last_epoch = last_epoch
+        self._initial_step()
+
+    def _initial_step(self):
         self._step_count = 0
         self.step()
 
@@ -60,10 +65,23 @@ class LRScheduler:
         """The lrs set by the last step, one per param group."""
         return list(self._last_lr)
 
-    def step(self):
+    def step(self, epoch=None):
+        """Advance one epoch (call after ``optimizer.step()``).
+
+        ``epoch`` (deprecated in PyTorch, kept for SequentialLR) jumps to that epoch and
+        uses the closed form where the scheduler has one.
+        """
         self._step_count += 1
-        self.last_epoch += 1
-        values = self.get_lr()
+        self._update_lr(epoch)
+
+    def _update_lr(self, epoch=None):
+        if epoch is None:
+            self.last_epoch += 1
+            values = self.get_lr()
+        else:
+            self.last_epoch = epoch
+            closed = getattr(self, "_get_closed_form_lr", None)
+            values = closed() if closed is not None else self.get_lr()
         for group, lr in zip(self.optimizer.param_groups, values):
             group["lr"] = lr
         self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
@@ -351,6 +369,64 @@ class OneCycleLR(LRScheduler):
                 else:
                     group["momentum"] = mom
         return lrs
+
+
+class SequentialLR(LRScheduler):
+    """Run ``schedulers[0]`` until ``milestones[0]``, then ``schedulers[1]`` (restarted at
+    its epoch 0, from the groups' initial lr), and so on: PyTorch's SequentialLR.
+
+    Typical use, linear warm-up for w steps then cosine decay::
+
+        warm = LinearLR(opt, start_factor=0.01, total_iters=w)
+        cos = CosineAnnealingLR(opt, T_max=total - w)
+        sched = SequentialLR(opt, [warm, cos], milestones=[w])
+    """
+
+    def __init__(self, optimizer, schedulers, milestones, last_epoch=-1):
+        schedulers = list(schedulers)
+        if len(schedulers) < 1:
+            raise ValueError("SequentialLR expects at least one scheduler, but got no scheduler")
+        for i, sch in enumerate(schedulers):
+            if getattr(sch, "optimizer", None) is not optimizer:
+                raise ValueError(f"SequentialLR expects all schedulers to belong to the same "
+                                 f"optimizer, but scheduler {i} ({type(sch).__name__}) does not")
+        if len(milestones) != len(schedulers) - 1:
+            raise ValueError("SequentialLR expects number of schedulers provided to be one more "
+                             f"than the number of milestone points, but got {len(schedulers)} "
+                             f"schedulers and {len(milestones)} milestones")
+        self._schedulers = schedulers
+        self._milestones = list(milestones)
+        self.last_epoch = last_epoch + 1
+        self.optimizer = optimizer
+        for group in optimizer.param_groups:
+            group["lr"] = group["initial_lr"]
+        for sch in schedulers:                       # undo the step each one took
+            sch.last_epoch -= 1
+        idx = bisect_right(self._milestones, 0)
+        schedulers[idx]._initial_step()
+        self._last_lr = schedulers[idx].get_last_lr()
+
+    def step(self):
+        self.last_epoch += 1
+        idx = bisect_right(self._milestones, self.last_epoch)
+        sch = self._schedulers[idx]
+        if idx > 0 and self._milestones[idx - 1] == self.last_epoch:
+            sch._update_lr(0)
+        else:
+            sch.step()
+        self._last_lr = sch.get_last_lr()
+
+    def state_dict(self):
+        sd = {k: v for k, v in self.__dict__.items() if k not in ("optimizer", "_schedulers")}
+        sd["_schedulers"] = [s.state_dict() for s in self._schedulers]
+        return sd
+
+    def load_state_dict(self, state_dict):
+        state_dict = dict(state_dict)
+        subs = state_dict.pop("_schedulers")
+        self.__dict__.update(state_dict)
+        for sch, sd in zip(self._schedulers, subs):
+            sch.load_state_dict(sd)
 
 
 def _per_group(value, n, name):

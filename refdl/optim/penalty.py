@@ -26,7 +26,7 @@ import numpy as np
 
 from ..nn.module import Parameter
 
-__all__ = ["l1_penalty", "l2_penalty", "l1_value_and_grad", "l2_value_and_grad"]
+__all__ = ["l1_penalty", "l2_penalty", "l1_value_and_grad", "l2_value_and_grad", "prox_l1"]
 
 
 def _params(parameters):
@@ -78,3 +78,15 @@ def l1_penalty(parameters, lam):
         total += v
         p.grad += g.astype(p.grad.dtype, copy=False)
     return total
+
+
+def prox_l1(w, threshold):
+    r"""Soft thresholding, the proximal map of threshold * ||w||_1:
+
+        prox(w) = argmin_u  1/2 ||u - w||^2 + threshold ||u||_1 = sign(w) max(|w| - threshold, 0)
+
+    One ISTA step for  L(w) + lam ||w||_1  is  w <- prox_l1(w - eta grad L(w), eta lam);
+    unlike a subgradient step (l1_penalty + SGD), it lands exactly on 0 (a sparse w).
+    """
+    w = np.asarray(w)
+    return np.sign(w) * np.maximum(np.abs(w) - threshold, 0)

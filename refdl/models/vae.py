@@ -1,0 +1,180 @@
+r"""Variational auto-encoders: the reparameterisation trick, the (beta-)ELBO loss, and an
+MLP VAE whose backward is the chain rule over encoder, sampler and decoder.
+
+    encoder:   x -> (mu, logvar)              q(z|x) = N(mu, diag exp(logvar))
+    sampler:   z = mu + exp(logvar / 2) * eps,  eps ~ N(0, I)       (Reparameterize)
+    decoder:   z -> x_hat                      p(x|z) = Bernoulli(sigmoid(x_hat)) or
+                                                        N(x_hat, sigma^2 I)
+    loss:      -ELBO_beta = E_q[-log p(x|z)] + beta * KL(q(z|x) || N(0, I))   (VAELoss)
+
+Derivation of every gradient: docs/derivations/vae.md
+"""
+import numpy as np
+
+from ..functional import log_sigmoid, sigmoid
+from ..functional.gaussian import kl_diag_normal, kl_diag_normal_grad
+from ..nn._validate import check_float, check_forward_called, check_same_shape, layer_name
+from ..nn.activation import ReLU
+from ..nn.linear import Linear
+from ..nn.module import Module, Sequential
+from ..random import get_rng
+
+__all__ = ["Reparameterize", "VAELoss", "VAE"]
+
+
+class Reparameterize(Module):
+    r"""z = mu + sigma * eps with sigma = exp(logvar / 2), eps ~ N(0, I).
+
+    Shapes: mu, logvar (N, d) -> z (N, d). In eval mode z = mu (no noise).
+    Backward (eps held fixed, it does not depend on the parameters):
+        dL/dmu = g,     dL/dlogvar = g * eps * sigma / 2.
+    """
+
+    def __init__(self, generator=None):
+        super().__init__()
+        self.generator = generator
+        self._cache = None
+
+    def forward(self, mu, logvar):
+        mu = check_float(self, mu, "mu")
+        logvar = check_float(self, logvar, "logvar")
+        check_same_shape(self, mu, logvar, "mu", "logvar")
+        sigma = np.exp(0.5 * logvar)
+        if self.training:
+            eps = get_rng(self.generator).standard_normal(mu.shape).astype(mu.dtype)
+        else:
+            eps = np.zeros_like(mu)
+        self._cache = (eps, sigma)
+        return mu + sigma * eps
+
+    def backward(self, grad_out):
+        check_forward_called(self, self._cache)
+        eps, sigma = self._cache
+        g = np.asarray(grad_out)
+        return g, g * eps * sigma * 0.5
+
+
+class VAELoss(Module):
+    r"""Negative beta-ELBO, averaged over the batch.
+
+    forward(x_hat, mu, logvar, x) with x_hat, x (N, D) and mu, logvar (N, d) -> 0-d loss
+        L = 1/N sum_n [ rec_n + beta * KL_n ],   KL_n = 1/2 sum_j (mu^2 + e^lv - 1 - lv)
+        bernoulli (x_hat are logits, x in [0, 1]):
+            rec_n = -sum_i [x log sigmoid(x_hat) + (1 - x) log sigmoid(-x_hat)]
+        gaussian (x_hat are means, fixed sigma):
+            rec_n = sum_i (x - x_hat)^2 / (2 sigma^2) + D/2 log(2 pi sigma^2)
+    backward(grad=1) -> (dL/dx_hat, dL/dmu, dL/dlogvar):
+        bernoulli: (sigmoid(x_hat) - x) / N;   gaussian: (x_hat - x) / (N sigma^2)
+        dmu = beta mu / N,   dlogvar = beta (e^lv - 1) / (2N).
+    ``last_rec`` and ``last_kl`` hold the batch means of the two terms.
+    """
+
+    def __init__(self, likelihood="bernoulli", beta=1.0, sigma=1.0):
+        super().__init__()
+        if likelihood not in ("bernoulli", "gaussian"):
+            raise ValueError(f"VAELoss: likelihood must be 'bernoulli' or 'gaussian', "
+                             f"got {likelihood!r}")
+        if sigma <= 0:
+            raise ValueError(f"VAELoss: sigma must be positive, got {sigma}")
+        if beta < 0:
+            raise ValueError(f"VAELoss: beta must be non-negative, got {beta}")
+        self.likelihood, self.beta, self.sigma = likelihood, float(beta), float(sigma)
+        self._cache = None
+
+    def extra_repr(self):
+        return f"likelihood={self.likelihood!r}, beta={self.beta}"
+
+    def forward(self, x_hat, mu, logvar, x):
+        x_hat = check_float(self, x_hat, "x_hat")
+        x = check_float(self, x, "x")
+        check_same_shape(self, x_hat, x, "x_hat", "x")
+        check_same_shape(self, mu, logvar, "mu", "logvar")
+        if np.isnan(x_hat).any() or np.isnan(mu).any() or np.isnan(logvar).any():
+            raise ValueError(f"{layer_name(self)}: NaN in the network's outputs")
+        N = len(x)
+        if self.likelihood == "bernoulli":
+            rec = -np.sum(x * log_sigmoid(x_hat) + (1 - x) * log_sigmoid(-x_hat), axis=1)
+        else:
+            D = x[0].size
+            rec = (np.sum((x - x_hat).reshape(N, -1) ** 2, axis=1) / (2 * self.sigma ** 2)
+                   + 0.5 * D * np.log(2 * np.pi * self.sigma ** 2))
+        kl = kl_diag_normal(mu, logvar)
+        self._cache = (x_hat, mu, logvar, x)
+        self.last_rec, self.last_kl = float(rec.mean()), float(kl.mean())
+        return np.asarray(np.mean(rec + self.beta * kl))
+
+    def backward(self, grad=None):
+        check_forward_called(self, self._cache)
+        x_hat, mu, logvar, x = self._cache
+        c = (1.0 if grad is None else float(np.asarray(grad))) / len(x)
+        if self.likelihood == "bernoulli":
+            d_xhat = c * (sigmoid(x_hat) - x)
+        else:
+            d_xhat = c * (x_hat - x) / self.sigma ** 2
+        dmu, dlv = kl_diag_normal_grad(mu, logvar)
+        return d_xhat, c * self.beta * dmu, c * self.beta * dlv
+
+
+class VAE(Module):
+    r"""An MLP VAE.  x (N, D) -> (x_hat (N, D), mu (N, d), logvar (N, d)).
+
+    encoder: Linear(D, h1)-ReLU-...-Linear(h_k, 2d) split into (mu, logvar);
+    decoder: Linear(d, h_k)-ReLU-...-Linear(h1, D) giving logits (Bernoulli) or means.
+    Backward(d_xhat, d_mu=0, d_logvar=0) is the chain rule with the fan-in at (mu, logvar):
+        dz = decoder.backward(d_xhat)
+        (dmu_s, dlv_s) = sampler.backward(dz)
+        dx = encoder.backward(concat(d_mu + dmu_s, d_logvar + dlv_s)).
+    """
+
+    def __init__(self, in_features=64, latent_dim=2, hidden=(128,), dtype=np.float32,
+                 generator=None):
+        super().__init__()
+        self.in_features, self.latent_dim = int(in_features), int(latent_dim)
+        enc, d = [], self.in_features
+        for h in hidden:
+            enc += [Linear(d, h, dtype=dtype, generator=generator), ReLU()]
+            d = h
+        enc.append(Linear(d, 2 * self.latent_dim, dtype=dtype, generator=generator))
+        dec, d = [], self.latent_dim
+        for h in reversed(hidden):
+            dec += [Linear(d, h, dtype=dtype, generator=generator), ReLU()]
+            d = h
+        dec.append(Linear(d, self.in_features, dtype=dtype, generator=generator))
+        self.encoder = Sequential(*enc)
+        self.sampler = Reparameterize(generator)
+        self.decoder = Sequential(*dec)
+
+    def extra_repr(self):
+        return f"in_features={self.in_features}, latent_dim={self.latent_dim}"
+
+    def encode(self, x):
+        h = self.encoder(x)
+        return h[:, :self.latent_dim], h[:, self.latent_dim:]
+
+    def forward(self, x):
+        x = check_float(self, x)
+        if x.ndim != 2 or x.shape[1] != self.in_features:
+            raise ValueError(f"{layer_name(self)}: expected input of shape "
+                             f"(N, {self.in_features}), got {tuple(x.shape)}")
+        mu, logvar = self.encode(x)
+        z = self.sampler(mu, logvar)
+        return self.decoder(z), mu, logvar
+
+    def backward(self, d_xhat, d_mu=None, d_logvar=None):
+        dz = self.decoder.backward(d_xhat)
+        dmu, dlv = self.sampler.backward(dz)
+        if d_mu is not None:
+            dmu = dmu + d_mu
+        if d_logvar is not None:
+            dlv = dlv + d_logvar
+        return self.encoder.backward(np.concatenate([dmu, dlv], axis=1))
+
+    def decode(self, z, likelihood="bernoulli"):
+        """Decoder output as data: probabilities (Bernoulli) or means (Gaussian)."""
+        out = self.decoder(np.asarray(z, dtype=self.decoder[0].weight.dtype))
+        return sigmoid(out) if likelihood == "bernoulli" else out
+
+    def sample(self, n, likelihood="bernoulli", generator=None):
+        """Decode n draws z ~ N(0, I)."""
+        z = get_rng(generator).standard_normal((n, self.latent_dim))
+        return self.decode(z, likelihood)

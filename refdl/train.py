@@ -1,0 +1,292 @@
+"""The training loop: ``fit`` (epochs, validation, metrics, progress, history, early
+stopping, schedules, gradient clipping, checkpoints, a non-finite-loss guard) and ``evaluate``.
+
+One training step is the lecture's loop written out::
+
+    out  = model(x)                     # forward, caches what backward needs
+    loss = loss_fn(out, y)              # a 0-d array
+    optimizer.zero_grad()
+    model.backward(loss_fn.backward())  # dL/dout, then the chain rule through the model
+    clip_grad_norm_(params, max_norm)   # optional
+    optimizer.step()
+
+History is a dict of lists, one entry per epoch: ``epoch``, ``loss``, ``accuracy``,
+``val_loss``, ``val_accuracy`` (with a validation loader), ``lr``, ``grad_norm`` (mean total
+gradient norm before clipping), ``seconds``, ``samples_per_s``.
+"""
+import copy
+import math
+import sys
+import time
+
+import numpy as np
+
+from . import metrics as _metrics
+
+__all__ = ["fit", "evaluate", "EarlyStopping", "NonFiniteLossError", "clip_grad_norm_"]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training stopped because the loss became NaN or infinite.
+
+    Attributes: ``epoch`` and ``step`` (1-based) where it happened, ``value``, ``history``
+    (the completed epochs) and ``checkpoint_path`` (still holding the last good epoch).
+    """
+
+    def __init__(self, epoch, step, value, history, checkpoint_path=None, last_good_epoch=None):
+        self.epoch, self.step, self.value = epoch, step, value
+        self.history, self.checkpoint_path = history, checkpoint_path
+        self.last_good_epoch = last_good_epoch
+        where = f"epoch {epoch}, step {step}"
+        msg = f"the loss became {value} at {where}; training stopped"
+        if checkpoint_path is not None and last_good_epoch:
+            msg += f" (the checkpoint {checkpoint_path} still holds epoch {last_good_epoch})"
+        msg += ". Try a smaller learning rate or gradient clipping."
+        super().__init__(msg)
+
+
+def clip_grad_norm_(parameters, max_norm):
+    """Scale all gradients by min(1, max_norm / (||g|| + 1e-6)); return the total norm ||g||.
+
+    (PyTorch's ``clip_grad_norm_``; uses ``refdl.nn.utils.clip_grad_norm_`` when present.)
+    """
+    params = [p for p in parameters if p.requires_grad]
+    total = math.sqrt(sum(float(np.vdot(p.grad, p.grad)) for p in params))
+    if max_norm is not None and total > max_norm:
+        scale = max_norm / (total + 1e-6)
+        for p in params:
+            p.grad *= p.grad.dtype.type(scale)
+    return total
+
+
+def _grad_norm(params):
+    return math.sqrt(sum(float(np.vdot(p.grad, p.grad)) for p in params))
+
+
+class EarlyStopping:
+    """Stop when ``monitor`` has not improved by ``min_delta`` for ``patience`` epochs.
+
+    ``mode``: 'min' (losses) or 'max' (accuracies); 'auto' picks 'max' when the name
+    contains 'acc'. With ``restore_best_weights`` the model gets the best epoch's weights
+    back when training stops. Use as ``fit(..., early_stopping=EarlyStopping(...))``.
+    """
+
+    def __init__(self, monitor="val_loss", patience=5, min_delta=0.0, mode="auto",
+                 restore_best_weights=True):
+        self.monitor, self.patience, self.min_delta = monitor, int(patience), float(min_delta)
+        if mode == "auto":
+            mode = "max" if "acc" in monitor else "min"
+        if mode not in ("min", "max"):
+            raise ValueError(f"EarlyStopping: mode must be 'min', 'max' or 'auto', got {mode!r}")
+        self.mode = mode
+        self.restore_best_weights = restore_best_weights
+        self.best, self.best_epoch, self.wait, self.stopped_epoch = None, None, 0, None
+        self._best_state = None
+
+    def __call__(self, epoch, history, model):
+        if self.monitor not in history or not history[self.monitor]:
+            raise KeyError(f"EarlyStopping: history has no {self.monitor!r}; it has "
+                           f"{sorted(history)} (val_* needs a val_loader)")
+        value = history[self.monitor][-1]
+        better = (self.best is None or
+                  (value < self.best - self.min_delta if self.mode == "min"
+                   else value > self.best + self.min_delta))
+        if better:
+            self.best, self.best_epoch, self.wait = value, epoch, 0
+            if self.restore_best_weights:
+                self._best_state = copy.deepcopy(model.state_dict())
+            return False
+        self.wait += 1
+        if self.wait >= self.patience:
+            self.stopped_epoch = epoch
+            if self.restore_best_weights and self._best_state is not None:
+                model.load_state_dict(self._best_state)
+            return True
+        return False
+
+
+def _split_batch(batch):
+    if isinstance(batch, (tuple, list)) and len(batch) >= 2:
+        return batch[0], batch[1]
+    raise ValueError("fit: each batch must be a tuple (inputs, targets)")
+
+
+def _correct(out, y):
+    out = np.asarray(out)
+    y = np.asarray(y)
+    if out.ndim >= 2 and np.issubdtype(y.dtype, np.integer) and y.shape == out.shape[:1] + out.shape[2:]:
+        return int(np.sum(out.argmax(axis=1) == y))
+    return None
+
+
+def evaluate(model, loader, loss_fn=None, num_classes=None):
+    """Run ``model`` in eval mode over ``loader``; return a dict of metrics.
+
+    Keys: ``loss`` (mean over examples, when ``loss_fn`` is given), ``accuracy``,
+    ``precision``, ``recall``, ``f1`` (macro), ``confusion`` (K x K), ``y_true``,
+    ``y_pred``. The model's train/eval mode is restored afterwards.
+    """
+    was_training = model.training
+    model.eval()
+    total, loss_sum, ys, ps = 0, 0.0, [], []
+    try:
+        for batch in loader:
+            x, y = _split_batch(batch)
+            out = model(x)
+            n = len(y)
+            if loss_fn is not None:
+                loss_sum += float(loss_fn(out, y)) * n
+            total += n
+            if _correct(out, y) is not None:
+                ys.append(np.asarray(y).ravel())
+                ps.append(np.asarray(out).argmax(axis=1).ravel())
+    finally:
+        model.train(was_training)
+    res = {}
+    if loss_fn is not None:
+        res["loss"] = loss_sum / max(total, 1)
+    if ys:
+        y_true, y_pred = np.concatenate(ys), np.concatenate(ps)
+        cm = _metrics.confusion_matrix(y_true, y_pred, num_classes)
+        p, r, f = _metrics.precision_recall_f1(cm=cm)
+        res.update(accuracy=float(np.trace(cm) / max(cm.sum(), 1)), precision=p, recall=r,
+                   f1=f, confusion=cm, y_true=y_true, y_pred=y_pred)
+    return res
+
+
+class _Progress:
+    def __init__(self, enabled, stream):
+        self.enabled = enabled
+        self.stream = stream or sys.stdout
+        self.live = enabled and hasattr(self.stream, "isatty") and self.stream.isatty()
+
+    def step(self, epoch, epochs, i, n, loss, acc, rate):
+        if not self.live:
+            return
+        width = 20
+        done = int(width * i / max(n, 1))
+        bar = "#" * done + "." * (width - done)
+        acc_s = f"  acc {100 * acc:5.1f}%" if acc is not None else ""
+        self.stream.write(f"\repoch {epoch}/{epochs} [{bar}] {i}/{n}  loss {loss:.4f}{acc_s}"
+                          f"  {rate:,.0f} samples/s")
+        self.stream.flush()
+
+    def line(self, text):
+        if not self.enabled:
+            return
+        if self.live:
+            self.stream.write("\r\x1b[2K")
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
+
+def fit(model, loss_fn, optimizer, train_loader, val_loader=None, epochs=10, scheduler=None,
+        clip_grad_norm=None, callbacks=(), early_stopping=None, checkpoint_path=None,
+        resume=False, progress=True, stream=None, scheduler_interval="epoch",
+        num_classes=None):
+    """Train ``model`` for ``epochs`` epochs (in total, counting resumed ones); return the history.
+
+    ``loss_fn``: a refdl loss (``loss_fn(out, y)`` then ``loss_fn.backward()``).
+    ``scheduler``: stepped after every epoch (or every step with
+    ``scheduler_interval='step'``, for OneCycleLR). ``clip_grad_norm``: max total gradient
+    norm. ``callbacks``: callables ``cb(epoch, history, model)``; one returning True stops
+    training. ``early_stopping``: an :class:`EarlyStopping`. ``checkpoint_path``: saved
+    atomically after every epoch (model, optimiser, scheduler, epoch, RNG and loader
+    states, history). ``resume=True`` continues from that checkpoint when it exists,
+    giving the same losses bit for bit as a run that never stopped.
+
+    A NaN or infinite loss raises :class:`NonFiniteLossError` saying at which epoch and
+    step; the checkpoint keeps the last good epoch.
+    """
+    from .checkpoint import load_checkpoint, save_checkpoint
+
+    if scheduler_interval not in ("epoch", "step"):
+        raise ValueError(f"fit: scheduler_interval must be 'epoch' or 'step', got "
+                         f"{scheduler_interval!r}")
+    loaders = [ld for ld in (train_loader, val_loader) if ld is not None]
+    history = {"epoch": [], "loss": [], "accuracy": [], "lr": [], "grad_norm": [],
+               "seconds": [], "samples_per_s": []}
+    if val_loader is not None:
+        history.update(val_loss=[], val_accuracy=[])
+    start = 1
+    if resume and checkpoint_path is not None:
+        import os
+        if os.path.exists(checkpoint_path):
+            state = load_checkpoint(checkpoint_path, model, optimizer, scheduler, loaders)
+            start = int(state["epoch"]) + 1
+            if state.get("history"):
+                history = {k: list(v) for k, v in state["history"].items()}
+    try:
+        from .nn.utils import clip_grad_norm_ as clip
+    except ImportError:
+        clip = clip_grad_norm_
+    params = [p for p in model.parameters() if p.requires_grad]
+    bar = _Progress(progress, stream)
+    callbacks = list(callbacks) + ([early_stopping] if early_stopping is not None else [])
+    last_good = start - 1
+
+    for epoch in range(start, epochs + 1):
+        model.train()
+        t0 = time.perf_counter()
+        seen, loss_sum, correct, counted, norms = 0, 0.0, 0, 0, []
+        n_batches = len(train_loader) if hasattr(train_loader, "__len__") else 0
+        for step, batch in enumerate(train_loader, 1):
+            x, y = _split_batch(batch)
+            out = model(x)
+            # the losses refuse NaN inputs with a ValueError; a diverged model is caught
+            # here first, so the user hears where training broke down
+            value = float(loss_fn(out, y)) if np.all(np.isfinite(out)) else float("nan")
+            if not math.isfinite(value):
+                bar.line("")
+                raise NonFiniteLossError(epoch, step, value, history, checkpoint_path,
+                                         last_good)
+            if hasattr(optimizer, "zero_grad"):
+                optimizer.zero_grad()
+            else:
+                model.zero_grad()
+            model.backward(loss_fn.backward())
+            norms.append(_grad_norm(params))
+            if clip_grad_norm is not None:
+                clip(params, clip_grad_norm)
+            optimizer.step()
+            if scheduler is not None and scheduler_interval == "step":
+                scheduler.step()
+            n = len(y)
+            seen += n
+            loss_sum += value * n
+            c = _correct(out, y)
+            if c is not None:
+                correct += c
+                counted += n
+            rate = seen / max(time.perf_counter() - t0, 1e-9)
+            bar.step(epoch, epochs, step, n_batches, loss_sum / seen,
+                     correct / counted if counted else None, rate)
+        secs = time.perf_counter() - t0
+        history["epoch"].append(epoch)
+        history["loss"].append(loss_sum / max(seen, 1))
+        history["accuracy"].append(correct / counted if counted else float("nan"))
+        history["lr"].append(float(optimizer.param_groups[0]["lr"])
+                             if hasattr(optimizer, "param_groups") else float("nan"))
+        history["grad_norm"].append(float(np.mean(norms)) if norms else float("nan"))
+        history["seconds"].append(secs)
+        history["samples_per_s"].append(seen / max(secs, 1e-9))
+        text = (f"epoch {epoch}/{epochs}  loss {history['loss'][-1]:.4f}  "
+                f"acc {100 * history['accuracy'][-1]:5.1f}%")
+        if val_loader is not None:
+            ev = evaluate(model, val_loader, loss_fn, num_classes)
+            history["val_loss"].append(ev["loss"])
+            history["val_accuracy"].append(ev.get("accuracy", float("nan")))
+            text += (f"  val_loss {ev['loss']:.4f}  "
+                     f"val_acc {100 * history['val_accuracy'][-1]:5.1f}%")
+        text += f"  lr {history['lr'][-1]:.3g}  {history['samples_per_s'][-1]:,.0f} samples/s"
+        bar.line(text)
+        if scheduler is not None and scheduler_interval == "epoch":
+            scheduler.step()
+        if checkpoint_path is not None:
+            save_checkpoint(checkpoint_path, model, optimizer, scheduler, epoch, loaders,
+                            history=history)
+            last_good = epoch
+        if any(bool(cb(epoch, history, model)) for cb in callbacks):
+            bar.line(f"stopped early after epoch {epoch}")
+            break
+    return history
