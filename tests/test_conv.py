@@ -256,6 +256,8 @@ BAD = [
      r"expected input with 3 channels \(N, C, H, W\) with C=3, got shape \(1, 2, 8, 8\)"),
     (lambda: nn.Conv2d(3, 4, 3)(np.zeros((1, 3, 8, 8), np.int64)), TypeError,
      r"Conv2d\(3, 4.*expected a floating-point input .*got dtype int64"),
+    (lambda: nn.Conv2d(1, 1, 3)(np.zeros((1, 1, 4, 4), np.float16)), TypeError,
+     r"Conv2d\(1, 1.*expected a float32 or float64 input, got dtype float16"),
     (lambda: nn.ConvTranspose2d(2, 2, 3)(np.zeros((1, 2, 4, 4), np.int32)), TypeError,
      r"ConvTranspose2d.*floating-point"),
     (lambda: nn.ConvTranspose2d(2, 2, 3, stride=2, output_padding=2), ValueError,

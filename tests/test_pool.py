@@ -168,6 +168,8 @@ BAD = [
      r"MaxPool1d.*floating-point input.*int64"),
     (lambda: nn.AvgPool3d(2)(np.zeros((1, 1, 4, 4, 4), bool)), TypeError, r"floating-point"),
     (lambda: nn.AdaptiveAvgPool2d((2, 2, 2)), ValueError, r"output_size must have 2 entries"),
+    (lambda: nn.MaxPool2d(2)(np.zeros((1, 1, 4, 4), np.float16)), TypeError,
+     r"MaxPool2d.*float32 or float64 input, got dtype float16"),
     (lambda: nn.Upsample(size=3, scale_factor=2), ValueError, r"exactly one of size"),
     (lambda: nn.Upsample(scale_factor=2, mode="bilinear")(np.zeros((1, 1, 4), np.float32)),
      ValueError, r"needs a 4-D input"),

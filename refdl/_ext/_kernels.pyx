@@ -80,12 +80,20 @@ cdef extern from *:
     /* the innermost rows of im2col / col2im: restrict lets the compiler vectorise */
     static inline void refdl_copy_f(float* restrict d, const float* restrict s,
                                     Py_ssize_t n, Py_ssize_t st) {
-        if (st == 1) { memcpy(d, s, (size_t)n * sizeof(float)); return; }
+        if (st == 1) {
+            if (n >= 64) { memcpy(d, s, (size_t)n * sizeof(float)); return; }
+            for (Py_ssize_t i = 0; i < n; i++) d[i] = s[i];
+            return;
+        }
         for (Py_ssize_t i = 0; i < n; i++) d[i] = s[i * st];
     }
     static inline void refdl_copy_d(double* restrict d, const double* restrict s,
                                     Py_ssize_t n, Py_ssize_t st) {
-        if (st == 1) { memcpy(d, s, (size_t)n * sizeof(double)); return; }
+        if (st == 1) {
+            if (n >= 64) { memcpy(d, s, (size_t)n * sizeof(double)); return; }
+            for (Py_ssize_t i = 0; i < n; i++) d[i] = s[i];
+            return;
+        }
         for (Py_ssize_t i = 0; i < n; i++) d[i] = s[i * st];
     }
     static inline void refdl_add_f(float* restrict d, const float* restrict s,

@@ -104,6 +104,9 @@ class _ConvBase(Module):
         """Validate x and return it as a contiguous batched array (plus the batch flag)."""
         r = self._rank
         x = check_float(self, x)
+        if x.dtype not in (np.float32, np.float64):
+            raise TypeError(f"{layer_name(self)}: expected a float32 or float64 input, got "
+                            f"dtype {x.dtype}")
         if x.ndim not in (r + 1, r + 2):
             raise ValueError(f"{layer_name(self)}: expected a {r + 1}-D (unbatched) or "
                              f"{r + 2}-D (batched) input {_AXES[r]}, got shape "

@@ -29,6 +29,9 @@ _AXES = {1: "(N, C, L)", 2: "(N, C, H, W)", 3: "(N, C, D, H, W)"}
 
 def _batched(layer, x, r):
     x = check_float(layer, x)
+    if x.dtype not in (np.float32, np.float64):
+        raise TypeError(f"{layer_name(layer)}: expected a float32 or float64 input, got "
+                        f"dtype {x.dtype}")
     if x.ndim not in (r + 1, r + 2):
         raise ValueError(f"{layer_name(layer)}: expected a {r + 1}-D (unbatched) or "
                          f"{r + 2}-D (batched) input {_AXES[r]}, got shape {tuple(x.shape)}")
