@@ -491,6 +491,9 @@ def _verdict(entry):
     for line in entry.splitlines():
         if "verdict" in line.lower():
             return line.replace("**", "").strip().strip("-* ").strip()
+    m = re.search(r"\*\*((?:agrees|disagrees|ambiguous|conceptual)[^*]*)\*\*", entry, re.I)
+    if m:
+        return "Verdict: " + " ".join(m.group(1).split())
     return "(no verdict line)"
 
 
@@ -674,3 +677,9 @@ def main(argv=None):
     except KeyboardInterrupt:
         print(f"refdl {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:          # e.g. `refdl exam | head`
+        try:
+            sys.stdout = open(os.devnull, "w")
+        except OSError:
+            pass
+        return 0

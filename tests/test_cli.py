@@ -224,3 +224,11 @@ def test_python_dash_m_refdl():
                        capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.startswith("refdl summary: error: unknown model")
     assert "Traceback" not in r.stderr
+
+
+def test_exam_verdict_parsing():
+    entries = cli._exam_entries("## a\n### conv-3\nClaim ... **Agrees.** (`t`)\n### x-1\n"
+                                "- **Verdict: disagrees** (3 != 4)\n## b\ntext\n")
+    assert list(entries) == ["conv-3", "x-1"]
+    assert cli._verdict(entries["conv-3"]) == "Verdict: Agrees."
+    assert cli._verdict(entries["x-1"]) == "Verdict: disagrees (3 != 4)"

@@ -424,3 +424,52 @@ def test_viz_5_diagonal_hessian_of_relu_heads_is_zero(depth, width):
     ratio = np.abs(t2).mean() / (t1 ** 2).mean()
     print(f"viz-5: depth {depth} width {width}: tanh head mean|S''| / mean S'^2 = {ratio:.3g}")
     assert np.abs(t2).max() > 0
+
+
+@pytest.fixture(scope="module")
+def trained_shapes_cnn():
+    """A small CNN trained on generated shapes (refdl.interpret.experiment), ~15 s."""
+    from refdl.interpret.experiment import run_shapes_experiment
+    return run_shapes_experiment(n_train=300, n_test=48, epochs=8, seed=0)
+
+
+def test_trained_cnn_maps_localise_the_shapes(trained_shapes_cnn, tmp_path):
+    from refdl.interpret import save_overlays
+    out = trained_shapes_cnn
+    t = out["table"]
+    print(out["accuracy"], {k: tuple(round(v, 3) for v in vals) for k, vals in t.items()})
+    assert out["accuracy"] > 0.8
+    for method in ("saliency", "Grad-CAM", "Grad-CAM++ (closed form)",
+                   "Grad-CAM++ (exact derivatives)"):
+        assert t[method][0] > 2 * t["baseline: centre"][0] > 2 * t["baseline: random"][0]
+    for method in ("Grad-CAM", "Grad-CAM++ (closed form)"):
+        assert t[method][1] > t["baseline: centre"][1]          # IoU@0.5 too
+    # paper 000's formula with f = S: S'' comes from the one tanh of the head only, and
+    # the map is zero (a miss) for most images
+    assert t["paper 000 formula, f = S"][0] < 0.5 * t["Grad-CAM"][0]
+    ds = out["test"]
+    cams = grad_cam(out["model"], ds.images[:4], "7", ds.labels[:4])
+    path = save_overlays(tmp_path / "cams.png", ds.images[:4], cams, boxes=ds.boxes[:4])
+    assert path.stat().st_size > 1000
+
+
+def _mean_corr(a, b):
+    r = [np.corrcoef(u, v)[0, 1] if u.std() > 0 and v.std() > 0 else 0.0
+         for u, v in zip(a.reshape(len(a), -1), b.reshape(len(b), -1))]
+    return float(np.mean(r))
+
+
+def test_viz_4_input_noise_on_a_trained_cnn(trained_shapes_cnn):
+    # the other kind of instability: noisy INPUTS of a trained CNN (global max pooling head)
+    model, ds = trained_shapes_cnn["model"], trained_shapes_cnn["test"]
+    x, c = ds.images, ds.labels
+    gc0, pp0 = grad_cam(model, x, "7", c), grad_cam_pp(model, x, "7", c)
+    r = np.random.default_rng(0)
+    rows = []
+    for sigma in (0.1, 0.2):
+        xn = (x + sigma * r.standard_normal(x.shape)).astype(np.float32)
+        rows.append((sigma, _mean_corr(grad_cam(model, xn, "7", c), gc0),
+                     _mean_corr(grad_cam_pp(model, xn, "7", c), pp0)))
+    print("viz-4 (input noise, trained CNN): sigma, corr Grad-CAM, corr Grad-CAM++:", rows)
+    for sigma, gc, pp in rows:
+        assert pp > gc          # here Grad-CAM++ is the MORE stable map

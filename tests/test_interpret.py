@@ -108,3 +108,14 @@ def test_save_overlays_writes_a_png(tmp_path):
             "Grad-CAM++": np.random.default_rng(2).random((3, 4, 4))}
     path = save_overlays(tmp_path / "cams.png", ds.images, maps, boxes=ds.boxes)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_running_statistics_are_not_changed_by_grad_cam():
+    refdl.manual_seed(0)
+    m = nn.Sequential(nn.BatchNorm2d(2, dtype=np.float64), nn.Identity(), nn.Flatten(),
+                      nn.Linear(18, 3)).to(np.float64)
+    x = np.random.default_rng(0).standard_normal((4, 2, 3, 3))
+    before = {k: v.copy() for k, v in m.state_dict().items()}
+    grad_cam(m, x, "1")                      # training mode: a forward would update stats
+    for k, v in m.state_dict().items():
+        np.testing.assert_array_equal(v, before[k])

@@ -116,7 +116,7 @@ def test_mlp_vae_gradcheck_whole_model():
 
 
 def test_mlp_vae_bad_input():
-    with pytest.raises(ValueError, match=r"VAE\(in_features=64.*expected input of shape \(N, 64\), got \(2, 8, 8\)"):
+    with pytest.raises(ValueError, match=r"VAE\(input_shape=\(64,\).*expected input of shape \(N, 64\), got \(2, 8, 8\)"):
         VAE(64, 2)(np.zeros((2, 8, 8), np.float32))
 
 
@@ -160,3 +160,44 @@ def test_linear_vae_errors():
         LinearGaussianVAE(3, 2, eta_d=0.0)
     with pytest.raises(ValueError, match=r"expected input of shape \(N, 3\), got \(4, 2\)"):
         LinearGaussianVAE(3, 2).elbo(np.zeros((4, 2)))
+
+
+def test_conv_vae_shapes_gradcheck_and_loss_on_images():
+    from refdl.models.vae import conv_vae
+    rng = np.random.default_rng(7)
+    refdl.manual_seed(0)
+    m = conv_vae((1, 8, 8), latent_dim=2, channels=(3, 4))
+    x = rng.uniform(size=(2, 1, 8, 8))
+    x_hat, mu, lv = m(x.astype(np.float32))
+    assert x_hat.shape == (2, 1, 8, 8) and mu.shape == lv.shape == (2, 2)
+    check_module(m, x)
+    check_module(VAELoss("bernoulli"), rng.standard_normal((2, 1, 8, 8)),
+                 rng.standard_normal((2, 2)), rng.standard_normal((2, 2)), x, wrt=[0, 1, 2])
+    with pytest.raises(ValueError, match="divisible by 4"):
+        conv_vae((1, 6, 6))
+
+
+def test_decode_checks_the_latent_size():
+    with pytest.raises(ValueError, match=r"decode: expected z of shape \(N, 2\), got \(3, 5\)"):
+        VAE(64, 2).decode(np.zeros((3, 5)))
+
+
+def test_train_vae_checkpoints_and_stops_on_non_finite_loss(tmp_path):
+    from refdl.checkpoint import load_checkpoint
+    from refdl.models.vae import train_vae
+    from refdl.optim import SGD
+    from refdl.train import NonFiniteLossError
+    refdl.manual_seed(0)
+    X = np.random.default_rng(0).uniform(size=(64, 6)).astype(np.float32)
+    vae, crit = VAE(6, 2, hidden=(8,)), VAELoss()
+    path = tmp_path / "vae.npz"
+    hist = train_vae(vae, crit, SGD(vae.parameters(), lr=0.05), X, epochs=2, batch_size=16,
+                     checkpoint_path=path)
+    assert len(hist) == 2 and hist[1] < hist[0]
+    saved = {k: v.copy() for k, v in vae.state_dict().items()}
+    with pytest.raises(NonFiniteLossError, match=r"the loss became nan at epoch 1, step \d+"):
+        train_vae(vae, crit, SGD(vae.parameters(), lr=1e30), X, epochs=3, batch_size=16,
+                  checkpoint_path=path)
+    fresh = VAE(6, 2, hidden=(8,))
+    load_checkpoint(path, fresh)
+    assert all(np.array_equal(fresh.state_dict()[k], v) for k, v in saved.items())

@@ -110,12 +110,16 @@ class capture:
 
 
 def _score_backward(model, x, class_idx, layer=None):
-    """Run forward, backward of the one-hot class score; parameter grads are left unchanged.
+    """Run forward, backward of the one-hot class score; parameter grads and buffers (running
+    statistics) are restored afterwards. (Call ``model.eval()`` first for BatchNorm and
+    Dropout to act as at test time.)
 
     Returns (scores, class indices, dS/dx, activations, dS/dA) (the last two None without
     ``layer``).
     """
     saved = [(p, p.grad.copy()) for p in model.parameters()]
+    buffers = [(m, n, np.array(b, copy=True)) for m in model.modules()
+               for n, b in m._buffers.items() if b is not None]   # BatchNorm's running stats
     cap = capture(model, layer) if layer is not None else None
     try:
         if cap is not None:
@@ -130,6 +134,8 @@ def _score_backward(model, x, class_idx, layer=None):
             cap.__exit__(None, None, None)
         for p, g in saved:
             p.grad[...] = g
+        for m, n, b in buffers:
+            setattr(m, n, b)
     acts = grads = None
     if cap is not None:
         if cap.activations is None or cap.gradient is None:

@@ -25,7 +25,7 @@ from .cam import (_exp_score, _score_backward, cam_from_weights, grad_cam_pp_wei
                   to_engine)
 from .localization import iou_at_threshold, pointing_game
 
-__all__ = ["GlobalAvgPool2d", "GlobalMaxPool2d", "make_cnn", "train_cnn", "localisation_table",
+__all__ = ["GlobalAvgPool2d", "GlobalMaxPool2d", "make_cnn", "train_cnn", "localisation_table", "pointing_by_class",
            "run_shapes_experiment"]
 
 
@@ -146,6 +146,13 @@ def localisation_table(model, ds, layer="7", threshold=0.5, generator=None):
     return table, maps
 
 
+def pointing_by_class(maps, ds):
+    """{method: [pointing game of the images of class 0, 1, ...]}."""
+    size = ds.images.shape[-1]
+    return {k: [pointing_game(m[ds.labels == c], ds.boxes[ds.labels == c], size)
+                for c in range(len(ds.classes))] for k, m in maps.items()}
+
+
 def run_shapes_experiment(n_train=600, n_test=200, epochs=10, size=32, min_radius=3,
                           max_radius=6, lr=1e-2, seed=0, png=None):
     """Train the CNN on generated shapes, score every method; optionally write overlays."""
@@ -165,13 +172,17 @@ def run_shapes_experiment(n_train=600, n_test=200, epochs=10, size=32, min_radiu
                 "Grad-CAM++ (exact derivatives)", "paper 000 formula, f = exp S"]
         save_overlays(png, test.images[:8], {k: maps[k][:8] for k in keep},
                       boxes=test.boxes[:8])
-    return {"accuracy": acc, "final_loss": float(np.mean(losses[-10:])), "table": table}
+    return {"accuracy": acc, "final_loss": float(np.mean(losses[-10:])), "table": table,
+            "by_class": pointing_by_class(maps, test), "classes": test.classes,
+            "model": model, "test": test}
 
 
 if __name__ == "__main__":    # pragma: no cover
     import sys
     out = run_shapes_experiment(png=sys.argv[1] if len(sys.argv) > 1 else "gradcam_shapes.png")
     print(f"test accuracy {out['accuracy']:.3f}, final training loss {out['final_loss']:.3f}")
-    print(f"{'method':34s} pointing game   IoU@0.5")
+    print(f"{'method':34s} pointing game   IoU@0.5   pointing game by class "
+          f"{out['classes']}")
     for k, (pg, iou) in out["table"].items():
-        print(f"{k:34s} {pg:13.3f} {iou:9.3f}")
+        by = ", ".join(f"{v:.2f}" for v in out["by_class"][k])
+        print(f"{k:34s} {pg:13.3f} {iou:9.3f}   ({by})")

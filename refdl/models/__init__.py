@@ -10,6 +10,11 @@ import importlib
 _REGISTRY = {
     # name: (module, builder, layout, description)
     "mlp": ("refdl.models.mlp", "MLP", "flat", "multilayer perceptron (Linear-ReLU-...)"),
+    "lenet5": ("refdl.models.lenet", "LeNet5", "image", "LeNet-5 (conv-pool-conv-pool-fc-fc-fc)"),
+    "resnet_small": ("refdl.models.resnet", "ResNetSmall", "image",
+                     "small ResNet (BasicBlocks, BatchNorm, global average pooling)"),
+    "vgg_small": ("refdl.models.vgg", "VGGSmall", "image", "small VGG-style net (3x3 convs)"),
+    "vit": ("refdl.models.vit", "ViT", "image", "Vision Transformer with a class token"),
     "gru": ("refdl.models.rnn", "GRUClassifier", "sequence",
             "GRU over the time steps, then Linear on the last hidden state"),
     "lstm": ("refdl.models.rnn", "LSTMClassifier", "sequence",

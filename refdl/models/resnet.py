@@ -14,8 +14,6 @@ Builders: ``resnet18/34/50`` (ImageNet layout), ``ResNet20`` style CIFAR nets vi
 ``ResNet(BasicBlock, [3, 3, 3], widths=(16, 32, 64), stem="cifar")`` and
 ``ResNetSmall(num_classes=10, input_shape=(1, 8, 8))`` for the 8x8 digits and 32x32 images.
 """
-import numpy as np
-
 from .. import nn
 from ..nn._validate import check_float, layer_name
 from ..nn.blocks import BasicBlock, Bottleneck

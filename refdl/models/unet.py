@@ -20,6 +20,8 @@ Spatial sizes must be divisible by pool_kernel^N: otherwise an up-sampled map an
 skip differ and the forward raises a ValueError naming the level and both shapes.
 Derivation and the video shapes: docs/derivations/unet.md
 """
+import math
+
 import numpy as np
 
 from .. import nn
@@ -48,7 +50,7 @@ class ConvBlock(nn.Sequential):
             if norm == "batch":
                 layers.append(_layer("BatchNorm", dim)(out_channels))
             elif norm == "group":
-                layers.append(nn.GroupNorm(min(8, out_channels), out_channels))
+                layers.append(nn.GroupNorm(math.gcd(8, out_channels), out_channels))
             elif norm == "instance":
                 layers.append(_layer("InstanceNorm", dim)(out_channels, affine=True))
             elif norm is not None:
@@ -66,7 +68,7 @@ class UNet(nn.Module):
     (N, C, D, H, W); ``up_mode`` "transpose" (up-convolution) or "nearest" (Upsample +
     conv); ``pool_kernel`` an int or a per-axis tuple (e.g. (1, 2, 2) pools only H, W of a
     video, keeping its frames); ``kernel_size`` of the convolutions (odd); ``norm`` None,
-    "batch", "group" or "instance".
+    "batch", "group" (GroupNorm with gcd(8, channels) groups) or "instance".
     """
 
     def __init__(self, in_channels=1, out_channels=1, depth=3, convs_per_level=2,

@@ -19,7 +19,7 @@ from ..nn.linear import Linear
 from ..nn.module import Module, Sequential
 from ..random import get_rng
 
-__all__ = ["Reparameterize", "VAELoss", "VAE"]
+__all__ = ["Reparameterize", "VAELoss", "VAE", "conv_vae", "train_vae"]
 
 
 class Reparameterize(Module):
@@ -57,7 +57,8 @@ class Reparameterize(Module):
 class VAELoss(Module):
     r"""Negative beta-ELBO, averaged over the batch.
 
-    forward(x_hat, mu, logvar, x) with x_hat, x (N, D) and mu, logvar (N, d) -> 0-d loss
+    forward(x_hat, mu, logvar, x) with x_hat, x (N, ...) and mu, logvar (N, d) -> 0-d loss
+    (the sums run over every entry of one example: D = x[0].size)
         L = 1/N sum_n [ rec_n + beta * KL_n ],   KL_n = 1/2 sum_j (mu^2 + e^lv - 1 - lv)
         bernoulli (x_hat are logits, x in [0, 1]):
             rec_n = -sum_i [x log sigmoid(x_hat) + (1 - x) log sigmoid(-x_hat)]
@@ -93,7 +94,8 @@ class VAELoss(Module):
             raise ValueError(f"{layer_name(self)}: NaN in the network's outputs")
         N = len(x)
         if self.likelihood == "bernoulli":
-            rec = -np.sum(x * log_sigmoid(x_hat) + (1 - x) * log_sigmoid(-x_hat), axis=1)
+            rec = -np.sum((x * log_sigmoid(x_hat) + (1 - x) * log_sigmoid(-x_hat))
+                          .reshape(N, -1), axis=1)
         else:
             D = x[0].size
             rec = (np.sum((x - x_hat).reshape(N, -1) ** 2, axis=1) / (2 * self.sigma ** 2)
@@ -116,10 +118,12 @@ class VAELoss(Module):
 
 
 class VAE(Module):
-    r"""An MLP VAE.  x (N, D) -> (x_hat (N, D), mu (N, d), logvar (N, d)).
+    r"""A VAE: x (N, *input_shape) -> (x_hat (N, *input_shape), mu (N, d), logvar (N, d)).
 
-    encoder: Linear(D, h1)-ReLU-...-Linear(h_k, 2d) split into (mu, logvar);
-    decoder: Linear(d, h_k)-ReLU-...-Linear(h1, D) giving logits (Bernoulli) or means.
+    The default networks are MLPs: encoder Linear(D, h1)-ReLU-...-Linear(h_k, 2d), split into
+    (mu, logvar); decoder Linear(d, h_k)-ReLU-...-Linear(h1, D) giving logits (Bernoulli) or
+    means (Gaussian). Any ``encoder`` (x -> (N, 2d)) and ``decoder`` (z -> x_hat) modules
+    can be passed instead (see :func:`conv_vae`).
     Backward(d_xhat, d_mu=0, d_logvar=0) is the chain rule with the fan-in at (mu, logvar):
         dz = decoder.backward(d_xhat)
         (dmu_s, dlv_s) = sampler.backward(dz)
@@ -127,35 +131,45 @@ class VAE(Module):
     """
 
     def __init__(self, in_features=64, latent_dim=2, hidden=(128,), dtype=np.float32,
-                 generator=None):
+                 generator=None, encoder=None, decoder=None, input_shape=None):
         super().__init__()
-        self.in_features, self.latent_dim = int(in_features), int(latent_dim)
-        enc, d = [], self.in_features
-        for h in hidden:
-            enc += [Linear(d, h, dtype=dtype, generator=generator), ReLU()]
-            d = h
-        enc.append(Linear(d, 2 * self.latent_dim, dtype=dtype, generator=generator))
-        dec, d = [], self.latent_dim
-        for h in reversed(hidden):
-            dec += [Linear(d, h, dtype=dtype, generator=generator), ReLU()]
-            d = h
-        dec.append(Linear(d, self.in_features, dtype=dtype, generator=generator))
-        self.encoder = Sequential(*enc)
+        self.latent_dim = int(latent_dim)
+        self.input_shape = tuple(input_shape) if input_shape is not None else (int(in_features),)
+        self.in_features = int(np.prod(self.input_shape))
+        if encoder is None:
+            enc, d = [], self.in_features
+            for h in hidden:
+                enc += [Linear(d, h, dtype=dtype, generator=generator), ReLU()]
+                d = h
+            enc.append(Linear(d, 2 * self.latent_dim, dtype=dtype, generator=generator))
+            encoder = Sequential(*enc)
+        if decoder is None:
+            dec, d = [], self.latent_dim
+            for h in reversed(hidden):
+                dec += [Linear(d, h, dtype=dtype, generator=generator), ReLU()]
+                d = h
+            dec.append(Linear(d, self.in_features, dtype=dtype, generator=generator))
+            decoder = Sequential(*dec)
+        self.encoder = encoder
         self.sampler = Reparameterize(generator)
-        self.decoder = Sequential(*dec)
+        self.decoder = decoder
+        self._dtype = np.dtype(dtype)
 
     def extra_repr(self):
-        return f"in_features={self.in_features}, latent_dim={self.latent_dim}"
+        return f"input_shape={self.input_shape}, latent_dim={self.latent_dim}"
 
     def encode(self, x):
         h = self.encoder(x)
+        if h.ndim != 2 or h.shape[1] != 2 * self.latent_dim:
+            raise ValueError(f"{layer_name(self)}: the encoder must output (N, "
+                             f"{2 * self.latent_dim}) = (mu, logvar), got {tuple(h.shape)}")
         return h[:, :self.latent_dim], h[:, self.latent_dim:]
 
     def forward(self, x):
         x = check_float(self, x)
-        if x.ndim != 2 or x.shape[1] != self.in_features:
+        if tuple(x.shape[1:]) != self.input_shape:
             raise ValueError(f"{layer_name(self)}: expected input of shape "
-                             f"(N, {self.in_features}), got {tuple(x.shape)}")
+                             f"(N, {', '.join(map(str, self.input_shape))}), got {tuple(x.shape)}")
         mu, logvar = self.encode(x)
         z = self.sampler(mu, logvar)
         return self.decoder(z), mu, logvar
@@ -171,10 +185,87 @@ class VAE(Module):
 
     def decode(self, z, likelihood="bernoulli"):
         """Decoder output as data: probabilities (Bernoulli) or means (Gaussian)."""
-        out = self.decoder(np.asarray(z, dtype=self.decoder[0].weight.dtype))
+        z = np.asarray(z)
+        if z.ndim != 2 or z.shape[1] != self.latent_dim:
+            raise ValueError(f"{layer_name(self)}.decode: expected z of shape "
+                             f"(N, {self.latent_dim}), got {tuple(z.shape)}")
+        out = self.decoder(z.astype(self._dtype, copy=False))
         return sigmoid(out) if likelihood == "bernoulli" else out
 
     def sample(self, n, likelihood="bernoulli", generator=None):
         """Decode n draws z ~ N(0, I)."""
         z = get_rng(generator).standard_normal((n, self.latent_dim))
         return self.decode(z, likelihood)
+
+
+def conv_vae(input_shape=(1, 8, 8), latent_dim=2, channels=(16, 32), dtype=np.float32,
+             generator=None):
+    """A convolutional VAE for small images (H and W divisible by 2**len(channels)).
+
+    encoder: [Conv2d(c, k, 3, stride 2, padding 1)-ReLU] per entry of ``channels``,
+             Flatten, Linear(-> 2 latent_dim);
+    decoder: Linear(latent_dim -> last feature map)-ReLU, Unflatten, then
+             [ConvTranspose2d(k, k', 4, stride 2, padding 1)-ReLU] mirrored, the last one
+             to the input's channels without ReLU (each doubles H and W).
+    """
+    from ..nn import Conv2d, ConvTranspose2d, Flatten, Unflatten
+    C, H, W = input_shape
+    f = 2 ** len(channels)
+    if H % f or W % f:
+        raise ValueError(f"conv_vae: H and W must be divisible by {f}, got {input_shape}")
+    kw = dict(dtype=dtype, generator=generator)
+    enc, c = [], C
+    for k in channels:
+        enc += [Conv2d(c, k, 3, stride=2, padding=1, **kw), ReLU()]
+        c = k
+    feat = (c, H // f, W // f)
+    n = int(np.prod(feat))
+    enc += [Flatten(), Linear(n, 2 * latent_dim, **kw)]
+    dec = [Linear(latent_dim, n, **kw), ReLU(), Unflatten(1, feat)]
+    outs = list(reversed(channels[:-1])) + [C]
+    for i, k in enumerate(outs):
+        dec.append(ConvTranspose2d(c, k, 4, stride=2, padding=1, **kw))
+        if i < len(outs) - 1:
+            dec.append(ReLU())
+        c = k
+    return VAE(latent_dim=latent_dim, encoder=Sequential(*enc), decoder=Sequential(*dec),
+               input_shape=input_shape, dtype=dtype)
+
+
+def train_vae(vae, loss_fn, optimizer, X, epochs=10, batch_size=64, checkpoint_path=None,
+              generator=None, print_fn=None):
+    """Minimise ``loss_fn`` (a VAELoss) over the rows of X with mini-batches.
+
+    Returns the history of the per-epoch mean loss. After every epoch a checkpoint is
+    written atomically when ``checkpoint_path`` is given. A NaN or infinite loss stops
+    training with refdl.train.NonFiniteLossError naming the epoch and step; the checkpoint
+    then still holds the last good epoch.
+    """
+    from ..checkpoint import save_checkpoint
+    from ..train import NonFiniteLossError
+    rng = get_rng(generator)
+    history = []
+    for epoch in range(1, epochs + 1):
+        vae.train()
+        perm, total = rng.permutation(len(X)), 0.0
+        for step, i in enumerate(range(0, len(X), batch_size), 1):
+            xb = X[perm[i:i + batch_size]]
+            with np.errstate(over="ignore", invalid="ignore"):   # divergence is caught below
+                x_hat, mu, logvar = vae(xb)
+                finite = all(np.all(np.isfinite(a)) for a in (x_hat, mu, logvar))
+                value = float(loss_fn(x_hat, mu, logvar, xb)) if finite else float("nan")
+            if not np.isfinite(value):
+                raise NonFiniteLossError(epoch, step, value, {"loss": history},
+                                         checkpoint_path, epoch - 1)
+            optimizer.zero_grad()
+            vae.backward(*loss_fn.backward())
+            optimizer.step()
+            total += value * len(xb)
+        history.append(total / len(X))
+        if checkpoint_path is not None:
+            save_checkpoint(checkpoint_path, vae, optimizer, epoch=epoch,
+                            history={"loss": history})
+        if print_fn is not None:
+            print_fn(f"epoch {epoch}: -ELBO {history[-1]:.4f} (rec {loss_fn.last_rec:.4f}, "
+                     f"KL {loss_fn.last_kl:.4f})")
+    return history

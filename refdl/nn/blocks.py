@@ -88,7 +88,8 @@ class Concat(Module):
                              f"of shape {tuple(xs[0].shape)}")
         d = self.dim % nd
         for i, x in enumerate(xs[1:], 1):
-            if x.ndim != nd or x.shape[:d] + x.shape[d + 1:] != xs[0].shape[:d] + xs[0].shape[d + 1:]:
+            rest, rest0 = x.shape[:d] + x.shape[d + 1:], xs[0].shape[:d] + xs[0].shape[d + 1:]
+            if x.ndim != nd or rest != rest0:
                 raise ValueError(f"{layer_name(self)}: inputs must have the same shape except "
                                  f"along dim {self.dim}, got input 0 {tuple(xs[0].shape)} and "
                                  f"input {i} {tuple(x.shape)}")
