@@ -2,7 +2,8 @@
 
     python scripts/train_vit_digits.py [--epochs 30] [--seed 0] [--out docs/figures]
 
-Patch size 2 -> 16 patch tokens + a class token, dim 64, depth 2, 4 heads. Adam
+Patch size 2 -> 16 patch tokens + a class token, dim 64, depth 2, 4 heads, no dropout
+(ViT's default is 0.1; --dropout 0.1 gives 94.4% here, 0.0 gives 96.0%). Adam
 (refdl.optim.Adam), softmax cross-entropy written inline (log_softmax), a seeded 75/25
 split. Prints the test accuracy and writes the class token's attention maps to
 <out>/vit_digits_attention.png.
@@ -50,11 +51,12 @@ def accuracy(model, X, y, batch=256):
     return float((pred == y).mean())
 
 
-def train(epochs=30, seed=0, batch_size=64, lr=2e-3, dim=64, depth=2, heads=4, verbose=True):
+def train(epochs=30, seed=0, batch_size=64, lr=2e-3, dim=64, depth=2, heads=4, dropout=0.0,
+          verbose=True):
     refdl.manual_seed(seed)
     Xtr, ytr, Xte, yte = load_digits_split(seed)
     model = ViT(num_classes=10, input_shape=(1, 8, 8), patch_size=2, dim=dim, depth=depth,
-                heads=heads)
+                heads=heads, dropout=dropout)
     opt = Adam(model.parameters(), lr=lr)
     rng = np.random.default_rng(seed)
     history = []
@@ -103,9 +105,10 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--dropout", type=float, default=0.0)
     ap.add_argument("--out", default="docs/figures")
     a = ap.parse_args(argv)
-    model, acc, _, (Xte, yte) = train(a.epochs, a.seed)
+    model, acc, _, (Xte, yte) = train(a.epochs, a.seed, dropout=a.dropout)
     print(f"test accuracy {acc:.4f} ({len(yte)} images)")
     os.makedirs(a.out, exist_ok=True)
     path = os.path.join(a.out, "vit_digits_attention.png")

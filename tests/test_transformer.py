@@ -137,8 +137,6 @@ def test_patch_embed_is_a_strided_convolution():
 
 
 def test_patch_embed_conv2d_and_patchify_paths_agree():
-    if not hasattr(nn, "Conv2d"):
-        pytest.skip("refdl.nn.Conv2d not merged yet")
     refdl.manual_seed(0)
     a = nn.PatchEmbed(2, 3, 5, use_conv=True).to(np.float64)
     b = nn.PatchEmbed(2, 3, 5, use_conv=False).to(np.float64)

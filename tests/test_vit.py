@@ -18,6 +18,7 @@ def rng(seed=0):
 
 
 def small_vit(**kw):
+    kw.setdefault("dropout", 0.0)
     refdl.manual_seed(0)
     m = ViT(num_classes=3, input_shape=(1, 4, 4), patch_size=2, dim=4, depth=2, heads=2,
             mlp_dim=6, **kw)
@@ -98,10 +99,11 @@ def load_script():
 
 
 def test_vit_trains_on_digits_and_plots_attention(tmp_path):
-    """A short seeded run (the full run, 30 epochs of dim 64, reaches 95.8%)."""
+    """A short seeded run (94.2%; the full run, 30 epochs of dim 64, reaches 96.0%)."""
     script = load_script()
     model, acc, history, (Xte, yte) = script.train(epochs=15, dim=32, heads=4, lr=4e-3,
-                                                   batch_size=32, verbose=False)
+                                                   batch_size=32, dropout=0.0,
+                                                   verbose=False)
     assert acc >= 0.90
     assert history[-1] < 0.25 * history[0]
     path = tmp_path / "attn.png"

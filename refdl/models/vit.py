@@ -44,14 +44,14 @@ class ViT(Module):
     r"""Vision Transformer classifier with a class token.
 
     ViT(num_classes=10, input_shape=(1, 8, 8), patch_size=2, dim=64, depth=2, heads=4,
-        mlp_dim=None (= 2 dim), dropout=0.0, activation='gelu', pos_encoding='learned'
+        mlp_dim=None (= 2 dim), dropout=0.1, activation='gelu', pos_encoding='learned'
         ('learned' | 'sinusoidal' | None), pool='cls' ('cls' | 'mean'))
     x (N, C, H, W) -> logits (N, num_classes). Keys: patch_embed.proj.*, cls_token
     (1, 1, dim), pos_embed.weight (P+1, dim), encoder.layers.i.*, encoder.norm.*, head.*.
     """
 
     def __init__(self, num_classes=10, input_shape=(1, 8, 8), patch_size=2, dim=64, depth=2,
-                 heads=4, mlp_dim=None, dropout=0.0, activation="gelu",
+                 heads=4, mlp_dim=None, dropout=0.1, activation="gelu",
                  pos_encoding="learned", pool="cls", dtype=np.float32, generator=None):
         super().__init__()
         C, hp, wp = _check_shape("ViT", tuple(input_shape), patch_size)
@@ -117,8 +117,11 @@ class ViT(Module):
         return self.patch_embed.backward(np.ascontiguousarray(gz[:, 1:]))
 
     def attention_maps(self, x):
-        """Head-averaged attention weights of every layer for images x:
-        a list of (N, P+1, P+1) arrays (row = query token, column = key; token 0 = cls)."""
+        """Head-averaged attention weights of every layer for images x, in evaluation mode
+        (no dropout; the mode is restored): a list of (N, P+1, P+1) arrays (row = query
+        token, column = key; token 0 = cls). Every row sums to 1."""
+        was_training = self.training
+        self.eval()
         for layer in self.encoder.layers:
             layer.store_attention = True
         try:
@@ -127,6 +130,7 @@ class ViT(Module):
         finally:
             for layer in self.encoder.layers:
                 layer.store_attention = False
+            self.train(was_training)
 
 
 class WindowedViT(Module):

@@ -204,7 +204,9 @@ class _PatchProjection(Module):
     Same parameters (weight (E, C, p, p), bias (E,)), init and output (N, E, H/p, W/p) as
     the strided convolution: with T = patchify(x) (N, P, C p p) and W2 = weight (E, C p p),
     y = T W2^T + b. Backward: dW2 = sum_n g_n^T T_n, db = sum g, dT = g W2, dx = unpatchify.
-    PatchEmbed uses refdl.nn.Conv2d when it exists (tests check they agree).
+    PatchEmbed uses refdl.nn.Conv2d; ``PatchEmbed(..., use_conv=False)`` uses this class
+    instead (same state_dict; tests/test_transformer.py checks that both agree in forward
+    and backward).
     """
 
     def __init__(self, in_chans, embed_dim, patch_size, bias=True, dtype=np.float32,
@@ -264,7 +266,8 @@ class PatchEmbed(Module):
     x (N, C, H, W) -> (N, (H/p)(W/p), E) (flatten=True, row-major patch order) or
     (N, E, H/p, W/p) (flatten=False). H and W must be multiples of p.
     ``proj`` is ``Conv2d(C, E, kernel_size=p, stride=p)`` (keys proj.weight (E, C, p, p),
-    proj.bias (E,)); the same thing as patchify + a matrix product (see _PatchProjection).
+    proj.bias (E,)); the same thing as patchify + a matrix product (``use_conv=False``
+    selects that path, _PatchProjection; both give the same output and gradients).
     Backward: reshape g to (N, E, H/p, W/p), then proj.backward.
     """
 
