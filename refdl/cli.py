@@ -23,10 +23,11 @@ import numpy as np
 
 __all__ = ["main", "build_parser", "GRADCHECK_TABLE"]
 
-DEFAULT_MODEL = "mlp"
+DEFAULT_MODEL = "lenet5"          # for image data sets; 2-D point sets default to "mlp"
+POINT_DATASETS = ("spirals", "moons")
 DATASETS = ("digits", "mnist", "fashion-mnist", "spirals", "moons")
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
-DEFAULT_LR = {"sgd": 0.05, "adam": 1e-3, "adamw": 1e-3, "rmsprop": 1e-3}
+DEFAULT_LR = {"sgd": 0.05, "adam": 3e-3, "adamw": 3e-3, "rmsprop": 1e-3}
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -131,6 +132,8 @@ def cmd_train(args):
     from .train import NonFiniteLossError, evaluate, fit
     import refdl
 
+    if args.model is None:
+        args.model = "mlp" if args.dataset in POINT_DATASETS else DEFAULT_MODEL
     avail = models.available_models()
     if args.model not in avail:
         raise UserError(f"unknown model {args.model!r}; available: {', '.join(sorted(avail))}")
@@ -588,23 +591,23 @@ def build_parser():
                        description="Train a model and report its test accuracy. With no "
                        "options: the MLP on scikit-learn's 8x8 digits (no download) in a few "
                        "seconds. Writes a checkpoint, history.json and PNG plots to --out.")
-    t.add_argument("--model", default=DEFAULT_MODEL, help=f"model name: {model_help} "
-                   f"(default {DEFAULT_MODEL})")
+    t.add_argument("--model", default=None, help=f"model name: {model_help} "
+                   f"(default {DEFAULT_MODEL}; mlp for {' and '.join(POINT_DATASETS)})")
     t.add_argument("--dataset", default="digits", choices=DATASETS,
                    help="data set (default digits; mnist/fashion-mnist read IDX files from "
                    "--data-dir; spirals/moons are generated 2-D points)")
     t.add_argument("--data-dir", help="folder with the MNIST/Fashion-MNIST IDX files")
-    t.add_argument("--epochs", type=int, default=20, help="number of epochs (default 20)")
+    t.add_argument("--epochs", type=int, default=15, help="number of epochs (default 15)")
     t.add_argument("--batch-size", type=int, default=32, help="mini-batch size (default 32)")
     t.add_argument("--optimizer", default="adam", choices=OPTIMIZERS,
                    help="optimiser (default adam)")
-    t.add_argument("--lr", type=float, help="learning rate (default: sgd 0.05, others 1e-3)")
+    t.add_argument("--lr", type=float, help="learning rate (default: sgd 0.05, adam/adamw 3e-3, rmsprop 1e-3)")
     t.add_argument("--momentum", type=float, default=0.9,
                    help="momentum for sgd/rmsprop (default 0.9)")
     t.add_argument("--weight-decay", type=float, default=0.0, help="weight decay (default 0)")
-    t.add_argument("--scheduler", default="none", choices=("none", "step", "cosine", "onecycle"),
+    t.add_argument("--scheduler", default="cosine", choices=("none", "step", "cosine", "onecycle"),
                    help="learning-rate schedule: step (x0.1 every epochs/3), cosine "
-                   "annealing to 0, or one-cycle (per step, peak = --lr) (default none)")
+                   "annealing to 0, or one-cycle (per step, peak = --lr) (default cosine)")
     t.add_argument("--clip-grad-norm", type=float, metavar="MAX",
                    help="clip the total gradient norm to MAX before each step")
     t.add_argument("--seed", type=int, default=0, help="random seed (default 0)")

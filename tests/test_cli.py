@@ -23,19 +23,28 @@ def run(capsys, *argv):
 
 
 def test_default_train_reaches_95_percent(tmp_path, capsys, monkeypatch):
+    """`refdl train` alone: LeNet-5 on the digits (Adam 3e-3, cosine schedule, 15 epochs)."""
     monkeypatch.chdir(tmp_path)
     rc, out, err = run(capsys, "train")
     assert rc == 0, err
     acc = float(out.split("test accuracy: ")[1].split("%")[0])
     assert acc > 95.0
-    assert "epoch 20/20" in out and "samples/s" in out
-    run_dir = tmp_path / "runs" / "mlp-digits"
+    assert "lenet5" in out and "epoch 15/15" in out and "samples/s" in out
+    run_dir = tmp_path / "runs" / "lenet5-digits"
     for f in ("checkpoint.npz", "history.json", "history.png", "confusion.png",
               "samples.png", "filters.png", "config.json"):
         assert (run_dir / f).is_file(), f
     # a second default run never overwrites the first
     rc, out, _ = run(capsys, "train", "--epochs", "1", "--no-plots", "--quiet")
-    assert rc == 0 and (tmp_path / "runs" / "mlp-digits-2" / "checkpoint.npz").is_file()
+    assert rc == 0 and (tmp_path / "runs" / "lenet5-digits-2" / "checkpoint.npz").is_file()
+
+
+def test_mlp_train_reaches_95_percent(tmp_path, capsys):
+    """The foundation's first run: an MLP on the digits, in seconds."""
+    rc, out, err = run(capsys, "train", "--model", "mlp", "--out", str(tmp_path / "m"),
+                       "--no-plots")
+    assert rc == 0, err
+    assert float(out.split("test accuracy: ")[1].split("%")[0]) > 95.0
 
 
 def test_resume_and_overwrite_protection(tmp_path, capsys):
@@ -62,7 +71,8 @@ def test_resume_and_overwrite_protection(tmp_path, capsys):
 
 def test_resume_with_another_model_is_refused(tmp_path, capsys, monkeypatch):
     d = str(tmp_path / "r")
-    assert run(capsys, "train", "--epochs", "1", "--out", d, "--no-plots", "--quiet")[0] == 0
+    assert run(capsys, "train", "--model", "mlp", "--epochs", "1", "--out", d, "--no-plots",
+               "--quiet")[0] == 0
     from refdl import models
     monkeypatch.setitem(models._REGISTRY, "tiny", ("_ux_standins", "WideMLP", "flat", "x"))
     files = {p.name: p.read_bytes() for p in (tmp_path / "r").iterdir()}
@@ -99,7 +109,8 @@ def test_mnist_from_folder_and_corrupt_file(tmp_path, capsys):
     rc, out, err = run(capsys, "train", "--dataset", "fashion-mnist", "--data-dir",
                        str(tmp_path), "--epochs", "1", "--out", str(tmp_path / "o"))
     assert rc == 0, err
-    assert "input (784,)" in out and (tmp_path / "o" / "filters.png").is_file()
+    assert "lenet5" in out and "input (1, 28, 28)" in out
+    assert (tmp_path / "o" / "filters.png").is_file()
     p = tmp_path / "t10k-labels-idx1-ubyte.gz"
     p.write_bytes(p.read_bytes()[:20])
     rc, _, err = run(capsys, "train", "--dataset", "mnist", "--data-dir", str(tmp_path),
