@@ -41,9 +41,10 @@ def normalize_backward(g_hat, x_hat, inv_std, axes):
     return (inv_std / m) * (m * g_hat - s1 - x_hat * s2)
 
 
-class _BatchNorm(Module):
-    _ndims = ()            # accepted input ranks
-    _shape_hint = ""
+class _NormBase(Module):
+    """What BatchNorm and InstanceNorm share (PyTorch's _NormBase): the affine parameters
+    ``weight`` (gamma, ones) and ``bias`` (beta, zeros) of shape (C,), and the buffers
+    ``running_mean``, ``running_var``, ``num_batches_tracked`` when statistics are tracked."""
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
                  track_running_stats=True, dtype=np.float32):
@@ -82,6 +83,11 @@ class _BatchNorm(Module):
             self.running_mean = np.zeros_like(self.running_mean)
             self.running_var = np.ones_like(self.running_var)
             self.num_batches_tracked = np.array(0, dtype=np.int64)
+
+
+class _BatchNorm(_NormBase):
+    _ndims = ()            # accepted input ranks
+    _shape_hint = ""
 
     def reset_parameters(self):
         self.reset_running_stats()

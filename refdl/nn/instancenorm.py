@@ -26,7 +26,7 @@ Derivation: docs/derivations/groupnorm.md
 import numpy as np
 
 from ._validate import check_float, check_forward_called, check_grad, layer_name
-from .batchnorm import normalize_backward
+from .batchnorm import _NormBase, normalize_backward
 from .module import Module, Parameter
 
 __all__ = ["GroupNorm", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d"]
@@ -102,35 +102,12 @@ class GroupNorm(Module):
         return gx.reshape(x_hat.shape)
 
 
-class _InstanceNorm(Module):
+class _InstanceNorm(_NormBase):
     _spatial = 1
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=False,
                  track_running_stats=False, dtype=np.float32):
-        super().__init__()
-        self.num_features = int(num_features)
-        if self.num_features <= 0:
-            raise ValueError(f"{type(self).__name__}: num_features must be positive, "
-                             f"got {num_features}")
-        self.eps = float(eps)
-        self.momentum = momentum
-        self.affine = bool(affine)
-        self.track_running_stats = bool(track_running_stats)
-        if self.affine:
-            self.weight = Parameter(np.ones(self.num_features, dtype=dtype))
-            self.bias = Parameter(np.zeros(self.num_features, dtype=dtype))
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
-        if self.track_running_stats:
-            self.register_buffer("running_mean", np.zeros(self.num_features, dtype=dtype))
-            self.register_buffer("running_var", np.ones(self.num_features, dtype=dtype))
-            self.register_buffer("num_batches_tracked", np.array(0, dtype=np.int64))
-        else:
-            self.register_buffer("running_mean", None)
-            self.register_buffer("running_var", None)
-            self.register_buffer("num_batches_tracked", None)
-        self._xhat = None
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, dtype)
 
     def extra_repr(self):
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
