@@ -301,6 +301,8 @@ def train_gan(sample_real, kind="gan", steps=2000, batch_size=256, latent_dim=2,
           'wgan' (critic clipped to [-clip, clip], RMSprop-like small lr; here Adam),
           'wgan-gp' (two-sided penalty lam (||grad f(x_hat)|| - 1)^2, n_critic = 5,
           Adam(1e-4, (0.5, 0.9))).
+    The critic is an :class:`MLPCritic` with ``critic_activation`` ('leaky_relu' by default;
+    'tanh' and 'softplus' give it a non-zero second derivative).
     Conditional GAN (``n_classes`` > 0): ``sample_real(n, rng)`` returns (x, y) with integer
     labels y; the generator sees concat(z, onehot(y)) and the discriminator
     concat(x, onehot(y)), so D estimates p_data(x, y) / (p_data(x, y) + p_theta(x|y) p(y))
@@ -327,7 +329,7 @@ def train_gan(sample_real, kind="gan", steps=2000, batch_size=256, latent_dim=2,
 
     d = real_batch(2)[0].shape[1]
     wasserstein = kind.startswith("wgan")
-    act = critic_activation or ("leaky_relu" if not wasserstein else "tanh")
+    act = critic_activation or "leaky_relu"
     G = mlp_generator(latent_dim, d, hidden, cond_dim=K, generator=rng)
     D = MLPCritic(d + K, hidden, activation=act, generator=rng)
     if lr is None:
