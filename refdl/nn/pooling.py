@@ -348,15 +348,8 @@ class _AdaptiveMaxPoolNd(Module):
             y, idx = y[0], idx[0]
         return (y, idx) if self.return_indices else y
 
-    def backward(self, grad_out, grad_indices=None):
-        """dx[argmax of each bin] += g."""
-        check_forward_called(self, self._idx)
-        shape = self._idx.shape
-        g = check_grad(self, grad_out, shape if self._batched_in else shape[1:])
-        if not self._batched_in:
-            g = g[None]
-        dx = ext.max_pool_backward(np.ascontiguousarray(g), self._idx, self._shape)
-        return dx if self._batched_in else dx[0]
+    # dx[argmax of each bin] += g: the same scatter as MaxPool's, through the kept indices
+    backward = _MaxPoolNd.backward
 
 
 class AdaptiveMaxPool1d(_AdaptiveMaxPoolNd):
