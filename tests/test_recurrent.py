@@ -648,3 +648,11 @@ def test_gradcheck_unbatched_with_initial_state(kind):
     lstm = WithState(nn.LSTM(2, 3, bidirectional=True))
     check_module(lstm, rng.standard_normal((3, 2)), rng.standard_normal((2, 3)),
                  rng.standard_normal((2, 3)))
+
+
+def test_rnn_classifier_bidirectional_two_layers_gradcheck():
+    from refdl.models.rnn import RNNClassifier
+    rng = np.random.default_rng(11)
+    model = RNNClassifier("gru", input_size=2, hidden_size=3, num_classes=3, num_layers=2,
+                          bidirectional=True)
+    check_module(model, rng.standard_normal((2, 4, 2)))

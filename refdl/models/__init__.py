@@ -7,6 +7,9 @@ The registry maps a name to (module, builder, input layout, one-line description
 """
 import importlib
 
+from . import (diffusion, gan, lenet, linear_vae, mlp, resnet, rnn,  # noqa: F401
+               unet, vae, vgg, vit)
+
 _REGISTRY = {
     # name: (module, builder, layout, description)
     "mlp": ("refdl.models.mlp", "MLP", "flat", "multilayer perceptron (Linear-ReLU-...)"),
