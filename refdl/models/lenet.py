@@ -55,4 +55,5 @@ class LeNet5(nn.Module):
         return self.classifier(self.features(x))
 
     def backward(self, grad_out):
+        """features.backward(classifier.backward(g)): the chain rule through the two stacks."""
         return self.features.backward(self.classifier.backward(grad_out))

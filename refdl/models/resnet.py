@@ -82,6 +82,8 @@ class ResNet(nn.Module):
         return x
 
     def backward(self, grad_out):
+        """The chain rule in reverse through stem, stages, pooling and head (each block sums the
+        gradients of its residual branch and its shortcut, see nn.blocks)."""
         g = grad_out
         for name in reversed(self._order):
             g = getattr(self, name).backward(g)

@@ -57,6 +57,8 @@ class RNNClassifier(nn.Module):
         return self.fc(feats)
 
     def backward(self, grad_out):
+        """Head, then only h_n receives a gradient (the per-step outputs none): BPTT through
+        the recurrent layer from d h_n."""
         check_forward_called(self, self._shapes)
         out_shape, hn_shape = self._shapes
         g = self.fc.backward(grad_out)                   # (N, D*H)

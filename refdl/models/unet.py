@@ -141,6 +141,9 @@ class UNet(nn.Module):
         return self.head(h)
 
     def backward(self, grad_out):
+        """Decoders in reverse; each Concat splits its gradient into the skip part and the
+        up-sampled part, and an encoder output, which fans out to the pool and the skip, gets
+        the sum of both gradients (docs/derivations/unet.md)."""
         g = self.head.backward(grad_out)
         g_skip = [None] * self.depth
         for j in reversed(range(self.depth)):               # decoder j works on level l

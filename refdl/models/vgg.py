@@ -68,6 +68,7 @@ class VGG(nn.Module):
         return self.classifier(self.features(x))
 
     def backward(self, grad_out):
+        """features.backward(classifier.backward(g)): the chain rule through the two stacks."""
         return self.features.backward(self.classifier.backward(grad_out))
 
 

@@ -102,6 +102,9 @@ class ViT(Module):
         return self.head(feat)
 
     def backward(self, grad_out):
+        """Head, then the pooled token(s): the class token gets g (or mean pooling spreads g/T
+        over the tokens), encoder, positional encoding; the class token parameter collects
+        its column summed over the batch, the patch tokens go to the patch embedding."""
         check_forward_called(self, self._shape)
         gf = self.head.backward(grad_out)
         if self.pool == "cls":
@@ -177,6 +180,8 @@ class WindowedViT(Module):
         return self.head(z.mean(axis=(1, 2)))
 
     def backward(self, grad_out):
+        """Head, the mean pooling spreads g/(h w) over the tokens, norm, encoder, positional
+        encoding, patch embedding: the forward pass read backwards."""
         check_forward_called(self, self._shape)
         N, h, w, C = self._shape
         gf = self.head.backward(grad_out)

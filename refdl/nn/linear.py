@@ -118,7 +118,10 @@ class Flatten(Module):
 
 
 class Unflatten(Module):
-    """Split dimension ``dim`` into ``unflattened_size``; the inverse of Flatten."""
+    """Split dimension ``dim`` into ``unflattened_size``; the inverse of Flatten.
+
+    (N, C*H*W) -> (N, C, H, W) for dim=1. Backward reshapes dL/dy back to the input's shape.
+    """
 
     def __init__(self, dim, unflattened_size):
         super().__init__()
