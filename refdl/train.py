@@ -22,6 +22,7 @@ import time
 import numpy as np
 
 from . import metrics as _metrics
+from .nn.utils import clip_grad_norm_, grad_norm
 
 __all__ = ["fit", "evaluate", "EarlyStopping", "NonFiniteLossError", "clip_grad_norm_"]
 
@@ -43,24 +44,6 @@ class NonFiniteLossError(FloatingPointError):
             msg += f" (the checkpoint {checkpoint_path} still holds epoch {last_good_epoch})"
         msg += ". Try a smaller learning rate or gradient clipping."
         super().__init__(msg)
-
-
-def clip_grad_norm_(parameters, max_norm):
-    """Scale all gradients by min(1, max_norm / (||g|| + 1e-6)); return the total norm ||g||.
-
-    (PyTorch's ``clip_grad_norm_``; uses ``refdl.nn.utils.clip_grad_norm_`` when present.)
-    """
-    params = [p for p in parameters if p.requires_grad]
-    total = math.sqrt(sum(float(np.vdot(p.grad, p.grad)) for p in params))
-    if max_norm is not None and total > max_norm:
-        scale = max_norm / (total + 1e-6)
-        for p in params:
-            p.grad *= p.grad.dtype.type(scale)
-    return total
-
-
-def _grad_norm(params):
-    return math.sqrt(sum(float(np.vdot(p.grad, p.grad)) for p in params))
 
 
 class EarlyStopping:
@@ -216,10 +199,6 @@ def fit(model, loss_fn, optimizer, train_loader, val_loader=None, epochs=10, sch
             start = int(state["epoch"]) + 1
             if state.get("history"):
                 history = {k: list(v) for k, v in state["history"].items()}
-    try:
-        from .nn.utils import clip_grad_norm_ as clip
-    except ImportError:
-        clip = clip_grad_norm_
     params = [p for p in model.parameters() if p.requires_grad]
     bar = _Progress(progress, stream)
     callbacks = list(callbacks) + ([early_stopping] if early_stopping is not None else [])
@@ -245,9 +224,9 @@ def fit(model, loss_fn, optimizer, train_loader, val_loader=None, epochs=10, sch
             else:
                 model.zero_grad()
             model.backward(loss_fn.backward())
-            norms.append(_grad_norm(params))
-            if clip_grad_norm is not None:
-                clip(params, clip_grad_norm)
+            # the total gradient norm before clipping (clip_grad_norm_ returns it too)
+            norms.append(clip_grad_norm_(params, clip_grad_norm) if clip_grad_norm is not None
+                         else grad_norm(params))
             optimizer.step()
             if scheduler is not None and scheduler_interval == "step":
                 scheduler.step()

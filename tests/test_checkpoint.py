@@ -11,14 +11,6 @@ from refdl.data import DataLoader, TensorDataset
 from refdl.models import get_model
 from refdl.train import fit
 
-from _ux_standins import install
-
-
-@pytest.fixture(autouse=True)
-def standins(monkeypatch):
-    install(monkeypatch)
-
-
 def data():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((60, 6)).astype(np.float32)

@@ -8,14 +8,6 @@ from refdl import cli, nn
 from refdl.cli import main
 from refdl.data import write_idx
 
-from _ux_standins import install
-
-
-@pytest.fixture(autouse=True)
-def standins(monkeypatch):
-    install(monkeypatch)
-
-
 def run(capsys, *argv):
     rc = main(list(argv))
     out, err = capsys.readouterr()
@@ -74,7 +66,7 @@ def test_resume_with_another_model_is_refused(tmp_path, capsys, monkeypatch):
     assert run(capsys, "train", "--model", "mlp", "--epochs", "1", "--out", d, "--no-plots",
                "--quiet")[0] == 0
     from refdl import models
-    monkeypatch.setitem(models._REGISTRY, "tiny", ("_ux_standins", "WideMLP", "flat", "x"))
+    monkeypatch.setitem(models._REGISTRY, "tiny", ("_test_models", "WideMLP", "flat", "x"))
     files = {p.name: p.read_bytes() for p in (tmp_path / "r").iterdir()}
     rc, _, err = run(capsys, "train", "--model", "tiny", "--out", d, "--resume")
     assert {p.name: p.read_bytes() for p in (tmp_path / "r").iterdir()} == files
@@ -216,11 +208,8 @@ def test_model_layout_decides_the_data_shape(tmp_path, capsys, monkeypatch, layo
         assert rc == 2 and f"the model needs '{layout}' input" in err
 
 
-def test_image_model_writes_feature_maps(tmp_path, capsys, monkeypatch):
-    from refdl import models
-    monkeypatch.setitem(models._REGISTRY, "tinyconv",
-                        ("_ux_standins", "TinyConvNet", "image", "test model"))
-    rc, out, err = run(capsys, "train", "--model", "tinyconv", "--epochs", "1",
+def test_image_model_writes_feature_maps(tmp_path, capsys):
+    rc, out, err = run(capsys, "train", "--model", "lenet5", "--epochs", "1",
                        "--out", str(tmp_path / "t"))
     assert rc == 0, err
     assert (tmp_path / "t" / "feature_maps.png").is_file()

@@ -11,14 +11,6 @@ from refdl.gradcheck import check_module
 from refdl.models import get_model
 from refdl.train import EarlyStopping, NonFiniteLossError, clip_grad_norm_, evaluate, fit
 
-from _ux_standins import install
-
-
-@pytest.fixture(autouse=True)
-def standins(monkeypatch):
-    install(monkeypatch)
-
-
 def digits_loaders(batch_size=64):
     xtr, ytr, xte, yte = load_digits()
     return (DataLoader(TensorDataset(xtr, ytr), batch_size, shuffle=True),
