@@ -170,27 +170,22 @@ class LinearGaussianVAE(Module):
         return c * dX
 
     def fit(self, X, steps=2000, lr=0.05, callback=None):
-        """Maximise the mean closed-form ELBO over W, U, Sigma, eta_d with Adam.
+        """Maximise the mean closed-form ELBO over W, U, Sigma, eta_d with Adam (full batch).
 
-        Returns the history of the loss (-mean ELBO). Adam's update is written out here so
-        the model does not depend on the optimiser package.
+        Returns the history of the loss (-mean ELBO); a non-finite loss raises
+        FloatingPointError naming the step.
         """
-        params = [p for p in self.parameters() if p.requires_grad]
-        m = [np.zeros_like(p.data) for p in params]
-        v = [np.zeros_like(p.data) for p in params]
-        b1, b2, eps = 0.9, 0.999, 1e-8
+        from ..optim import Adam
+        opt = Adam([p for p in self.parameters() if p.requires_grad], lr=lr)
         history = []
         for t in range(1, steps + 1):
-            self.zero_grad()
+            opt.zero_grad()
             loss = float(self(X))
             if not np.isfinite(loss):
                 raise FloatingPointError(f"LinearGaussianVAE.fit: non-finite loss at step {t}")
             history.append(loss)
             self.backward()
-            for p, mi, vi in zip(params, m, v):
-                mi[...] = b1 * mi + (1 - b1) * p.grad
-                vi[...] = b2 * vi + (1 - b2) * p.grad ** 2
-                p.data -= lr * (mi / (1 - b1 ** t)) / (np.sqrt(vi / (1 - b2 ** t)) + eps)
+            opt.step()
             if callback is not None:
                 callback(t, loss)
         return history
