@@ -14,6 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from refdl.data.synthetic import make_gaussian_mixture  # noqa: E402
 from refdl.models.gan import mode_metrics, sample_generator, train_gan  # noqa: E402
 
 
@@ -28,8 +29,9 @@ def grid_centers(size=5, spacing=2.0):
 
 
 def mixture(centers, std):
+    """A sampler for train_gan: n points of refdl.data's Gaussian mixture at ``centers``."""
     def sample(n, rng):
-        return centers[rng.integers(0, len(centers), n)] + std * rng.standard_normal((n, 2))
+        return make_gaussian_mixture(centers, n, std, generator=rng)[0]
     return sample
 
 
