@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import random as _random
+from .grad_mode import enable_grad, no_grad
 
 __all__ = ["numeric_gradient", "relative_error", "check_function", "check_module",
            "check_loss", "gradgradcheck", "GradcheckError", "GradcheckResult",
@@ -145,6 +146,11 @@ def numeric_gradient(f, x, eps=EPS):
     flat, gflat = x.reshape(-1), grad.reshape(-1)
     if not np.shares_memory(flat, x):
         raise ValueError("numeric_gradient needs a contiguous array it can perturb in place")
+    with no_grad():         # f's forwards are evaluations: they record no caches
+        return _central_differences(f, flat, grad, gflat, eps)
+
+
+def _central_differences(f, flat, grad, gflat, eps):
     for k in range(flat.size):
         old = flat[k]
         vals = []
@@ -267,7 +273,7 @@ def check_module(module, *inputs, wrt=None, params=True, eps=EPS, rtol=RTOL, see
     Returns a :class:`GradcheckResult`; raises :class:`GradcheckError` on failure unless
     ``raise_exception=False``.
     """
-    module = copy.deepcopy(module).to(np.float64)
+    module = copy.deepcopy(module).to(np.float64).discard_saved()
     kw = dict(forward_kwargs or {})
     inputs = [_float64(x) for x in inputs]
     if wrt is None:
@@ -280,17 +286,22 @@ def check_module(module, *inputs, wrt=None, params=True, eps=EPS, rtol=RTOL, see
         with _random.fork_rng(fwd_seed):
             return _as_tuple(module(*inputs, **kw))
 
-    outs = run()
+    def run_no_grad():      # the forwards of the finite differences record nothing
+        with no_grad():
+            return run()
+
+    outs = run_no_grad()
     rng = _stream(seed, "projection")
     R = [rng.standard_normal(np.shape(o)) if np.issubdtype(np.asarray(o).dtype, np.floating)
          else None for o in outs]
 
     def loss():
-        return sum(float(np.sum(o * r)) for o, r in zip(run(), R) if r is not None)
+        return sum(float(np.sum(o * r)) for o, r in zip(run_no_grad(), R) if r is not None)
 
     def analytic(upstream):
         module.zero_grad()
-        run()
+        with enable_grad():     # records in eval() mode too: eval-mode models are checked
+            run()
         ups = [u if u is not None else np.zeros(np.shape(o)) for u, o in zip(upstream, outs)]
         gin = module.backward(*ups)
         gin = () if not wrt else (_as_tuple(gin) if len(wrt) > 1 else (gin,))
@@ -321,7 +332,8 @@ def check_module(module, *inputs, wrt=None, params=True, eps=EPS, rtol=RTOL, see
         if not same:
             problems.append("backward is not repeatable: two identical passes gave "
                             "different gradients")
-        run()
+        with enable_grad():
+            run()
         ups = [r if r is not None else np.zeros(np.shape(o)) for r, o in zip(R, outs)]
         module.backward(*ups)    # no zero_grad: parameter gradients must accumulate
         for n, p in module.named_parameters():

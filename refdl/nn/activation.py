@@ -8,34 +8,43 @@ All of them are numerically stable: inputs of +-1e4 (and far beyond) give finite
 and gradients without floating-point warnings.
 Derivations: docs/derivations/activation.md and docs/derivations/softmax.md.
 """
+from typing import NamedTuple
+
 import numpy as np
 
 from ..functional import activation as F
-from ._validate import check_float, check_forward_called, check_grad, layer_name
+from ._validate import check_float, check_grad, layer_name
 from .module import Module
 
 __all__ = ["ReLU", "LeakyReLU", "ELU", "Sigmoid", "Tanh", "Softplus", "GELU", "SiLU",
            "Softmax", "LogSoftmax"]
 
 
-class _Elementwise(Module):
-    """Shared plumbing: cache the input (and output), check shapes, apply g * f'(x)."""
+class ActivationCache(NamedTuple):
+    """One call of an elementwise activation: its input x and output y = f(x)."""
+    x: np.ndarray
+    y: np.ndarray
 
-    def __init__(self):
-        super().__init__()
-        self._x = None
-        self._y = None
+
+class SoftmaxCache(NamedTuple):
+    """One call of Softmax (y = softmax(x)) or LogSoftmax (y = log softmax(x)) along axis."""
+    y: np.ndarray
+    axis: int
+
+
+class _Elementwise(Module):
+    """Shared plumbing of y = f(x): record (x, y), check shapes, apply dL/dx = g * f'(x)."""
 
     def forward(self, x):
         x = check_float(self, x)
         y = self._f(x)
-        self._x, self._y = x, y
+        self.save_for_backward(ActivationCache(x=x, y=y))
         return y
 
     def backward(self, grad_out):
-        check_forward_called(self, self._x)
-        g = check_grad(self, grad_out, self._x.shape)
-        return g * self._df(self._x, self._y)
+        c = self.pop_saved()
+        g = check_grad(self, grad_out, c.x.shape)
+        return g * self._df(c.x, c.y)
 
     def _f(self, x):
         raise NotImplementedError
@@ -213,7 +222,6 @@ class _AlongDim(Module):
     def __init__(self, dim=-1):
         super().__init__()
         self.dim = dim
-        self._y = None
 
     def extra_repr(self):
         return f"dim={self.dim}"
@@ -245,15 +253,15 @@ class Softmax(_AlongDim):
 
     def forward(self, x):
         x = check_float(self, x)
-        self._axis_ = self._axis(x)
-        self._y = F.softmax(x, axis=self._axis_)
-        return self._y
+        axis = self._axis(x)
+        y = F.softmax(x, axis=axis)
+        self.save_for_backward(SoftmaxCache(y=y, axis=axis))
+        return y
 
     def backward(self, grad_out):
-        y = self._y
-        check_forward_called(self, y)
-        g = check_grad(self, grad_out, y.shape)
-        return y * (g - np.sum(g * y, axis=self._axis_, keepdims=True))
+        c = self.pop_saved()
+        g = check_grad(self, grad_out, c.y.shape)
+        return c.y * (g - np.sum(g * c.y, axis=c.axis, keepdims=True))
 
 
 class LogSoftmax(_AlongDim):
@@ -266,12 +274,12 @@ class LogSoftmax(_AlongDim):
 
     def forward(self, x):
         x = check_float(self, x)
-        self._axis_ = self._axis(x)
-        self._y = F.log_softmax(x, axis=self._axis_)
-        return self._y
+        axis = self._axis(x)
+        y = F.log_softmax(x, axis=axis)
+        self.save_for_backward(SoftmaxCache(y=y, axis=axis))
+        return y
 
     def backward(self, grad_out):
-        y = self._y
-        check_forward_called(self, y)
-        g = check_grad(self, grad_out, y.shape)
-        return g - np.exp(y) * np.sum(g, axis=self._axis_, keepdims=True)
+        c = self.pop_saved()
+        g = check_grad(self, grad_out, c.y.shape)
+        return g - np.exp(c.y) * np.sum(g, axis=c.axis, keepdims=True)

@@ -1,19 +1,23 @@
 """Parameter, Module and the containers Sequential and ModuleList.
 
-The contract every layer follows (see ../../shared/DESIGN.md, "A layer"):
+The contract every layer follows (see docs/caches.md and ../../shared/DESIGN.md):
 
-* ``forward(*inputs) -> output`` computes the output and caches exactly what ``backward``
-  needs (in attributes whose names start with ``_``).
-* ``backward(grad_out, *more_grads) -> grad_input`` takes dL/d(output) (one array per
-  output, in order; the first positional, the rest optional and zero when omitted),
-  *adds* dL/dW into every ``Parameter.grad`` (gradients accumulate, as in PyTorch) and
-  returns dL/d(input): one array, or a tuple with one entry per floating-point positional
-  input when there are several.
+* ``forward(*inputs) -> output`` computes the output and, when ``self.recording``, records
+  what ``backward`` needs as one named cache: ``self.save_for_backward(LinearCache(x=x))``.
+* ``backward(grad_out, *more_grads) -> grad_input`` consumes the newest pending cache
+  (``self.pop_saved()``), takes dL/d(output) (one array per output, in order; the first
+  positional, the rest optional and zero when omitted), *adds* dL/dW into every
+  ``Parameter.grad`` (gradients accumulate, as in PyTorch) and returns dL/d(input): one
+  array, or a tuple with one entry per floating-point positional input when there are several.
 * ``backward`` never updates weights; optimisers do that from ``Parameter.grad``.
 """
+import warnings
+import weakref
 from collections import OrderedDict
 
 import numpy as np
+
+from .. import grad_mode as _grad_mode
 
 
 class Parameter:
@@ -56,6 +60,49 @@ class Parameter:
         return f"Parameter(shape={self.data.shape}, dtype={self.data.dtype})"
 
 
+def _name(module):
+    extra = module.extra_repr()
+    return f"{type(module).__name__}({extra})"
+
+
+def check_caches_consumed(params, who):
+    """Raise :class:`CacheError` if a module owning one of ``params`` holds pending caches.
+
+    Called by every optimiser's ``step()``: a cache still pending after the backward pass
+    means a forward whose backward never ran, and when an extra forward ran between a
+    forward and its backward, the gradient about to be applied came from the wrong call.
+    """
+    if not _PENDING:
+        return
+    ids = {id(p) for p in params}
+    bad = [m for m in list(_PENDING) if m._saved and
+           any(p is not None and id(p) in ids for p in m._parameters.values())]
+    if bad:
+        names = ", ".join(f"{_name(m)} ({m.num_saved})" for m in bad[:4])
+        more = f" and {len(bad) - 4} more" if len(bad) > 4 else ""
+        raise CacheError(
+            f"{who}.step: forwards whose backward never ran are still pending in {names}"
+            f"{more}. A backward consumes the newest forward's cache, so if an extra "
+            "training-mode forward (a validation batch) ran between a forward and its "
+            "backward, these gradients belong to the wrong call. Run such forwards under "
+            "refdl.no_grad() or model.eval(), or call model.discard_saved() before the "
+            "next forward.")
+
+
+class CacheError(RuntimeError):
+    """A backward with no pending forward, or an optimiser step over unconsumed caches."""
+
+
+class StaleCacheWarning(UserWarning):
+    """A training-mode forward while caches older than the last backward are pending."""
+
+
+# modules holding at least one pending cache (the optimisers' check looks here)
+_PENDING = weakref.WeakSet()
+# a module holding this many caches is told once that they pile up
+MANY_SAVED = 4096
+
+
 class Module:
     """Base class of every layer, block, model and loss.
 
@@ -63,6 +110,26 @@ class Module:
     so ``named_parameters()`` and ``state_dict()`` give PyTorch's keys (``0.weight``,
     ``encoder.1.bias``, ...). Buffers (running statistics) are registered with
     :meth:`register_buffer` and saved in ``state_dict`` but never trained.
+
+    **Per-call caches.** A forward in training mode records what its backward needs as one
+    named cache (a NamedTuple whose fields carry the derivation page's symbols) with
+    :meth:`save_for_backward`; ``backward`` takes it back with :meth:`pop_saved`. A module
+    called k times before its backward holds k caches, and its backward calls consume them
+    in reverse order of the forwards (last in, first out): the order in which the chain rule
+    visits them. So one ``nn.ReLU()`` used twice in a block, one ``Linear`` applied twice,
+    or a tied weight all get the right gradient.
+
+    * In ``eval()`` mode and inside ``refdl.no_grad()`` forward records nothing (memory
+      stays flat over any number of calls; caches already pending are untouched);
+      ``refdl.enable_grad()`` records even in eval mode (saliency, Grad-CAM).
+    * A backward with no pending cache raises :class:`CacheError` naming the module.
+    * refdl cannot tell which call a backward belongs to; it takes the newest. An extra
+      training-mode forward between a forward and its backward (a validation batch) is the
+      one case where that is wrong, and it is never silent: the backward leaves the older
+      cache behind, so the optimiser's ``step()`` raises :class:`CacheError` before it
+      applies the gradient, and the module's next training-mode forward warns with
+      :class:`StaleCacheWarning`. Run such forwards under ``refdl.no_grad()`` or
+      ``model.eval()``; :meth:`discard_saved` drops caches that will never be used.
     """
 
     def __init__(self):
@@ -70,6 +137,81 @@ class Module:
         object.__setattr__(self, "_modules", OrderedDict())
         object.__setattr__(self, "_buffers", OrderedDict())
         object.__setattr__(self, "training", True)
+        object.__setattr__(self, "_saved", [])
+        # True after a backward left caches behind (pending caches older than a backward)
+        object.__setattr__(self, "_saved_stale", False)
+
+    # -- per-call caches ------------------------------------------------------------------
+    @property
+    def recording(self):
+        """Whether a forward called now records a cache (training mode and grad mode)."""
+        return _grad_mode.records(self.training)
+
+    def save_for_backward(self, cache):
+        """Record ``cache`` for the backward of this call, if :attr:`recording`.
+
+        Caches stack up, one per call; :meth:`pop_saved` returns the newest.
+        """
+        if not _grad_mode.records(self.training):
+            return
+        saved = self._saved
+        if saved and self._saved_stale:
+            object.__setattr__(self, "_saved_stale", False)
+            self._warn_stale(len(saved))
+        saved.append(cache)
+        _PENDING.add(self)
+        if len(saved) == MANY_SAVED:
+            warnings.warn(StaleCacheWarning(
+                f"{_name(self)}: {MANY_SAVED} forwards are waiting for their backward. "
+                "Each training-mode forward keeps its cache until a backward consumes it: "
+                "run inference under refdl.no_grad() or model.eval()."), stacklevel=3)
+        collector = _grad_mode.state.collector
+        if collector is not None:
+            collector.append((self, cache))
+
+    def _warn_stale(self, pending):
+        state = _grad_mode.state
+        if state.stale_warned:              # one warning per outermost call is enough
+            return
+        state.stale_warned = True
+        warnings.warn(StaleCacheWarning(
+            f"{_name(self)}: training-mode forward while {pending} earlier call(s) "
+            "still wait for a backward, and a backward has run since they were "
+            "recorded. Backward consumes the newest call's cache first, so if an extra "
+            "forward (a validation batch) ran between a forward and its backward, that "
+            "backward used the wrong call. Run such forwards under refdl.no_grad() or "
+            "model.eval(); model.discard_saved() drops caches that will not be used."),
+            stacklevel=4)
+
+    def pop_saved(self):
+        """Remove and return the newest pending cache (the last training-mode forward's)."""
+        saved = self._saved
+        if not saved:
+            raise CacheError(
+                f"{_name(self)}.backward called before forward: no forward of this module "
+                "is waiting for its backward. Call forward in training mode first (eval() "
+                "mode and refdl.no_grad() record nothing; refdl.enable_grad() records in "
+                "eval mode too), and call backward once per forward.")
+        cache = saved.pop()
+        if saved:
+            object.__setattr__(self, "_saved_stale", True)
+        else:
+            object.__setattr__(self, "_saved_stale", False)
+            _PENDING.discard(self)
+        return cache
+
+    @property
+    def num_saved(self):
+        """How many forwards of this module (not its children) wait for their backward."""
+        return len(self._saved)
+
+    def discard_saved(self):
+        """Drop every pending cache here and in every descendant; returns self."""
+        for m in self.modules():
+            m._saved.clear()
+            object.__setattr__(m, "_saved_stale", False)
+            _PENDING.discard(m)
+        return self
 
     # -- registration -------------------------------------------------------------------
     def __setattr__(self, name, value):
@@ -122,7 +264,14 @@ class Module:
         raise NotImplementedError(f"{type(self).__name__} does not implement backward")
 
     def __call__(self, *inputs, **kwargs):
-        return self.forward(*inputs, **kwargs)
+        state = _grad_mode.state
+        if state.depth == 0:                # an outermost call: warnings may speak again
+            state.stale_warned = False
+        state.depth += 1
+        try:
+            return self.forward(*inputs, **kwargs)
+        finally:
+            state.depth -= 1
 
     # -- traversal ----------------------------------------------------------------------
     def named_children(self):

@@ -30,7 +30,7 @@ import math
 
 import numpy as np
 
-from ..nn.module import Parameter
+from ..nn.module import Parameter, check_caches_consumed
 from ..nn.utils import clip_grad_norm_, clip_grad_value_
 from .penalty import l1_penalty, l2_penalty, prox_l1
 
@@ -125,6 +125,7 @@ class Optimizer:
         loss = None
         if closure is not None:
             loss = closure()
+        check_caches_consumed(self._all_params(), type(self).__name__)
         for group in self.param_groups:
             self._prepare_group(group)
             for p in group["params"]:
