@@ -153,6 +153,12 @@ class Module:
       ``model.eval()``; :meth:`discard_saved` drops caches that will never be used.
     """
 
+    def __new__(cls, *args, **kwargs):
+        # the constructor's arguments, kept so that refdl.interop can build the PyTorch twin
+        obj = super().__new__(cls)
+        object.__setattr__(obj, "_init_args", (args, kwargs))
+        return obj
+
     def __init__(self):
         object.__setattr__(self, "_parameters", OrderedDict())
         object.__setattr__(self, "_modules", OrderedDict())
