@@ -32,6 +32,14 @@ matrix product each:  dW_ih = sum_t da_t^T x_t,  dW_hh = sum_t da^h_t^T h_{t-1},
 db_ih = sum_t da_t,  db_hh = sum_t da^h_t,  dx_t = da_t W_ih.
 The local step backwards are derived in docs/derivations/rnn.md, lstm.md and gru.md.
 
+What backward keeps (docs/caches.md): each training-mode call records one named cache. A
+layer's :class:`RNNLayerCache` holds, per layer and direction, a :class:`SequenceCache`
+(the input x, the states h_0..h_T (and c_0..c_T), and per step an :class:`RNNStep` (h_t),
+:class:`LSTMStep` (i, f, g, o, tanh(c_t)) or :class:`GRUStep` (r, z, n, gh_n)), plus the
+dropout masks between layers; a cell's :class:`CellCache` holds x, the previous state and
+one step's values. So one cell called T times in a loop and then backward T times in
+reverse order is BPTT, and a layer called twice before its two backwards gets both right.
+
 Initialisation (PyTorch's): every weight and bias ~ U(-1/sqrt(hidden_size), 1/sqrt(hidden_size)).
 """
 import math
