@@ -99,8 +99,8 @@ class MLPCritic(Module):
         super().__init__()
         _act(activation, np.zeros(1), negative_slope)  # validates the name
         sizes = [int(in_features)] + [int(h) for h in hidden] + [1]
-        self.layers = ModuleList(Linear(a, b, dtype=dtype, generator=generator)
-                                 for a, b in zip(sizes[:-1], sizes[1:]))
+        self.layers = ModuleList([Linear(a, b, dtype=dtype, generator=generator)
+                                  for a, b in zip(sizes[:-1], sizes[1:])])
         self.activation, self.negative_slope = activation, float(negative_slope)
         self.in_features = int(in_features)
 
