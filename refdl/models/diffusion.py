@@ -1,6 +1,6 @@
 r"""A small denoising diffusion probabilistic model (DDPM; Ho, Jain & Abbeel, 2020).
 
-Notation is the paper's. The time step t is an integer 1..T (x_0 is the data, x_T is
+Notation is Ho et al.'s. The time step t is an integer 1..T (x_0 is the data, x_T is
 almost pure noise); the arrays are stored zero-based, so ``betas[t-1]`` is beta_t and
 ``alphas_cumprod[t-1]`` is alpha_bar_t, with alpha_bar_0 = 1.
 
@@ -157,7 +157,7 @@ class GaussianDiffusion:
     ``model_var``: the reverse-process variance sigma_t^2, ``"beta"`` (sigma_t^2 = beta_t)
     or ``"beta_tilde"`` (sigma_t^2 = beta~_t, with beta~_1 replaced by beta_1 so it is > 0).
 
-    Every method takes the paper's t: an int in 1..T, or an int array of shape (N,) (one
+    Every method takes t as in the notation above: an int in 1..T, or an int array of shape (N,) (one
     step per example, broadcast over the other axes of x of shape (N, ...)).
     Nothing here has trainable parameters; the model is passed in where needed.
     """
@@ -194,7 +194,7 @@ class GaussianDiffusion:
 
     # -- indexing ------------------------------------------------------------------------
     def _t(self, where, t, x=None, lo=1):
-        """Validate t (paper convention) and return the zero-based index array."""
+        """Validate t (1..T, as in the notation) and return the zero-based index array."""
         t_arr = np.asarray(t)
         if not np.issubdtype(t_arr.dtype, np.integer):
             if t_arr.dtype == bool or not np.issubdtype(t_arr.dtype, np.floating) or \

@@ -9,7 +9,7 @@ Losses on discriminator logits l (D = sigmoid(l)), averaged over the batch:
     generator, non-saturating  L_G = -log D(G(z))           dL/dl = -sigmoid(-l)
 
 When D rejects fakes confidently (l -> -inf, D(G(z)) -> 0) the saturating gradient
--sigmoid(l) vanishes while the non-saturating one tends to -1 (paper 000, Advanced Q2).
+-sigmoid(l) vanishes while the non-saturating one tends to -1.
 
 WGAN: the critic f minimises mean f(fake) - mean f(real) (its weights clipped to
 [-c, c] in the original WGAN); the generator minimises -mean f(fake).
@@ -154,7 +154,7 @@ class GradientPenalty(Module):
     r"""WGAN-GP's penalty P = lam * mean_n (||v_n|| - center)^2, v_n = grad_x f(x_n).
 
     ``center=1`` is Gulrajani et al.'s two-sided penalty; ``center=0`` gives the form
-    lam * ||grad D(x)||^2 of paper 000 (Beginner Q5).
+    lam * ||grad D(x)||^2 (a zero-centred penalty).
     x: (N, d) -> 0-d P. ``backward(grad=1)`` adds dP/dtheta to the critic's parameter
     gradients and returns dP/dx, by differentiating the critic's backward pass:
 
@@ -340,7 +340,7 @@ def train_gan(sample_real, kind="gan", steps=2000, batch_size=256, latent_dim=2,
     Conditional GAN (``n_classes`` > 0): ``sample_real(n, rng)`` returns (x, y) with integer
     labels y; the generator sees concat(z, onehot(y)) and the discriminator
     concat(x, onehot(y)), so D estimates p_data(x, y) / (p_data(x, y) + p_theta(x|y) p(y))
-    (paper 002 Q7); fake labels are drawn uniformly.
+    (Mirza & Osindero, 2014); fake labels are drawn uniformly.
     Returns (G, D, history) with history = {'d_loss': [...], 'g_loss': [...]}.
     A non-finite loss stops training with a FloatingPointError naming the step.
     """

@@ -1,4 +1,4 @@
-r"""The linear-Gaussian VAE of paper 004 Q2, with its ELBO and gradients in closed form.
+r"""The linear-Gaussian VAE, with its ELBO and gradients in closed form.
 
 Model (x in R^dx, z in R^dz):
     encoder   q(z|x) = N(W x, Sigma),        W (dz, dx), Sigma = L L^T (dz, dz)

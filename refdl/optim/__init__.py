@@ -244,7 +244,7 @@ class SGD(Optimizer):
 
     Note the momentum buffer holds gradients, not velocities: the step is gamma b_t. With
     mu = beta1 and tau = 0, (1 - beta1) b_t is Adam's first moment m_t, so Adam without its
-    second moment is SGD(lr=gamma (1 - beta1), momentum=beta1) (exam item opt-1). (With
+    second moment is SGD(lr=gamma (1 - beta1), momentum=beta1). (With
     tau = 1 - beta1 instead, the first step differs: b_1 = g_1 is never damped.)
     """
 
