@@ -49,6 +49,8 @@ import numpy as np
 from scipy.linalg import solve_triangular
 
 from .. import random as _random
+from ..functional import softmax
+from ..functional.gaussian import check_variance as _check_var, gaussian_log_prob, normal_kl
 from ..grad_mode import no_grad
 from ..nn._validate import check_float, check_grad, layer_name
 from ..nn.activation import GELU, ReLU, SiLU, Tanh
@@ -57,8 +59,7 @@ from ..nn.module import Module, Sequential
 
 __all__ = ["make_beta_schedule", "normal_kl", "gaussian_log_prob", "GaussianDiffusion",
            "SinusoidalTimeEmbedding", "NoisePredictor", "train_ddpm",
-           "LinearGaussianReverse", "MixtureOracleEps", "ring_mixture", "ring_centers",
-           "mode_coverage"]
+           "LinearGaussianReverse", "MixtureOracleEps"]
 
 _LOG2PI = math.log(2 * math.pi)
 
@@ -112,38 +113,6 @@ def _check_betas(where, betas):
         i = int(bad[0])
         raise ValueError(f"{where}: every beta_t must lie in (0, 1), got beta_{i + 1} = "
                          f"{float(betas[i])!r}")
-
-
-def _check_var(where, var, what="variance"):
-    var = np.asarray(var)
-    if np.any(~np.isfinite(var)) or np.any(var <= 0):
-        bad = var[~(np.isfinite(var) & (var > 0))].ravel()[0]
-        raise ValueError(f"{where}: {what} must be positive and finite, got {float(bad)!r}")
-
-
-def normal_kl(mean1, var1, mean2, var2):
-    r"""Elementwise KL(N(mean1, var1) || N(mean2, var2)) of 1-D Gaussians, in nats:
-
-        0.5 [ log(var2/var1) + (var1 + (mean1 - mean2)^2) / var2 - 1 ]
-
-    Sum over coordinates for isotropic/diagonal Gaussians. Variances must be > 0.
-    Evaluated as 0.5 [ (u - log1p(u)) + (mean1 - mean2)^2 / var2 ], u = (var1 - var2)/var2,
-    which keeps its relative accuracy when var1 ~ var2 (the naive form cancels: for the
-    DDPM prior term, var1 = 1 - 4e-5 and var2 = 1, it loses 7 of 16 digits).
-    """
-    _check_var("normal_kl", var1, "var1")
-    _check_var("normal_kl", var2, "var2")
-    mean1, mean2 = np.asarray(mean1), np.asarray(mean2)
-    var1, var2 = np.asarray(var1), np.asarray(var2)
-    u = (var1 - var2) / var2
-    return 0.5 * ((u - np.log1p(u)) + (mean1 - mean2) ** 2 / var2)
-
-
-def gaussian_log_prob(x, mean, var):
-    """Elementwise log N(x; mean, var) (variance > 0)."""
-    _check_var("gaussian_log_prob", var)
-    var = np.asarray(var)
-    return -0.5 * (_LOG2PI + np.log(var) + (np.asarray(x) - mean) ** 2 / var)
 
 
 # ---------------------------------------------------------------------------------------
@@ -752,49 +721,8 @@ class LinearGaussianReverse:
 
 
 # ---------------------------------------------------------------------------------------
-# 2-D toy data: 8 Gaussians on a ring, and how well samples cover them
+# the exact noise predictor of a Gaussian mixture
 # ---------------------------------------------------------------------------------------
-def ring_centers(n_modes=8, radius=2.0):
-    """Mode centres (n_modes, 2) at angles 2 pi k / n_modes on a circle."""
-    a = 2 * np.pi * np.arange(n_modes) / n_modes
-    return radius * np.stack([np.cos(a), np.sin(a)], axis=1)
-
-
-def ring_mixture(n, n_modes=8, radius=2.0, std=0.05, generator=None, dtype=np.float32):
-    """n points from an equal-weight mixture of N(centre_k, std^2 I) on a ring; (n, 2)."""
-    if not std > 0:
-        raise ValueError(f"ring_mixture: std must be positive, got {std!r}")
-    rng = _random.get_rng(generator)
-    c = ring_centers(n_modes, radius)
-    k = rng.integers(0, n_modes, size=int(n))
-    return (c[k] + std * rng.standard_normal((int(n), 2))).astype(dtype)
-
-
-def mode_coverage(samples, centers, std, n_std=3.0, min_fraction=0.1):
-    r"""How well samples cover a Gaussian mixture with isotropic component std ``std``.
-
-    A sample is *high quality* if it lies within ``n_std`` std of its nearest centre. A
-    mode is *covered* if it receives at least ``min_fraction`` of its fair share of the
-    samples (min_fraction * n / n_modes) as high-quality samples.
-    Returns dict: ``modes_covered`` (int), ``high_quality`` (fraction), ``counts`` (per mode).
-    """
-    samples = np.asarray(samples, dtype=np.float64)
-    centers = np.asarray(centers, dtype=np.float64)
-    if samples.ndim != 2 or samples.shape[1] != centers.shape[1]:
-        raise ValueError(f"mode_coverage: samples must have shape (n, {centers.shape[1]}), "
-                         f"got {tuple(samples.shape)}")
-    if not std > 0:
-        raise ValueError(f"mode_coverage: std must be positive, got {std!r}")
-    d = np.sqrt(((samples[:, None, :] - centers[None]) ** 2).sum(-1))
-    k = d.argmin(axis=1)
-    good = d[np.arange(len(samples)), k] <= n_std * std
-    counts = np.bincount(k[good], minlength=len(centers))
-    need = min_fraction * len(samples) / len(centers)
-    return {"modes_covered": int(np.sum(counts >= max(need, 1))),
-            "high_quality": float(good.mean()) if len(samples) else 0.0,
-            "counts": counts}
-
-
 class MixtureOracleEps:
     r"""The exact minimiser of the simple loss for data from an isotropic Gaussian mixture.
 
@@ -824,8 +752,6 @@ class MixtureOracleEps:
         mu = np.sqrt(ab)[:, :, None] * self.centers.T[None]       # (N, D, K)
         diff = x.astype(np.float64)[:, :, None] - mu
         logr = np.log(self.weights)[None] - 0.5 * (diff ** 2).sum(1) / v
-        logr -= logr.max(axis=1, keepdims=True)
-        r = np.exp(logr)
-        r /= r.sum(axis=1, keepdims=True)
+        r = softmax(logr, axis=1)
         eps = np.sqrt(1 - ab) * np.einsum("ndk,nk->nd", diff, r) / v
         return eps.astype(x.dtype, copy=False)

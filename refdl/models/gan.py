@@ -32,7 +32,7 @@ from ..random import get_rng
 
 __all__ = ["MLPCritic", "GradientPenalty", "DiscriminatorLoss", "GeneratorLoss",
            "WassersteinCriticLoss", "clip_weights_", "mlp_generator", "train_gan",
-           "sample_generator", "mode_metrics"]
+           "sample_generator"]
 
 
 class CriticCache(NamedTuple):
@@ -416,24 +416,6 @@ def train_gan(sample_real, kind="gan", steps=2000, batch_size=256, latent_dim=2,
         if log_every and step % log_every == 0 and print_fn is not None:
             print_fn(f"{kind} step {step}: d_loss {d_loss:.4f} g_loss {g_loss:.4f}")
     return G, D, history
-
-
-def mode_metrics(samples, centers, std):
-    r"""Mode coverage and sample quality for a Gaussian-mixture target (the GAN toys).
-
-    A sample is *high quality* when it lies within 3 std of its nearest mode. A mode is
-    *covered* when it receives at least 20% of the high-quality samples it would get if
-    the samples were spread evenly over the K modes (as the true mixture spreads them).
-    Returns {'modes_covered', 'n_modes', 'high_quality' (fraction), 'counts' (per mode)}.
-    """
-    samples, centers = np.asarray(samples, np.float64), np.asarray(centers, np.float64)
-    d2 = ((samples[:, None, :] - centers[None, :, :]) ** 2).sum(-1)
-    nearest = d2.argmin(1)
-    good = np.sqrt(d2[np.arange(len(samples)), nearest]) <= 3 * std
-    counts = np.bincount(nearest[good], minlength=len(centers))
-    expected = len(samples) / len(centers)
-    return {"modes_covered": int(np.sum(counts >= 0.2 * expected)), "n_modes": len(centers),
-            "high_quality": float(good.mean()), "counts": counts}
 
 
 def sample_generator(G, n, latent_dim=2, labels=None, n_classes=0, generator=None):
