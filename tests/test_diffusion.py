@@ -1,6 +1,5 @@
 """DDPM (refdl.models.diffusion): forward process, posterior, ELBO terms, eps-network,
 training and sampling on 8 Gaussians on a ring. All seeded."""
-import contextlib
 import math
 
 import numpy as np
@@ -18,15 +17,6 @@ from refdl.models.diffusion import (GaussianDiffusion, LinearGaussianReverse, Mi
 def ring_mixture(n, std=0.05, generator=None, dtype=np.float32):
     """The points of refdl.data.make_ring (8 modes of radius 2) without their labels."""
     return make_ring(n, std=std, generator=generator, dtype=dtype)[0]
-
-
-def one_blas_thread():
-    """Training is many tiny matmuls: a multi-threaded BLAS only spins on a shared machine."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:                      # pragma: no cover
-        return contextlib.nullcontext()
-    return threadpool_limits(1)
 
 
 # --------------------------------------------------------------------------- schedules
@@ -317,14 +307,13 @@ def test_oracle_is_the_minimiser_of_the_simple_loss():
     assert abs(np.mean((eps - pred) * pred)) < 0.01
 
 
-def test_train_ddpm_on_ring_covers_all_modes():
+def test_train_ddpm_on_ring_covers_all_modes(single_blas_thread):
     d = GaussianDiffusion.from_schedule("linear", 50)
     net = NoisePredictor(2, 64, 3, 16, generator=np.random.default_rng(1))
     rng = np.random.default_rng(0)
-    with one_blas_thread():
-        losses = train_ddpm(net, d, lambda n, g: ring_mixture(n, std=0.1, generator=g), 1500,
-                            batch_size=128, lr=3e-3, generator=rng)
-        s = d.sample(net, (2000, 2), generator=rng)
+    losses = train_ddpm(net, d, lambda n, g: ring_mixture(n, std=0.1, generator=g), 1500,
+                        batch_size=128, lr=3e-3, generator=rng)
+    s = d.sample(net, (2000, 2), generator=rng)
     assert np.mean(losses[-100:]) < 0.8 * np.mean(losses[:100])
     r = mode_coverage(s, ring_centers(), 0.1, min_fraction=0.1)
     assert r["modes_covered"] == 8
