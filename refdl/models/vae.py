@@ -13,14 +13,17 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ..checkpoint import save_checkpoint
 from ..functional import log_sigmoid, sigmoid
 from ..functional.gaussian import kl_diag_normal, kl_diag_normal_grad
 from ..grad_mode import no_grad
 from ..nn._validate import check_float, check_same_shape, layer_name
 from ..nn.activation import ReLU
-from ..nn.linear import Linear
+from ..nn.conv import Conv2d, ConvTranspose2d
+from ..nn.linear import Flatten, Linear, Unflatten
 from ..nn.module import Module, Sequential
 from ..random import get_rng
+from ..train import NonFiniteLossError
 
 __all__ = ["Reparameterize", "VAELoss", "VAE", "conv_vae", "train_vae"]
 
@@ -225,7 +228,6 @@ def conv_vae(input_shape=(1, 8, 8), latent_dim=2, channels=(16, 32), dtype=np.fl
              [ConvTranspose2d(k, k', 4, stride 2, padding 1)-ReLU] mirrored, the last one
              to the input's channels without ReLU (each doubles H and W).
     """
-    from ..nn import Conv2d, ConvTranspose2d, Flatten, Unflatten
     C, H, W = input_shape
     f = 2 ** len(channels)
     if H % f or W % f:
@@ -258,8 +260,6 @@ def train_vae(vae, loss_fn, optimizer, X, epochs=10, batch_size=64, checkpoint_p
     training with refdl.train.NonFiniteLossError naming the epoch and step; the checkpoint
     then still holds the last good epoch.
     """
-    from ..checkpoint import save_checkpoint
-    from ..train import NonFiniteLossError
     rng = get_rng(generator)
     history = []
     for epoch in range(1, epochs + 1):
