@@ -222,10 +222,7 @@ def fit(model, loss_fn, optimizer, train_loader, val_loader=None, epochs=10, sch
                 bar.line("")
                 raise NonFiniteLossError(epoch, step, value, history, checkpoint_path,
                                          last_good)
-            if hasattr(optimizer, "zero_grad"):
-                optimizer.zero_grad()
-            else:
-                model.zero_grad()
+            optimizer.zero_grad()
             model.backward(loss_fn.backward())
             # the total gradient norm before clipping (clip_grad_norm_ returns it too)
             norms.append(clip_grad_norm_(params, clip_grad_norm) if clip_grad_norm is not None
