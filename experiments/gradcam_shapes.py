@@ -29,6 +29,7 @@ from refdl.interpret import (cam_from_weights, exp_score_derivatives, grad_cam_p
                              to_engine)
 from refdl.nn.module import Module
 from refdl.optim import Adam
+from refdl.train import check_finite, run_steps
 
 __all__ = ["paper000_weights", "GlobalAvgPool2d", "GlobalMaxPool2d", "make_cnn", "train_cnn",
            "localisation_table", "pointing_by_class", "run_shapes_experiment"]
@@ -106,22 +107,27 @@ def train_cnn(model, images, labels, epochs=6, batch_size=32, lr=3e-3, generator
     """Adam on the mean cross-entropy; returns the loss of every step."""
     rng = np.random.default_rng(0) if generator is None else generator
     opt = Adam(model.parameters(), lr=lr)
-    losses = []
     n = len(labels)
-    for _ in range(epochs):
-        order = rng.permutation(n)
-        for s in range(0, n, batch_size):
-            idx = order[s:s + batch_size]
-            x, y = images[idx], labels[idx]
-            logits = model(x)
-            logp = log_softmax(logits, axis=1)
-            losses.append(float(-logp[np.arange(len(y)), y].mean()))
-            d = np.exp(logp)
-            d[np.arange(len(y)), y] -= 1.0
-            opt.zero_grad()
-            model.backward((d / len(y)).astype(logits.dtype))
-            opt.step()
-    return losses
+
+    def batches():
+        for _ in range(epochs):
+            order = rng.permutation(n)
+            for s in range(0, n, batch_size):
+                yield order[s:s + batch_size]
+
+    def step(i, idx):
+        x, y = images[idx], labels[idx]
+        logits = model(x)
+        logp = log_softmax(logits, axis=1)
+        loss = check_finite(-logp[np.arange(len(y)), y].mean(), i)
+        d = np.exp(logp)
+        d[np.arange(len(y)), y] -= 1.0
+        opt.zero_grad()
+        model.backward((d / len(y)).astype(logits.dtype))
+        opt.step()
+        return loss
+
+    return run_steps(step, batches()).get("loss", [])
 
 
 def _center_prior(n, size, h):

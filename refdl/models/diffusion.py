@@ -56,6 +56,9 @@ from ..nn._validate import check_float, check_grad, layer_name
 from ..nn.activation import GELU, ReLU, SiLU, Tanh
 from ..nn.linear import Linear
 from ..nn.module import Module, Sequential
+from ..optim import Adam
+from ..optim.lr_scheduler import CosineAnnealingLR
+from ..train import check_finite, run_steps
 
 __all__ = ["make_beta_schedule", "normal_kl", "gaussian_log_prob", "GaussianDiffusion",
            "SinusoidalTimeEmbedding", "NoisePredictor", "train_ddpm",
@@ -527,49 +530,50 @@ def train_ddpm(model, diffusion, data, steps, batch_size=256, optimizer=None, lr
     ``refdl.optim.Adam(model.parameters(), lr=lr)``; with ``cosine_lr`` its learning rate
     is annealed to 0 over the run (``CosineAnnealingLR(T_max=steps)``, stepped every step),
     which removes most of the minibatch noise from the final weights. Returns the losses.
-    A non-finite loss stops training with FloatingPointError naming the step, before any
+    A non-finite loss stops training with refdl.train.NonFiniteLossError (a
+    FloatingPointError) naming the step, before any
     update from it; if the parameters themselves had become non-finite, those used at the
     previous (finite-loss) step are restored.
     """
-    from ..optim import Adam
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
         raise ValueError(f"train_ddpm: steps must be a non-negative integer, got {steps!r}")
     rng = _random.get_rng(generator)
     opt = optimizer if optimizer is not None else Adam(model.parameters(), lr=lr)
     sched = None
     if cosine_lr and steps > 0:
-        from ..optim.lr_scheduler import CosineAnnealingLR
         sched = CosineAnnealingLR(opt, T_max=steps)
     if callable(data):
         draw = data
     else:
         data = check_float("train_ddpm", data, "data")
         draw = lambda n, g: data[g.integers(0, data.shape[0], size=n)]  # noqa: E731
-    losses = []
-    good = copy.deepcopy(model.state_dict())
-    for step in range(1, steps + 1):
+    good = [copy.deepcopy(model.state_dict())]    # the parameters of the last finite step
+
+    def step(i, _):
         x0 = draw(batch_size, rng)
         model.zero_grad()
         loss = diffusion.simple_loss(model, x0, rng)
         if not math.isfinite(loss):
             model.zero_grad()
             if all(np.all(np.isfinite(p.data)) for p in model.parameters()):
-                kept = f"the model keeps its parameters after step {step - 1}"
+                kept = f"the model keeps its parameters after step {i - 1}"
             else:
-                model.load_state_dict(good)
+                model.load_state_dict(good[0])
                 kept = (f"the parameters had become non-finite; restored those used at step "
-                        f"{step - 1}")
-            raise FloatingPointError(f"train_ddpm: non-finite loss {loss} at step {step}; "
-                                     f"{kept}")
-        good = model.state_dict()
+                        f"{i - 1}")
+            check_finite(loss, i, message=f"train_ddpm: non-finite loss {loss} at step {i}; "
+                                          f"{kept}")
+        good[0] = model.state_dict()
         opt.step()
         if sched is not None:
             sched.step()
-        losses.append(loss)
-        if log_every and step % log_every == 0:
-            print(f"step {step:6d}  loss {np.mean(losses[-log_every:]):.4f}")
-        if callback is not None:
-            callback(step, loss)
+        return loss
+
+    def log(i, h):
+        print(f"step {i:6d}  loss {np.mean(h['loss'][-log_every:]):.4f}")
+
+    losses = run_steps(step, steps, callback=callback, log_every=log_every,
+                       log=log).get("loss", [])
     return losses
 
 
