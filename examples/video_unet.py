@@ -53,11 +53,14 @@ def main(steps=300, batch=4, base=16, lr=1e-3, n_videos=64, seed=0, target=10.0)
                   f"{first / smooth:.1f}x)  {time.perf_counter() - t0:.0f} s", flush=True)
         return loss
 
-    run_steps(train_step, steps)
-        if step >= 10 and smooth <= first / target:
-            print(f"reconstruction loss fell {first / smooth:.1f}-fold "
-                  f"({first:.5f} -> {smooth:.5f}) in {step} steps")
-            return first, smooth, step
+    def fell(step, _):
+        return step >= 10 and smooth <= first / target
+
+    done = len(run_steps(train_step, steps, until=fell).get("loss", []))
+    if done and fell(done, None):
+        print(f"reconstruction loss fell {first / smooth:.1f}-fold "
+              f"({first:.5f} -> {smooth:.5f}) in {done} steps")
+        return first, smooth, done
     print(f"stopped after {steps} steps: {first:.5f} -> {smooth:.5f} "
           f"({first / smooth:.1f}-fold)")
     return first, smooth, steps

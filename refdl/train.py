@@ -64,14 +64,15 @@ def check_finite(value, step, epoch=None, history=None, message=None, **kwargs):
     return value
 
 
-def run_steps(step_fn, steps, callback=None, log_every=0, log=None):
+def run_steps(step_fn, steps, callback=None, log_every=0, log=None, until=None):
     """The training loop every other one is built on: ``step_fn(step, item)`` for
     step = 1, 2, ... over ``steps`` (an int: item is None; or an iterable of batches).
 
     ``step_fn`` does one step (forward, :func:`check_finite`, backward, update) and returns
     its losses, a dict {name: float} (or a float, recorded as 'loss'). Returns the history
     {name: [one value per step]}. ``callback(step, losses)`` runs after every step;
-    ``log(step, history)`` every ``log_every`` steps.
+    ``log(step, history)`` every ``log_every`` steps; the loop stops early after a step
+    where ``until(step, history)`` is true.
     """
     history = {}
     items = ((s, None) for s in range(1, int(steps) + 1)) if isinstance(steps, (int, np.integer)) \
@@ -86,6 +87,8 @@ def run_steps(step_fn, steps, callback=None, log_every=0, log=None):
             callback(step, losses["loss"] if set(losses) == {"loss"} else losses)
         if log_every and log is not None and step % log_every == 0:
             log(step, history)
+        if until is not None and until(step, history):
+            break
     return history
 
 
