@@ -28,7 +28,7 @@ from .. import grad_mode as _gm
 from .module import Parameter
 from . import activation as _act
 from . import attention as _attn
-from . import conv as _conv
+from . import conv as _convmod
 from . import dropout as _drop
 from . import embedding as _emb
 from . import linear as _lin
@@ -241,7 +241,7 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
 
 
 def _conv_cls(name):
-    return getattr(_conv, name)
+    return getattr(_convmod, name)
 
 
 def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
