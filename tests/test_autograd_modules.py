@@ -303,6 +303,27 @@ def test_composite_used_twice_and_a_shared_relu():
     tape_gradcheck(f, [rand(4, 3)], params=list(block.parameters()))
 
 
+def test_a_layer_still_on_one_cache_used_twice_is_an_error_not_a_silent_mix():
+    """Layers not yet on per-call caches keep one cache in attributes: a second forward
+    overwrites it. The bridge notices (the attributes are not the ones its forward set)."""
+    ln = nn.LayerNorm(3).double()
+    if ln.num_saved == 0 and _records_per_call(ln):
+        pytest.skip("LayerNorm has per-call caches now")
+    x1, x2 = Tensor(rand(4, 3), requires_grad=True), Tensor(rand(4, 3, seed=1))
+    with pytest.raises(CacheError, match="keeps a single cache"):
+        _two_branch_loss(ln, ln, x1, x2).backward()
+    ln.discard_saved()
+    once = ln(x1).sum()                       # one use is fine
+    once.backward()
+
+
+def _records_per_call(m):
+    m(rand(2, 3))
+    n = m.num_saved
+    m.discard_saved()
+    return n > 0
+
+
 # -- Parameters in free-form code ------------------------------------------------------------------
 
 class FreeLinear(nn.Module):

@@ -91,6 +91,30 @@ def _trainable(module):
     return list(module.parameters())
 
 
+_MISSING = object()
+_NOT_CACHES = frozenset(("_saved", "_saved_stale", "training", "_buffer_names"))
+
+
+def _snapshot(module):
+    return [(m, dict(m.__dict__)) for m in module.modules()]
+
+
+def _single_caches(snapshot, collected):
+    """Modules that recorded no per-call cache but set attributes in this forward: layers
+    still on one cache per module. Returns [(module, {attr: value after the forward})]."""
+    recorded = {id(m) for m, _ in collected}
+    out = []
+    for m, before in snapshot:
+        if id(m) in recorded:
+            continue
+        skip = _NOT_CACHES.union(m._buffers, m._parameters, m._modules)
+        changed = {k: v for k, v in m.__dict__.items()
+                   if k not in skip and before.get(k, _MISSING) is not v}
+        if changed:
+            out.append((m, changed))
+    return out
+
+
 # -- caches owned by the tape -----------------------------------------------------------------
 def _drop_caches(held):
     """Remove the caches in ``held`` (a list of (module, cache)) from their modules."""
@@ -111,8 +135,9 @@ def _drop_caches(held):
 class ModuleCall(Op):
     """One call of a module on the tape; its VJP is the module's hand-derived backward."""
 
-    def __init__(self, module, collected, n_in, out_specs, params, first_only):
+    def __init__(self, module, collected, n_in, out_specs, params, first_only, single=()):
         self.module = module
+        self.single = single              # [(module, {attr: value})]: single-cache layers
         self.n_in = n_in                  # how many of node.inputs are module inputs
         self.out_specs = out_specs        # per flat output: (shape, dtype) or None (no grad)
         self.params = params              # Parameters whose leaves follow the inputs
@@ -132,6 +157,17 @@ class ModuleCall(Op):
     def release(self):
         """The graph is freed: forget caches that no backward consumed."""
         _drop_caches(self._held)
+
+    # -- layers that still keep one cache in attributes ----------------------------------
+    def _check_single(self):
+        for m, attrs in self.single:
+            if any(m.__dict__.get(k, _MISSING) is not v for k, v in attrs.items()):
+                raise CacheError(
+                    f"{_nnm._name(m)} keeps a single cache (it does not use "
+                    "save_for_backward yet), and it ran again before the backward of this "
+                    f"call of {type(self.module).__name__}: its backward would use the other "
+                    "call's values. Use a separate module object for each use (or call "
+                    "backward before the next forward) until the layer has per-call caches.")
 
     # -- 1. this call's caches on top ---------------------------------------------------
     def _lift(self):
@@ -185,6 +221,7 @@ class ModuleCall(Op):
         if _Backprop.create_graph:
             return self._gradient_graph(g, node)
         gouts = self._split(g.data)
+        self._check_single()
         self._lift()
         all_params = list(self.module.parameters())
         saved = [(p, p.grad) for p in all_params]
@@ -291,6 +328,7 @@ def call_module(module, args, kwargs, sources=None):
     collected = []
     state = _gm.state
     prev_collector, prev_mode = state.collector, state.mode
+    snapshot = _snapshot(module)
     state.collector, state.mode = collected, _gm.ON     # record even in eval() mode
     try:
         out = module(*arrays, **kw)
@@ -306,7 +344,8 @@ def call_module(module, args, kwargs, sources=None):
              and o is not None else None for o in leaves]
     floats = [np.asarray(o) for o, s in zip(leaves, specs) if s is not None]
     from ..nn.loss import _Loss
-    op = ModuleCall(module, collected, len(diff_in), specs, params, isinstance(module, _Loss))
+    op = ModuleCall(module, collected, len(diff_in), specs, params, isinstance(module, _Loss),
+                    _single_caches(snapshot, collected))
     node = Tensor.__new__(Tensor)
     node.grad, node._freed, node.requires_grad = None, False, True
     node.op, node.inputs = op, tuple(diff_in) + tuple(param_in)
