@@ -541,8 +541,8 @@ def test_eval_mode_records_a_node_like_pytorch():
     m = nn.Sequential(nn.Linear(3, 4), nn.Dropout(0.5)).double().eval()
     x = Tensor(rand(2, 3), requires_grad=True)
     y = m(x)
-    np.testing.assert_array_equal(y.data, m(x.data))            # dropout is the identity
     y.sum().backward()
+    np.testing.assert_array_equal(y.data, m(x.data))            # dropout is the identity
     np.testing.assert_allclose(x.grad.data, np.ones((2, 4)) @ m[0].weight.data, rtol=1e-13)
 
 

@@ -385,3 +385,47 @@ def _hook(module, args, kwargs):
     if not is_bridged(module):
         return NotImplemented              # free-form: its forward runs on the Tensors
     return call_module(module, args, kwargs)
+
+
+# -- engine formulas (double backward through module nodes) ----------------------------------
+def _register_formulas():
+    from ..nn import activation as A, linear as Lin
+    from ..nn.module import Sequential
+    from . import functional as EF
+
+    def one(f):
+        return lambda m, ins, ps: f(m, ins[0], ps)
+
+    def linear(m, x, ps):
+        b = None if m.bias is None else ps[id(m.bias)]
+        return EF.linear(x, ps[id(m.weight)], b)
+
+    def sequential(m, ins, ps):
+        x = ins[0]
+        for child in m:
+            f = _ENGINE_FORMULAS.get(type(child))
+            if f is None:
+                raise RuntimeError(f"create_graph=True through Sequential: its child "
+                                   f"{type(child).__name__} has no engine formula")
+            x = f(child, [x], ps)
+        return x
+
+    table = {
+        Lin.Linear: one(linear),
+        Lin.Identity: one(lambda m, x, ps: x),
+        A.ReLU: one(lambda m, x, ps: EF.relu(x)),
+        A.LeakyReLU: one(lambda m, x, ps: EF.leaky_relu(x, m.negative_slope)),
+        A.ELU: one(lambda m, x, ps: EF.elu(x, m.alpha)),
+        A.Sigmoid: one(lambda m, x, ps: EF.sigmoid(x)),
+        A.Tanh: one(lambda m, x, ps: EF.tanh(x)),
+        A.SiLU: one(lambda m, x, ps: EF.silu(x)),
+        A.GELU: one(lambda m, x, ps: EF.gelu(x, m.approximate)),
+        A.Softmax: one(lambda m, x, ps: EF.softmax(x, m.dim)),
+        A.LogSoftmax: one(lambda m, x, ps: EF.log_softmax(x, m.dim)),
+        Sequential: sequential,
+    }
+    for cls, f in table.items():
+        register_engine_formula(cls, f)
+
+
+_register_formulas()
