@@ -32,7 +32,14 @@ LogSumExp       log sum exp over axes        g * exp(a - out)   (softmax)
 MSE             mean((a - b)^2)              g * 2/d (a - b), -g * 2/d (a - b)
 GetItem         a[index]                     scatter g into zeros of a's shape
 Scatter         zeros(shape); [index] += a   g[index]
+MaskedFill      value where mask else a      g * [not mask]  (constant mask)
+Concatenate     cat(a_1, ..., a_k, axis)     the slices of g, one per input
+Cast            a.astype(dtype)              g cast back to a's dtype
+Pad             constant padding of a        the slice of g where a sits
 ==============  ===========================  =========================================
+
+Module calls are nodes too (refdl/autograd/bridge.py): their gradient is the module's
+hand-derived backward, see docs/autograd-modules.md.
 
 Binary operators broadcast like NumPy: the smaller operand is first passed through an
 explicit BroadcastTo node, whose gradient sums over the broadcast axes.
