@@ -287,8 +287,12 @@ def test_the_tape_visits_the_first_call_first_so_caches_must_be_lifted(monkeypat
     good = lin.weight.grad.copy()
     lin.zero_grad()
     monkeypatch.setattr(ModuleCall, "_lift", lambda self: None)
-    _two_branch_loss(lin, lin, Tensor(x1, requires_grad=True), Tensor(x2)).backward()
-    assert not np.allclose(lin.weight.grad, good)
+    try:        # the first node's backward takes the second call's cache ...
+        _two_branch_loss(lin, lin, Tensor(x1, requires_grad=True), Tensor(x2)).backward()
+        broken = not np.allclose(lin.weight.grad, good)
+    except CacheError:      # ... and the second finds its own dropped: wrong either way
+        broken = True
+    assert broken
 
 
 def test_composite_used_twice_and_a_shared_relu():

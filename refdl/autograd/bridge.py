@@ -189,12 +189,11 @@ class ModuleCall(Op):
         mods = OrderedDict((id(m), m) for m, _ in self._held)
         if retain:                        # retain_graph: the same caches serve again
             for m, c in self._held:
-                m._saved.append(c)
+                if not any(x is c for x in m._saved):
+                    m._saved.append(c)
                 _nnm._PENDING.add(m)
-        else:
-            for _, c in self._held:
-                _nnm._TAPE_OWNED.discard(id(c))
-            self._held[:] = []
+        else:                             # consumed; drop any the backward left behind
+            _drop_caches(self._held)
         for m in mods.values():           # tape-owned caches are never ambiguous
             stale = m._saved_stale and any(id(c) not in _nnm._TAPE_OWNED for c in m._saved)
             object.__setattr__(m, "_saved_stale", stale)

@@ -242,7 +242,7 @@ class Tensor:
         return _ops.matmul(other, self)
 
     def __getitem__(self, index):
-        return _ops.GetItem(index)(self)
+        return _ops.GetItem(_plain_index(index))(self)
 
     def __gt__(self, other):   # comparisons give constant (non-differentiable) tensors
         return Tensor((self.data > _as_array(other)).astype(self.dtype))
@@ -461,6 +461,15 @@ class Tensor:
 
     def broadcast_to(self, shape):
         return _ops.BroadcastTo(tuple(shape))(self)
+
+
+def _plain_index(index):
+    """An index with Tensors (integer or boolean) replaced by their arrays."""
+    if isinstance(index, Tensor):
+        return index.data
+    if isinstance(index, tuple):
+        return tuple(i.data if isinstance(i, Tensor) else i for i in index)
+    return index
 
 
 def _dims(dim, axis, keepdim, keepdims):
