@@ -14,7 +14,7 @@ from .summary import summary  # noqa: F401
 # the floors above nn, as torch exposes torch.optim and torch.autograd (about 0.3 s of
 # imports together; matplotlib and scikit-learn are only imported when used)
 from . import optim, autograd, data, models, interpret  # noqa: E402,F401
-from . import metrics, checkpoint, train  # noqa: E402,F401
+from . import metrics, checkpoint, train, interop  # noqa: E402,F401
 # PyTorch's functional names and tensor-creation helpers on autograd Tensors (the bridge)
 from .nn import functional as _nn_functional  # noqa: E402,F401  (refdl.nn.functional)
 from .autograd import Tensor  # noqa: E402,F401
