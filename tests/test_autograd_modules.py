@@ -612,3 +612,38 @@ def test_port_gpt_trains():
     first, last = float(steps[0][1]), float(steps[-1][1])
     assert last < first - 0.3, run.stdout
     assert len(run.stdout.splitlines()[-1]) > 0                    # generated some text
+
+
+def _definitions(path):
+    """The port's definitions (everything before the model is built), run in a namespace."""
+    with open(path) as f:
+        src = f.read()
+    src = src[:src.index("model = GPTLanguageModel()")]
+    ns = {"__file__": path}
+    argv, sys.argv = sys.argv, [path, "0"]
+    try:
+        exec(compile(src, path, "exec"), ns)
+    finally:
+        sys.argv = argv
+    return ns
+
+
+def test_port_gpt_matches_pytorch_on_the_same_weights():
+    """Interop check (skipped without PyTorch): loss and every gradient of the port equal
+    the PyTorch original's on the same float64 weights and batch."""
+    torch = pytest.importorskip("torch")
+    T = _definitions(os.path.join(ROOT, "examples", "port_gpt_torch.py"))
+    R = _definitions(os.path.join(ROOT, "examples", "port_gpt.py"))
+    torch.manual_seed(0)
+    tm, rm = T["GPTLanguageModel"]().double(), R["GPTLanguageModel"]().double()
+    rm.load_state_dict({k: v.detach().numpy() for k, v in tm.state_dict().items()})
+    xb, yb = T["get_batch"]("train")
+    tl = tm(xb, yb)[1]
+    tl.backward()
+    rl = rm(refdl.tensor(xb.numpy()), refdl.tensor(yb.numpy()))[1]
+    rl.backward()
+    np.testing.assert_allclose(rl.item(), tl.item(), rtol=1e-13)
+    tg = dict(tm.named_parameters())
+    for n, p in rm.named_parameters():
+        np.testing.assert_allclose(p.grad, tg[n].grad.numpy(), rtol=1e-9, atol=1e-13,
+                                   err_msg=n)
