@@ -57,7 +57,7 @@ def tape_gradcheck(f, arrays, params=(), rtol=1e-6, seed=0):
         assert err < rtol, f"{name}: max relative error {err:.3g}"
 
 
-# -- one switch ----------------------------------------------------------------------------------
+# -- one switch --------------------------------------------------------------------------------
 
 def test_autograd_no_grad_is_refdl_no_grad():
     assert refdl.autograd.no_grad is refdl.no_grad
@@ -90,7 +90,7 @@ def test_a_call_records_one_node_with_the_modules_caches():
     assert [c.num_saved for c in m] == [0, 0, 0]
 
 
-# -- gradient checks of Tensor programs mixing modules and free-form ops ---------------------------
+# -- gradient checks of Tensor programs mixing modules and free-form ops -----------------------
 
 def test_gradcheck_mlp_with_free_form_ops():
     refdl.manual_seed(0)
@@ -165,7 +165,7 @@ def test_create_graph_through_a_module_without_engine_formula_is_an_error():
         grad((m(x) ** 3).sum(), x, create_graph=True)
 
 
-# -- the same model trained both ways --------------------------------------------------------------
+# -- the same model trained both ways ----------------------------------------------------------
 
 def _train_mlp(tape, steps=20):
     refdl.manual_seed(0)
@@ -246,7 +246,7 @@ def test_free_form_model_trained_both_ways_is_identical():
         np.testing.assert_array_equal(a, b)
 
 
-# -- one module, two independent uses ---------------------------------------------------------------
+# -- one module, two independent uses ----------------------------------------------------------
 
 def _two_branch_loss(lin1, lin2, x1, x2):
     """a = lin1(x1) and b = lin2(x2) on independent branches; the tape reaches b's node
@@ -328,7 +328,7 @@ def _records_per_call(m):
     return n > 0
 
 
-# -- Parameters in free-form code ------------------------------------------------------------------
+# -- Parameters in free-form code --------------------------------------------------------------
 
 class FreeLinear(nn.Module):
     def __init__(self, lin):
@@ -371,7 +371,7 @@ def test_tied_weight_between_a_module_and_free_form_code():
     tape_gradcheck(f, [rand(4)], params=[emb.weight])
 
 
-# -- multiple inputs and outputs equal the explicit backward ----------------------------------------
+# -- multiple inputs and outputs equal the explicit backward -----------------------------------
 
 def test_lstm_and_mha_on_the_tape_equal_their_explicit_backward():
     refdl.manual_seed(9)
@@ -397,7 +397,7 @@ def test_lstm_and_mha_on_the_tape_equal_their_explicit_backward():
     np.testing.assert_allclose(q.grad.data, dq + dk + dv, rtol=1e-13)
 
 
-# -- nn.functional against the layers, bit for bit ---------------------------------------------------
+# -- nn.functional against the layers, bit for bit ---------------------------------------------
 
 def _compare_to_layer(fn, layer, inputs, weights=(), n_grad=None):
     """fn(*Tensors) and layer(*arrays): same output, same input and weight gradients
@@ -530,7 +530,7 @@ def test_creation_helpers_follow_pytorch_dtypes():
     assert abs((draws[1] == 2).mean() - 0.8) < 0.05        # 4.5 standard deviations
 
 
-# -- caches owned by the tape -----------------------------------------------------------------------
+# -- caches owned by the tape ------------------------------------------------------------------
 
 def test_a_dropped_graph_takes_its_caches_with_it():
     m = nn.Sequential(nn.Linear(3, 4), nn.ReLU()).double()
@@ -584,7 +584,7 @@ def test_a_loss_target_that_requires_grad_is_refused():
                    Tensor(rand(3), requires_grad=True)).backward()
 
 
-# -- the port ---------------------------------------------------------------------------------------
+# -- the port ----------------------------------------------------------------------------------
 
 def test_port_gpt_differs_from_the_pytorch_script_only_in_names():
     with open(os.path.join(ROOT, "examples", "port_gpt_torch.py")) as f:
