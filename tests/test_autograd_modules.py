@@ -295,6 +295,29 @@ def test_the_tape_visits_the_first_call_first_so_caches_must_be_lifted(monkeypat
     assert broken
 
 
+def test_an_lstm_used_twice_on_independent_branches():
+    refdl.manual_seed(15)
+    lstm = nn.LSTM(3, 2).double()
+
+    def run(m1, m2, x1, x2):
+        a, (h, _) = m1(x1)
+        b, _ = m2(x2)
+        for _ in range(3):
+            b = b * 1.5 + 0.1
+        return (a.tanh() * 2).sum() + (b ** 2).sum() + h.sum()
+    x1, x2 = rand(4, 2, 3), rand(5, 2, 3, seed=1)
+    t1, t2 = Tensor(x1, requires_grad=True), Tensor(x2, requires_grad=True)
+    run(lstm, lstm, t1, t2).backward()
+    c1, c2 = copy.deepcopy(lstm).discard_saved(), copy.deepcopy(lstm).discard_saved()
+    c1.zero_grad(), c2.zero_grad()
+    u1, u2 = Tensor(x1, requires_grad=True), Tensor(x2, requires_grad=True)
+    run(c1, c2, u1, u2).backward()
+    np.testing.assert_allclose(t1.grad.data, u1.grad.data, rtol=1e-12)
+    np.testing.assert_allclose(t2.grad.data, u2.grad.data, rtol=1e-12)
+    for p, q1, q2 in zip(lstm.parameters(), c1.parameters(), c2.parameters()):
+        np.testing.assert_allclose(p.grad, q1.grad + q2.grad, rtol=1e-12)
+
+
 def test_composite_used_twice_and_a_shared_relu():
     refdl.manual_seed(6)
     block = nn.Sequential(nn.Linear(3, 3), nn.ReLU(), nn.Linear(3, 3)).double()
