@@ -46,8 +46,13 @@ FLOORS = [
 PENDING = {
     # nn's shared input checks, used by the model files; to be renamed public
     "private": {"refdl.nn._validate"},
-    # Tensor's methods need ops and ops need Tensor: import at the bottom of tensor.py
-    "cycle": {frozenset({"refdl.autograd.ops", "refdl.autograd.tensor"})},
+    # import edges (importer, imported) allowed for now although they run upward or
+    # close a cycle:
+    "edges": {
+        ("refdl.autograd.tensor", "refdl.autograd.ops"),     # bottom of tensor.py
+        ("refdl.autograd.tensor", "refdl.nn.functional"),    # Tensor.softmax, log_softmax
+        ("refdl.nn.functional", "refdl.autograd"),           # F's bridge to the engine
+    },
 }
 FLOOR = {name: i for i, (_, names) in enumerate(FLOORS) for name in names}
 
@@ -124,7 +129,8 @@ def test_no_import_runs_upward():
     bad = [f"{where}: {me} (floor {FLOORS[floor_of(me)][0]}) imports {target} "
            f"(floor {FLOORS[floor_of(target)][0]})"
            for me, target, where in edges()
-           if target.startswith("refdl") and floor_of(target) > floor_of(me)]
+           if target.startswith("refdl") and floor_of(target) > floor_of(me)
+           and (me, target) not in PENDING["edges"]]
     assert not bad, "imports running upward:\n" + "\n".join(bad)
 
 
@@ -183,13 +189,11 @@ def _cycles(graph):
 def test_no_import_cycle():
     graph, where = {}, {}
     for me, target, w in edges():
-        if target.startswith("refdl"):
+        if target.startswith("refdl") and (me, target) not in PENDING["edges"]:
             graph.setdefault(me, set()).add(target)
             where.setdefault((me, target), w)
     bad = []
     for comp in _cycles(graph):
-        if frozenset(comp) in PENDING["cycle"]:
-            continue
         inside = set(comp)
         lines = [f"  {where[(a, b)]}: {a} imports {b}" for a in comp
                  for b in sorted(graph.get(a, ())) if b in inside]
@@ -198,13 +202,9 @@ def test_no_import_cycle():
 
 
 def test_pending_entries_are_still_needed():
-    used = {t for _, t, _ in edges()}
-    graph = {}
-    for me, target, _ in edges():
-        graph.setdefault(me, set()).add(target)
-    cycles = {frozenset(c) for c in _cycles(graph)}
-    stale = [m for m in PENDING["private"] if m not in used]
-    stale += [sorted(c) for c in PENDING["cycle"] if c not in cycles]
+    found = {(me, t) for me, t, _ in edges()}
+    stale = [m for m in PENDING["private"] if m not in {t for _, t in found}]
+    stale += [e for e in PENDING["edges"] if e not in found]
     assert not stale, f"fixed: remove from PENDING in tests/test_architecture.py: {stale}"
 
 
