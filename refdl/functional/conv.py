@@ -67,10 +67,12 @@ def _pairs(padding, n):
         raise ValueError(f"padding must have {n} entries, got {padding!r}")
     out = []
     for p in padding:
-        if isinstance(p, (tuple, list)):
-            out.append((int(p[0]), int(p[1])))
-        else:
-            out.append((int(p), int(p)))
+        pair = tuple(p) if isinstance(p, (tuple, list)) else (p, p)
+        if len(pair) != 2 or not all(isinstance(v, (int, np.integer)) and
+                                     not isinstance(v, bool) for v in pair):
+            raise TypeError(f"padding entries must be ints or (before, after) pairs of "
+                            f"ints, got {padding!r}")
+        out.append((int(pair[0]), int(pair[1])))
     return tuple(out)
 
 

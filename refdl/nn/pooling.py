@@ -67,6 +67,9 @@ class _PoolNd(Module):
             raise ValueError(f"{layer_name(self)}: the output would be empty ({out}) for "
                              f"input of shape {tuple(x.shape)}: the (dilated) kernel is "
                              f"larger than the padded input")
+        ext.check_geometry(layer_name(self), spatial, self.kernel_size, self.stride,
+                           tuple((p, p) for p in self.padding), self.dilation, out,
+                           pool_pad_limit=True, every_window_reads_input=True)
         return out
 
 
