@@ -309,10 +309,10 @@ def max_pool_backward(grad_out, indices, x_shape):
         return _ref_pool.max_pool_backward(grad_out, indices, x_shape)
     S = math.prod(x_shape[2:])
     P = x_shape[0] * x_shape[1]
-    idx = np.ascontiguousarray(indices).reshape(P, -1)
+    idx = np.ascontiguousarray(indices).reshape(P, math.prod(indices.shape[2:]))
     if idx.size and (idx.min() < 0 or idx.max() >= S):
         raise ValueError("max_pool_backward: an index lies outside the input")
-    g = np.ascontiguousarray(grad_out).reshape(P, -1)
+    g = np.ascontiguousarray(grad_out).reshape(P, math.prod(grad_out.shape[2:]))
     dx = np.zeros((P, S), dtype=grad_out.dtype)
     _K.maxpool3d_backward(g, idx, dx)
     return dx.reshape(x_shape)

@@ -178,12 +178,28 @@ cdef inline void zero_row(real* d, Py_ssize_t n) noexcept nogil:
         memset(d, 0, <size_t>n * sizeof(real))
 
 
+cdef int check_cols(Py_ssize_t rows, Py_ssize_t ncols, Py_ssize_t N, Py_ssize_t C,
+                    Py_ssize_t KD, Py_ssize_t KH, Py_ssize_t KW,
+                    Py_ssize_t sd, Py_ssize_t sh, Py_ssize_t sw,
+                    Py_ssize_t dd, Py_ssize_t dh, Py_ssize_t dw,
+                    Py_ssize_t OD, Py_ssize_t OH, Py_ssize_t OW) except -1:
+    # once per call, in every build: the loops below trust these
+    if min(KD, KH, KW, sd, sh, sw, dd, dh, dw) < 1 or min(OD, OH, OW) < 0:
+        raise ValueError("refdl kernel: kernel, stride and dilation must be positive")
+    if rows != C * KD * KH * KW or ncols != N * OD * OH * OW:
+        raise ValueError(f"refdl kernel: cols has shape ({rows}, {ncols}), expected "
+                         f"({C * KD * KH * KW}, {N * OD * OH * OW})")
+    return 0
+
+
 def im2col3d(const real[:, :, :, :, ::1] x, real[:, ::1] cols,
              Py_ssize_t KD, Py_ssize_t KH, Py_ssize_t KW,
              Py_ssize_t sd, Py_ssize_t sh, Py_ssize_t sw,
              Py_ssize_t pd, Py_ssize_t ph, Py_ssize_t pw,
              Py_ssize_t dd, Py_ssize_t dh, Py_ssize_t dw,
              Py_ssize_t OD, Py_ssize_t OH, Py_ssize_t OW):
+    check_cols(cols.shape[0], cols.shape[1], x.shape[0], x.shape[1], KD, KH, KW,
+               sd, sh, sw, dd, dh, dw, OD, OH, OW)
     cdef int nt
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1]
     cdef Py_ssize_t D = x.shape[2], H = x.shape[3], W = x.shape[4]
@@ -230,6 +246,8 @@ def col2im3d(const real[:, ::1] cols, real[:, :, :, :, ::1] x,
              Py_ssize_t dd, Py_ssize_t dh, Py_ssize_t dw,
              Py_ssize_t OD, Py_ssize_t OH, Py_ssize_t OW):
     """x += col2im(cols); x must be zeroed by the caller."""
+    check_cols(cols.shape[0], cols.shape[1], x.shape[0], x.shape[1], KD, KH, KW,
+               sd, sh, sw, dd, dh, dw, OD, OH, OW)
     cdef int nt
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1]
     cdef Py_ssize_t D = x.shape[2], H = x.shape[3], W = x.shape[4]
@@ -291,6 +309,10 @@ def maxpool3d_forward(const real[:, :, :, ::1] x, real[:, :, :, ::1] y,
                       Py_ssize_t dd, Py_ssize_t dh, Py_ssize_t dw):
     """y = max over each window (padding never wins), idx = flat input position of the
     first maximum (a NaN wins and propagates, as in PyTorch)."""
+    if y.shape[0] != x.shape[0] or idx.shape[0] != y.shape[0] or \
+            idx.shape[1] != y.shape[1] or idx.shape[2] != y.shape[2] or \
+            idx.shape[3] != y.shape[3] or min(KD, KH, KW, sd, sh, sw, dd, dh, dw) < 1:
+        raise ValueError("maxpool3d_forward: inconsistent shapes or geometry")
     cdef int nt
     cdef Py_ssize_t P = x.shape[0], D = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t OD = y.shape[1], OH = y.shape[2], OW = y.shape[3]
@@ -334,6 +356,9 @@ def maxpool3d_forward(const real[:, :, :, ::1] x, real[:, :, :, ::1] y,
 
 def maxpool3d_backward(const real[:, ::1] grad, const i64[:, ::1] idx, real[:, ::1] dx):
     """dx[p, idx[p, o]] += grad[p, o]; dx zeroed by the caller. Shapes (P, O) and (P, S)."""
+    if grad.shape[0] != idx.shape[0] or grad.shape[1] != idx.shape[1] or \
+            dx.shape[0] != grad.shape[0]:
+        raise ValueError("maxpool3d_backward: inconsistent shapes")
     cdef int nt
     cdef Py_ssize_t P = grad.shape[0], O = grad.shape[1]
     cdef Py_ssize_t p, o
@@ -365,6 +390,9 @@ def avgpool3d_forward(const real[:, :, :, ::1] x, real[:, :, :, ::1] y,
                       Py_ssize_t sd, Py_ssize_t sh, Py_ssize_t sw,
                       Py_ssize_t pd, Py_ssize_t ph, Py_ssize_t pw,
                       bint include_pad, Py_ssize_t override):
+    if y.shape[0] != x.shape[0] or min(KD, KH, KW, sd, sh, sw) < 1 or \
+            min(pd, ph, pw) < 0:
+        raise ValueError("avgpool3d_forward: inconsistent shapes or geometry")
     cdef int nt
     cdef Py_ssize_t P = x.shape[0], D = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t OD = y.shape[1], OH = y.shape[2], OW = y.shape[3]
@@ -411,6 +439,9 @@ def avgpool3d_backward(const real[:, :, :, ::1] grad, real[:, :, :, ::1] dx,
                        Py_ssize_t pd, Py_ssize_t ph, Py_ssize_t pw,
                        bint include_pad, Py_ssize_t override):
     """dx += spread of grad / divisor over each window; dx zeroed by the caller."""
+    if grad.shape[0] != dx.shape[0] or min(KD, KH, KW, sd, sh, sw) < 1 or \
+            min(pd, ph, pw) < 0:
+        raise ValueError("avgpool3d_backward: inconsistent shapes or geometry")
     cdef int nt
     cdef Py_ssize_t P = dx.shape[0], D = dx.shape[1], H = dx.shape[2], W = dx.shape[3]
     cdef Py_ssize_t OD = grad.shape[1], OH = grad.shape[2], OW = grad.shape[3]

@@ -35,9 +35,9 @@ def _batched(layer, x, r):
     if x.ndim not in (r + 1, r + 2):
         raise ValueError(f"{layer_name(layer)}: expected a {r + 1}-D (unbatched) or "
                          f"{r + 2}-D (batched) input {_AXES[r]}, got shape {tuple(x.shape)}")
-    if any(s == 0 for s in x.shape):
-        raise ValueError(f"{layer_name(layer)}: empty input of shape {tuple(x.shape)}")
     batched = x.ndim == r + 2
+    if any(s == 0 for s in x.shape[int(batched):]):    # an empty batch (N = 0) is fine
+        raise ValueError(f"{layer_name(layer)}: empty input of shape {tuple(x.shape)}")
     return np.ascontiguousarray(x if batched else x[None]), batched
 
 
