@@ -335,7 +335,7 @@ class _AdaptiveMaxPoolNd(Module):
         bins = [_bins(L, O) for L, O in zip(spatial, out)]
         y = np.empty((N, C) + out, dtype=xb.dtype)
         idx = np.empty((N, C) + out, dtype=np.int64)
-        flat = xb.reshape(N, C, -1)
+        flat = xb.reshape(N, C, int(np.prod(spatial)))
         for o in np.ndindex(*out):
             sl = tuple(slice(b[0][i], b[1][i]) for b, i in zip(bins, o))
             pos = np.ravel_multi_index(np.meshgrid(*[np.arange(s.start, s.stop) for s in sl],
