@@ -70,6 +70,13 @@ def test_resume_with_another_model_is_refused(tmp_path, capsys, monkeypatch):
     files = {p.name: p.read_bytes() for p in (tmp_path / "r").iterdir()}
     rc, _, err = run(capsys, "train", "--model", "tiny", "--out", d, "--resume")
     assert {p.name: p.read_bytes() for p in (tmp_path / "r").iterdir()} == files
+    # the run's config.json says mlp: the explicit --model is refused with the reason
+    assert rc == 2 and "--model tiny conflicts with the run" in err and "mlp" in err
+    # without config.json, the checkpoint itself refuses the other model
+    (tmp_path / "r" / "config.json").unlink()
+    files.pop("config.json")
+    rc, _, err = run(capsys, "train", "--model", "tiny", "--out", d, "--resume")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "r").iterdir()} == files
     assert rc == 2 and "checkpoint is from a different MLP: unexpected keys ['5.weight'" in err
 
 
