@@ -117,6 +117,10 @@ def check_geometry(name, spatial, kernel_size, stride, padding, dilation, out_si
     """
     spatial = tuple(spatial)
     r = len(spatial)
+    if not all(_is_int(L) for L in spatial):
+        raise TypeError(f"{name}: spatial size must be ints, got {spatial}")
+    if any(L < 1 for L in spatial):
+        raise ValueError(f"{name}: empty spatial size {spatial}")
     vals = {"kernel_size": tuple(kernel_size), "stride": tuple(stride),
             "dilation": tuple(dilation), "out_size": tuple(out_size)}
     for what, v in vals.items():
@@ -196,7 +200,11 @@ def _parse(x_shape, kernel_size, stride, padding, dilation, out_size):
     ds = _ref_conv.normalize_tuple(dilation, r, "dilation")
     ps = _ref_conv._pairs(padding, r)
     if out_size is None:
-        out_size = _ref_conv.conv_output_size(spatial, ks, ss, ps, ds)
+        if any(s < 1 for s in ss) or any(L < 1 for L in spatial):
+            # let check_geometry name the problem (no division by a zero stride here)
+            out_size = (1,) * r
+        else:
+            out_size = _ref_conv.conv_output_size(spatial, ks, ss, ps, ds)
     out = tuple(out_size)
     if len(out) != r or not all(_is_int(o) for o in out):
         raise TypeError(f"out_size must be {r} ints, got {out_size!r}")
@@ -305,13 +313,14 @@ def max_pool_backward(grad_out, indices, x_shape):
     if grad_out.shape[:2] != x_shape[:2]:
         raise ValueError(f"max_pool_backward: grad_out {grad_out.shape} does not match the "
                          f"input {x_shape}")
+    S = math.prod(x_shape[2:])
+    if indices.size and (indices.min() < 0 or indices.max() >= S):
+        raise ValueError(f"max_pool_backward: an index lies outside the input (indices in "
+                         f"[{indices.min()}, {indices.max()}], input has {S} positions)")
     if not available():
         return _ref_pool.max_pool_backward(grad_out, indices, x_shape)
-    S = math.prod(x_shape[2:])
     P = x_shape[0] * x_shape[1]
     idx = np.ascontiguousarray(indices).reshape(P, math.prod(indices.shape[2:]))
-    if idx.size and (idx.min() < 0 or idx.max() >= S):
-        raise ValueError("max_pool_backward: an index lies outside the input")
     g = np.ascontiguousarray(grad_out).reshape(P, math.prod(grad_out.shape[2:]))
     dx = np.zeros((P, S), dtype=grad_out.dtype)
     _K.maxpool3d_backward(g, idx, dx)

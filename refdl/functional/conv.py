@@ -60,8 +60,11 @@ def same_padding(kernel_size, dilation):
 
 def _pairs(padding, n):
     """Padding as n (before, after) pairs, from an int, n ints, or n pairs."""
-    if isinstance(padding, (int, np.integer)):
+    if isinstance(padding, (int, np.integer)) and not isinstance(padding, bool):
         return ((int(padding), int(padding)),) * n
+    if not isinstance(padding, (tuple, list)):
+        raise TypeError(f"padding must be an int, {n} ints or {n} (before, after) pairs of "
+                        f"ints, got {padding!r}")
     padding = tuple(padding)
     if len(padding) != n:
         raise ValueError(f"padding must have {n} entries, got {padding!r}")
