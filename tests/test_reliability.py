@@ -255,7 +255,8 @@ def test_empty_batch_works_as_in_pytorch(numpy_path, name, make, shape, out_shap
     with _path(numpy_path):
         m = make().to(np.float64)
         before = {k: np.array(v, copy=True) for k, v in m.state_dict().items()}
-        y = m(np.zeros(shape))
+        with refdl.enable_grad():                     # eval-mode layers record too
+            y = m(np.zeros(shape))
         assert y.shape == out_shape
         dx = m.backward(np.zeros(out_shape))
         assert dx.shape == shape
