@@ -119,6 +119,8 @@ def _check_train_values(args):
             raise UserError(f"{opt} must be {rule}, got {v:g}")
     if args.seed < 0 or args.seed >= 2 ** 63:
         raise UserError(f"--seed must be an integer in [0, 2**63), got {args.seed}")
+    if not (0 <= args.val_split < 1):
+        raise UserError(f"--val-split must be a fraction in [0, 1), got {args.val_split:g}")
 
 
 def _check_out_writable(out):
@@ -305,14 +307,18 @@ def cmd_train(args):
             sched = ls.OneCycleLR(opt, max_lr=opt.param_groups[0]["lr"], epochs=args.epochs,
                                   steps_per_epoch=steps)
             interval = "step"
+    (xtr, ytr), val = _validation_split(xtr, ytr, args.val_split, args.seed)
     train = data.DataLoader(data.TensorDataset(xtr, ytr), args.batch_size, shuffle=True)
+    val = None if val is None else data.DataLoader(data.TensorDataset(*val), 256)
     test = data.DataLoader(data.TensorDataset(xte, yte), 256)
     loss = nn.CrossEntropyLoss()
     say = (lambda *a: None) if args.quiet else print
+    n_val = 0 if val is None else len(val.dataset)
     say(f"refdl train: {args.model} ({model.num_parameters():,} parameters) on {args.dataset} "
-        f"({len(ytr)} train / {len(yte)} test, input {tuple(xtr.shape[1:])}), "
-        f"{args.optimizer} lr={opt.param_groups[0]['lr']:g}, {args.epochs} epochs, "
-        f"batch {args.batch_size}, seed {args.seed}")
+        f"({len(ytr)} train / {n_val} validation / {len(yte)} test, input "
+        f"{tuple(xtr.shape[1:])}), {args.optimizer} {_lr_description(args, opt)}, "
+        f"{args.epochs} epochs, batch {args.batch_size}, seed {args.seed}; "
+        f"{kernels_description()}")
     out.mkdir(parents=True, exist_ok=True)
     config = {k2: (str(v) if isinstance(v, Path) else v) for k2, v in vars(args).items()
               if k2 != "func" and not k2.startswith("_")}
@@ -323,7 +329,7 @@ def cmd_train(args):
         # overflow on the way to a NaN loss is reported once, by fit's guard, not as a
         # stream of NumPy warnings
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            history = fit(model, loss, opt, train, test, epochs=args.epochs,
+            history = fit(model, loss, opt, train, val, epochs=args.epochs,
                           scheduler=sched, scheduler_interval=interval,
                           clip_grad_norm=args.clip_grad_norm, checkpoint_path=ck,
                           resume=args.resume, progress=not args.quiet, num_classes=k)
@@ -333,13 +339,14 @@ def cmd_train(args):
     secs = time.perf_counter() - t0
     if args.resume:
         (out / "config.json").write_text(json.dumps(config, indent=1))
+    diverged = _diverged(history, k)
     ev = evaluate(model, test, loss, num_classes=k)
     (out / "history.json").write_text(json.dumps(history, indent=1))
     files = [ck, out / "history.json"]
     if not args.no_plots:
         files.append(plot.plot_history(history, out / "history.png",
                                        title=f"{args.model} on {args.dataset} "
-                                             "(validation = held-out test split)"))
+                                             "(validation split of the training data)"))
         files.append(plot.plot_confusion_matrix(ev["confusion"], out / "confusion.png"))
         if img is not None:
             n = min(36, len(yte))
@@ -362,9 +369,59 @@ def cmd_train(args):
             files.append(plot.plot_filters(first, out / "filters.png", image_shape=shape))
     correct = int(np.trace(ev["confusion"]))
     say(f"test accuracy: {100 * ev['accuracy']:.2f}% ({correct}/{len(yte)}), "
-        f"macro F1 {ev['f1']:.3f}, {secs:.1f} s")
+        f"macro F1 {ev['f1']:.3f}, {secs:.1f} s (the test split, evaluated once after "
+        "training; nothing was chosen on it)")
     say("wrote " + ", ".join(str(f) for f in files))
+    if diverged:
+        print(f"refdl train: warning: training diverged: {diverged}; lower --lr (or use "
+              "--clip-grad-norm)", file=sys.stderr)
+        return 3
     return 0
+
+
+def _validation_split(x, y, fraction, seed):
+    """((x_train, y_train), (x_val, y_val) or None): a seeded random split of the
+    training data; the validation part has round(fraction N) examples, at least one."""
+    if fraction == 0:
+        return (x, y), None
+    n = len(y)
+    n_val = max(1, int(round(fraction * n)))
+    if n_val >= n:
+        raise UserError(f"--val-split {fraction:g}: {n} training examples are too few to "
+                        "hold out a validation split (use --val-split 0)")
+    perm = np.random.default_rng([seed, 12345]).permutation(n)
+    val_idx, keep = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+    return (x[keep], y[keep]), (x[val_idx], y[val_idx])
+
+
+def _lr_description(args, opt):
+    """The learning rate asked for, and what the schedule does with it."""
+    lr = args.lr if args.lr is not None else DEFAULT_LR[args.optimizer]
+    if args.scheduler == "onecycle":
+        return (f"lr={lr:g} (onecycle peak; it starts at {opt.param_groups[0]['lr']:g} and "
+                "ends near 0)")
+    if args.scheduler == "cosine":
+        return f"lr={lr:g} (cosine to 0)"
+    if args.scheduler == "step":
+        return f"lr={lr:g} (x0.1 every {max(1, args.epochs // 3)} epochs)"
+    return f"lr={lr:g}"
+
+
+def _diverged(history, num_classes):
+    """Why the run counts as diverged (a string), or None. The cross-entropy of a uniform
+    guess is log(num_classes): a final training loss above twice that, or ten times the
+    first epoch's, is not a run that learnt."""
+    losses = [v for v in history.get("loss", []) if v == v]
+    if not losses:
+        return None
+    chance = float(np.log(num_classes))
+    last = losses[-1]
+    if last > 2 * chance:
+        return (f"the final training loss {last:.4g} is above twice the loss of a uniform "
+                f"guess (log {num_classes} = {chance:.3f})")
+    if len(losses) > 1 and last > 10 * losses[0]:
+        return f"the training loss rose from {losses[0]:.4g} to {last:.4g}"
+    return None
 
 
 # ------------------------------------------------------------------------------- gradcheck
@@ -836,6 +893,10 @@ def build_parser():
                    "annealing to 0, or one-cycle (per step, peak = --lr) (default cosine)")
     t.add_argument("--clip-grad-norm", type=float, metavar="MAX",
                    help="clip the total gradient norm to MAX before each step")
+    t.add_argument("--val-split", type=float, default=0.1, metavar="F",
+                   help="fraction of the training data held out as the validation split "
+                   "that every choice during training looks at (default 0.1; 0: none). "
+                   "The test split is evaluated once, after training")
     t.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     t.add_argument("--out", help="output folder (default runs/MODEL-DATASET[-N], never "
                    "overwriting a previous run)")
