@@ -263,10 +263,13 @@ def save_checkpoint(path, model, optimizer=None, scheduler=None, epoch=None, loa
     return path
 
 
-def _write_npz(path, state):
-    """Write ``state`` (JSON skeleton + named arrays) to ``path`` atomically."""
-    arrays = {}
-    meta = json.dumps(_encode(state, arrays))
+def _write_npz(path, state, arrays=None):
+    """Write ``state`` atomically to ``path``: its JSON skeleton and its arrays by name.
+    (``arrays`` given: ``state`` is a skeleton already encoded into them.)"""
+    if arrays is None:
+        arrays = {}
+        state = _encode(state, arrays)
+    meta = json.dumps(state)
     payload = dict(arrays)
     payload["__meta__"] = np.frombuffer(meta.encode("utf-8"), dtype=np.uint8)
     folder = path.parent if str(path.parent) else Path(".")
@@ -429,7 +432,10 @@ def save(obj, f):
     the path.
     """
     path = Path(f)
-    _write_npz(path, {"format": SAVE_FORMAT, "version": VERSION, "object": obj})
+    arrays = {}
+    body = _encode(obj, arrays)          # names relative to obj: 0.weight, not object/...
+    _write_npz(path, {"__dict__": [["format", SAVE_FORMAT], ["version", VERSION],
+                                   ["object", body]]}, arrays)
     return path
 
 

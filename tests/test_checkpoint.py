@@ -141,8 +141,8 @@ def test_save_load_state_dict_with_named_arrays(tmp_path):
     sd = model.state_dict()
     path = refdl.save(sd, tmp_path / "m.npz")
     with np.load(path, allow_pickle=False) as z:     # readable with NumPy alone, by name
-        np.testing.assert_array_equal(z["object/0.weight"], sd["0.weight"])
-        assert "object/1.running_var" in z.files
+        np.testing.assert_array_equal(z["0.weight"], sd["0.weight"])
+        assert "1.running_var" in z.files
     back = refdl.load(path)
     assert list(back) == list(sd)
     for k in sd:
