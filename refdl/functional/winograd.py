@@ -1,0 +1,226 @@
+r"""Winograd F(2x2, 3x3): a 3x3 stride-1 convolution with 2.25x fewer multiplications.
+
+Derivation: docs/derivations/winograd.md. For one input channel, one output channel and
+one 4x4 input tile d (the receptive field of a 2x2 output tile), with the 3x3 kernel w,
+
+    Y = A^T [ (G w G^T) (.) (B^T d B) ] A                 (.) = elementwise product
+
+        B^T = [[1, 0,-1, 0],     G = [[  1,   0,   0],     A^T = [[1, 1, 1, 0],
+               [0, 1, 1, 0],          [1/2, 1/2, 1/2],            [0, 1,-1,-1]]
+               [0,-1, 1, 0],          [1/2,-1/2, 1/2],
+               [0, 1, 0,-1]]          [  0,   0,   1]]
+
+gives the 2x2 outputs exactly (16 multiplications instead of 36). Summing over input
+channels happens *inside* the brackets, so with many channels the elementwise products
+become 16 matrix products, one per position xi of the 4x4 transformed tile:
+
+    U[xi] = (G w G^T)[xi]           (C_out, C_in)      weight transform
+    V[xi] = (B^T d B)[xi]           (C_in, P)          input transform, P = N*TH*TW tiles
+    M[xi] = U[xi] @ V[xi]           (C_out, P)         16 GEMMs
+    y     = A^T M A per tile        (N, C_out, OH, OW) output transform (cropped)
+
+Every stage is linear, so the backward is the chain of the adjoints, in reverse, with
+g = dL/dy:
+
+    dM[xi] = (A g_tile A^T)[xi]                         adjoint of the output transform
+    dU[xi] = dM[xi] @ V[xi]^T      dW = G^T dU G        (summed over xi)
+    dV[xi] = U[xi]^T @ dM[xi]      dx = sum over tiles of B dV B^T (overlapping tiles add)
+    db     = sum of g over n, rows, columns
+
+The four tile maps run in the compiled kernels of refdl/_ext/_winograd.pyx when they are
+built, else in the NumPy reference below (einsum over tile views); both give the same
+numbers. ``conv2d`` / ``conv2d_backward`` are what nn.Conv2d calls when it selects this
+algorithm (3x3, stride 1, dilation 1, groups 1, zero padding).
+"""
+import math
+
+import numpy as np
+
+__all__ = ["BT", "G", "AT", "conv2d", "conv2d_backward", "weight_transform",
+           "input_transform", "output_transform", "output_transform_adjoint",
+           "input_transform_adjoint", "tiles", "supported"]
+
+BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], dtype=np.float64)
+G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], dtype=np.float64)
+AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], dtype=np.float64)
+
+try:
+    from .._ext import _winograd as _K
+except ImportError:          # not built: the NumPy reference below runs instead
+    _K = None
+
+
+def _compiled():
+    from .. import ext
+    return _K is not None and ext.available()
+
+
+def supported(kernel_size, stride, dilation, groups, padding_mode="zeros"):
+    """True when F(2x2, 3x3) computes this convolution: 3x3, stride 1, dilation 1, no groups,
+    zero padding."""
+    return (tuple(kernel_size) == (3, 3) and tuple(stride) == (1, 1)
+            and tuple(dilation) == (1, 1) and groups == 1 and padding_mode == "zeros")
+
+
+def tiles(out_hw):
+    """(TH, TW): the number of 2x2 output tiles along each axis, ceil(OH/2), ceil(OW/2)."""
+    return tuple((o + 1) // 2 for o in out_hw)
+
+
+# -- the four tile maps: NumPy reference --------------------------------------------------
+
+def _padded(x, pads, TH, TW):
+    """x zero-padded to (N, C, 2TH+2, 2TW+2) with pads[i][0] zeros before each axis."""
+    N, C, H, W = x.shape
+    (pt, _), (pl, _) = pads
+    xp = np.zeros((N, C, 2 * TH + 2, 2 * TW + 2), dtype=x.dtype)
+    h = min(H, 2 * TH + 2 - pt)
+    w = min(W, 2 * TW + 2 - pl)
+    xp[:, :, pt:pt + h, pl:pl + w] = x[:, :, :h, :w]
+    return xp
+
+
+def _tile_view(a, TH, TW, size, step):
+    """(N, C, TH, TW, size, size) view of a's overlapping size x size tiles at stride step."""
+    N, C = a.shape[:2]
+    s = a.strides
+    return np.lib.stride_tricks.as_strided(
+        a, (N, C, TH, TW, size, size), (s[0], s[1], step * s[2], step * s[3], s[2], s[3]),
+        writeable=False)
+
+
+def weight_transform(w):
+    """U (16, C_out, C_in) = G w G^T for every (o, c) 3x3 kernel of w (C_out, C_in, 3, 3)."""
+    U = np.einsum("ik,ockl,jl->ijoc", G, w, G, optimize=True)
+    return np.ascontiguousarray(U.reshape(16, w.shape[0], w.shape[1]), dtype=w.dtype)
+
+
+def weight_transform_adjoint(dU, shape):
+    """dW (C_out, C_in, 3, 3) = G^T dU G: the adjoint of :func:`weight_transform`."""
+    dU = dU.reshape(4, 4, shape[0], shape[1])
+    return np.einsum("ik,ijoc,jl->ockl", G, dU, G, optimize=True)
+
+
+def input_transform(x, pads, TH, TW):
+    """V (16, C, N*TH*TW) = B^T d B for every 4x4 input tile d of x (N, C, H, W)."""
+    N, C = x.shape[:2]
+    if _compiled():
+        V = np.empty((16, C, N * TH * TW), dtype=x.dtype)
+        _K.input_transform(np.ascontiguousarray(x), V, pads[0][0], pads[1][0], TH, TW)
+        return V
+    d = _tile_view(_padded(x, pads, TH, TW), TH, TW, 4, 2)      # (N, C, TH, TW, 4, 4)
+    V = np.einsum("ik,nctukl,jl->ijcntu", BT.astype(x.dtype), d, BT.astype(x.dtype),
+                  optimize=True)
+    return np.ascontiguousarray(V).reshape(16, C, N * TH * TW)
+
+
+def input_transform_adjoint(dV, x_shape, pads, TH, TW):
+    """dx (N, C, H, W) = sum over tiles of B dV B^T, added at each tile's place."""
+    N, C, H, W = x_shape
+    if _compiled():
+        dx = np.zeros(x_shape, dtype=dV.dtype)
+        _K.input_transform_adjoint(np.ascontiguousarray(dV), dx, pads[0][0], pads[1][0],
+                                   TH, TW)
+        return dx
+    B = BT.T.astype(dV.dtype)
+    dd = np.einsum("ik,klcntu,jl->ncijtu", B, dV.reshape(4, 4, C, N, TH, TW), B,
+                   optimize=True)                              # (N, C, 4, 4, TH, TW)
+    dxp = np.zeros((N, C, TH + 1, 2, TW + 1, 2), dtype=dV.dtype)
+    for a in (0, 1):           # the 4x4 tile as 2x2 blocks of 2x2: no overlap within a block
+        for b in (0, 1):
+            blk = dd[:, :, 2 * a:2 * a + 2, 2 * b:2 * b + 2]       # (N, C, 2, 2, TH, TW)
+            dxp[:, :, a:a + TH, :, b:b + TW, :] += blk.transpose(0, 1, 4, 2, 5, 3)
+    dxp = dxp.reshape(N, C, 2 * TH + 2, 2 * TW + 2)
+    (pt, _), (pl, _) = pads
+    dx = np.zeros(x_shape, dtype=dV.dtype)
+    h = min(H, 2 * TH + 2 - pt)
+    w = min(W, 2 * TW + 2 - pl)
+    dx[:, :, :h, :w] = dxp[:, :, pt:pt + h, pl:pl + w]
+    return dx
+
+
+def output_transform(M, out_shape, bias=None):
+    """y (N, C_out, OH, OW) = A^T m A for every tile m of M (16, C_out, P), plus bias."""
+    N, O, OH, OW = out_shape
+    TH, TW = tiles((OH, OW))
+    if _compiled():
+        y = np.empty(out_shape, dtype=M.dtype)
+        b = (np.ascontiguousarray(bias, dtype=M.dtype) if bias is not None
+             else np.zeros(1, dtype=M.dtype))
+        _K.output_transform(M, y, b, bias is not None, TH, TW)
+        return y
+    A = AT.astype(M.dtype)
+    Y = np.einsum("ik,klontu,jl->noitju", A, M.reshape(4, 4, O, N, TH, TW), A,
+                  optimize=True)                               # (N, O, 2, TH, 2, TW)
+    y = np.ascontiguousarray(Y.transpose(0, 1, 3, 2, 5, 4)).reshape(N, O, 2 * TH, 2 * TW)
+    y = np.ascontiguousarray(y[:, :, :OH, :OW])
+    if bias is not None:
+        y += bias.reshape(1, -1, 1, 1)
+    return y
+
+
+def output_transform_adjoint(g):
+    """dM (16, C_out, P) = A g_tile A^T for every 2x2 tile of g (zeros past the edges)."""
+    N, O, OH, OW = g.shape
+    TH, TW = tiles((OH, OW))
+    if _compiled():
+        dM = np.empty((16, O, N * TH * TW), dtype=g.dtype)
+        _K.output_transform_adjoint(np.ascontiguousarray(g), dM, TH, TW)
+        return dM
+    gp = np.zeros((N, O, 2 * TH, 2 * TW), dtype=g.dtype)
+    gp[:, :, :OH, :OW] = g
+    gt = _tile_view(gp, TH, TW, 2, 2)                           # (N, O, TH, TW, 2, 2)
+    A = AT.T.astype(g.dtype)
+    dM = np.einsum("ik,notukl,jl->ijontu", A, gt, A, optimize=True)
+    return np.ascontiguousarray(dM).reshape(16, O, N * TH * TW)
+
+
+# -- the convolution ----------------------------------------------------------------------
+
+def conv2d(x, w, bias=None, pads=((0, 0), (0, 0))):
+    """(y, V, U): y = the 3x3 stride-1 cross-correlation of x (N, C, H, W) with w
+    (C_out, C, 3, 3) plus bias, zero-padded by ``pads`` ((top, bottom), (left, right));
+    V and U are what :func:`conv2d_backward` needs."""
+    N, C, H, W = x.shape
+    O = w.shape[0]
+    OH = H + pads[0][0] + pads[0][1] - 2
+    OW = W + pads[1][0] + pads[1][1] - 2
+    if OH < 1 or OW < 1:
+        raise ValueError(f"winograd.conv2d: input {x.shape} padded by {pads} is smaller "
+                         f"than the 3x3 kernel")
+    TH, TW = tiles((OH, OW))
+    U = weight_transform(w.astype(x.dtype, copy=False))
+    V = input_transform(x, pads, TH, TW)
+    M = np.matmul(U, V)                                         # 16 x (O, C) @ (C, P)
+    y = output_transform(M, (N, O, OH, OW),
+                         None if bias is None else bias.astype(x.dtype, copy=False))
+    return y, V, U
+
+
+def conv2d_backward(g, V, U, x_shape, pads, need_dx=True, need_dw=True):
+    """(dx, dW): the adjoints of :func:`conv2d`'s stages applied to g = dL/dy.
+
+    V is overwritten (it becomes dV), so call this once per forward."""
+    N, O, OH, OW = g.shape
+    TH, TW = tiles((OH, OW))
+    dM = output_transform_adjoint(g)                            # (16, O, P)
+    dW = dx = None
+    if need_dw:
+        # dU^T = V dM^T: (C, P) @ (P, O), the orientation OpenBLAS runs faster here
+        dUT = np.matmul(V, dM.transpose(0, 2, 1))               # (16, C, O)
+        dW = weight_transform_adjoint(dUT.transpose(0, 2, 1), (O, x_shape[1]))
+    if need_dx:
+        np.matmul(U.transpose(0, 2, 1), dM, out=V)              # dV, in V's buffer
+        dx = input_transform_adjoint(V, x_shape, pads, TH, TW)
+    return dx, dW
+
+
+def flops(x_shape, out_channels, out_hw):
+    """Multiply-adds of the 16 GEMMs (for benchmarks: compare N*O*C*9*OH*OW direct)."""
+    N, C = x_shape[:2]
+    TH, TW = tiles(out_hw)
+    return 16 * out_channels * C * N * TH * TW
+
+
+def direct_macs(x_shape, out_channels, out_hw):
+    return x_shape[0] * out_channels * x_shape[1] * 9 * math.prod(out_hw)
