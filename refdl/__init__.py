@@ -7,6 +7,8 @@ __version__ = "0.1.0"
 
 from . import random  # noqa: F401
 from .random import manual_seed  # noqa: F401
+from . import threads  # noqa: F401
+from .threads import get_num_threads, set_num_threads  # noqa: F401
 from . import functional, init, nn  # noqa: F401
 from . import gradcheck  # noqa: F401
 from .summary import summary  # noqa: F401
@@ -15,6 +17,6 @@ from .summary import summary  # noqa: F401
 from . import optim, autograd, data, models, interpret  # noqa: E402,F401
 from . import metrics, checkpoint, train  # noqa: E402,F401
 
-__all__ = ["manual_seed", "summary", "nn", "init", "functional", "gradcheck", "random",
+__all__ = ["manual_seed", "set_num_threads", "get_num_threads", "threads", "summary", "nn", "init", "functional", "gradcheck", "random",
            "optim", "autograd", "data", "models", "interpret", "metrics", "checkpoint",
            "train"]

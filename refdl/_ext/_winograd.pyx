@@ -7,6 +7,10 @@ first: bounds checks are off here. The math, the matrices and the layouts are in
 docs/derivations/winograd.md; the NumPy reference in refdl/functional/winograd.py computes
 the same four maps with einsum and is what the tests compare against.
 
+The 16 planes of V and M are 16 write (or read) streams at once: refdl allocates them
+with a plane stride a little longer than a plane (``planes`` in winograd.py), because a
+power-of-two stride maps all 16 streams to the same cache sets and runs 5x slower.
+
 Layouts (P = N*TH*TW tiles, tile p = (n*TH + th)*TW + tw covers input rows 2*th - ph ..
 2*th - ph + 3 and columns 2*tw - pw .. 2*tw - pw + 3, output rows 2*th, 2*th + 1 and
 columns 2*tw, 2*tw + 1; xi = 4*i + j is the (i, j) entry of a 4x4 transformed tile):
@@ -51,188 +55,198 @@ cdef inline int n_threads(Py_ssize_t work, Py_ssize_t outer) noexcept nogil:
     return t if t < outer else <int>outer
 
 
-def input_transform(const real[:, :, :, ::1] x, real[:, :, ::1] V,
+cdef inline void in_tile(const real* xs, Py_ssize_t H, Py_ssize_t W, Py_ssize_t r0,
+                         Py_ssize_t c0, real* v, Py_ssize_t vs) noexcept nogil:
+    # v[xi * vs] = (B^T d B)[xi] for the 4x4 tile d of the plane xs at (r0, c0)
+    cdef real d[4][4]
+    cdef real t[4][4]
+    cdef Py_ssize_t i, j, r, s
+    cdef const real* row
+    if r0 >= 0 and r0 + 4 <= H and c0 >= 0 and c0 + 4 <= W:
+        for i in range(4):
+            row = xs + (r0 + i) * W + c0
+            d[i][0] = row[0]
+            d[i][1] = row[1]
+            d[i][2] = row[2]
+            d[i][3] = row[3]
+    else:
+        for i in range(4):
+            r = r0 + i
+            for j in range(4):
+                s = c0 + j
+                if r >= 0 and r < H and s >= 0 and s < W:
+                    d[i][j] = xs[r * W + s]
+                else:
+                    d[i][j] = 0
+    for j in range(4):                     # rows: t = B^T d
+        t[0][j] = d[0][j] - d[2][j]
+        t[1][j] = d[1][j] + d[2][j]
+        t[2][j] = d[2][j] - d[1][j]
+        t[3][j] = d[1][j] - d[3][j]
+    for i in range(4):                     # columns: V = t B
+        v[(4 * i + 0) * vs] = t[i][0] - t[i][2]
+        v[(4 * i + 1) * vs] = t[i][1] + t[i][2]
+        v[(4 * i + 2) * vs] = t[i][2] - t[i][1]
+        v[(4 * i + 3) * vs] = t[i][1] - t[i][3]
+
+
+cdef inline void in_tile_adj(const real* v, Py_ssize_t vs, real* xs, Py_ssize_t H,
+                             Py_ssize_t W, Py_ssize_t r0, Py_ssize_t c0) noexcept nogil:
+    # xs[tile at (r0, c0)] += B u B^T with u[xi] = v[xi * vs] (parts outside dropped)
+    cdef real u[4][4]
+    cdef real t[4][4]
+    cdef Py_ssize_t i, j, r, s
+    cdef real* row
+    for i in range(4):
+        for j in range(4):
+            u[i][j] = v[(4 * i + j) * vs]
+    for i in range(4):                     # columns: t = u B^T
+        t[i][0] = u[i][0]
+        t[i][1] = u[i][1] - u[i][2] + u[i][3]
+        t[i][2] = u[i][2] + u[i][1] - u[i][0]
+        t[i][3] = -u[i][3]
+    for j in range(4):                     # rows: u = B t
+        u[0][j] = t[0][j]
+        u[1][j] = t[1][j] - t[2][j] + t[3][j]
+        u[2][j] = t[2][j] + t[1][j] - t[0][j]
+        u[3][j] = -t[3][j]
+    if r0 >= 0 and r0 + 4 <= H and c0 >= 0 and c0 + 4 <= W:
+        for i in range(4):
+            row = xs + (r0 + i) * W + c0
+            row[0] += u[i][0]
+            row[1] += u[i][1]
+            row[2] += u[i][2]
+            row[3] += u[i][3]
+    else:
+        for i in range(4):
+            r = r0 + i
+            for j in range(4):
+                s = c0 + j
+                if r >= 0 and r < H and s >= 0 and s < W:
+                    xs[r * W + s] += u[i][j]
+
+
+cdef inline void out_tile(const real* m, Py_ssize_t ms, real b, real* ys, Py_ssize_t OH,
+                          Py_ssize_t OW, Py_ssize_t r0, Py_ssize_t c0) noexcept nogil:
+    # ys[2x2 tile at (r0, c0)] = A^T u A + b with u[xi] = m[xi * ms], cropped
+    cdef real u[4][4]
+    cdef real t[2][4]
+    cdef real y00, y01, y10, y11
+    cdef Py_ssize_t i, j
+    for i in range(4):
+        for j in range(4):
+            u[i][j] = m[(4 * i + j) * ms]
+    for j in range(4):                     # rows: t = A^T u
+        t[0][j] = u[0][j] + u[1][j] + u[2][j]
+        t[1][j] = u[1][j] - u[2][j] - u[3][j]
+    y00 = t[0][0] + t[0][1] + t[0][2] + b  # columns: t A
+    y01 = t[0][1] - t[0][2] - t[0][3] + b
+    y10 = t[1][0] + t[1][1] + t[1][2] + b
+    y11 = t[1][1] - t[1][2] - t[1][3] + b
+    ys[r0 * OW + c0] = y00
+    if c0 + 1 < OW:
+        ys[r0 * OW + c0 + 1] = y01
+    if r0 + 1 < OH:
+        ys[(r0 + 1) * OW + c0] = y10
+        if c0 + 1 < OW:
+            ys[(r0 + 1) * OW + c0 + 1] = y11
+
+
+cdef inline void out_tile_adj(const real* gs, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t r0,
+                              Py_ssize_t c0, real* m, Py_ssize_t ms) noexcept nogil:
+    # m[xi * ms] = (A g A^T)[xi] for the 2x2 tile g of gs at (r0, c0), zeros past the edge
+    cdef real g00, g01 = 0, g10 = 0, g11 = 0
+    cdef real t[4][2]
+    cdef Py_ssize_t i
+    g00 = gs[r0 * OW + c0]
+    if c0 + 1 < OW:
+        g01 = gs[r0 * OW + c0 + 1]
+    if r0 + 1 < OH:
+        g10 = gs[(r0 + 1) * OW + c0]
+        if c0 + 1 < OW:
+            g11 = gs[(r0 + 1) * OW + c0 + 1]
+    t[0][0] = g00                          # rows: t = A g, A's rows [1,0],[1,1],[1,-1],[0,-1]
+    t[0][1] = g01
+    t[1][0] = g00 + g10
+    t[1][1] = g01 + g11
+    t[2][0] = g00 - g10
+    t[2][1] = g01 - g11
+    t[3][0] = -g10
+    t[3][1] = -g11
+    for i in range(4):                     # columns: t A^T
+        m[(4 * i + 0) * ms] = t[i][0]
+        m[(4 * i + 1) * ms] = t[i][0] + t[i][1]
+        m[(4 * i + 2) * ms] = t[i][0] - t[i][1]
+        m[(4 * i + 3) * ms] = -t[i][1]
+
+
+def input_transform(const real[:, :, :, ::1] x, real[:, :, :] V,
                     Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t TH, Py_ssize_t TW):
     """V[:, c, p] = B^T d B for the 4x4 input tile d of tile p (zeros outside x)."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t P = N * TH * TW
-    cdef Py_ssize_t q, n, c, th, tw, r0, c0, i, j, p, r, s
-    cdef real d[4][4]
-    cdef real t[4][4]
-    cdef const real* row
+    cdef Py_ssize_t q, n, c, th, tw, p
+    cdef Py_ssize_t vs = V.strides[0] // sizeof(real)     # plane stride (may be padded)
     cdef int nt = n_threads(16 * C * P, N * C)
     for q in prange(N * C, nogil=True, schedule="static", num_threads=nt):
         n = q // C
         c = q % C
         for th in range(TH):
-            r0 = 2 * th - ph
             for tw in range(TW):
-                c0 = 2 * tw - pw
-                if r0 >= 0 and r0 + 4 <= H and c0 >= 0 and c0 + 4 <= W:
-                    for i in range(4):
-                        row = &x[n, c, r0 + i, c0]
-                        d[i][0] = row[0]
-                        d[i][1] = row[1]
-                        d[i][2] = row[2]
-                        d[i][3] = row[3]
-                else:
-                    for i in range(4):
-                        r = r0 + i
-                        for j in range(4):
-                            s = c0 + j
-                            if r >= 0 and r < H and s >= 0 and s < W:
-                                d[i][j] = x[n, c, r, s]
-                            else:
-                                d[i][j] = 0
-                # rows: t = B^T d
-                for j in range(4):
-                    t[0][j] = d[0][j] - d[2][j]
-                    t[1][j] = d[1][j] + d[2][j]
-                    t[2][j] = d[2][j] - d[1][j]
-                    t[3][j] = d[1][j] - d[3][j]
-                # columns: V = t B
                 p = (n * TH + th) * TW + tw
-                for i in range(4):
-                    V[4 * i + 0, c, p] = t[i][0] - t[i][2]
-                    V[4 * i + 1, c, p] = t[i][1] + t[i][2]
-                    V[4 * i + 2, c, p] = t[i][2] - t[i][1]
-                    V[4 * i + 3, c, p] = t[i][1] - t[i][3]
+                in_tile(&x[n, c, 0, 0], H, W, 2 * th - ph, 2 * tw - pw, &V[0, c, p], vs)
 
 
-def input_transform_adjoint(const real[:, :, ::1] dV, real[:, :, :, ::1] dx,
+def input_transform_adjoint(const real[:, :, :] dV, real[:, :, :, ::1] dx,
                             Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t TH, Py_ssize_t TW):
     """dx += sum over tiles of B dV_p B^T placed at the tile (parts outside dx dropped);
     dx zeroed by the caller."""
     cdef Py_ssize_t N = dx.shape[0], C = dx.shape[1], H = dx.shape[2], W = dx.shape[3]
     cdef Py_ssize_t P = N * TH * TW
-    cdef Py_ssize_t q, n, c, th, tw, r0, c0, i, j, p, r, s
-    cdef real u[4][4]
-    cdef real t[4][4]
-    cdef real* row
+    cdef Py_ssize_t q, n, c, th, tw, p
+    cdef Py_ssize_t vs = dV.strides[0] // sizeof(real)
     cdef int nt = n_threads(16 * C * P, N * C)
     for q in prange(N * C, nogil=True, schedule="static", num_threads=nt):
         n = q // C
         c = q % C
         for th in range(TH):
-            r0 = 2 * th - ph
             for tw in range(TW):
-                c0 = 2 * tw - pw
                 p = (n * TH + th) * TW + tw
-                for i in range(4):
-                    for j in range(4):
-                        u[i][j] = dV[4 * i + j, c, p]
-                # columns: t = u B^T, rows: u = B t (B = (B^T)^T)
-                for i in range(4):
-                    t[i][0] = u[i][0]
-                    t[i][1] = u[i][1] - u[i][2] + u[i][3]
-                    t[i][2] = u[i][2] + u[i][1] - u[i][0]
-                    t[i][3] = -u[i][3]
-                for j in range(4):
-                    u[0][j] = t[0][j]
-                    u[1][j] = t[1][j] - t[2][j] + t[3][j]
-                    u[2][j] = t[2][j] + t[1][j] - t[0][j]
-                    u[3][j] = -t[3][j]
-                if r0 >= 0 and r0 + 4 <= H and c0 >= 0 and c0 + 4 <= W:
-                    for i in range(4):
-                        row = &dx[n, c, r0 + i, c0]
-                        row[0] += u[i][0]
-                        row[1] += u[i][1]
-                        row[2] += u[i][2]
-                        row[3] += u[i][3]
-                else:
-                    for i in range(4):
-                        r = r0 + i
-                        for j in range(4):
-                            s = c0 + j
-                            if r >= 0 and r < H and s >= 0 and s < W:
-                                dx[n, c, r, s] += u[i][j]
+                in_tile_adj(&dV[0, c, p], vs, &dx[n, c, 0, 0], H, W, 2 * th - ph,
+                            2 * tw - pw)
 
 
-def output_transform(const real[:, :, ::1] M, real[:, :, :, ::1] y,
+def output_transform(const real[:, :, :] M, real[:, :, :, ::1] y,
                      const real[::1] bias, bint has_bias, Py_ssize_t TH, Py_ssize_t TW):
     """y[n, o] tile p = A^T M_p A (+ bias[o]), cropped to (OH, OW)."""
     cdef Py_ssize_t N = y.shape[0], O = y.shape[1], OH = y.shape[2], OW = y.shape[3]
     cdef Py_ssize_t P = N * TH * TW
-    cdef Py_ssize_t q, n, o, th, tw, i, j, p, r0, c0
-    cdef real m[4][4]
-    cdef real t[2][4]
-    cdef real b, y00, y01, y10, y11
+    cdef Py_ssize_t q, n, o, th, tw, p
+    cdef real b
+    cdef Py_ssize_t ms = M.strides[0] // sizeof(real)
     cdef int nt = n_threads(16 * O * P, N * O)
     for q in prange(N * O, nogil=True, schedule="static", num_threads=nt):
         n = q // O
         o = q % O
         b = bias[o] if has_bias else 0
         for th in range(TH):
-            r0 = 2 * th
             for tw in range(TW):
-                c0 = 2 * tw
                 p = (n * TH + th) * TW + tw
-                for i in range(4):
-                    for j in range(4):
-                        m[i][j] = M[4 * i + j, o, p]
-                # rows: t = A^T m
-                for j in range(4):
-                    t[0][j] = m[0][j] + m[1][j] + m[2][j]
-                    t[1][j] = m[1][j] - m[2][j] - m[3][j]
-                # columns: t A
-                y00 = t[0][0] + t[0][1] + t[0][2] + b
-                y01 = t[0][1] - t[0][2] - t[0][3] + b
-                y10 = t[1][0] + t[1][1] + t[1][2] + b
-                y11 = t[1][1] - t[1][2] - t[1][3] + b
-                if r0 + 2 <= OH and c0 + 2 <= OW:
-                    y[n, o, r0, c0] = y00
-                    y[n, o, r0, c0 + 1] = y01
-                    y[n, o, r0 + 1, c0] = y10
-                    y[n, o, r0 + 1, c0 + 1] = y11
-                else:
-                    y[n, o, r0, c0] = y00
-                    if c0 + 1 < OW:
-                        y[n, o, r0, c0 + 1] = y01
-                    if r0 + 1 < OH:
-                        y[n, o, r0 + 1, c0] = y10
-                        if c0 + 1 < OW:
-                            y[n, o, r0 + 1, c0 + 1] = y11
+                out_tile(&M[0, o, p], ms, b, &y[n, o, 0, 0], OH, OW, 2 * th, 2 * tw)
 
 
-def output_transform_adjoint(const real[:, :, :, ::1] g, real[:, :, ::1] dM,
+def output_transform_adjoint(const real[:, :, :, ::1] g, real[:, :, :] dM,
                              Py_ssize_t TH, Py_ssize_t TW):
     """dM[:, o, p] = A g_p A^T for the 2x2 tile g_p of g (zeros past OH, OW)."""
     cdef Py_ssize_t N = g.shape[0], O = g.shape[1], OH = g.shape[2], OW = g.shape[3]
     cdef Py_ssize_t P = N * TH * TW
-    cdef Py_ssize_t q, n, o, th, tw, i, p, r0, c0
-    cdef real g00, g01, g10, g11
-    cdef real t[4][2]
+    cdef Py_ssize_t q, n, o, th, tw, p
+    cdef Py_ssize_t ms = dM.strides[0] // sizeof(real)
     cdef int nt = n_threads(16 * O * P, N * O)
     for q in prange(N * O, nogil=True, schedule="static", num_threads=nt):
         n = q // O
         o = q % O
         for th in range(TH):
-            r0 = 2 * th
             for tw in range(TW):
-                c0 = 2 * tw
                 p = (n * TH + th) * TW + tw
-                g00 = g[n, o, r0, c0]
-                g01 = 0
-                g10 = 0
-                g11 = 0
-                if c0 + 1 < OW:
-                    g01 = g[n, o, r0, c0 + 1]
-                if r0 + 1 < OH:
-                    g10 = g[n, o, r0 + 1, c0]
-                    if c0 + 1 < OW:
-                        g11 = g[n, o, r0 + 1, c0 + 1]
-                # rows: t = A g  (A = (A^T)^T, rows [1,0],[1,1],[1,-1],[0,-1])
-                t[0][0] = g00
-                t[0][1] = g01
-                t[1][0] = g00 + g10
-                t[1][1] = g01 + g11
-                t[2][0] = g00 - g10
-                t[2][1] = g01 - g11
-                t[3][0] = -g10
-                t[3][1] = -g11
-                # columns: t A^T
-                for i in range(4):
-                    dM[4 * i + 0, o, p] = t[i][0]
-                    dM[4 * i + 1, o, p] = t[i][0] + t[i][1]
-                    dM[4 * i + 2, o, p] = t[i][0] - t[i][1]
-                    dM[4 * i + 3, o, p] = -t[i][1]
+                out_tile_adj(&g[n, o, 0, 0], OH, OW, 2 * th, 2 * tw, &dM[0, o, p], ms)

@@ -69,6 +69,16 @@ def tiles(out_hw):
 
 # -- the four tile maps: NumPy reference --------------------------------------------------
 
+def planes(rows, cols, dtype):
+    """An uninitialised (16, rows, cols) array whose 16 planes are C-contiguous but spaced
+    by rows*cols + 48 elements instead of rows*cols: the tile kernels read or write all 16
+    planes at once, and a power-of-two spacing (the usual case: 32 x 16384 floats = 2 MiB)
+    puts the 16 streams in the same cache sets, which makes them 5x slower."""
+    n = rows * cols
+    buf = np.empty((16, n + 48), dtype=dtype)
+    return buf[:, :n].reshape(16, rows, cols)
+
+
 def _padded(x, pads, TH, TW):
     """x zero-padded to (N, C, 2TH+2, 2TW+2) with pads[i][0] zeros before each axis."""
     N, C, H, W = x.shape
@@ -91,21 +101,23 @@ def _tile_view(a, TH, TW, size, step):
 
 def weight_transform(w):
     """U (16, C_out, C_in) = G w G^T for every (o, c) 3x3 kernel of w (C_out, C_in, 3, 3)."""
-    U = np.einsum("ik,ockl,jl->ijoc", G, w, G, optimize=True)
+    Gt = G.astype(w.dtype)
+    U = np.einsum("ik,ockl,jl->ijoc", Gt, w, Gt, optimize=True)
     return np.ascontiguousarray(U.reshape(16, w.shape[0], w.shape[1]), dtype=w.dtype)
 
 
 def weight_transform_adjoint(dU, shape):
     """dW (C_out, C_in, 3, 3) = G^T dU G: the adjoint of :func:`weight_transform`."""
     dU = dU.reshape(4, 4, shape[0], shape[1])
-    return np.einsum("ik,ijoc,jl->ockl", G, dU, G, optimize=True)
+    Gt = G.astype(dU.dtype)
+    return np.einsum("ik,ijoc,jl->ockl", Gt, dU, Gt, optimize=True)
 
 
 def input_transform(x, pads, TH, TW):
     """V (16, C, N*TH*TW) = B^T d B for every 4x4 input tile d of x (N, C, H, W)."""
     N, C = x.shape[:2]
     if _compiled():
-        V = np.empty((16, C, N * TH * TW), dtype=x.dtype)
+        V = planes(C, N * TH * TW, x.dtype)
         _K.input_transform(np.ascontiguousarray(x), V, pads[0][0], pads[1][0], TH, TW)
         return V
     d = _tile_view(_padded(x, pads, TH, TW), TH, TW, 4, 2)      # (N, C, TH, TW, 4, 4)
@@ -119,7 +131,7 @@ def input_transform_adjoint(dV, x_shape, pads, TH, TW):
     N, C, H, W = x_shape
     if _compiled():
         dx = np.zeros(x_shape, dtype=dV.dtype)
-        _K.input_transform_adjoint(np.ascontiguousarray(dV), dx, pads[0][0], pads[1][0],
+        _K.input_transform_adjoint(dV, dx, pads[0][0], pads[1][0],
                                    TH, TW)
         return dx
     B = BT.T.astype(dV.dtype)
@@ -164,7 +176,7 @@ def output_transform_adjoint(g):
     N, O, OH, OW = g.shape
     TH, TW = tiles((OH, OW))
     if _compiled():
-        dM = np.empty((16, O, N * TH * TW), dtype=g.dtype)
+        dM = planes(O, N * TH * TW, g.dtype)
         _K.output_transform_adjoint(np.ascontiguousarray(g), dM, TH, TW)
         return dM
     gp = np.zeros((N, O, 2 * TH, 2 * TW), dtype=g.dtype)
@@ -191,7 +203,7 @@ def conv2d(x, w, bias=None, pads=((0, 0), (0, 0))):
     TH, TW = tiles((OH, OW))
     U = weight_transform(w.astype(x.dtype, copy=False))
     V = input_transform(x, pads, TH, TW)
-    M = np.matmul(U, V)                                         # 16 x (O, C) @ (C, P)
+    M = np.matmul(U, V, out=planes(O, V.shape[2], x.dtype))    # 16 x (O, C) @ (C, P)
     y = output_transform(M, (N, O, OH, OW),
                          None if bias is None else bias.astype(x.dtype, copy=False))
     return y, V, U

@@ -21,14 +21,23 @@ docs/derivations/conv.md.
 
 im2col/col2im run in the compiled kernels of refdl/_ext when they are built
 (``refdl.ext.available()``), else in the NumPy reference of refdl.functional.conv.
+
+A 3x3, stride-1, undilated, ungrouped Conv2d with zero padding can instead run Winograd's
+F(2x2, 3x3) algorithm (refdl.functional.winograd, docs/derivations/winograd.md): the same
+convolution with 2.25x fewer multiplications. ``layer.algorithm`` chooses: "auto" (the
+default, DEFAULT_ALGORITHM) picks Winograd where it measured faster (compiled kernels, at
+least WINOGRAD_MIN_CHANNELS input and output channels), "winograd" forces it (an error
+where it does not apply), "im2col" forces the GEMM path.
 """
 import math
 
 import numpy as np
 
 from .. import ext, init
+from ..functional import winograd
 from ..functional.conv import (conv_output_size, conv_transpose_output_size,
                                normalize_tuple, same_padding)
+from ..threads import serial_below
 from ._validate import check_float, check_forward_called, check_grad, layer_name
 from .module import Module, Parameter
 
@@ -36,6 +45,12 @@ __all__ = ["Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d",
            "ConvTranspose3d"]
 
 _NP_PAD_MODE = {"circular": "wrap", "reflect": "reflect", "replicate": "edge"}
+ALGORITHMS = ("auto", "im2col", "winograd")
+DEFAULT_ALGORITHM = "auto"
+# Winograd's 16 GEMMs have K = C_in: with few channels they run far below the GEMM rate
+# and the transforms dominate; measured faster than im2col from 16 in and out channels
+# (benchmarks/bench_threads.py, docs/performance.md)
+WINOGRAD_MIN_CHANNELS = 16
 _AXES = {1: "(N, C, L)", 2: "(N, C, H, W)", 3: "(N, C, D, H, W)"}
 
 
@@ -87,6 +102,9 @@ class _ConvBase(Module):
         self._cols = None      # the column matrix of the last forward (reused buffer)
         self._fresh = False    # True between a forward and its backward
         self._xg = None
+        self._wino = None      # Winograd's (V, U) of the last forward
+        self._geom = None      # (input shape, dtype) -> geometry of the last forward
+        self.algorithm = DEFAULT_ALGORITHM
 
     def reset_parameters(self, generator=None):
         """PyTorch's default: kaiming_uniform_(W, a=sqrt(5)), b ~ U(+-1/sqrt(fan_in)).
@@ -127,7 +145,8 @@ class _ConvBase(Module):
         if self.weight.requires_grad:
             self.weight.grad += dW.reshape(self.weight.shape)
         if self.bias is not None and self.bias.requires_grad:
-            self.bias.grad += g.sum(axis=(0,) + tuple(range(2, g.ndim)))
+            # sum the contiguous spatial axis first (one streaming pass), then the batch
+            self.bias.grad += g.reshape(g.shape[0], g.shape[1], -1).sum(axis=2).sum(axis=0)
 
 
 class _ConvNd(_ConvBase):
@@ -190,9 +209,14 @@ class _ConvNd(_ConvBase):
         idx = np.arange(math.prod(spatial)).reshape(spatial)
         return np.pad(idx, pads, mode=_NP_PAD_MODE[self.padding_mode])
 
-    def forward(self, x):
-        xb, batched = self._batched(x, self.in_channels)
-        N, C = xb.shape[:2]
+    def _geometry(self, xb, x):
+        """(pads, pad_map, out) for a batched input xb, validated once per input shape and
+        setting (later calls with the same shape reuse it: the layer's own overhead stays
+        small next to the kernels in small layers)."""
+        key = (xb.shape, self.kernel_size, self.stride, self.padding, self.dilation,
+               self.padding_mode, self.groups)
+        if self._geom is not None and self._geom[0] == key:
+            return self._geom[1]
         spatial = xb.shape[2:]
         pads = self._pads()
         padded = tuple(L + lo + hi for L, (lo, hi) in zip(spatial, pads))
@@ -201,7 +225,7 @@ class _ConvNd(_ConvBase):
             raise ValueError(
                 f"{layer_name(self)}: the kernel (dilated size {_fmt(span)}) is larger than "
                 f"the padded input ({_fmt(padded)}) for input of shape {tuple(x.shape)}")
-        self._pad_map = None
+        pad_map = None
         if self.padding_mode != "zeros" and any(lo or hi for lo, hi in pads):
             for L, (lo, hi) in zip(spatial, pads):
                 limit = L - 1 if self.padding_mode == "reflect" else L
@@ -209,11 +233,57 @@ class _ConvNd(_ConvBase):
                     raise ValueError(f"{layer_name(self)}: {self.padding_mode} padding "
                                      f"{max(lo, hi)} is too large for input of shape "
                                      f"{tuple(x.shape)}")
-            self._pad_map = self._pad_index(spatial, pads)
-            xb = xb.reshape(N, C, -1)[:, :, self._pad_map]
+            pad_map = self._pad_index(spatial, pads)
+            padded_shape = pad_map.shape
             pads = ((0, 0),) * self._rank
-        out = conv_output_size(xb.shape[2:], self.kernel_size, self.stride, pads,
+        else:
+            padded_shape = spatial
+        out = conv_output_size(padded_shape, self.kernel_size, self.stride, pads,
                                self.dilation)
+        geom = (pads, pad_map, out)
+        self._geom = (key, geom)
+        return geom
+
+    def _winograd_applies(self, C, out):
+        """True when this call runs Winograd F(2x2, 3x3) (see the module docstring)."""
+        algo = self.algorithm
+        if algo not in ALGORITHMS:
+            raise ValueError(f"{layer_name(self)}: algorithm must be one of {ALGORITHMS}, "
+                             f"got {algo!r}")
+        if algo == "im2col":
+            return False
+        ok = self._rank == 2 and winograd.supported(self.kernel_size, self.stride,
+                                                    self.dilation, self.groups,
+                                                    self.padding_mode)
+        if algo == "winograd":
+            if not ok:
+                raise ValueError(f"{layer_name(self)}: algorithm='winograd' needs a 3x3 "
+                                 f"Conv2d with stride 1, dilation 1, groups 1 and zero "
+                                 f"padding, got {self.extra_repr()}")
+            return True
+        return (ok and ext.available() and winograd._K is not None
+                and min(C, self.out_channels) >= WINOGRAD_MIN_CHANNELS)
+
+    def forward(self, x):
+        xb, batched = self._batched(x, self.in_channels)
+        N, C = xb.shape[:2]
+        spatial = xb.shape[2:]
+        pads, pad_map, out = self._geometry(xb, x)
+        self._pad_map = pad_map
+        if pad_map is not None:
+            xb = xb.reshape(N, C, -1)[:, :, pad_map]
+        self._in_shape = xb.shape                  # padded shape for non-zeros modes
+        self._spatial = spatial
+        self._pads_used = pads
+        self._out = out
+        self._batched_in = batched
+        bias = self.bias.data if self.bias is not None else None
+        if self._winograd_applies(C, out):
+            y, V, U = winograd.conv2d(xb, self._weight(xb.dtype), bias, pads)
+            self._wino = (V, U)
+            self._fresh = True
+            return y if batched else y[0]
+        self._wino = None
         cols = ext.im2col(xb, self.kernel_size, self.stride, pads, self.dilation, out,
                           out=self._cols)
         G = self.groups
@@ -224,38 +294,53 @@ class _ConvNd(_ConvBase):
         # in y[:, group] (N, C_out/G, L), without a transposed copy of the output
         colsg = cols.reshape(G, cols.shape[0] // G, N, L).transpose(0, 2, 1, 3)
         y = np.empty((N, G, cog, L), dtype=xb.dtype)
-        np.matmul(W[:, None], colsg, out=y.transpose(1, 0, 2, 3))
+        with serial_below(cols.size * cog):
+            np.matmul(W[:, None], colsg, out=y.transpose(1, 0, 2, 3))
         y = y.reshape((N, self.out_channels) + out)
-        if self.bias is not None:
-            y += self.bias.data.astype(y.dtype, copy=False).reshape(
-                (-1,) + (1,) * self._rank)
+        if bias is not None:
+            y += bias.astype(y.dtype, copy=False).reshape((-1,) + (1,) * self._rank)
         self._cols = cols                          # reused by the next forward's im2col
         self._fresh = True                         # backward turns it into dcols
-        self._in_shape = xb.shape                  # padded shape for non-zeros modes
-        self._spatial = spatial
-        self._pads_used = pads
-        self._out = out
-        self._batched_in = batched
         return y if batched else y[0]
 
     def backward(self, grad_out):
-        check_forward_called(self, self._cols if self._fresh else None)
+        check_forward_called(self, (self._cols if self._wino is None else self._wino)
+                             if self._fresh else None)
         N = self._in_shape[0]
         shape = (N, self.out_channels) + self._out
         g = check_grad(self, grad_out, shape if self._batched_in else shape[1:])
         if not self._batched_in:
             g = g[None]
+        wgrad = self.weight.requires_grad
+        if self._wino is not None:
+            V, U = self._wino
+            self._wino = None
+            self._fresh = False
+            g = np.ascontiguousarray(g, dtype=V.dtype)
+            dx, dW = winograd.conv2d_backward(g, V, U, self._in_shape, self._pads_used,
+                                              need_dw=wgrad)
+            self._add_param_grads(dW, g)
+            return dx if self._batched_in else dx[0]
         G = self.groups
         cols = self._cols
-        colsg = cols.reshape(G, cols.shape[0] // G, cols.shape[1])
+        CKg = cols.shape[0] // G
+        colsg = cols.reshape(G, CKg, cols.shape[1])
+        cog = self.out_channels // G
         gm = np.ascontiguousarray(
             g.reshape(N, self.out_channels, -1).transpose(1, 0, 2)).astype(cols.dtype,
                                                                           copy=False)
-        gm = gm.reshape(G, self.out_channels // G, -1)    # (G, C_out/G, N*L)
-        W = self._weight(cols.dtype).reshape(G, self.out_channels // G, -1)
-        self._add_param_grads(np.matmul(gm, colsg.transpose(0, 2, 1)), g)
-        # cols is not needed any more: dcols = W^T g overwrites it (no new big buffer)
-        np.matmul(W.transpose(0, 2, 1), gm, out=colsg)
+        gm = gm.reshape(G, cog, -1)                       # (G, C_out/G, N*L)
+        W = self._weight(cols.dtype).reshape(G, cog, -1)
+        with serial_below(cols.size * cog):
+            if wgrad:
+                # dW^T = cols g^T: (C_in/G*K, N*L) @ (N*L, C_out/G); OpenBLAS runs this
+                # orientation of the long-K product faster than g cols^T
+                dWT = np.matmul(colsg, gm.transpose(0, 2, 1))
+                self._add_param_grads(dWT.transpose(0, 2, 1), g)
+            else:
+                self._add_param_grads(None, g)
+            # cols is not needed any more: dcols = W^T g overwrites it (no new big buffer)
+            np.matmul(W.transpose(0, 2, 1), gm, out=colsg)
         self._fresh = False
         dx = ext.col2im(cols, self._in_shape, self.kernel_size, self.stride,
                         self._pads_used, self.dilation, self._out)

@@ -1,0 +1,134 @@
+"""refdl.set_num_threads / get_num_threads and the threading model (refdl/threads.py).
+
+No timing assertions: these check that the settings reach the BLAS pool (read back
+independently through threadpoolctl) and the kernels' team, and that results do not
+depend on the thread count.
+"""
+import os
+
+import numpy as np
+import pytest
+from threadpoolctl import threadpool_info
+
+import refdl
+from refdl import ext, nn, threads
+from refdl.functional import winograd as wg
+
+
+def blas_threads():
+    return {i["filepath"]: i["num_threads"] for i in threadpool_info()
+            if i["user_api"] == "blas"}
+
+
+@pytest.fixture(autouse=True)
+def restore_threads():
+    before = refdl.get_num_threads()
+    yield
+    refdl.set_num_threads(before)
+
+
+def test_exported_with_pytorch_names():
+    assert refdl.set_num_threads is threads.set_num_threads
+    assert refdl.get_num_threads is threads.get_num_threads
+    assert "set_num_threads" in refdl.__all__ and "get_num_threads" in refdl.__all__
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_set_then_get_and_the_blas_pool_follows(n):
+    refdl.set_num_threads(n)
+    assert refdl.get_num_threads() == n
+    sizes = blas_threads()
+    assert sizes and all(v == n for v in sizes.values())
+
+
+def test_kernels_team_follows():
+    K = ext.compiled_module()
+    if K is None or not hasattr(K, "get_threading"):
+        pytest.skip("compiled kernels not built")
+    refdl.set_num_threads(3)
+    assert K.get_threading() == (3, threads.KERNEL_GRAIN)
+    refdl.set_num_threads(1)
+    assert K.get_threading()[0] == 1
+
+
+@pytest.mark.parametrize("bad,err", [(0, ValueError), (-2, ValueError), (1.5, TypeError),
+                                     ("2", TypeError), (True, TypeError), (None, TypeError)])
+def test_bad_counts_are_refused(bad, err):
+    refdl.set_num_threads(2)
+    with pytest.raises(err, match="set_num_threads"):
+        refdl.set_num_threads(bad)
+    assert refdl.get_num_threads() == 2
+
+
+def test_numpy_integer_is_accepted():
+    refdl.set_num_threads(np.int64(2))
+    assert refdl.get_num_threads() == 2 and isinstance(refdl.get_num_threads(), int)
+
+
+def test_serial_below_runs_small_products_on_one_thread_and_restores():
+    refdl.set_num_threads(2)
+    with threads.serial_below(threads.GEMM_GRAIN - 1):
+        assert set(blas_threads().values()) == {1}
+    assert set(blas_threads().values()) == {2}
+    with threads.serial_below(threads.GEMM_GRAIN):
+        assert set(blas_threads().values()) == {2}
+    refdl.set_num_threads(1)
+    with threads.serial_below(0):
+        assert set(blas_threads().values()) == {1}
+    assert set(blas_threads().values()) == {1}
+
+
+def test_serial_below_restores_after_an_exception():
+    refdl.set_num_threads(2)
+    with pytest.raises(KeyError):
+        with threads.serial_below(1):
+            raise KeyError("x")
+    assert set(blas_threads().values()) == {2}
+
+
+def test_openmp_wait_policy_is_not_left_in_the_environment():
+    # refdl asks its OpenMP runtime for a passive wait only while the kernels load
+    if "OMP_WAIT_POLICY" in os.environ:
+        pytest.skip("the user set OMP_WAIT_POLICY")
+    import refdl._ext  # noqa: F401
+    assert "OMP_WAIT_POLICY" not in os.environ
+
+
+def _run_all(n, use_numpy=False):
+    """Outputs of the threaded pieces at n threads: im2col/col2im and pooling above the
+    parallel grain, a Conv2d on the im2col and on the Winograd path, forward+backward."""
+    refdl.set_num_threads(n)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((8, 16, 24, 24)).astype(np.float32)   # 16*9*8*576 > grain
+    out = []
+    with ext.numpy_path(use_numpy):
+        cols = ext.im2col(x, 3, 1, 1)
+        out += [cols.copy(), ext.col2im(cols, x.shape, 3, 1, 1)]
+        y, idx = ext.max_pool_forward(x, (2, 2), (2, 2), (0, 0), (1, 1), (12, 12))
+        out += [y, idx, ext.max_pool_backward(np.ones_like(y), idx, x.shape)]
+        for algo in ("im2col", "winograd"):
+            refdl.manual_seed(0)
+            m = nn.Conv2d(16, 16, 3, padding=1)
+            m.algorithm = algo
+            y = m(x)
+            dx = m.backward(np.ones_like(y))
+            out += [y, dx, m.weight.grad.copy(), m.bias.grad.copy()]
+    return out
+
+
+@pytest.mark.parametrize("use_numpy", [False, True], ids=["compiled", "numpy"])
+def test_results_do_not_depend_on_the_thread_count(use_numpy):
+    one = _run_all(1, use_numpy)
+    two = _run_all(2, use_numpy)
+    assert len(one) == len(two) == 13
+    for a, b in zip(one, two):
+        # the kernels split the batch: bit-for-bit; BLAS splits rows/columns of the
+        # product, never the sum, so the GEMMs agree exactly as well
+        assert np.array_equal(a, b)
+
+
+def test_winograd_kernels_follow_the_setting():
+    if wg._K is None:
+        pytest.skip("compiled kernels not built")
+    refdl.set_num_threads(2)
+    assert wg._K in threads._kernels()
