@@ -27,8 +27,8 @@ whose summation order OpenBLAS may split differently).
 """
 import os
 
-__all__ = ["set_num_threads", "get_num_threads", "serial_below", "KERNEL_GRAIN",
-           "GEMM_GRAIN"]
+__all__ = ["set_num_threads", "get_num_threads", "serial_below", "auto_num_threads",
+           "KERNEL_GRAIN", "GEMM_GRAIN"]
 
 # Elements a kernel must touch before it wakes its OpenMP team (im2col's column matrix,
 # pooling's input): below it, one thread is faster even on an idle machine.
@@ -82,6 +82,23 @@ def get_num_threads():
         return _num_threads
     sizes = [lib.num_threads for lib in _blas_controllers()]
     return max(sizes) if sizes else (os.cpu_count() or 1)
+
+
+def auto_num_threads():
+    """(n, reason): the cores nobody else is using, at least 1.
+
+    n = cores - round(1-minute load average), clipped to [1, cores]. On an idle laptop that
+    is every core; with other busy processes it leaves their cores to them, because a
+    parallel region whose second thread is not scheduled waits a whole scheduler tick
+    (``refdl train`` with two busy competitors ran 27x slower on 2 threads than on 1).
+    """
+    cores = os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except (OSError, AttributeError):          # not available here: assume idle
+        return cores, f"{cores} cores"
+    n = max(1, min(cores, cores - int(load + 0.5)))
+    return n, f"{cores} cores, load average {load:.2f}"
 
 
 class serial_below:

@@ -132,3 +132,51 @@ def test_winograd_kernels_follow_the_setting():
         pytest.skip("compiled kernels not built")
     refdl.set_num_threads(2)
     assert wg._K in threads._kernels()
+
+
+# -- the command line: refdl train --threads N, refdl bench --threads N / --quick ----------
+
+def _cli(capsys, *argv):
+    from refdl.cli import main
+    rc = main(list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_train_threads_option_sets_the_pools(tmp_path, capsys):
+    refdl.set_num_threads(2)
+    rc, out, err = _cli(capsys, "train", "--model", "mlp", "--epochs", "1", "--no-plots",
+                        "--threads", "1", "--out", str(tmp_path / "r"))
+    assert rc == 0, err
+    assert refdl.get_num_threads() == 1
+    assert set(blas_threads().values()) == {1}
+    assert "seed 0, 1 thread\n" in out
+
+
+@pytest.mark.parametrize("cmd", ["train", "bench"])
+def test_bad_threads_option_is_a_clean_error(capsys, cmd, tmp_path):
+    rc, out, err = _cli(capsys, cmd, "--threads", "0")
+    assert rc == 2 and "--threads must be a positive integer, got 0" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("load,expected", [(0.05, 2), (0.6, 1), (1.2, 1), (5.0, 1)])
+def test_auto_threads_leave_busy_cores_alone(monkeypatch, load, expected):
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
+    n, why = threads.auto_num_threads()
+    assert n == expected and "2 cores" in why and f"{load:.2f}" in why
+
+
+def test_bench_passes_threads_and_quick_to_scripts_that_take_them(tmp_path):
+    from argparse import Namespace
+
+    from refdl.cli import _bench_flags
+    takes = tmp_path / "bench_a.py"
+    takes.write_text('p.add_argument("--threads")\np.add_argument("--quick")\n')
+    plain = tmp_path / "bench_b.py"
+    plain.write_text("print(1)\n")
+    args = Namespace(threads=2, quick=True)
+    assert _bench_flags(takes, args) == ["--threads", "2", "--quick"]
+    assert _bench_flags(plain, args) == []
+    assert _bench_flags(takes, Namespace(threads=None, quick=False)) == []
