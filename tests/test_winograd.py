@@ -239,3 +239,27 @@ def test_backward_twice_after_one_forward_is_refused():
     m.backward(np.ones_like(y))
     with pytest.raises(RuntimeError, match="backward called before forward"):
         m.backward(np.ones_like(y))
+
+
+@pytest.mark.parametrize("use_numpy", PATHS)
+def test_chunked_products_with_an_uneven_last_chunk(use_numpy, monkeypatch):
+    # 5 images, chunks of 2: (0, 2), (2, 4), (4, 5); the M buffer is reused between calls
+    _skip_if_absent(use_numpy)
+    rng = np.random.default_rng(11)
+    N, C, O, H, W = 5, 3, 4, 6, 7
+    pads = ((1, 1), (1, 1))
+    T = 3 * 4                                       # tiles per image: ceil(6/2)*ceil(7/2)
+    monkeypatch.setattr(wg, "CHUNK_BYTES", 2 * 16 * O * T * 8)
+    assert wg._chunks(N, T, O, 8) == [(0, 2), (2, 4), (4, 5)]
+    x, w = rng.standard_normal((N, C, H, W)), rng.standard_normal((O, C, 3, 3))
+    b = rng.standard_normal(O)
+    bufs = {}
+    with ext.numpy_path(use_numpy):
+        for _ in range(2):
+            y, V, U = wg.conv2d(x, w, b, pads, buffers=bufs)
+            g = rng.standard_normal(y.shape)
+            dx, dW = wg.conv2d_backward(g, V, U, x.shape, pads, buffers=bufs)
+            yr, dxr, dWr = _im2col_conv_and_grads(x, w, g, pads)
+            assert np.allclose(y, yr + b.reshape(1, -1, 1, 1), rtol=1e-11, atol=1e-11)
+            assert np.allclose(dx, dxr, rtol=1e-11, atol=1e-11)
+            assert np.allclose(dW, dWr, rtol=1e-11, atol=1e-11)

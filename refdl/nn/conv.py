@@ -103,6 +103,7 @@ class _ConvBase(Module):
         self._fresh = False    # True between a forward and its backward
         self._xg = None
         self._wino = None      # Winograd's (V, U) of the last forward
+        self._wbufs = None     # Winograd's V and M buffers, reused while shapes repeat
         self._geom = None      # (input shape, dtype) -> geometry of the last forward
         self.algorithm = DEFAULT_ALGORITHM
 
@@ -279,7 +280,10 @@ class _ConvNd(_ConvBase):
         self._batched_in = batched
         bias = self.bias.data if self.bias is not None else None
         if self._winograd_applies(C, out):
-            y, V, U = winograd.conv2d(xb, self._weight(xb.dtype), bias, pads)
+            if self._wbufs is None:
+                self._wbufs = {}                   # V and M, reused across calls
+            y, V, U = winograd.conv2d(xb, self._weight(xb.dtype), bias, pads,
+                                      buffers=self._wbufs)
             self._wino = (V, U)
             self._fresh = True
             return y if batched else y[0]
@@ -318,7 +322,7 @@ class _ConvNd(_ConvBase):
             self._fresh = False
             g = np.ascontiguousarray(g, dtype=V.dtype)
             dx, dW = winograd.conv2d_backward(g, V, U, self._in_shape, self._pads_used,
-                                              need_dw=wgrad)
+                                              need_dw=wgrad, buffers=self._wbufs)
             self._add_param_grads(dW, g)
             return dx if self._batched_in else dx[0]
         G = self.groups
