@@ -208,8 +208,10 @@ def output_transform_adjoint(g, out=None):
 # M is written by the GEMMs and read by the output transform while it is still in cache
 # (whole, the big benchmark case's M is 67 MB: a round trip through memory per call).
 # Measured on (64,32,32,32)->64 at 1 thread (CPU time, fwd+bwd): 84 ms unchunked,
-# 62-75 ms for chunks of 0.5-8 MiB (within the noise of a loaded machine).
-CHUNK_BYTES = 2 << 20
+# 62-75 ms for chunks of 0.5-8 MiB (within the noise of a loaded machine). The largest of
+# these keeps the number of parallel regions (16 BLAS calls and one transform per chunk)
+# small: each is a point where a thread that is not scheduled stalls the rest.
+CHUNK_BYTES = 8 << 20
 
 
 def _chunks(N, T, O, itemsize):
