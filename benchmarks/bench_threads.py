@@ -42,6 +42,7 @@ def parse_args(argv=None):
     p.add_argument("--no-torch", action="store_true", help="do not import PyTorch")
     p.add_argument("--refdl", help="source tree to import refdl from (default: this one)")
     p.add_argument("--only", help="run only the cases whose name contains this text")
+    p.add_argument("--json", help="also write the figures (ms) and flags to this file")
     return p.parse_args(argv)
 
 
@@ -287,6 +288,12 @@ def run(argv=None):
     print(f"{nq} of {len(q)} timings flagged q (the figure, or most calls, at a multiple "
           f"of the {TICK * 1e3:.0f} ms scheduler tick)" + ("; LOAD flagged" if loaded else ""))
     print(f"total {time.perf_counter() - t_start:.0f} s")
+    if args.json:
+        import json
+        with open(args.json, "w") as f:
+            json.dump({"load": [load0[0], load1[0]], "sgemm_gflops": sq,
+                       "figures": [[n, t, who, best[(n, t, who)], q[(n, t, who)]]
+                                   for (n, t, who) in best]}, f)
     return out
 
 
