@@ -216,20 +216,20 @@ def test_forcing_winograd_where_it_does_not_apply_is_a_clear_error():
 
 def test_auto_selects_winograd_only_where_it_measured_faster():
     from refdl.nn import conv as conv_mod
-    big = nn.Conv2d(16, 16, 3, padding=1)
-    small = nn.Conv2d(3, 16, 3, padding=1)
-    strided = nn.Conv2d(16, 16, 3, padding=1, stride=2)
+    big = nn.Conv2d(16, 16, 3, padding=1).eval()
+    small = nn.Conv2d(3, 16, 3, padding=1).eval()
+    strided = nn.Conv2d(16, 16, 3, padding=1, stride=2).eval()
     x16 = np.zeros((1, 16, 8, 8), np.float32)
     big(x16)
     small(np.zeros((1, 3, 8, 8), np.float32))
     strided(x16)
     compiled = ext.available() and wg._K is not None
-    assert (big._wino is not None) == compiled
-    assert small._wino is None and strided._wino is None
+    assert big.last_algorithm == ("winograd" if compiled else "im2col")
+    assert small.last_algorithm == strided.last_algorithm == "im2col"
     assert conv_mod.WINOGRAD_MIN_CHANNELS == 16
     with ext.numpy_path():
         big(x16)
-        assert big._wino is None          # the NumPy path keeps im2col unless forced
+        assert big.last_algorithm == "im2col"   # the NumPy path keeps im2col unless forced
 
 
 def test_backward_twice_after_one_forward_is_refused():
@@ -237,7 +237,7 @@ def test_backward_twice_after_one_forward_is_refused():
     m.algorithm = "winograd"
     y = m(np.ones((1, 2, 4, 4)))
     m.backward(np.ones_like(y))
-    with pytest.raises(RuntimeError, match="backward called before forward"):
+    with pytest.raises(nn.CacheError, match="Conv2d.*backward called before forward"):
         m.backward(np.ones_like(y))
 
 
@@ -263,3 +263,47 @@ def test_chunked_products_with_an_uneven_last_chunk(use_numpy, monkeypatch):
             assert np.allclose(y, yr + b.reshape(1, -1, 1, 1), rtol=1e-11, atol=1e-11)
             assert np.allclose(dx, dxr, rtol=1e-11, atol=1e-11)
             assert np.allclose(dW, dWr, rtol=1e-11, atol=1e-11)
+
+
+@pytest.mark.parametrize("algo", ["winograd", "im2col"])
+def test_one_layer_called_twice_gets_both_gradients(algo):
+    # per-call caches: two pending forwards, backwards in reverse order; the reference is
+    # two separate copies of the layer, each called once
+    import copy
+    refdl.manual_seed(0)
+    m = nn.Conv2d(16, 16, 3, padding=1).to(np.float64)
+    m.algorithm = algo
+    rng = np.random.default_rng(12)
+    x1, x2 = rng.standard_normal((2, 16, 6, 6)), rng.standard_normal((3, 16, 6, 6))
+    g1, g2 = rng.standard_normal((2, 16, 6, 6)), rng.standard_normal((3, 16, 6, 6))
+    a, b = copy.deepcopy(m), copy.deepcopy(m)
+    m(x1)
+    m(x2)
+    assert m.num_saved == 2
+    dx2 = m.backward(g2)
+    dx1 = m.backward(g1)
+    a(x1)
+    b(x2)
+    assert np.allclose(dx1, a.backward(g1), atol=1e-12)
+    assert np.allclose(dx2, b.backward(g2), atol=1e-12)
+    assert np.allclose(m.weight.grad, a.weight.grad + b.weight.grad, atol=1e-11)
+    assert np.allclose(m.bias.grad, a.bias.grad + b.bias.grad, atol=1e-11)
+
+
+@pytest.mark.parametrize("algo", ["winograd", "im2col"])
+def test_inference_records_nothing_and_a_bad_grad_keeps_the_cache(algo):
+    m = nn.Conv2d(16, 16, 3, padding=1)
+    m.algorithm = algo
+    x = np.ones((1, 16, 5, 5), np.float32)
+    with refdl.no_grad():
+        for _ in range(3):
+            m(x)
+    m.eval()
+    m(x)
+    assert m.num_saved == 0
+    m.train()
+    y = m(x)
+    with pytest.raises(ValueError, match=r"Conv2d.*expected grad_out of shape"):
+        m.backward(np.ones((1, 16, 4, 4), np.float32))
+    assert m.num_saved == 1
+    assert m.backward(np.ones_like(y)).shape == x.shape

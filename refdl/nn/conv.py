@@ -30,6 +30,7 @@ least WINOGRAD_MIN_CHANNELS input and output channels), "winograd" forces it (an
 where it does not apply), "im2col" forces the GEMM path.
 """
 import math
+from typing import NamedTuple, Optional
 
 import numpy as np
 
@@ -38,7 +39,7 @@ from ..functional import winograd
 from ..functional.conv import (conv_output_size, conv_transpose_output_size,
                                normalize_tuple, same_padding)
 from ..threads import serial_below
-from ._validate import check_float, check_forward_called, check_grad, layer_name
+from ._validate import check_float, check_grad, layer_name
 from .module import Module, Parameter
 
 __all__ = ["Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d",
@@ -56,6 +57,36 @@ _AXES = {1: "(N, C, L)", 2: "(N, C, H, W)", 3: "(N, C, D, H, W)"}
 
 def _fmt(t):
     return "x".join(str(v) for v in t)
+
+
+class ConvCache(NamedTuple):
+    """One call of Conv1d/2d/3d on the im2col path (symbols of docs/derivations/conv.md)."""
+    cols: np.ndarray            # im2col(x_pad) (C_in*prod(K), N*prod(O)); backward turns it
+    #                             into dL/dcols in place
+    x_shape: tuple              # shape of the (index-map padded) input col2im returns
+    pads: tuple                 # zero padding as (before, after) pairs
+    out: tuple                  # output spatial size O
+    batched: bool               # False for an unbatched (C, *S) input
+    pad_map: Optional[np.ndarray] = None   # index map of a non-zero padding mode
+    spatial: tuple = ()         # the input's own spatial size (before the index map)
+
+
+class WinogradCache(NamedTuple):
+    """One call of Conv2d on the Winograd path (symbols of docs/derivations/winograd.md)."""
+    V: np.ndarray               # B^T d B of every input tile (16, C_in, P); becomes dL/dV
+    U: np.ndarray               # G W G^T (16, C_out, C_in)
+    x_shape: tuple
+    pads: tuple
+    out: tuple
+    batched: bool
+
+
+class ConvTransposeCache(NamedTuple):
+    """One call of ConvTranspose1d/2d/3d: its input x as (G, C_in/G, N*L_in) matrices."""
+    x: np.ndarray
+    x_shape: tuple
+    out: tuple
+    batched: bool
 
 
 class _ConvBase(Module):
@@ -99,13 +130,14 @@ class _ConvBase(Module):
         else:
             self.register_parameter("bias", None)
         self.reset_parameters(generator)
-        self._cols = None      # the column matrix of the last forward (reused buffer)
-        self._fresh = False    # True between a forward and its backward
-        self._xg = None
-        self._wino = None      # Winograd's (V, U) of the last forward
-        self._wbufs = None     # Winograd's V and M buffers, reused while shapes repeat
-        self._geom = None      # (input shape, dtype) -> geometry of the last forward
+        # scratch buffers that no pending cache holds, reused while the shapes repeat (a
+        # fresh 10-70 MB array costs thousands of page faults): the column matrix, and
+        # Winograd's V and M. A cache takes its buffer along; backward hands it back.
+        self._cols = None
+        self._spare = {}
+        self._geom = None      # (input shape, settings) -> geometry of the last forward
         self.algorithm = DEFAULT_ALGORITHM
+        self.last_algorithm = None   # "im2col" or "winograd": what the last forward ran
 
     def reset_parameters(self, generator=None):
         """PyTorch's default: kaiming_uniform_(W, a=sqrt(5)), b ~ U(+-1/sqrt(fan_in)).
@@ -148,6 +180,11 @@ class _ConvBase(Module):
         if self.bias is not None and self.bias.requires_grad:
             # sum the contiguous spatial axis first (one streaming pass), then the batch
             self.bias.grad += g.reshape(g.shape[0], g.shape[1], -1).sum(axis=2).sum(axis=0)
+
+    def _pending(self):
+        """The newest pending cache, left in place: a grad_out of the wrong shape is refused
+        without losing the call's cache (pop_saved raises CacheError when none is pending)."""
+        return self._saved[-1] if self._saved else self.pop_saved()
 
 
 class _ConvNd(_ConvBase):
@@ -270,26 +307,25 @@ class _ConvNd(_ConvBase):
         N, C = xb.shape[:2]
         spatial = xb.shape[2:]
         pads, pad_map, out = self._geometry(xb, x)
-        self._pad_map = pad_map
         if pad_map is not None:
             xb = xb.reshape(N, C, -1)[:, :, pad_map]
-        self._in_shape = xb.shape                  # padded shape for non-zeros modes
-        self._spatial = spatial
-        self._pads_used = pads
-        self._out = out
-        self._batched_in = batched
         bias = self.bias.data if self.bias is not None else None
+        recording = self.recording
         if self._winograd_applies(C, out):
-            if self._wbufs is None:
-                self._wbufs = {}                   # V and M, reused across calls
-            y, V, U = winograd.conv2d(xb, self._weight(xb.dtype), bias, pads,
-                                      buffers=self._wbufs)
-            self._wino = (V, U)
-            self._fresh = True
+            self.last_algorithm = "winograd"
+            bufs = {"V": self._spare.pop("V", None), "M": self._spare.get("M")}
+            y, V, U = winograd.conv2d(xb, self._weight(xb.dtype), bias, pads, buffers=bufs)
+            self._spare["M"] = bufs["M"]           # M is scratch; V goes with the cache
+            if recording:
+                self.save_for_backward(WinogradCache(V=V, U=U, x_shape=xb.shape, pads=pads,
+                                                     out=out, batched=batched))
+            else:
+                self._spare["V"] = V
             return y if batched else y[0]
-        self._wino = None
+        self.last_algorithm = "im2col"
         cols = ext.im2col(xb, self.kernel_size, self.stride, pads, self.dilation, out,
                           out=self._cols)
+        self._cols = None                          # the cache holds it until backward
         G = self.groups
         cog = self.out_channels // G
         W = self._weight(xb.dtype).reshape(G, cog, -1)
@@ -303,30 +339,34 @@ class _ConvNd(_ConvBase):
         y = y.reshape((N, self.out_channels) + out)
         if bias is not None:
             y += bias.astype(y.dtype, copy=False).reshape((-1,) + (1,) * self._rank)
-        self._cols = cols                          # reused by the next forward's im2col
-        self._fresh = True                         # backward turns it into dcols
+        if recording:
+            self.save_for_backward(ConvCache(cols=cols, x_shape=xb.shape, pads=pads,
+                                             out=out, batched=batched, pad_map=pad_map,
+                                             spatial=spatial))
+        else:
+            self._cols = cols                      # nothing pending uses it: reuse it
         return y if batched else y[0]
 
     def backward(self, grad_out):
-        check_forward_called(self, (self._cols if self._wino is None else self._wino)
-                             if self._fresh else None)
-        N = self._in_shape[0]
-        shape = (N, self.out_channels) + self._out
-        g = check_grad(self, grad_out, shape if self._batched_in else shape[1:])
-        if not self._batched_in:
+        c = self._pending()
+        N = c.x_shape[0]
+        shape = (N, self.out_channels) + c.out
+        g = check_grad(self, grad_out, shape if c.batched else shape[1:])
+        self.pop_saved()
+        if not c.batched:
             g = g[None]
         wgrad = self.weight.requires_grad
-        if self._wino is not None:
-            V, U = self._wino
-            self._wino = None
-            self._fresh = False
-            g = np.ascontiguousarray(g, dtype=V.dtype)
-            dx, dW = winograd.conv2d_backward(g, V, U, self._in_shape, self._pads_used,
-                                              need_dw=wgrad, buffers=self._wbufs)
+        if isinstance(c, WinogradCache):
+            g = np.ascontiguousarray(g, dtype=c.V.dtype)
+            bufs = {"M": self._spare.get("M")}
+            dx, dW = winograd.conv2d_backward(g, c.V, c.U, c.x_shape, c.pads,
+                                              need_dw=wgrad, buffers=bufs)
+            self._spare["M"] = bufs["M"]
+            self._spare["V"] = c.V                 # dead now (it held dL/dV)
             self._add_param_grads(dW, g)
-            return dx if self._batched_in else dx[0]
+            return dx if c.batched else dx[0]
         G = self.groups
-        cols = self._cols
+        cols = c.cols
         CKg = cols.shape[0] // G
         colsg = cols.reshape(G, CKg, cols.shape[1])
         cog = self.out_channels // G
@@ -345,15 +385,15 @@ class _ConvNd(_ConvBase):
                 self._add_param_grads(None, g)
             # cols is not needed any more: dcols = W^T g overwrites it (no new big buffer)
             np.matmul(W.transpose(0, 2, 1), gm, out=colsg)
-        self._fresh = False
-        dx = ext.col2im(cols, self._in_shape, self.kernel_size, self.stride,
-                        self._pads_used, self.dilation, self._out)
-        if self._pad_map is not None:              # adjoint of the index-map padding
-            flat = np.zeros((N * self.in_channels, math.prod(self._spatial)), dtype=dx.dtype)
-            np.add.at(flat, (slice(None), self._pad_map.ravel()),
+        dx = ext.col2im(cols, c.x_shape, self.kernel_size, self.stride, c.pads,
+                        self.dilation, c.out)
+        self._cols = cols                          # free for the next forward's im2col
+        if c.pad_map is not None:                  # adjoint of the index-map padding
+            flat = np.zeros((N * self.in_channels, math.prod(c.spatial)), dtype=dx.dtype)
+            np.add.at(flat, (slice(None), c.pad_map.ravel()),
                       dx.reshape(N * self.in_channels, -1))
-            dx = flat.reshape((N, self.in_channels) + tuple(self._spatial))
-        return dx if self._batched_in else dx[0]
+            dx = flat.reshape((N, self.in_channels) + tuple(c.spatial))
+        return dx if c.batched else dx[0]
 
 
 class Conv1d(_ConvNd):
@@ -473,32 +513,31 @@ class _ConvTransposeNd(_ConvBase):
         if self.bias is not None:
             y += self.bias.data.astype(y.dtype, copy=False).reshape(
                 (-1,) + (1,) * self._rank)
-        self._xg = xg
-        self._in_shape = xb.shape
-        self._out = out
-        self._batched_in = batched
+        self.save_for_backward(ConvTransposeCache(x=xg, x_shape=xb.shape, out=out,
+                                                  batched=batched))
         return y if batched else y[0]
 
     def backward(self, grad_out):
-        check_forward_called(self, self._xg)
-        N = self._in_shape[0]
-        shape = (N, self.out_channels) + self._out
-        g = check_grad(self, grad_out, shape if self._batched_in else shape[1:])
-        if not self._batched_in:
+        c = self._pending()
+        N = c.x_shape[0]
+        shape = (N, self.out_channels) + c.out
+        g = check_grad(self, grad_out, shape if c.batched else shape[1:])
+        self.pop_saved()
+        if not c.batched:
             g = g[None]
-        g = np.ascontiguousarray(g, dtype=self._xg.dtype)
+        g = np.ascontiguousarray(g, dtype=c.x.dtype)
         G = self.groups
         cin_g = self.in_channels // G
-        spatial = self._in_shape[2:]
+        spatial = c.x_shape[2:]
         pads = tuple((p, p) for p in self.padding)
         self._cols = ext.im2col(g, self.kernel_size, self.stride, pads, self.dilation,
                                 spatial, out=self._cols)
         gcols = self._cols.reshape(G, -1, self._cols.shape[1])   # (G, C_out/G*K, N*L_in)
         W = self._weight(g.dtype).reshape(G, cin_g, -1)
-        self._add_param_grads(np.matmul(self._xg, gcols.transpose(0, 2, 1)), g)
+        self._add_param_grads(np.matmul(c.x, gcols.transpose(0, 2, 1)), g)
         dx = np.matmul(W, gcols).reshape(self.in_channels, N, -1).transpose(1, 0, 2)
-        dx = np.ascontiguousarray(dx).reshape(self._in_shape)
-        return dx if self._batched_in else dx[0]
+        dx = np.ascontiguousarray(dx).reshape(c.x_shape)
+        return dx if c.batched else dx[0]
 
 
 class ConvTranspose1d(_ConvTransposeNd):
