@@ -31,6 +31,8 @@ import refdl  # noqa: E402
 from refdl import ext, nn  # noqa: E402
 from refdl.functional import log_softmax  # noqa: E402
 
+no_grad = getattr(refdl, "no_grad", None) or __import__("contextlib").nullcontext
+
 torch = None
 if not args.no_torch:
     try:
@@ -76,11 +78,13 @@ def refdl_conv_case(spec, shape):
     refdl.manual_seed(0)
     m = cls(cin, cout, k, **kw)
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    y = m(x)
+    with no_grad():
+        y = m(x)
     g = np.ones_like(y)
 
     def fwd():
-        m(x)
+        with no_grad():                       # like torch.no_grad(): records no cache
+            m(x)
 
     def fwdbwd():
         m(x)
@@ -211,11 +215,13 @@ def main():
 
     x = rng.standard_normal((64, 32, 32, 32)).astype(np.float32)
     pool = nn.MaxPool2d(2)
-    yp = pool(x)
+    with no_grad():
+        yp = pool(x)
     gp = np.ones_like(yp)
 
     def pool_fwd():
-        pool(x)
+        with no_grad():
+            pool(x)
 
     def pool_fb():
         pool(x)

@@ -81,6 +81,9 @@ def run(argv=None):
     from refdl import ext, nn
     from refdl.functional import log_softmax
 
+    import contextlib
+    # inference records no cache (refdl.no_grad, per-call caches); older trees had neither
+    no_grad = getattr(refdl, "no_grad", contextlib.nullcontext)
     torch = None
     if not args.no_torch:
         try:
@@ -128,12 +131,14 @@ def run(argv=None):
         refdl.manual_seed(0)
         m = cls(cin, cout, k, **kw)
         x = rng.standard_normal(shape).astype(np.float32)
-        y = m(x)
+        with no_grad():
+            y = m(x)
         g = rng.standard_normal(y.shape).astype(np.float32)
         flops = 2.0 * y.size * cin * k ** (len(shape) - 2)
 
         def fwd(m=m, x=x):
-            m(x)
+            with no_grad():                    # like torch.no_grad(): records nothing
+                m(x)
 
         def fwdbwd(m=m, x=x, g=g):
             m(x)
@@ -162,7 +167,8 @@ def run(argv=None):
 
     x = rng.standard_normal((64, 32, 32, 32)).astype(np.float32)
     pool = nn.MaxPool2d(2)
-    gp = np.ones_like(pool(x))
+    with no_grad():
+        gp = np.ones_like(pool(x))
 
     def pool_fb():
         pool(x)
