@@ -27,7 +27,8 @@ whose summation order OpenBLAS may split differently).
 """
 import os
 
-__all__ = ["set_num_threads", "get_num_threads", "serial_below", "auto_num_threads",
+__all__ = ["set_num_threads", "get_num_threads", "serial_below", "parallel_for",
+           "auto_num_threads",
            "KERNEL_GRAIN", "GEMM_GRAIN"]
 
 # Elements a kernel must touch before it wakes its OpenMP team (im2col's column matrix,
@@ -99,6 +100,41 @@ def auto_num_threads():
         return cores, f"{cores} cores"
     n = max(1, min(cores, cores - int(load + 0.5)))
     return n, f"{cores} cores, load average {load:.2f}"
+
+
+_executor = None             # worker threads of parallel_for, created on first use
+
+
+def parallel_for(fn, items):
+    """``[fn(i) for i in items]``, spread over :func:`get_num_threads` threads while the
+    BLAS pool and the kernels' teams are held at one thread each.
+
+    For work made of independent chunks (Winograd's chunks of images): each thread runs
+    whole chunks, its data stays in its core's cache, and the threads meet once at the end
+    instead of at every BLAS call of every chunk (on a busy machine each such meeting can
+    cost a scheduler tick). NumPy's matmul and refdl's kernels release the GIL, so the
+    threads run in parallel; fn must write disjoint outputs."""
+    items = list(items)
+    n = min(get_num_threads(), len(items))
+    if n <= 1:
+        return [fn(i) for i in items]
+    global _executor
+    from concurrent.futures import ThreadPoolExecutor
+    if _executor is None or _executor._max_workers < n:
+        _executor = ThreadPoolExecutor(max_workers=n, thread_name_prefix="refdl")
+    total = get_num_threads()
+    kernels = _kernels()
+    for lib in _blas_controllers():
+        lib.set_num_threads(1)
+    for K in kernels:
+        K.set_threading(1, KERNEL_GRAIN)
+    try:
+        return list(_executor.map(fn, items))
+    finally:
+        for lib in _blas_controllers():
+            lib.set_num_threads(total)
+        for K in kernels:
+            K.set_threading(total, KERNEL_GRAIN)
 
 
 class serial_below:

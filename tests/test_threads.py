@@ -180,3 +180,44 @@ def test_bench_passes_threads_and_quick_to_scripts_that_take_them(tmp_path):
     assert _bench_flags(takes, args) == ["--threads", "2", "--quick"]
     assert _bench_flags(plain, args) == []
     assert _bench_flags(takes, Namespace(threads=None, quick=False)) == []
+
+
+def test_winograd_chunks_on_worker_threads_give_identical_results(monkeypatch):
+    # chunks of one image on 1 and on 3 worker threads (parallel_for): the same numbers,
+    # bit for bit (each chunk is computed alike; dW sums the chunks in order)
+    monkeypatch.setattr(wg, "CHUNK_BYTES", 1)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((5, 4, 7, 6)).astype(np.float32)
+    w = rng.standard_normal((3, 4, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(3).astype(np.float32)
+    g = rng.standard_normal((5, 3, 7, 6)).astype(np.float32)
+    pads = ((1, 1), (1, 1))
+    res = []
+    for n in (1, 3, 1):
+        refdl.set_num_threads(n)
+        bufs = {}
+        y, V, U = wg.conv2d(x, w, b, pads, buffers=bufs)
+        assert len(bufs["M"]) >= min(n, 5)
+        dx, dW = wg.conv2d_backward(g, V, U, x.shape, pads, buffers=bufs)
+        res.append((y, dx, dW))
+        assert refdl.get_num_threads() == n and set(blas_threads().values()) == {n}
+    for a, c in zip(res[0], res[1]):
+        assert np.array_equal(a, c)
+    ref = wg.conv2d(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64),
+                    pads)[0]
+    assert np.allclose(res[1][0], ref, rtol=1e-4, atol=1e-4)
+
+
+def test_parallel_for_restores_the_pools_and_keeps_order():
+    refdl.set_num_threads(2)
+    seen = []
+
+    def f(i):
+        seen.append(set(blas_threads().values()))
+        return i * i
+    assert threads.parallel_for(f, range(6)) == [0, 1, 4, 9, 16, 25]
+    assert all(s == {1} for s in seen)               # BLAS held at one thread inside
+    assert set(blas_threads().values()) == {2}
+    K = ext.compiled_module()
+    if K is not None:
+        assert K.get_threading()[0] == 2

@@ -36,6 +36,8 @@ import math
 
 import numpy as np
 
+from .. import threads
+
 __all__ = ["BT", "G", "AT", "conv2d", "conv2d_backward", "weight_transform",
            "input_transform", "output_transform", "output_transform_adjoint",
            "input_transform_adjoint", "tiles", "supported"]
@@ -225,12 +227,43 @@ def _block(buf, O, k):
     return buf[:, :O * k].reshape(16, O, k)
 
 
+def _m_buffers(bufs, n, O, k, dtype):
+    """n chunk buffers (16, O*k) for M (one per thread), kept in bufs["M"] across calls."""
+    have = bufs.get("M")
+    if not isinstance(have, list):
+        have = []
+    out = [planes(1, O * k, dtype, reuse=have[i] if i < len(have) else None)
+           for i in range(n)]
+    bufs["M"] = out + have[n:]
+    return [b[:, 0, :] for b in out]
+
+
+def _run_chunks(fn, chunks, Mbufs):
+    """fn(chunk, M buffer) over the chunks: in order on one thread, else each worker thread
+    of refdl.threads.parallel_for with its own M buffer (threads.py says why)."""
+    if len(Mbufs) == 1:
+        return [fn(c, Mbufs[0]) for c in chunks]
+    import threading
+    free = list(Mbufs)
+    lock = threading.Lock()
+
+    def run(c):
+        with lock:
+            buf = free.pop()
+        try:
+            return fn(c, buf)
+        finally:
+            with lock:
+                free.append(buf)
+    return threads.parallel_for(run, chunks)
+
+
 def conv2d(x, w, bias=None, pads=((0, 0), (0, 0)), buffers=None):
     """(y, V, U): y = the 3x3 stride-1 cross-correlation of x (N, C, H, W) with w
     (C_out, C, 3, 3) plus bias, zero-padded by ``pads`` ((top, bottom), (left, right));
     V and U are what :func:`conv2d_backward` needs.
 
-    ``buffers``: a dict the caller keeps across calls; V and the M block are written into
+    ``buffers``: a dict the caller keeps across calls; V and the M blocks are written into
     the arrays it holds when their shapes fit (and stored there otherwise)."""
     N, C, H, W = x.shape
     O = w.shape[0]
@@ -246,14 +279,16 @@ def conv2d(x, w, bias=None, pads=((0, 0), (0, 0)), buffers=None):
     V = bufs["V"] = input_transform(x, pads, TH, TW, out=bufs.get("V"))
     chunks = _chunks(N, T, O, x.dtype.itemsize)
     k = (chunks[0][1] - chunks[0][0]) * T
-    bufs["M"] = planes(1, O * k, x.dtype, reuse=bufs.get("M"))
-    Mbuf = bufs["M"][:, 0, :]                                   # (16, O*k), padded planes
+    Mbufs = _m_buffers(bufs, min(threads.get_num_threads(), len(chunks)), O, k, x.dtype)
     y = np.empty((N, O, OH, OW), dtype=x.dtype)
     b = None if bias is None else bias.astype(x.dtype, copy=False)
-    for n0, n1 in chunks:
+
+    def chunk(c, Mbuf):
+        n0, n1 = c
         M = _block(Mbuf, O, (n1 - n0) * T)
         np.matmul(U, V[:, :, n0 * T:n1 * T], out=M)             # 16 x (O, C) @ (C, P)
         output_transform(M, (n1 - n0, O, OH, OW), b, out=y[n0:n1])
+    _run_chunks(chunk, chunks, Mbufs)
     return y, V, U
 
 
@@ -261,7 +296,7 @@ def conv2d_backward(g, V, U, x_shape, pads, need_dx=True, need_dw=True, buffers=
     """(dx, dW): the adjoints of :func:`conv2d`'s stages applied to g = dL/dy.
 
     V is overwritten (it becomes dV), so call this once per forward. ``buffers``: as in
-    :func:`conv2d` (each chunk's dM is written into its M block)."""
+    :func:`conv2d` (each chunk's dM is written into an M block)."""
     N, O, OH, OW = g.shape
     C = x_shape[1]
     TH, TW = tiles((OH, OW))
@@ -269,19 +304,24 @@ def conv2d_backward(g, V, U, x_shape, pads, need_dx=True, need_dw=True, buffers=
     bufs = {} if buffers is None else buffers
     chunks = _chunks(N, T, O, g.dtype.itemsize)
     k = (chunks[0][1] - chunks[0][0]) * T
-    bufs["M"] = planes(1, O * k, g.dtype, reuse=bufs.get("M"))
-    Mbuf = bufs["M"][:, 0, :]
-    dU = np.zeros((16, O, C), dtype=g.dtype) if need_dw else None
-    tmp = np.empty_like(dU) if need_dw else None
-    for n0, n1 in chunks:
+    Mbufs = _m_buffers(bufs, min(threads.get_num_threads(), len(chunks)), O, k, g.dtype)
+
+    def chunk(c, Mbuf):
+        n0, n1 = c
         p = slice(n0 * T, n1 * T)
         dM = _block(Mbuf, O, (n1 - n0) * T)
         output_transform_adjoint(g[n0:n1], out=dM)              # (16, O, P_chunk)
-        if need_dw:
-            dU += np.matmul(dM, V[:, :, p].transpose(0, 2, 1), out=tmp)   # (16, O, C)
+        dU = np.matmul(dM, V[:, :, p].transpose(0, 2, 1)) if need_dw else None
         if need_dx:
             np.matmul(U.transpose(0, 2, 1), dM, out=V[:, :, p])  # dV, in V's buffer
-    dW = weight_transform_adjoint(dU, (O, C)) if need_dw else None
+        return dU
+    parts = _run_chunks(chunk, chunks, Mbufs)
+    dW = None
+    if need_dw:
+        dU = parts[0]
+        for part in parts[1:]:                                  # in chunk order: the same
+            dU += part                                          # sum at any thread count
+        dW = weight_transform_adjoint(dU, (O, C))
     dx = input_transform_adjoint(V, x_shape, pads, TH, TW) if need_dx else None
     return dx, dW
 
