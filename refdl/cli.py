@@ -248,11 +248,27 @@ def _first_feature_maps(model, x):
     return found[0] if found else None
 
 
+def _apply_threads(args):
+    """--threads N (or, without it, the cores nobody else is using): refdl.set_num_threads.
+    Returns a short description for the header."""
+    from .threads import auto_num_threads, set_num_threads
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UserError(f"--threads must be a positive integer, got {args.threads}")
+        set_num_threads(args.threads)
+        return f"{args.threads} thread{'s' * (args.threads > 1)}"
+    n, why = auto_num_threads()
+    set_num_threads(n)
+    return f"{n} thread{'s' * (n > 1)} ({why}; --threads to choose)"
+
+
 def cmd_train(args):
     from . import data, models, nn, plot
     from .checkpoint import read_checkpoint
     from .train import NonFiniteLossError, evaluate, fit
     import refdl
+
+    threads_note = _apply_threads(args)
 
     if args.model is None:
         args.model = "mlp" if args.dataset in POINT_DATASETS else DEFAULT_MODEL
@@ -318,7 +334,7 @@ def cmd_train(args):
         f"({len(ytr)} train / {n_val} validation / {len(yte)} test, input "
         f"{tuple(xtr.shape[1:])}), {args.optimizer} {_lr_description(args, opt)}, "
         f"{args.epochs} epochs, batch {args.batch_size}, seed {args.seed}; "
-        f"{kernels_description()}")
+        f"{kernels_description()}, {threads_note}")
     out.mkdir(parents=True, exist_ok=True)
     config = {k2: (str(v) if isinstance(v, Path) else v) for k2, v in vars(args).items()
               if k2 != "func" and not k2.startswith("_")}
@@ -829,15 +845,34 @@ def cmd_bench(args):
         return 0
     env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE",
                                                              "OPENBLAS_L2_SIZE")}
+    # --quick runs only bench_threads.py's quick table (under a minute) unless names are
+    # given; --threads/--quick are passed to the scripts that take them
+    if args.threads is not None and args.threads < 1:
+        raise UserError(f"--threads must be a positive integer, got {args.threads}")
+    if args.quick and not args.names:
+        scripts = [p for p in scripts if p.stem == "bench_threads"]
     failed = []
     for s in scripts:
         print(f"== {s.name}")
         sys.stdout.flush()
-        if subprocess.call([sys.executable, str(s)], env=env, cwd=str(folder.parent)) != 0:
+        extra = _bench_flags(s, args)
+        if subprocess.call([sys.executable, str(s)] + extra, env=env,
+                           cwd=str(folder.parent)) != 0:
             failed.append(s.name)
     if failed:
         print(f"failed: {', '.join(failed)}")
     return 1 if failed else 0
+
+
+def _bench_flags(script, args):
+    """The --threads/--quick options for a benchmark script that declares them."""
+    text = script.read_text(errors="replace")
+    flags = []
+    if args.threads is not None and '"--threads"' in text:
+        flags += ["--threads", str(args.threads)]
+    if args.quick and '"--quick"' in text:
+        flags.append("--quick")
+    return flags
 
 
 # ---------------------------------------------------------------------------------- parser
@@ -904,6 +939,9 @@ def build_parser():
                    help="continue the run in --out from its checkpoint up to --epochs")
     t.add_argument("--no-plots", action="store_true", help="do not write PNG plots")
     t.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    t.add_argument("--threads", type=int, metavar="N",
+                   help="threads for BLAS and the compiled kernels (default: the cores "
+                   "not busy with other processes, from the load average)")
     t.set_defaults(func=cmd_train)
 
     g = sub.add_parser("gradcheck", help="check every layer's backward numerically",
@@ -946,6 +984,10 @@ def build_parser():
                        description="Run benchmarks/*.py (or the named ones), each printing "
                        "its timings and ratios against a baseline measured in the same run.")
     b.add_argument("names", nargs="*", help="benchmark script names (default: all)")
+    b.add_argument("--threads", type=int, metavar="N",
+                   help="time at N threads only (default: each script's own, e.g. 1 and 2)")
+    b.add_argument("--quick", action="store_true",
+                   help="only the quick thread/PyTorch table (under a minute)")
     b.set_defaults(func=cmd_bench)
     return p
 
