@@ -371,7 +371,7 @@ class _ConvNd(_ConvBase):
         colsg = cols.reshape(G, CKg, cols.shape[1])
         cog = self.out_channels // G
         gm = np.ascontiguousarray(
-            g.reshape(N, self.out_channels, math.prod(self._out)).transpose(1, 0, 2)).astype(cols.dtype,
+            g.reshape(N, self.out_channels, math.prod(c.out)).transpose(1, 0, 2)).astype(cols.dtype,
                                                                           copy=False)
         gm = gm.reshape(G, cog, gm.shape[1] * gm.shape[2])  # (G, C_out/G, N*L)
         W = self._weight(cols.dtype).reshape(G, cog, -1)
