@@ -14,8 +14,9 @@ import contextlib
 import numpy as np
 import pytest
 
-from refdl.models.diffusion import (GaussianDiffusion, LinearGaussianReverse, NoisePredictor,
-                                    gaussian_log_prob, normal_kl, ring_mixture)
+from refdl.data.synthetic import make_ring
+from refdl.functional.gaussian import gaussian_log_prob, normal_kl
+from refdl.models.diffusion import GaussianDiffusion, LinearGaussianReverse, NoisePredictor
 
 
 def one_blas_thread():
@@ -116,7 +117,7 @@ def test_diff_2_joint_is_tractable_posterior_needs_the_marginal():
     d = GaussianDiffusion.from_schedule("linear", 20, beta_start=0.01, beta_end=0.5)
     net = NoisePredictor(2, 16, 2, 8, dtype=np.float64, generator=np.random.default_rng(0))
     rng = np.random.default_rng(1)
-    x = [ring_mixture(4, generator=rng, dtype=np.float64)]
+    x = [make_ring(4, std=0.05, generator=rng, dtype=np.float64)[0]]
     for t in range(1, d.T + 1):
         x.append(d.q_step(x[-1], t, rng))
     log_joint = gaussian_log_prob(x[-1], 0.0, 1.0).sum(1)
@@ -147,7 +148,7 @@ def test_diff_3_prior_term_for_ddpm_schedule_is_tiny_and_theta_free():
     # no theta in it: the same value under two different networks, zero change when a
     # weight moves
     small = GaussianDiffusion.from_schedule("linear", 10, beta_start=0.05, beta_end=0.9)
-    x = ring_mixture(6, generator=np.random.default_rng(1), dtype=np.float64) / 2
+    x = make_ring(6, std=0.05, generator=np.random.default_rng(1), dtype=np.float64)[0] / 2
     n1 = NoisePredictor(2, 8, 1, 4, dtype=np.float64, generator=np.random.default_rng(2))
     n2 = NoisePredictor(2, 8, 1, 4, dtype=np.float64, generator=np.random.default_rng(3))
     a = small.elbo_terms(n1, x, np.random.default_rng(4))
