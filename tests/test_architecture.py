@@ -52,9 +52,6 @@ PENDING = {
         ("refdl.autograd.tensor", "refdl.autograd.ops"),     # bottom of tensor.py
         ("refdl.autograd.tensor", "refdl.nn.functional"),    # Tensor.softmax, log_softmax
         ("refdl.nn.functional", "refdl.autograd"),           # F's bridge to the engine
-        ("refdl.threads", "refdl.ext"),                      # threads sets the kernels'
-        ("refdl.threads", "refdl.functional.winograd"),      # OpenMP teams (_kernels)
-        ("refdl.functional.winograd", "refdl.ext"),          # ext.available() in _compiled
     },
 }
 FLOOR = {name: i for i, (_, names) in enumerate(FLOORS) for name in names}
