@@ -379,12 +379,12 @@ class Tensor:
         return self.split(-(-n // chunks), dim)
 
     def softmax(self, dim=-1):
-        from ..nn import functional as F
-        return F.softmax(self, dim=dim)
+        """exp(x - logsumexp(x, dim)): engine ops, so it has derivatives of every order."""
+        return self.log_softmax(dim).exp()
 
     def log_softmax(self, dim=-1):
-        from ..nn import functional as F
-        return F.log_softmax(self, dim=dim)
+        """x - logsumexp(x, dim), stable for any x."""
+        return self - _ops.logsumexp(self, axis=dim, keepdims=True)
 
     def sqrt(self):
         return self ** 0.5
