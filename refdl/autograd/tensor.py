@@ -9,7 +9,7 @@ operation is a class with two methods:
   ``out_grad @ d node / d input_i``, where ``out_grad`` is the adjoint d loss / d node.
   It is written with **Tensor operations**, not NumPy, so a gradient is itself a graph
   and can be differentiated again (second and third derivatives, Hessian-vector
-  products). Paper 001 Q12(b) is about exactly this.
+  products: a gradient of a gradient is one more backward pass through a graph).
 
 Reverse mode (``backward`` / :func:`grad`): sort the graph topologically (iteratively, so a
 chain of 100,000 nodes works), set the output's adjoint to ``out_grad`` (1 for a scalar),
