@@ -65,8 +65,9 @@ def test_projection_is_not_the_callers_default_stream():
     for seed in (0, 1, 7):
         x = np.random.default_rng(seed).standard_normal((4, 5))
         m = Scale(np.full((4, 5), 1.5), bug="only right when g == x")
+        # (consistency checks off: the zero-upstream check would also see this bug)
         with pytest.raises(GradcheckError):
-            check_module(m, x, seed=seed)
+            check_module(m, x, seed=seed, check_consistency=False)
         # the same bug with g = x is indeed invisible: the check needs a different g
         m(x)
         np.testing.assert_allclose(m.backward(x), 1.5 * x)
