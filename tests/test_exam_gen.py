@@ -433,6 +433,35 @@ def test_gan_7_density_test_for_the_uncovered_region():
     np.testing.assert_allclose(log_pr[:50], ref, rtol=1e-10)
 
 
+def _uniform_pdf(x, lo, hi):
+    return np.where((x >= lo) & (x <= hi), 1.0 / (hi - lo), 0.0)
+
+
+def test_gan_8_optimal_discriminator_tests_membership():
+    x = np.linspace(0.01, 1.99, 199)
+    p_r, p_t = _uniform_pdf(x, 0, 2), _uniform_pdf(x, 0, 1)   # the toy of 004 Q1(c)
+    D = p_r / (p_r + p_t)
+    assert np.array_equal(D == 1.0, x > 1)                     # D* = 1 exactly on Omega
+    np.testing.assert_allclose(D[x < 1], 1 / 3)               # p_r = 1/2, p_t = 1
+    # a discriminator trained on samples approaches D*: smooth 1-D densities
+    from refdl.optim import Adam
+    rng = np.random.default_rng(0)
+    Dnet = MLPCritic(1, (16,), activation="tanh", generator=rng)
+    loss = DiscriminatorLoss()
+    opt = Adam(Dnet.parameters(), lr=1e-2)
+    for _ in range(800):
+        real = rng.normal(0.0, 1.0, (256, 1))
+        fake = rng.normal(1.0, 0.7, (256, 1))
+        opt.zero_grad()
+        out = Dnet(np.concatenate([real, fake]))
+        loss(out[:256], out[256:])
+        Dnet.backward(np.concatenate(loss.backward()))
+        opt.step()
+    grid = np.linspace(-1.5, 2.0, 36)[:, None]
+    pr, pg = stats.norm.pdf(grid, 0, 1), stats.norm.pdf(grid, 1, 0.7)
+    assert np.abs(sigmoid(Dnet(grid)) - pr / (pr + pg)).max() < 0.06
+
+
 def _trained_gan_discriminator(real, fake, steps=600, seed=0):
     from refdl.optim import Adam
     rng = np.random.default_rng(seed)
