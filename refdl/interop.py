@@ -84,8 +84,16 @@ def _convert_arg(value):
     return value
 
 
+def _init_args(module):
+    if module._init_args is None:
+        raise InteropError(f"to_torch: {type(module).__name__} was constructed with an "
+                           "argument that is not a plain value (an iterator?); construct it "
+                           "with lists and values to convert it")
+    return module._init_args
+
+
 def _build_twin(module, twin):
-    args, kwargs = module._init_args
+    args, kwargs = _init_args(module)
     params = inspect.signature(twin.__init__).parameters
     takes_any = any(p.kind == p.VAR_KEYWORD for p in params.values())
     kwargs = {k: _convert_arg(v) for k, v in kwargs.items()
@@ -164,7 +172,7 @@ def _converted_class():
         def __init__(self, refdl_module, forward, attrs):
             super().__init__()
             self.refdl_class = type(refdl_module)
-            self.refdl_init_args = refdl_module._init_args
+            self.refdl_init_args = _init_args(refdl_module)
             self.refdl_attrs = {a: getattr(refdl_module, a) for a in attrs}
             self._forward = forward
 
@@ -195,7 +203,7 @@ def to_torch(module):
         for n, child in module.named_children():
             out.add_module(n, to_torch(child))
         if type(module) is not Sequential:      # a model that is a Sequential (the MLP)
-            out.refdl_class, out.refdl_init_args = type(module), module._init_args
+            out.refdl_class, out.refdl_init_args = type(module), _init_args(module)
     elif isinstance(module, ModuleList):
         out = torch.nn.ModuleList([to_torch(c) for c in module])
     elif isinstance(module, ModuleDict):

@@ -163,3 +163,12 @@ def test_dataloader_samplers_as_in_pytorch():
         DataLoader(ds, batch_size=4, batch_sampler=[[0, 1]])
     with pytest.raises(ValueError, match="without replacement"):
         WeightedRandomSampler(w, 6, replacement=False)
+
+
+def test_modules_built_from_iterators_copy_and_check():
+    import copy
+    layers = nn.ModuleList(nn.Linear(3, 3) for _ in range(2))   # a generator expression
+    copy.deepcopy(layers)
+    net = nn.Sequential(*layers).double()
+    check_module(net, np.random.default_rng(0).standard_normal((2, 3)))
+    assert layers._init_args is None and net._init_args is not None

@@ -75,6 +75,21 @@ def _zero_grad(p):
         p.grad = np.zeros_like(p.data)
 
 
+def _plain_arg(v):
+    """A constructor argument worth keeping: values, arrays, dtypes, classes, functions,
+    modules and generators of random numbers, and tuples/lists/dicts of those."""
+    if v is None or isinstance(v, (bool, int, float, complex, str, bytes, np.generic,
+                                   np.ndarray, np.dtype, type, Module, Parameter,
+                                   np.random.Generator)) or callable(v) and not hasattr(
+                                       v, "__next__"):
+        return True
+    if isinstance(v, (tuple, list)):
+        return all(map(_plain_arg, v))
+    if isinstance(v, dict):
+        return all(map(_plain_arg, v.values()))
+    return False
+
+
 def _is_device(a):
     if isinstance(a, str):
         return a.split(":")[0] in ("cpu", "cuda", "mps", "xpu", "meta")
@@ -155,8 +170,11 @@ class Module:
 
     def __new__(cls, *args, **kwargs):
         # the constructor's arguments, kept so that refdl.interop can build the PyTorch twin
+        # (None when one of them is not a plain value: an iterator is consumed by the
+        # constructor and could not be deep-copied with the module)
         obj = super().__new__(cls)
-        object.__setattr__(obj, "_init_args", (args, kwargs))
+        plain = all(map(_plain_arg, args)) and all(map(_plain_arg, kwargs.values()))
+        object.__setattr__(obj, "_init_args", (args, kwargs) if plain else None)
         return obj
 
     def __init__(self):
