@@ -50,6 +50,7 @@ def test_mlp_1_hyperplanes_of_a_3_5_1_sigmoid_mlp():
     forward pass on random points and by linear programming on the weights."""
     refdl.manual_seed(0)
     net = nn.Sequential(nn.Linear(3, 5), nn.Sigmoid(), nn.Linear(5, 1), nn.Sigmoid()).double()
+    net.eval()                                          # forwards only: record no caches
     W, b = net[0].weight.data, net[0].bias.data
     rng = np.random.default_rng(1)
     planes = []
