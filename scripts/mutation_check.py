@@ -139,7 +139,7 @@ MUTANTS = [
      ["tests/test_exam_conv.py"], "Conv weight gradient doubled (conv-5)"),
     ("ce-grad", "refdl/nn/loss.py",
      "        dl = p * np.sum(a, axis=cdim, keepdims=True) - a",
-     "        dl = p - a", ["tests/test_exam_actloss.py", "tests/test_exam_attn.py"],
+     "        dl = p - a", ["tests/test_exam_actloss.py", "tests/test_exam_attn.py", *DEF],
      "CrossEntropy gradient ignores the sum of the target weights"),
     ("kl-diag", "refdl/functional/gaussian.py",
      "+ (mu1 - mu2) ** 2 * np.exp(-np.asarray(logvar2))) - 1.0",

@@ -231,6 +231,14 @@ def test_loss_defaults_behave():
     lp = logits - special.logsumexp(logits, 1, keepdims=True)
     keep = y != -100
     assert float(ce) == pytest.approx(-lp[keep, y[keep]].mean(), rel=1e-12)   # mean, no smoothing
+    # backward: the ignored row gets no gradient, the others (softmax - onehot) / 3
+    crit = nn.CrossEntropyLoss()
+    crit(logits, y)
+    g = crit.backward()
+    p = np.exp(lp)
+    expect = (p - np.eye(3)[np.where(keep, y, 0)]) / keep.sum()
+    expect[~keep] = 0
+    np.testing.assert_allclose(g, expect, rtol=1e-12, atol=1e-15)
     a, b = rng(1).standard_normal(10), rng(2).standard_normal(10)
     d = a - b
     assert float(nn.HuberLoss()(a, b)) == pytest.approx(
