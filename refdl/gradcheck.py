@@ -31,7 +31,8 @@ the one-sided small-step slopes still differ and the analytic value lies between
 kink at t: any subgradient is right), or they agree, and the analytic value must then
 match the fourth-order difference at a step 100x smaller than h to the same rtol (the
 kink was within the big step, the derivation is confirmed; a smooth but strongly curved
-L, whose slopes also differ at the big step, gets no excuse this way). Such entries are reported as kinks with both slopes and not counted as failures;
+L, whose slopes also differ at the big step, gets no excuse this way). Such entries are
+reported as kinks with both slopes and not counted as failures;
 any other failing entry stays a failure.
 
 It also checks that backward is repeatable (the same gradients twice), that parameter
