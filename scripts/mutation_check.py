@@ -215,7 +215,7 @@ MUTANTS = [
      "def __init__(self, critic, lam=10.0, center=0.0):", ["tests/test_exam_gen.py"],
      "GradientPenalty one-sided (center 0) by default"),
     ("conv-pad-adjoint", "refdl/nn/conv.py",
-     "        if self._pad_map is not None:              # adjoint of the index-map padding",
+     "        if c.pad_map is not None:                  # adjoint of the index-map padding",
      "        if False:              # adjoint of the index-map padding",
      ["tests/test_padding_modes.py"], "padding's adjoint skipped in conv backward"),
 ]
