@@ -158,28 +158,20 @@ class GradientPenalty(Module):
     ``center=1`` is Gulrajani et al.'s two-sided penalty; ``center=0`` gives the form
     lam * ||grad D(x)||^2 (a zero-centred penalty).
     x: (N, d) -> 0-d P. ``backward(grad=1)`` adds dP/dtheta to the critic's parameter
-    gradients and returns dP/dx, by differentiating the critic's backward pass.
+    gradients and returns dP/dx, by differentiating the critic's backward pass. With the
+    critic f = w_L^T h_{L-1} + b_L, h_l = phi(a_l), a_l = W_l h_{l-1} + b_l, h_0 = x:
 
-    The critic (layers W_0 .. W_{L-1}): h_0 = x, a_{l+1} = W_l h_l + b_l,
-    h_{l+1} = phi(a_{l+1}) (l < L-1), f = W_{L-1} h_{L-1} + b_{L-1}. Its backward pass:
-
-      g_{L-1} = W_{L-1};  for l = L-2 .. 0:  delta_l = g_{l+1} * phi'(a_{l+1}),
-                                             g_l = delta_l W_l;          v = g_0
-
-    The adjoint of that pass, starting from u = dP/dv = (2 lam / N) (||v|| - center) v/||v||
-    (gbar_0 = u); for l = 0 .. L-2:
-
-      deltabar_l = gbar_l W_l^T,       dP/dW_l += delta_l^T gbar_l,
-      gbar_{l+1} = deltabar_l * phi'(a_{l+1}),
-      abar_{l+1} = deltabar_l * g_{l+1} * phi''(a_{l+1});
-      then dP/dW_{L-1} += sum_n gbar_{L-1}.
-
-    Then the forward pass in reverse, with abar entering at every pre-activation
-    (hbar_{L-1} = 0); for l = L-2 .. 0:
-
-      abar = abar_{l+1} + hbar_{l+1} * phi'(a_{l+1}),
-      dP/dW_l += abar^T h_l,   dP/db_l += sum_n abar,   hbar_l = abar W_l;
-      dP/dx = hbar_0.
+      backward pass (per sample):  g_{L-1} = w_L,  delta_l = g_l * phi'(a_l),
+                                   g_{l-1} = W_l^T delta_l,  v = g_0   (l = L-1 .. 1)
+      its adjoint, from u = dP/dv = (2 lam / N) (||v|| - center) v / ||v||:
+            gbar_0 = u;  for l = 1 .. L-1:
+              deltabar_l = W_l gbar_{l-1},      Wbar_l += delta_l gbar_{l-1}^T,
+              gbar_l = deltabar_l * phi'(a_l),  abar_l = deltabar_l * g_l * phi''(a_l);
+            w_L bar += gbar_{L-1}
+      then the forward pass in reverse (hbar_{L-1} = 0), for l = L-1 .. 1:
+              ahat_l = abar_l + hbar_l * phi'(a_l),  Wbar_l += ahat_l h_{l-1}^T,
+              bbar_l += ahat_l,  hbar_{l-1} = W_l^T ahat_l;   dP/dx = hbar_0.
+    (The code indexes layers from 0: ``layers[l]`` maps h_l to a_{l+1}.)
     Derivation: docs/derivations/wgan_gp.md
     """
 
