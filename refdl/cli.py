@@ -539,7 +539,7 @@ def cmd_exam(args):
     cmd = [sys.executable, "-m", "pytest", "-q", "-k", expr, str(tests)]
     print("recomputing: " + " ".join(cmd[1:]))
     sys.stdout.flush()
-    rc = subprocess.call(cmd)
+    rc = subprocess.call(cmd, cwd=str(tests.parent))   # the tree the tests belong to
     if rc == 5:
         print(f"no test named after {', '.join(ids)} exists yet")
         return 1
