@@ -67,7 +67,9 @@ def train(name="resnet_small", epochs=15, seed=0, lr=1e-3, batch=32, verbose=Tru
     steps = epochs * int(np.ceil(len(xtr) / batch))
     step = 0
     t0 = time.perf_counter()
-    for epoch in range(1, epochs + 1):
+    from refdl.progress import progress
+    for epoch in progress(range(1, epochs + 1), desc=f"{name} epochs", unit="epoch",
+                          enabled=verbose):
         model.train()
         perm = rng.permutation(len(xtr))
         total = 0.0

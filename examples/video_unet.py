@@ -36,7 +36,8 @@ def main(steps=300, batch=4, base=16, lr=1e-3, n_videos=64, seed=0, target=10.0)
     opt = Adam(model.parameters(), lr=lr)
     rng = np.random.default_rng(seed + 1)
     first, t0, smooth = None, time.perf_counter(), None
-    for step in range(1, steps + 1):
+    from refdl.progress import progress
+    for step in progress(range(1, steps + 1), desc="video U-Net", unit="step"):
         x = videos[rng.choice(n_videos, batch, replace=False)]
         d = model(x) - x
         loss = float(np.mean(d * d))

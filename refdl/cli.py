@@ -217,6 +217,15 @@ def cmd_train(args):
             xs = xte[:n].reshape((n,) + tuple(img))
             files.append(plot.plot_samples(xs, out / "samples.png", labels=yte[:n],
                                            preds=ev["y_pred"][:n], title="test images"))
+            if np.any(ev["y_pred"] != yte):      # the ones it got wrong, wherever they are
+                files.append(plot.plot_misclassified(
+                    xte.reshape((len(yte),) + tuple(img)), yte, ev["y_pred"],
+                    out / "misclassified.png"))
+        elif xte.ndim == 2 and xte.shape[1] == 2:    # 2-D points: the decision regions
+            files.append(plot.plot_decision_boundary(model, xte, yte,
+                                                     out / "decision_boundary.png",
+                                                     title=f"{args.model} on {args.dataset} "
+                                                     "(test points)"))
         maps = _first_feature_maps(model, xte[:1])
         if maps is not None:
             files.append(plot.plot_feature_maps(maps, out / "feature_maps.png",

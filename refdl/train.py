@@ -138,27 +138,34 @@ def evaluate(model, loader, loss_fn=None, num_classes=None):
 
 
 class _Progress:
+    """One tqdm.auto bar per epoch (a widget in a notebook, a text bar on a terminal, nothing
+    in a pipe: refdl.progress decides) and the per-epoch lines, which are always printed."""
+
     def __init__(self, enabled, stream):
         self.enabled = enabled
         self.stream = stream or sys.stdout
-        self.live = enabled and hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.bar = None
 
     def step(self, epoch, epochs, i, n, loss, acc, rate):
-        if not self.live:
+        if not self.enabled:
             return
-        width = 20
-        done = int(width * i / max(n, 1))
-        bar = "#" * done + "." * (width - done)
-        acc_s = f"  acc {100 * acc:5.1f}%" if acc is not None else ""
-        self.stream.write(f"\repoch {epoch}/{epochs} [{bar}] {i}/{n}  loss {loss:.4f}{acc_s}"
-                          f"  {rate:,.0f} samples/s")
-        self.stream.flush()
+        if self.bar is None:
+            from .progress import progress
+            self.bar = progress(total=n or None, desc=f"epoch {epoch}/{epochs}",
+                                stream=self.stream, leave=False, unit="batch", summary=False)
+        self.bar.update(i - self.bar.n)
+        post = {"loss": f"{loss:.4f}"}
+        if acc is not None:
+            post["acc"] = f"{100 * acc:.1f}%"
+        post["samples/s"] = f"{rate:,.0f}"
+        self.bar.set_postfix(post, refresh=False)
 
     def line(self, text):
         if not self.enabled:
             return
-        if self.live:
-            self.stream.write("\r\x1b[2K")
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
         self.stream.write(text + "\n")
         self.stream.flush()
 

@@ -31,6 +31,7 @@ from refdl import nn  # noqa: E402
 from refdl.data.sequences import adding_problem  # noqa: E402
 from refdl.nn.utils import clip_grad_norm_  # noqa: E402
 from refdl.optim import SGD, Adam  # noqa: E402
+from refdl.progress import progress  # noqa: E402
 
 W_H = np.array([[-0.64, -0.06, -1.12],
                 [-0.56, 0.28, -0.76],
@@ -125,7 +126,7 @@ def clipping(out_dir, steps=100, T=50):
         opt = SGD(params, lr=0.01)
         losses = []
         with np.errstate(over="ignore", invalid="ignore"):
-            for _ in range(steps):
+            for _ in progress(range(steps), desc=f"linear RNN, clip {max_norm}", unit="step"):
                 x = rng.standard_normal((T, 16, 1))
                 y = x[-5:].sum(axis=0)
                 out, _ = rnn(x)
@@ -167,7 +168,7 @@ def adding(out_dir, T, steps, H=32, batch=64):
         opt = Adam(params, lr=1e-2)
         losses = []
         t0 = time.time()
-        for _ in range(steps):
+        for _ in progress(range(steps), desc=f"{kind} on the adding problem", unit="step"):
             x, y = adding_problem(batch, T, rng)
             out, _ = rnn(x)
             p = head(out[:, -1])

@@ -20,6 +20,7 @@ import refdl  # noqa: E402
 from refdl.functional import log_softmax, softmax  # noqa: E402
 from refdl.models.vit import ViT  # noqa: E402
 from refdl.optim import Adam  # noqa: E402
+from refdl.progress import progress  # noqa: E402
 
 
 def load_digits_split(seed=0, test_fraction=0.25):
@@ -60,7 +61,7 @@ def train(epochs=30, seed=0, batch_size=64, lr=2e-3, dim=64, depth=2, heads=4, d
     opt = Adam(model.parameters(), lr=lr)
     rng = np.random.default_rng(seed)
     history = []
-    for ep in range(epochs):
+    for ep in progress(range(epochs), desc="ViT epochs", unit="epoch"):
         perm = rng.permutation(len(ytr))
         total = 0.0
         for i in range(0, len(perm), batch_size):

@@ -14,6 +14,7 @@ from sklearn.datasets import load_digits  # noqa: E402
 import refdl  # noqa: E402
 from refdl.models.vae import VAE, VAELoss  # noqa: E402
 from refdl.optim import Adam  # noqa: E402
+from refdl.progress import progress  # noqa: E402
 
 
 def grid(images, rows):
@@ -40,7 +41,7 @@ def main(argv=None):
     vae, crit = VAE(64, args.latent, hidden=(256, 128)), VAELoss("bernoulli", beta=args.beta)
     opt = Adam(vae.parameters(), lr=1e-3)
     rng = np.random.default_rng(0)
-    for epoch in range(1, args.epochs + 1):
+    for epoch in progress(range(1, args.epochs + 1), desc="VAE epochs", unit="epoch"):
         perm, total = rng.permutation(len(X)), 0.0
         for i in range(0, len(X), 64):
             xb = X[perm[i:i + 64]]

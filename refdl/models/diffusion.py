@@ -540,7 +540,7 @@ class NoisePredictor(Module):
 
 
 def train_ddpm(model, diffusion, data, steps, batch_size=256, optimizer=None, lr=2e-3,
-               cosine_lr=True, generator=None, log_every=0, callback=None):
+               cosine_lr=True, generator=None, log_every=0, callback=None, progress=False):
     r"""Train ``model`` with :meth:`GaussianDiffusion.simple_loss` for ``steps`` steps.
 
     ``data``: an array (M, D) to draw minibatches from (with replacement), or a function
@@ -550,9 +550,11 @@ def train_ddpm(model, diffusion, data, steps, batch_size=256, optimizer=None, lr
     which removes most of the minibatch noise from the final weights. Returns the losses.
     A non-finite loss stops training with FloatingPointError naming the step, before any
     update from it; if the parameters themselves had become non-finite, those used at the
-    previous (finite-loss) step are restored.
+    previous (finite-loss) step are restored. ``progress``: a tqdm.auto bar over the steps
+    (refdl.progress; one summary line in a pipe).
     """
     from ..optim import Adam
+    from ..progress import progress as _bar
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
         raise ValueError(f"train_ddpm: steps must be a non-negative integer, got {steps!r}")
     rng = _random.get_rng(generator)
@@ -568,7 +570,7 @@ def train_ddpm(model, diffusion, data, steps, batch_size=256, optimizer=None, lr
         draw = lambda n, g: data[g.integers(0, data.shape[0], size=n)]  # noqa: E731
     losses = []
     good = copy.deepcopy(model.state_dict())
-    for step in range(1, steps + 1):
+    for step in _bar(range(1, steps + 1), desc="DDPM training", enabled=progress, unit="step"):
         x0 = draw(batch_size, rng)
         model.zero_grad()
         loss = diffusion.simple_loss(model, x0, rng)

@@ -293,7 +293,7 @@ def _adam(params, lr, betas):
 def train_gan(sample_real, kind="gan", steps=2000, batch_size=256, latent_dim=2,
               hidden=(64, 64), lr=None, n_critic=None, lam=10.0, clip=0.01,
               critic_activation=None, n_classes=0, generator=None, log_every=0,
-              print_fn=print):
+              print_fn=print, progress=False):
     r"""Train a GAN on samples from ``sample_real(n, rng) -> (n, d)`` array.
 
     kind: 'gan' (non-saturating generator loss, BCE discriminator, Adam(2e-4, (0.5, .999))),
@@ -349,7 +349,9 @@ def train_gan(sample_real, kind="gan", steps=2000, batch_size=256, latent_dim=2,
         z = rng.standard_normal((n, latent_dim)).astype(np.float32)
         return G(np.concatenate([z, c], 1)), c
 
-    for step in range(1, steps + 1):
+    from ..progress import progress as _bar
+    for step in _bar(range(1, steps + 1), desc=f"{kind} training", enabled=progress,
+                     unit="step"):
         for _ in range(n_critic):
             real, c_real = real_batch(batch_size)
             fake, c_fake = generate(batch_size)
