@@ -48,6 +48,13 @@ def check(name, answer, expected, rtol=1e-6, atol=1e-8):
     print(f"{name}: right")'''
 
 
+def _child_cpu():
+    """CPU seconds (user + system) of the finished child processes (the kernels)."""
+    import resource
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def build(src):
     import jupytext
     import nbformat
@@ -99,15 +106,16 @@ def main(argv=None):
         total = 0.0
         for src in srcs:
             nb = nbformat.read(HERE / f"{src.stem}.ipynb", as_version=4)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), _child_cpu()
             NotebookClient(nb, timeout=300, kernel_name="python3",
                            resources={"metadata": {"path": str(HERE)}}).execute()
-            dt = time.perf_counter() - t0
+            dt, cpu = time.perf_counter() - t0, _child_cpu() - c0
             total += dt
             if a.out:
                 Path(a.out).mkdir(parents=True, exist_ok=True)
                 nbformat.write(nb, Path(a.out) / f"{src.stem}.ipynb")
-            print(f"{src.stem:<40} {dt:6.1f} s", flush=True)
+            print(f"{src.stem:<40} {dt:6.1f} s  (kernel CPU {cpu:5.1f} s, load "
+                  f"{os.getloadavg()[0]:.1f})", flush=True)
         print(f"{'total':<40} {total:6.1f} s")
     return 0
 
