@@ -28,6 +28,13 @@ from refdl.gradcheck import check_module
 
 np.set_printoptions(precision=4, suppress=True, linewidth=100)
 refdl.manual_seed(0)
+# the arrays here are tiny: one BLAS/OpenMP thread (waking more costs more than it saves,
+# and spinning threads stall a shared machine)
+if hasattr(refdl, "set_num_threads"):
+    refdl.set_num_threads(1)
+else:
+    from threadpoolctl import threadpool_limits
+    threadpool_limits(1)
 
 
 def show(*objs):
