@@ -6,6 +6,7 @@ numeric gradient check in tests/, and fast enough to train real networks on a la
 __version__ = "0.1.0"
 
 from . import random  # noqa: F401
+from .grad_mode import enable_grad, is_grad_enabled, no_grad, set_grad_enabled  # noqa: F401
 from .random import manual_seed  # noqa: F401
 from . import functional, init, nn  # noqa: F401
 from . import gradcheck  # noqa: F401
@@ -13,8 +14,8 @@ from .summary import summary  # noqa: F401
 # the floors above nn, as torch exposes torch.optim and torch.autograd (about 0.3 s of
 # imports together; matplotlib and scikit-learn are only imported when used)
 from . import optim, autograd, data, models, interpret  # noqa: E402,F401
-from . import metrics, checkpoint, train  # noqa: E402,F401
+from . import metrics, checkpoint, train, interop  # noqa: E402,F401
 
-__all__ = ["manual_seed", "summary", "nn", "init", "functional", "gradcheck", "random",
+__all__ = ["manual_seed", "no_grad", "enable_grad", "set_grad_enabled", "is_grad_enabled", "summary", "nn", "init", "functional", "gradcheck", "random",
            "optim", "autograd", "data", "models", "interpret", "metrics", "checkpoint",
            "train"]

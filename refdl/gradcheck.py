@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import random as _random
+from .grad_mode import enable_grad, no_grad
 
 __all__ = ["numeric_gradient", "relative_error", "check_function", "check_module",
            "check_loss", "gradgradcheck", "GradcheckError", "GradcheckResult",
@@ -145,6 +146,11 @@ def numeric_gradient(f, x, eps=EPS):
     flat, gflat = x.reshape(-1), grad.reshape(-1)
     if not np.shares_memory(flat, x):
         raise ValueError("numeric_gradient needs a contiguous array it can perturb in place")
+    with no_grad():         # f's forwards are evaluations: they record no caches
+        return _central_differences(f, flat, grad, gflat, eps)
+
+
+def _central_differences(f, flat, grad, gflat, eps):
     for k in range(flat.size):
         old = flat[k]
         vals = []
@@ -267,7 +273,7 @@ def check_module(module, *inputs, wrt=None, params=True, eps=EPS, rtol=RTOL, see
     Returns a :class:`GradcheckResult`; raises :class:`GradcheckError` on failure unless
     ``raise_exception=False``.
     """
-    module = copy.deepcopy(module).to(np.float64)
+    module = copy.deepcopy(module).to(np.float64).discard_saved()
     kw = dict(forward_kwargs or {})
     inputs = [_float64(x) for x in inputs]
     if wrt is None:
@@ -280,17 +286,22 @@ def check_module(module, *inputs, wrt=None, params=True, eps=EPS, rtol=RTOL, see
         with _random.fork_rng(fwd_seed):
             return _as_tuple(module(*inputs, **kw))
 
-    outs = run()
+    def run_no_grad():      # the forwards of the finite differences record nothing
+        with no_grad():
+            return run()
+
+    outs = run_no_grad()
     rng = _stream(seed, "projection")
     R = [rng.standard_normal(np.shape(o)) if np.issubdtype(np.asarray(o).dtype, np.floating)
          else None for o in outs]
 
     def loss():
-        return sum(float(np.sum(o * r)) for o, r in zip(run(), R) if r is not None)
+        return sum(float(np.sum(o * r)) for o, r in zip(run_no_grad(), R) if r is not None)
 
     def analytic(upstream):
         module.zero_grad()
-        run()
+        with enable_grad():     # records in eval() mode too: eval-mode models are checked
+            run()
         ups = [u if u is not None else np.zeros(np.shape(o)) for u, o in zip(upstream, outs)]
         gin = module.backward(*ups)
         gin = () if not wrt else (_as_tuple(gin) if len(wrt) > 1 else (gin,))
@@ -298,9 +309,11 @@ def check_module(module, *inputs, wrt=None, params=True, eps=EPS, rtol=RTOL, see
             raise ValueError(f"gradcheck: {type(module).__name__}.backward returned "
                              f"{len(gin)} input gradients, expected {len(wrt)}")
         gin = [np.array(g, dtype=np.float64, copy=True) for g in gin]
-        gp = {n: p.grad.copy() for n, p in module.named_parameters() if p.requires_grad}
+        gp = {n: _param_grad(n, p, problems) for n, p in module.named_parameters()
+              if p.requires_grad}
         return gin, gp
 
+    problems = []
     gin, gp = analytic(R)
     reports = []
     for j, i in enumerate(wrt):
@@ -313,7 +326,6 @@ def check_module(module, *inputs, wrt=None, params=True, eps=EPS, rtol=RTOL, see
             num = numeric_gradient(loss, p.data, eps)
             reports.append(_compare(n, loss, p.data, gp[n], num, eps, rtol))
 
-    problems = []
     if check_consistency:
         gin2, gp2 = analytic(R)
         same = all(np.allclose(a, b, rtol=1e-12, atol=0) for a, b in zip(gin, gin2)) and \
@@ -321,7 +333,8 @@ def check_module(module, *inputs, wrt=None, params=True, eps=EPS, rtol=RTOL, see
         if not same:
             problems.append("backward is not repeatable: two identical passes gave "
                             "different gradients")
-        run()
+        with enable_grad():
+            run()
         ups = [r if r is not None else np.zeros(np.shape(o)) for r, o in zip(R, outs)]
         module.backward(*ups)    # no zero_grad: parameter gradients must accumulate
         for n, p in module.named_parameters():
@@ -338,6 +351,24 @@ def check_module(module, *inputs, wrt=None, params=True, eps=EPS, rtol=RTOL, see
     if raise_exception and not result.passed:
         raise GradcheckError(result)
     return result
+
+
+def _param_grad(name, p, problems):
+    """A copy of ``p.grad``; a grad a backward replaced (``=`` instead of ``+=``) by a
+    non-array or an array of the wrong shape is reported in ``problems``, naming it."""
+    g = p.grad
+    if isinstance(g, np.ndarray) and g.shape == p.data.shape:
+        return np.array(g, dtype=np.float64, copy=True)
+    msg = (f"gradient of {name} was replaced by a {type(g).__name__}"
+           f"{' of shape ' + str(np.shape(g)) if np.ndim(g) else ''} instead of accumulated "
+           f"into an array of shape {p.data.shape}: write {name.split('.')[-1]}.grad += ..., "
+           "not = ...")
+    if msg not in problems:
+        problems.append(msg)
+    try:
+        return np.broadcast_to(np.asarray(g, dtype=np.float64), p.data.shape).copy()
+    except (TypeError, ValueError):
+        return np.full(p.data.shape, np.nan)
 
 
 def check_loss(criterion, input, target, **kwargs):

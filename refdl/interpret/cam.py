@@ -26,6 +26,7 @@ Derivation and comparison: docs/derivations/gradcam.md.
 """
 import numpy as np
 
+from ..grad_mode import enable_grad
 from ..nn.module import Module, Sequential
 
 __all__ = ["capture", "saliency", "grad_cam", "grad_cam_pp", "grad_cam_weights",
@@ -124,7 +125,8 @@ def _score_backward(model, x, class_idx, layer=None):
     try:
         if cap is not None:
             cap.__enter__()
-        scores = model(x)
+        with enable_grad():     # an eval-mode model records its caches here too
+            scores = model(x)
         idx = _class_indices(scores, class_idx)
         upstream = np.zeros_like(scores)
         upstream[np.arange(len(idx)), idx] = 1.0

@@ -25,6 +25,7 @@ from ..functional import log_sigmoid, sigmoid
 from ..nn._validate import check_float, check_forward_called, check_ndim, layer_name
 from ..nn.linear import Linear
 from ..nn.module import Module, ModuleList
+from ..grad_mode import no_grad
 from ..random import get_rng
 
 __all__ = ["MLPCritic", "GradientPenalty", "DiscriminatorLoss", "GeneratorLoss",
@@ -354,7 +355,8 @@ def train_gan(sample_real, kind="gan", steps=2000, batch_size=256, latent_dim=2,
                      unit="step"):
         for _ in range(n_critic):
             real, c_real = real_batch(batch_size)
-            fake, c_fake = generate(batch_size)
+            with no_grad():         # the critic's step does not differentiate G
+                fake, c_fake = generate(batch_size)
             real, fake = np.concatenate([real, c_real], 1), np.concatenate([fake, c_fake], 1)
             opt_d.zero_grad()
             # one pass over real and fake together, so D's cache serves one backward

@@ -1,13 +1,24 @@
 """Linear (affine) layers and the shape-only layers Identity and Flatten."""
 import math
+from typing import NamedTuple
 
 import numpy as np
 
 from .. import init
-from ._validate import check_float, check_forward_called, check_grad, layer_name
+from ._validate import check_float, check_grad, layer_name
 from .module import Module, Parameter
 
 __all__ = ["Linear", "Identity", "Flatten", "Unflatten"]
+
+
+class LinearCache(NamedTuple):
+    """One call of Linear: its input x (the only thing dW and dx need besides W)."""
+    x: np.ndarray
+
+
+class ReshapeCache(NamedTuple):
+    """One call of Flatten/Unflatten: the input's shape, to reshape dL/dy back."""
+    shape: tuple
 
 
 class Linear(Module):
@@ -37,7 +48,6 @@ class Linear(Module):
         else:
             self.register_parameter("bias", None)
         self.reset_parameters(generator)
-        self._x = None
 
     def reset_parameters(self, generator=None):
         init.kaiming_uniform_(self.weight, a=math.sqrt(5), generator=generator)
@@ -54,15 +64,14 @@ class Linear(Module):
         if x.ndim == 0 or x.shape[-1] != self.in_features:
             raise ValueError(f"{layer_name(self)}: expected input of shape (*, "
                              f"{self.in_features}), got {tuple(x.shape)}")
-        self._x = x
+        self.save_for_backward(LinearCache(x=x))
         y = x @ self.weight.data.T
         if self.bias is not None:
             y = y + self.bias.data
         return y
 
     def backward(self, grad_out):
-        x = self._x
-        check_forward_called(self, x)
+        x = self.pop_saved().x
         g = check_grad(self, grad_out, x.shape[:-1] + (self.out_features,))
         g2 = g.reshape(-1, self.out_features)
         x2 = x.reshape(-1, self.in_features)
@@ -96,7 +105,6 @@ class Flatten(Module):
         super().__init__()
         self.start_dim = start_dim
         self.end_dim = end_dim
-        self._shape = None
 
     def extra_repr(self):
         return f"start_dim={self.start_dim}, end_dim={self.end_dim}"
@@ -109,12 +117,11 @@ class Flatten(Module):
         if nd == 0 or s > e:
             raise ValueError(f"{layer_name(self)}: cannot flatten dims {self.start_dim}.."
                              f"{self.end_dim} of an input of shape {tuple(x.shape)}")
-        self._shape = x.shape
+        self.save_for_backward(ReshapeCache(shape=x.shape))
         return x.reshape(x.shape[:s] + (-1,) + x.shape[e + 1:])
 
     def backward(self, grad_out):
-        check_forward_called(self, self._shape)
-        return np.asarray(grad_out).reshape(self._shape)
+        return np.asarray(grad_out).reshape(self.pop_saved().shape)
 
 
 class Unflatten(Module):
@@ -127,7 +134,6 @@ class Unflatten(Module):
         super().__init__()
         self.dim = dim
         self.unflattened_size = tuple(unflattened_size)
-        self._shape = None
 
     def extra_repr(self):
         return f"dim={self.dim}, unflattened_size={self.unflattened_size}"
@@ -138,9 +144,8 @@ class Unflatten(Module):
             raise ValueError(f"{layer_name(self)}: dimension {self.dim} of input "
                              f"{tuple(x.shape)} has size {x.shape[d]}, which is not "
                              f"{self.unflattened_size} flattened")
-        self._shape = x.shape
+        self.save_for_backward(ReshapeCache(shape=x.shape))
         return x.reshape(x.shape[:d] + self.unflattened_size + x.shape[d + 1:])
 
     def backward(self, grad_out):
-        check_forward_called(self, self._shape)
-        return np.asarray(grad_out).reshape(self._shape)
+        return np.asarray(grad_out).reshape(self.pop_saved().shape)

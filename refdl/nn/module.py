@@ -1,19 +1,23 @@
 """Parameter, Module and the containers Sequential and ModuleList.
 
-The contract every layer follows (see ../../shared/DESIGN.md, "A layer"):
+The contract every layer follows (see docs/caches.md and ../../shared/DESIGN.md):
 
-* ``forward(*inputs) -> output`` computes the output and caches exactly what ``backward``
-  needs (in attributes whose names start with ``_``).
-* ``backward(grad_out, *more_grads) -> grad_input`` takes dL/d(output) (one array per
-  output, in order; the first positional, the rest optional and zero when omitted),
-  *adds* dL/dW into every ``Parameter.grad`` (gradients accumulate, as in PyTorch) and
-  returns dL/d(input): one array, or a tuple with one entry per floating-point positional
-  input when there are several.
+* ``forward(*inputs) -> output`` computes the output and, when ``self.recording``, records
+  what ``backward`` needs as one named cache: ``self.save_for_backward(LinearCache(x=x))``.
+* ``backward(grad_out, *more_grads) -> grad_input`` consumes the newest pending cache
+  (``self.pop_saved()``), takes dL/d(output) (one array per output, in order; the first
+  positional, the rest optional and zero when omitted), *adds* dL/dW into every
+  ``Parameter.grad`` (gradients accumulate, as in PyTorch) and returns dL/d(input): one
+  array, or a tuple with one entry per floating-point positional input when there are several.
 * ``backward`` never updates weights; optimisers do that from ``Parameter.grad``.
 """
+import warnings
+import weakref
 from collections import OrderedDict
 
 import numpy as np
+
+from .. import grad_mode as _grad_mode
 
 
 class Parameter:
@@ -50,10 +54,89 @@ class Parameter:
         return int(self.data.size)
 
     def zero_grad(self):
-        self.grad[...] = 0
+        _zero_grad(self)
+
+    def requires_grad_(self, requires_grad=True):
+        """Freeze (False) or unfreeze (True) in place; returns self (PyTorch's name)."""
+        self.requires_grad = bool(requires_grad)
+        return self
 
     def __repr__(self):
         return f"Parameter(shape={self.data.shape}, dtype={self.data.dtype})"
+
+
+def _zero_grad(p):
+    """Zero ``p.grad`` in place; a grad that a backward replaced (``p.grad = value`` where
+    ``+=`` was meant) by a non-array or an array of another shape is replaced by zeros."""
+    g = p.grad
+    if isinstance(g, np.ndarray) and g.shape == p.data.shape and g.flags.writeable:
+        g[...] = 0
+    else:
+        p.grad = np.zeros_like(p.data)
+
+
+def _plain_arg(v):
+    """A constructor argument worth keeping: values, arrays, dtypes, classes, functions,
+    modules and generators of random numbers, and tuples/lists/dicts of those."""
+    if v is None or isinstance(v, (bool, int, float, complex, str, bytes, np.generic,
+                                   np.ndarray, np.dtype, type, Module, Parameter,
+                                   np.random.Generator)) or callable(v) and not hasattr(
+                                       v, "__next__"):
+        return True
+    if isinstance(v, (tuple, list)):
+        return all(map(_plain_arg, v))
+    if isinstance(v, dict):
+        return all(map(_plain_arg, v.values()))
+    return False
+
+
+def _is_device(a):
+    if isinstance(a, str):
+        return a.split(":")[0] in ("cpu", "cuda", "mps", "xpu", "meta")
+    return type(a).__name__ == "device"          # a torch.device
+
+
+def _name(module):
+    extra = module.extra_repr()
+    return f"{type(module).__name__}({extra})"
+
+
+def check_caches_consumed(params, who):
+    """Raise :class:`CacheError` if a module owning one of ``params`` holds pending caches.
+
+    Called by every optimiser's ``step()``: a cache still pending after the backward pass
+    means a forward whose backward never ran, and when an extra forward ran between a
+    forward and its backward, the gradient about to be applied came from the wrong call.
+    """
+    if not _PENDING:
+        return
+    ids = {id(p) for p in params}
+    bad = [m for m in list(_PENDING) if m._saved and
+           any(p is not None and id(p) in ids for p in m._parameters.values())]
+    if bad:
+        names = ", ".join(f"{_name(m)} ({m.num_saved})" for m in bad[:4])
+        more = f" and {len(bad) - 4} more" if len(bad) > 4 else ""
+        raise CacheError(
+            f"{who}.step: forwards whose backward never ran are still pending in {names}"
+            f"{more}. A backward consumes the newest forward's cache, so if an extra "
+            "training-mode forward (a validation batch) ran between a forward and its "
+            "backward, these gradients belong to the wrong call. Run such forwards under "
+            "refdl.no_grad() or model.eval(), or call model.discard_saved() before the "
+            "next forward.")
+
+
+class CacheError(RuntimeError):
+    """A backward with no pending forward, or an optimiser step over unconsumed caches."""
+
+
+class StaleCacheWarning(UserWarning):
+    """A training-mode forward while caches older than the last backward are pending."""
+
+
+# modules holding at least one pending cache (the optimisers' check looks here)
+_PENDING = weakref.WeakSet()
+# a module holding this many caches is told once that they pile up
+MANY_SAVED = 4096
 
 
 class Module:
@@ -63,13 +146,117 @@ class Module:
     so ``named_parameters()`` and ``state_dict()`` give PyTorch's keys (``0.weight``,
     ``encoder.1.bias``, ...). Buffers (running statistics) are registered with
     :meth:`register_buffer` and saved in ``state_dict`` but never trained.
+
+    **Per-call caches.** A forward in training mode records what its backward needs as one
+    named cache (a NamedTuple whose fields carry the derivation page's symbols) with
+    :meth:`save_for_backward`; ``backward`` takes it back with :meth:`pop_saved`. A module
+    called k times before its backward holds k caches, and its backward calls consume them
+    in reverse order of the forwards (last in, first out): the order in which the chain rule
+    visits them. So one ``nn.ReLU()`` used twice in a block, one ``Linear`` applied twice,
+    or a tied weight all get the right gradient.
+
+    * In ``eval()`` mode and inside ``refdl.no_grad()`` forward records nothing (memory
+      stays flat over any number of calls; caches already pending are untouched);
+      ``refdl.enable_grad()`` records even in eval mode (saliency, Grad-CAM).
+    * A backward with no pending cache raises :class:`CacheError` naming the module.
+    * refdl cannot tell which call a backward belongs to; it takes the newest. An extra
+      training-mode forward between a forward and its backward (a validation batch) is the
+      one case where that is wrong, and it is never silent: the backward leaves the older
+      cache behind, so the optimiser's ``step()`` raises :class:`CacheError` before it
+      applies the gradient, and the module's next training-mode forward warns with
+      :class:`StaleCacheWarning`. Run such forwards under ``refdl.no_grad()`` or
+      ``model.eval()``; :meth:`discard_saved` drops caches that will never be used.
     """
+
+    def __new__(cls, *args, **kwargs):
+        # the constructor's arguments, kept so that refdl.interop can build the PyTorch twin
+        # (None when one of them is not a plain value: an iterator is consumed by the
+        # constructor and could not be deep-copied with the module)
+        obj = super().__new__(cls)
+        plain = all(map(_plain_arg, args)) and all(map(_plain_arg, kwargs.values()))
+        object.__setattr__(obj, "_init_args", (args, kwargs) if plain else None)
+        return obj
 
     def __init__(self):
         object.__setattr__(self, "_parameters", OrderedDict())
         object.__setattr__(self, "_modules", OrderedDict())
         object.__setattr__(self, "_buffers", OrderedDict())
         object.__setattr__(self, "training", True)
+        object.__setattr__(self, "_saved", [])
+        # True after a backward left caches behind (pending caches older than a backward)
+        object.__setattr__(self, "_saved_stale", False)
+
+    # -- per-call caches ------------------------------------------------------------------
+    @property
+    def recording(self):
+        """Whether a forward called now records a cache (training mode and grad mode)."""
+        return _grad_mode.records(self.training)
+
+    def save_for_backward(self, cache):
+        """Record ``cache`` for the backward of this call, if :attr:`recording`.
+
+        Caches stack up, one per call; :meth:`pop_saved` returns the newest.
+        """
+        if not _grad_mode.records(self.training):
+            return
+        saved = self._saved
+        if saved and self._saved_stale:
+            object.__setattr__(self, "_saved_stale", False)
+            self._warn_stale(len(saved))
+        saved.append(cache)
+        _PENDING.add(self)
+        if len(saved) == MANY_SAVED:
+            warnings.warn(StaleCacheWarning(
+                f"{_name(self)}: {MANY_SAVED} forwards are waiting for their backward. "
+                "Each training-mode forward keeps its cache until a backward consumes it: "
+                "run inference under refdl.no_grad() or model.eval()."), stacklevel=3)
+        collector = _grad_mode.state.collector
+        if collector is not None:
+            collector.append((self, cache))
+
+    def _warn_stale(self, pending):
+        state = _grad_mode.state
+        if state.stale_warned:              # one warning per outermost call is enough
+            return
+        state.stale_warned = True
+        warnings.warn(StaleCacheWarning(
+            f"{_name(self)}: training-mode forward while {pending} earlier call(s) "
+            "still wait for a backward, and a backward has run since they were "
+            "recorded. Backward consumes the newest call's cache first, so if an extra "
+            "forward (a validation batch) ran between a forward and its backward, that "
+            "backward used the wrong call. Run such forwards under refdl.no_grad() or "
+            "model.eval(); model.discard_saved() drops caches that will not be used."),
+            stacklevel=4)
+
+    def pop_saved(self):
+        """Remove and return the newest pending cache (the last training-mode forward's)."""
+        saved = self._saved
+        if not saved:
+            raise CacheError(
+                f"{_name(self)}.backward called before forward: no forward of this module "
+                "is waiting for its backward. Call forward in training mode first (eval() "
+                "mode and refdl.no_grad() record nothing; refdl.enable_grad() records in "
+                "eval mode too), and call backward once per forward.")
+        cache = saved.pop()
+        if saved:
+            object.__setattr__(self, "_saved_stale", True)
+        else:
+            object.__setattr__(self, "_saved_stale", False)
+            _PENDING.discard(self)
+        return cache
+
+    @property
+    def num_saved(self):
+        """How many forwards of this module (not its children) wait for their backward."""
+        return len(self._saved)
+
+    def discard_saved(self):
+        """Drop every pending cache here and in every descendant; returns self."""
+        for m in self.modules():
+            m._saved.clear()
+            object.__setattr__(m, "_saved_stale", False)
+            _PENDING.discard(m)
+        return self
 
     # -- registration -------------------------------------------------------------------
     def __setattr__(self, name, value):
@@ -122,7 +309,14 @@ class Module:
         raise NotImplementedError(f"{type(self).__name__} does not implement backward")
 
     def __call__(self, *inputs, **kwargs):
-        return self.forward(*inputs, **kwargs)
+        state = _grad_mode.state
+        if state.depth == 0:                # an outermost call: warnings may speak again
+            state.stale_warned = False
+        state.depth += 1
+        try:
+            return self.forward(*inputs, **kwargs)
+        finally:
+            state.depth -= 1
 
     # -- traversal ----------------------------------------------------------------------
     def named_children(self):
@@ -192,14 +386,69 @@ class Module:
         """Evaluation mode (Dropout is the identity, BatchNorm uses running stats)."""
         return self.train(False)
 
-    def zero_grad(self):
-        """Set every parameter's accumulated gradient to zero."""
-        for p in self.parameters():
-            p.grad[...] = 0
+    def zero_grad(self, set_to_none=True):
+        """Set every parameter's accumulated gradient to zero.
 
-    def to(self, dtype):
-        """Cast every parameter (and its grad) and floating buffer to ``dtype``; returns self."""
-        dtype = np.dtype(dtype)
+        (refdl's backward accumulates with ``+=`` into an array, so grads are zeroed in
+        place rather than set to None; ``set_to_none`` is accepted for compatibility.)
+        """
+        for p in self.parameters():
+            _zero_grad(p)
+
+    def requires_grad_(self, requires_grad=True):
+        """Freeze (False) or unfreeze (True) every parameter; returns self."""
+        for p in self.parameters():
+            p.requires_grad = bool(requires_grad)
+        return self
+
+    def apply(self, fn):
+        """Call ``fn(m)`` on every descendant and then on self (children first, as
+        PyTorch does, e.g. ``model.apply(init_weights)``); returns self."""
+        for m in self.children():
+            m.apply(fn)
+        fn(self)
+        return self
+
+    def get_submodule(self, target):
+        """The sub-module at the dotted path ``target`` ('' is self), as in PyTorch."""
+        m = self
+        for part in filter(None, target.split(".")):
+            if part not in m._modules or m._modules[part] is None:
+                raise AttributeError(f"{type(m).__name__} has no sub-module {part!r} "
+                                     f"(looking for {target!r})")
+            m = m._modules[part]
+        return m
+
+    def to(self, *args, **kwargs):
+        """Cast every parameter (and its grad) and floating buffer; returns self.
+
+        Accepts PyTorch's spellings: ``to(np.float64)``, ``to('float32')``, ``to('cpu')``
+        (refdl runs on the CPU: a no-op), ``to('cpu', np.float64)``,
+        ``to(device='cpu', dtype=...)``. Any other device is an error.
+        """
+        dtype = kwargs.pop("dtype", None)
+        device = kwargs.pop("device", None)
+        if kwargs:
+            raise TypeError(f"{type(self).__name__}.to: unexpected arguments {sorted(kwargs)}")
+        for a in args:
+            if _is_device(a):
+                device = a
+            elif dtype is None:
+                dtype = a
+            else:
+                raise TypeError(f"{type(self).__name__}.to: two dtypes given ({dtype}, {a})")
+        if device is not None:
+            dev = str(device)
+            if dev.split(":")[0] != "cpu":
+                raise ValueError(f"{type(self).__name__}.to: refdl runs on the CPU only, "
+                                 f"got device {dev!r} (use refdl.interop.to_torch for a GPU)")
+        if dtype is None:
+            return self
+        try:
+            dtype = np.dtype(dtype)
+        except TypeError:
+            raise TypeError(f"{type(self).__name__}.to: expected a dtype or 'cpu', got "
+                            f"{dtype!r}") from None
         if not np.issubdtype(dtype, np.floating):
             raise TypeError(f"{type(self).__name__}.to: expected a floating dtype, got {dtype}")
         for p in self.parameters():
@@ -209,6 +458,10 @@ class Module:
             for name, b in list(m._buffers.items()):
                 if isinstance(b, np.ndarray) and np.issubdtype(b.dtype, np.floating):
                     setattr(m, name, b.astype(dtype, copy=False))
+        return self
+
+    def cpu(self):
+        """refdl runs on the CPU: returns self (for ported PyTorch code)."""
         return self
 
     def double(self):
@@ -364,3 +617,141 @@ class ModuleList(Module):
         if isinstance(idx, slice):
             return ModuleList(mods[idx])
         return mods[idx]
+
+
+class ModuleDict(Module):
+    """An ordered dict of modules whose parameters are registered (keys ``name.weight``).
+
+    Like ModuleList it has no forward of its own: the owner decides how its members are
+    applied (``self.heads[task](x)``). Supports ``[]``, ``in``, ``len``, iteration over the
+    keys, ``keys()``, ``values()``, ``items()``, ``update()`` and ``pop()``.
+    """
+
+    def __init__(self, modules=None):
+        super().__init__()
+        if modules is not None:
+            self.update(modules)
+
+    def __getitem__(self, key):
+        return self._modules[key]
+
+    def __setitem__(self, key, module):
+        if not isinstance(module, Module):
+            raise TypeError(f"ModuleDict: {key!r} must be a Module, got "
+                            f"{type(module).__name__}")
+        self.add_module(key, module)
+
+    def __delitem__(self, key):
+        del self._modules[key]
+        object.__delattr__(self, key)
+
+    def __contains__(self, key):
+        return key in self._modules
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(self._modules)
+
+    def keys(self):
+        return self._modules.keys()
+
+    def values(self):
+        return self._modules.values()
+
+    def items(self):
+        return self._modules.items()
+
+    def update(self, modules):
+        items = modules.items() if hasattr(modules, "items") else modules
+        for key, module in items:
+            self[key] = module
+
+    def pop(self, key):
+        module = self._modules[key]
+        del self[key]
+        return module
+
+
+class ParameterList(Module):
+    """A list of Parameters registered under the keys ``0``, ``1``, ... (PyTorch's name).
+
+    Arrays are wrapped in a Parameter on the way in. Supports ``[]``, ``len``, iteration,
+    ``append`` and ``extend``.
+    """
+
+    def __init__(self, values=None):
+        super().__init__()
+        for v in values or ():
+            self.append(v)
+
+    def append(self, value):
+        self.register_parameter(str(len(self._parameters)), _as_parameter(value))
+        return self
+
+    def extend(self, values):
+        for v in values:
+            self.append(v)
+        return self
+
+    def __getitem__(self, idx):
+        return list(self._parameters.values())[idx]
+
+    def __setitem__(self, idx, value):
+        key = str(range(len(self._parameters))[idx])
+        self.register_parameter(key, _as_parameter(value))
+
+    def __len__(self):
+        return len(self._parameters)
+
+    def __iter__(self):
+        return iter(self._parameters.values())
+
+    def extra_repr(self):
+        return ", ".join(f"{k}: {tuple(p.shape)}" for k, p in self._parameters.items())
+
+
+class ParameterDict(Module):
+    """An ordered dict of Parameters registered under their keys (PyTorch's name)."""
+
+    def __init__(self, parameters=None):
+        super().__init__()
+        if parameters is not None:
+            self.update(parameters)
+
+    def __getitem__(self, key):
+        return self._parameters[key]
+
+    def __setitem__(self, key, value):
+        if not isinstance(key, str) or not key or "." in key:
+            raise KeyError(f"ParameterDict: keys must be non-empty strings without '.', "
+                           f"got {key!r}")
+        self.register_parameter(key, _as_parameter(value))
+
+    def __contains__(self, key):
+        return key in self._parameters
+
+    def __len__(self):
+        return len(self._parameters)
+
+    def __iter__(self):
+        return iter(self._parameters)
+
+    def keys(self):
+        return self._parameters.keys()
+
+    def values(self):
+        return self._parameters.values()
+
+    def items(self):
+        return self._parameters.items()
+
+    def update(self, parameters):
+        items = parameters.items() if hasattr(parameters, "items") else parameters
+        for key, value in items:
+            self[key] = value
+
+
+def _as_parameter(value):
+    return value if isinstance(value, Parameter) else Parameter(value)
