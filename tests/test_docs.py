@@ -14,6 +14,7 @@ how a block is checked:
 - ``<!-- expected-output -->`` before a bare ``` block: the stdout of the page's previous
   ```python block, checked like a doctest;
 - ``<!-- command-output: refdl ARGS -->`` before a bare ``` block: that command's output;
+- a block that imports torch runs only when PyTorch is installed (refdl never needs it);
 - in a ```bash block, every ``refdl ...`` line is parsed by refdl's own parser (so each
   documented option exists) and the quick ones (not train/bench) are run; every
   ``python PATH.py --opt ...`` line has its options checked against the script's --help.
@@ -24,9 +25,12 @@ import doctest
 import inspect
 import io
 import re
+import importlib.util
 import shlex
 import subprocess
 import sys
+import textwrap
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +53,8 @@ def parse(text):
             j = i + 1
             while "-->" not in lines[j]:
                 j += 1
-            blocks.append(("setup", "python", "\n".join(lines[i + 1:j]), i + 1, None, None))
+            blocks.append(("setup", "python", textwrap.dedent("\n".join(lines[i + 1:j])), i + 1,
+                           None, None))
             i = j + 1
             continue
         m = MARK.match(line.strip())
@@ -57,12 +62,13 @@ def parse(text):
             marker = (m.group(1), m.group(2))
             i += 1
             continue
-        f = FENCE.match(line.strip()) if not line.startswith(" ") else None
-        if f:
+        f = FENCE.match(line.strip())
+        if f:                            # a fence may be indented (inside a list item)
             j = i + 1
             while not lines[j].strip().startswith("```"):
                 j += 1
-            blocks.append(("code", f.group(1), "\n".join(lines[i + 1:j]), i + 1) + marker)
+            body = textwrap.dedent("\n".join(lines[i + 1:j]))
+            blocks.append(("code", f.group(1), body, i + 1) + marker)
             marker = (None, None)
             i = j + 1
             continue
@@ -151,9 +157,12 @@ def test_page_code_blocks_run(page, tmp_path, monkeypatch):
     import refdl
     refdl.manual_seed(0)                 # then the page runs top to bottom, like a reader
     ns = {"__name__": f"docs_{page.stem}"}
-    last_stdout = None
+    last_stdout, no_torch = None, []
     for kind, lang, body, line, marker, arg in parse(page.read_text(encoding="utf-8")):
         where = f"{page.relative_to(ROOT)}:{line}"
+        if re.search(r"^\s*import torch\b", body, re.M) and importlib.util.find_spec("torch") is None:
+            no_torch.append(where)       # refdl never needs PyTorch; its interop pages do
+            continue
         if kind == "setup":
             exec(compile(body, where, "exec"), ns)
             continue
@@ -192,6 +201,8 @@ def test_page_code_blocks_run(page, tmp_path, monkeypatch):
             pass                         # an illustration (a report shown, a layout)
         else:
             pytest.fail(f"{where}: no rule to check a ```{lang} block")
+    if no_torch:
+        warnings.warn(f"not run without PyTorch: {', '.join(no_torch)}")
 
 
 def test_the_collector_fails_on_drift(tmp_path):
