@@ -14,6 +14,7 @@ import argparse
 import importlib.util
 import json
 import os
+import platform
 import re
 import subprocess
 import sys
@@ -774,6 +775,17 @@ def cmd_explain(args):
 
 
 # ---------------------------------------------------------------------------------- parser
+def kernels_description():
+    """Which path runs the convolution and pooling loops, and why (for headers)."""
+    from . import ext
+    if ext.available():
+        return "compiled kernels" + (" with OpenMP" if ext.openmp() else " (serial)")
+    if ext.compiled_module() is not None:
+        return "NumPy reference path (compiled kernels built but switched off)"
+    return ("NumPy reference path (the compiled kernels were not built: "
+            f"{ext.import_error}; reinstall with a C compiler and Cython for speed)")
+
+
 def build_parser():
     from . import __version__
 
@@ -781,7 +793,9 @@ def build_parser():
         prog="refdl", description="refdl: a reference deep-learning library in NumPy. "
         "Train a network, check every backward, inspect models and the exam items.",
         epilog="Run 'refdl COMMAND --help' for a command's options.")
-    p.add_argument("--version", action="version", version=f"refdl {__version__}")
+    p.add_argument("--version", action="version", version=f"refdl {__version__} "
+                   f"({platform.python_implementation()} {platform.python_version()}, "
+                   f"NumPy {np.__version__}): {kernels_description()}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     try:
