@@ -101,6 +101,127 @@ def _pick_out(args):
     return out, False
 
 
+# options that define a run: --resume takes them from the run's config.json
+RUN_OPTIONS = ("model", "dataset", "data_dir", "batch_size", "optimizer", "lr", "momentum",
+               "weight_decay", "scheduler", "clip_grad_norm", "seed")
+
+
+def _check_train_values(args):
+    """Refuse numeric options no training can use, before anything runs."""
+    import math
+
+    def bad(v):
+        return v is not None and (not math.isfinite(v) or v < 0)
+    for opt, v, rule in (("--lr", args.lr, "a non-negative number"),
+                         ("--momentum", args.momentum, "a non-negative number"),
+                         ("--weight-decay", args.weight_decay, "a non-negative number"),
+                         ("--clip-grad-norm", args.clip_grad_norm,
+                          "a non-negative number (a negative norm would reverse the "
+                          "gradients)")):
+        if bad(v):
+            raise UserError(f"{opt} must be {rule}, got {v:g}")
+    if args.seed < 0 or args.seed >= 2 ** 63:
+        raise UserError(f"--seed must be an integer in [0, 2**63), got {args.seed}")
+    if not (0 <= args.val_split < 1):
+        raise UserError(f"--val-split must be a fraction in [0, 1), got {args.val_split:g}")
+
+
+def _check_out_writable(out):
+    """--out must be a folder refdl can create and write, checked before any training."""
+    import tempfile
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: exists and is not a folder (a file or device); "
+                        "choose a folder for the run's checkpoint and plots")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as e:
+        raise UserError(f"--out {out}: cannot write there "
+                        f"({e.strerror or type(e).__name__})") from None
+
+
+def _explicit_options(argv):
+    """The dests of the options typed on the command line (defaults not counted)."""
+    p = build_parser()
+    sub = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))
+    for sp in sub.choices.values():
+        for a in sp._actions:
+            a.default = argparse.SUPPRESS
+    try:
+        ns = p.parse_args(argv)
+    except SystemExit:
+        return set()
+    return {k for k in vars(ns) if k not in ("func", "command")}
+
+
+def _apply_run_config(args, out):
+    """--resume: take the run's options from out/config.json; an explicit option that
+    differs from the run is refused with the reason."""
+    cfg_path = out / "config.json"
+    if not cfg_path.is_file():
+        return None
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"--resume: cannot read {cfg_path} ({e})") from None
+    if not isinstance(cfg, dict):
+        raise UserError(f"--resume: {cfg_path} is not a refdl run configuration")
+    explicit = getattr(args, "_explicit", None) or set()
+    for key in RUN_OPTIONS:
+        if key not in cfg:
+            continue
+        mine, theirs = getattr(args, key), cfg[key]
+        if key in explicit and mine != theirs:
+            flag = "--" + key.replace("_", "-")
+            raise UserError(f"--resume: {flag} {mine} conflicts with the run in {out}, "
+                            f"which was trained with {flag} {theirs}; a resumed run keeps "
+                            f"its options (start a new run with another --out to change it)")
+        setattr(args, key, theirs)
+    return cfg
+
+
+def _schedule_extension(args, state, steps_per_epoch):
+    """--resume with more --epochs than the run was planned for: 'cosine' means re-plan
+    the cosine for the new total; a one-cycle schedule cannot be extended (refused)."""
+    sched = (state or {}).get("scheduler") or {}
+    if args.scheduler == "cosine" and isinstance(sched.get("T_max"), int) and \
+            sched["T_max"] != args.epochs:
+        return "cosine", sched["T_max"]
+    if args.scheduler == "onecycle" and isinstance(sched.get("total_steps"), int):
+        planned = sched["total_steps"]
+        if args.epochs * steps_per_epoch != planned:
+            raise UserError(
+                f"--resume: the run's one-cycle schedule was planned for {planned} steps "
+                f"({planned // max(steps_per_epoch, 1)} epochs) and cannot be stretched to "
+                f"{args.epochs} epochs (its learning rate would restart mid-annealing); "
+                f"resume with --epochs {planned // max(steps_per_epoch, 1)}, or start a new "
+                f"run with another --out")
+    return None
+
+
+def _replanned_cosine(opt, total):
+    """CosineAnnealingLR over ``total`` epochs that keeps that plan when a checkpoint's
+    state (planned for fewer epochs) is loaded into it, using the closed form
+    eta_t = eta_min + (eta_0 - eta_min)(1 + cos(pi t / total)) / 2 from then on."""
+    from .optim import lr_scheduler as ls
+
+    class CosineAnnealingLR(ls.CosineAnnealingLR):      # same name: the checkpoint fits
+        def load_state_dict(self, state_dict):
+            super().load_state_dict(state_dict)
+            self.T_max = total
+            # the restored optimiser holds the old plan's lr (0 at its end): re-plan it too
+            for group, lr in zip(self.optimizer.param_groups, self._get_closed_form_lr()):
+                group["lr"] = lr
+            self._last_lr = self._lrs()
+
+        def get_lr(self):
+            if self.last_epoch == 0:
+                return self._lrs()
+            return self._get_closed_form_lr()
+    return CosineAnnealingLR(opt, T_max=total)
+
+
 def _first_feature_maps(model, x):
     """The first (1, C, H, W) output (C > 1) of a leaf module on input ``x``, or None."""
     found = []
@@ -130,11 +251,27 @@ def _first_feature_maps(model, x):
     return found[0] if found else None
 
 
+def _apply_threads(args):
+    """--threads N (or, without it, the cores nobody else is using): refdl.set_num_threads.
+    Returns a short description for the header."""
+    from .threads import auto_num_threads, set_num_threads
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UserError(f"--threads must be a positive integer, got {args.threads}")
+        set_num_threads(args.threads)
+        return f"{args.threads} thread{'s' * (args.threads > 1)}"
+    n, why = auto_num_threads()
+    set_num_threads(n)
+    return f"{n} thread{'s' * (n > 1)} ({why}; --threads to choose)"
+
+
 def cmd_train(args):
     from . import data, models, nn, plot
     from .checkpoint import read_checkpoint
     from .train import NonFiniteLossError, evaluate, fit
     import refdl
+
+    threads_note = _apply_threads(args)
 
     if args.model is None:
         args.model = "mlp" if args.dataset in POINT_DATASETS else DEFAULT_MODEL
@@ -143,18 +280,23 @@ def cmd_train(args):
         raise UserError(f"unknown model {args.model!r}; available: {', '.join(sorted(avail))}")
     if args.epochs < 1 or args.batch_size < 1:
         raise UserError("--epochs and --batch-size must be positive")
+    _check_train_values(args)
     out, explicit = _pick_out(args)
     ck = out / "checkpoint.npz"
+    ck_state = None
     if args.resume:
         if not ck.exists():
             raise UserError(f"--resume: no checkpoint {ck} to continue from")
-        done = read_checkpoint(ck)["epoch"] or 0     # a corrupt file is refused first
+        _apply_run_config(args, out)
+        ck_state = read_checkpoint(ck)              # a corrupt file is refused first
+        done = ck_state["epoch"] or 0
         if done >= args.epochs:
             print(f"refdl train: {ck} is already at epoch {done}; pass --epochs N > {done} "
                   "to train further (evaluating it as it is)")
     elif ck.exists():
         raise UserError(f"{out} already holds a checkpoint; use --resume to continue it "
                         "or choose another --out (nothing was overwritten)")
+    _check_out_writable(out)
     if not hasattr(nn, "CrossEntropyLoss"):
         raise UserError("nn.CrossEntropyLoss is not available in this refdl yet")
 
@@ -166,10 +308,17 @@ def cmd_train(args):
                           args.lr if args.lr is not None else DEFAULT_LR[args.optimizer],
                           args.momentum, args.weight_decay)
     sched, interval = None, "epoch"
+    extension = _schedule_extension(args, ck_state, -(-len(ytr) // args.batch_size)) \
+        if args.resume else None
     if args.scheduler != "none":
         from .optim import lr_scheduler as ls
         if args.scheduler == "step":
             sched = ls.StepLR(opt, step_size=max(1, args.epochs // 3), gamma=0.1)
+        elif extension is not None:
+            sched = _replanned_cosine(opt, args.epochs)
+            if not args.quiet:
+                print(f"refdl train: re-planning the cosine schedule for {args.epochs} "
+                      f"epochs (the run was planned for {extension[1]})")
         elif args.scheduler == "cosine":
             sched = ls.CosineAnnealingLR(opt, T_max=args.epochs)
         else:
@@ -177,17 +326,21 @@ def cmd_train(args):
             sched = ls.OneCycleLR(opt, max_lr=opt.param_groups[0]["lr"], epochs=args.epochs,
                                   steps_per_epoch=steps)
             interval = "step"
+    (xtr, ytr), val = _validation_split(xtr, ytr, args.val_split, args.seed)
     train = data.DataLoader(data.TensorDataset(xtr, ytr), args.batch_size, shuffle=True)
+    val = None if val is None else data.DataLoader(data.TensorDataset(*val), 256)
     test = data.DataLoader(data.TensorDataset(xte, yte), 256)
     loss = nn.CrossEntropyLoss()
     say = (lambda *a: None) if args.quiet else print
+    n_val = 0 if val is None else len(val.dataset)
     say(f"refdl train: {args.model} ({model.num_parameters():,} parameters) on {args.dataset} "
-        f"({len(ytr)} train / {len(yte)} test, input {tuple(xtr.shape[1:])}), "
-        f"{args.optimizer} lr={opt.param_groups[0]['lr']:g}, {args.epochs} epochs, "
-        f"batch {args.batch_size}, seed {args.seed}")
+        f"({len(ytr)} train / {n_val} validation / {len(yte)} test, input "
+        f"{tuple(xtr.shape[1:])}), {args.optimizer} {_lr_description(args, opt)}, "
+        f"{args.epochs} epochs, batch {args.batch_size}, seed {args.seed}; "
+        f"{kernels_description()}, {threads_note}")
     out.mkdir(parents=True, exist_ok=True)
     config = {k2: (str(v) if isinstance(v, Path) else v) for k2, v in vars(args).items()
-              if k2 != "func"}
+              if k2 != "func" and not k2.startswith("_")}
     if not args.resume:            # a failed resume must not touch the run's files
         (out / "config.json").write_text(json.dumps(config, indent=1))
     t0 = time.perf_counter()
@@ -195,7 +348,7 @@ def cmd_train(args):
         # overflow on the way to a NaN loss is reported once, by fit's guard, not as a
         # stream of NumPy warnings
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            history = fit(model, loss, opt, train, test, epochs=args.epochs,
+            history = fit(model, loss, opt, train, val, epochs=args.epochs,
                           scheduler=sched, scheduler_interval=interval,
                           clip_grad_norm=args.clip_grad_norm, checkpoint_path=ck,
                           resume=args.resume, progress=not args.quiet, num_classes=k)
@@ -205,13 +358,14 @@ def cmd_train(args):
     secs = time.perf_counter() - t0
     if args.resume:
         (out / "config.json").write_text(json.dumps(config, indent=1))
+    diverged = _diverged(history, k)
     ev = evaluate(model, test, loss, num_classes=k)
     (out / "history.json").write_text(json.dumps(history, indent=1))
     files = [ck, out / "history.json"]
     if not args.no_plots:
         files.append(plot.plot_history(history, out / "history.png",
                                        title=f"{args.model} on {args.dataset} "
-                                             "(validation = held-out test split)"))
+                                             "(validation split of the training data)"))
         files.append(plot.plot_confusion_matrix(ev["confusion"], out / "confusion.png"))
         if img is not None:
             n = min(36, len(yte))
@@ -243,9 +397,59 @@ def cmd_train(args):
             files.append(plot.plot_filters(first, out / "filters.png", image_shape=shape))
     correct = int(np.trace(ev["confusion"]))
     say(f"test accuracy: {100 * ev['accuracy']:.2f}% ({correct}/{len(yte)}), "
-        f"macro F1 {ev['f1']:.3f}, {secs:.1f} s")
+        f"macro F1 {ev['f1']:.3f}, {secs:.1f} s (the test split, evaluated once after "
+        "training; nothing was chosen on it)")
     say("wrote " + ", ".join(str(f) for f in files))
+    if diverged:
+        print(f"refdl train: warning: training diverged: {diverged}; lower --lr (or use "
+              "--clip-grad-norm)", file=sys.stderr)
+        return 3
     return 0
+
+
+def _validation_split(x, y, fraction, seed):
+    """((x_train, y_train), (x_val, y_val) or None): a seeded random split of the
+    training data; the validation part has round(fraction N) examples, at least one."""
+    if fraction == 0:
+        return (x, y), None
+    n = len(y)
+    n_val = max(1, int(round(fraction * n)))
+    if n_val >= n:
+        raise UserError(f"--val-split {fraction:g}: {n} training examples are too few to "
+                        "hold out a validation split (use --val-split 0)")
+    perm = np.random.default_rng([seed, 12345]).permutation(n)
+    val_idx, keep = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+    return (x[keep], y[keep]), (x[val_idx], y[val_idx])
+
+
+def _lr_description(args, opt):
+    """The learning rate asked for, and what the schedule does with it."""
+    lr = args.lr if args.lr is not None else DEFAULT_LR[args.optimizer]
+    if args.scheduler == "onecycle":
+        return (f"lr={lr:g} (onecycle peak; it starts at {opt.param_groups[0]['lr']:g} and "
+                "ends near 0)")
+    if args.scheduler == "cosine":
+        return f"lr={lr:g} (cosine to 0)"
+    if args.scheduler == "step":
+        return f"lr={lr:g} (x0.1 every {max(1, args.epochs // 3)} epochs)"
+    return f"lr={lr:g}"
+
+
+def _diverged(history, num_classes):
+    """Why the run counts as diverged (a string), or None. The cross-entropy of a uniform
+    guess is log(num_classes): a final training loss above twice that, or ten times the
+    first epoch's, is not a run that learnt."""
+    losses = [v for v in history.get("loss", []) if v == v]
+    if not losses:
+        return None
+    chance = float(np.log(num_classes))
+    last = losses[-1]
+    if last > 2 * chance:
+        return (f"the final training loss {last:.4g} is above twice the loss of a uniform "
+                f"guess (log {num_classes} = {chance:.3f})")
+    if len(losses) > 1 and last > 10 * losses[0]:
+        return f"the training loss rose from {losses[0]:.4g} to {last:.4g}"
+    return None
 
 
 # ------------------------------------------------------------------------------- gradcheck
@@ -657,6 +861,12 @@ def cmd_bench(args):
         return 0
     env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE",
                                                              "OPENBLAS_L2_SIZE")}
+    # --quick runs only bench_threads.py's quick table (under a minute) unless names are
+    # given; --threads/--quick are passed to the scripts that take them
+    if args.threads is not None and args.threads < 1:
+        raise UserError(f"--threads must be a positive integer, got {args.threads}")
+    if args.quick and not args.names:
+        scripts = [p for p in scripts if p.stem == "bench_threads"]
     failed = []
     for s in scripts:
         need = [m for m in ("threadpoolctl",) if f"import {m}" in s.read_text(encoding="utf-8")
@@ -667,11 +877,24 @@ def cmd_bench(args):
             continue
         print(f"== {s.name}")
         sys.stdout.flush()
-        if subprocess.call([sys.executable, str(s)], env=env, cwd=str(folder.parent)) != 0:
+        extra = _bench_flags(s, args)
+        if subprocess.call([sys.executable, str(s)] + extra, env=env,
+                           cwd=str(folder.parent)) != 0:
             failed.append(s.name)
     if failed:
         print(f"failed: {', '.join(failed)}")
     return 1 if failed else 0
+
+
+def _bench_flags(script, args):
+    """The --threads/--quick options for a benchmark script that declares them."""
+    text = script.read_text(errors="replace")
+    flags = []
+    if args.threads is not None and '"--threads"' in text:
+        flags += ["--threads", str(args.threads)]
+    if args.quick and '"--quick"' in text:
+        flags.append("--quick")
+    return flags
 
 
 # --------------------------------------------------------------------------------- explain
@@ -827,6 +1050,10 @@ def build_parser():
                    "annealing to 0, or one-cycle (per step, peak = --lr) (default cosine)")
     t.add_argument("--clip-grad-norm", type=float, metavar="MAX",
                    help="clip the total gradient norm to MAX before each step")
+    t.add_argument("--val-split", type=float, default=0.1, metavar="F",
+                   help="fraction of the training data held out as the validation split "
+                   "that every choice during training looks at (default 0.1; 0: none). "
+                   "The test split is evaluated once, after training")
     t.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     t.add_argument("--out", help="output folder (default runs/MODEL-DATASET[-N], never "
                    "overwriting a previous run)")
@@ -834,6 +1061,9 @@ def build_parser():
                    help="continue the run in --out from its checkpoint up to --epochs")
     t.add_argument("--no-plots", action="store_true", help="do not write PNG plots")
     t.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    t.add_argument("--threads", type=int, metavar="N",
+                   help="threads for BLAS and the compiled kernels (default: the cores "
+                   "not busy with other processes, from the load average)")
     t.set_defaults(func=cmd_train)
 
     g = sub.add_parser("gradcheck", help="check every layer's backward numerically",
@@ -876,6 +1106,10 @@ def build_parser():
                        description="Run benchmarks/*.py (or the named ones), each printing "
                        "its timings and ratios against a baseline measured in the same run.")
     b.add_argument("names", nargs="*", help="benchmark script names (default: all)")
+    b.add_argument("--threads", type=int, metavar="N",
+                   help="time at N threads only (default: each script's own, e.g. 1 and 2)")
+    b.add_argument("--quick", action="store_true",
+                   help="only the quick thread/PyTorch table (under a minute)")
     b.set_defaults(func=cmd_bench)
 
     x = sub.add_parser("explain", help="a layer's formulas, derivation page and source lines",
@@ -906,6 +1140,7 @@ def main(argv=None):
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    args._explicit = _explicit_options(argv)
     try:
         return int(args.func(args) or 0)
     except (UserError, CheckpointError, IDXError, FileNotFoundError) as e:
