@@ -132,6 +132,7 @@ def _python_script(argv, where):
 
 
 def _bash(body, where, cwd):
+    body = re.sub(r"\\\n\s*", " ", body)         # join continued lines
     for raw in body.splitlines():
         line = raw.split(" #")[0].strip()
         if not line or line.startswith("#"):
@@ -145,6 +146,8 @@ def _bash(body, where, cwd):
         if words[:1] == ["refdl"]:
             slow = words[1:2] in (["train"], ["bench"])
             _run_refdl(words[1:], f"{where}: {line}", cwd, run=not slow)
+        elif words[:1] in (["git"], ["tar"], ["(cd"], ["cd"]):
+            continue                     # plumbing that prepares a benchmark's second tree
         elif words[:1] in (["python"], ["python3"]) and words[1:2] and words[1].endswith(".py"):
             _python_script(words[1:], f"{where}: {line}")
         else:
