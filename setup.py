@@ -18,6 +18,7 @@ import tempfile
 
 from setuptools import setup
 from setuptools.command.build_ext import build_ext
+from setuptools.command.build_py import build_py
 
 WARNING = ("refdl: the compiled kernels were not built ({}); "
            "refdl will use its pure-NumPy path")
@@ -165,4 +166,27 @@ def ext_modules():
         return []
 
 
-setup(ext_modules=ext_modules(), cmdclass={"build_ext": OptionalBuildExt})
+# Files outside the package that the installed `refdl` command reads: `refdl exam` the
+# verdicts of docs/exam.md, `refdl explain` the derivation pages, `refdl bench` the
+# benchmark scripts. The wheel carries copies under refdl/_shipped/ (a source checkout or
+# an editable install reads the originals).
+SHIPPED = [("docs", "exam.md"), ("docs/derivations", "*.md"), ("benchmarks", "*.py")]
+
+
+class BuildPyWithShipped(build_py):
+    """build_py that also copies SHIPPED into <build>/refdl/_shipped/."""
+
+    def run(self):
+        super().run()
+        import glob
+        import shutil
+        here = os.path.dirname(os.path.abspath(__file__))
+        for folder, pattern in SHIPPED:
+            dest = os.path.join(self.build_lib, "refdl", "_shipped", folder)
+            for src in sorted(glob.glob(os.path.join(here, folder, pattern))):
+                os.makedirs(dest, exist_ok=True)
+                shutil.copy2(src, dest)
+
+
+setup(ext_modules=ext_modules(),
+      cmdclass={"build_ext": OptionalBuildExt, "build_py": BuildPyWithShipped})

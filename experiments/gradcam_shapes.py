@@ -30,6 +30,7 @@ from refdl.interpret import (cam_from_weights, exp_score_derivatives, grad_cam_p
 from refdl.nn.module import Module
 from refdl.optim import Adam
 from refdl.train import check_finite, run_steps
+from refdl.progress import progress as _bar
 
 __all__ = ["paper000_weights", "GlobalAvgPool2d", "GlobalMaxPool2d", "make_cnn", "train_cnn",
            "localisation_table", "pointing_by_class", "run_shapes_experiment"]
@@ -103,8 +104,10 @@ def make_cnn(dtype=np.float32, generator=None):
         nn.Linear(16, 3, dtype=dtype, generator=g))
 
 
-def train_cnn(model, images, labels, epochs=6, batch_size=32, lr=3e-3, generator=None):
-    """Adam on the mean cross-entropy; returns the loss of every step."""
+def train_cnn(model, images, labels, epochs=6, batch_size=32, lr=3e-3, generator=None,
+              progress=False):
+    """Adam on the mean cross-entropy; returns the loss of every step. ``progress``: a
+    bar over the steps (refdl.progress: a summary line in a pipe)."""
     rng = np.random.default_rng(0) if generator is None else generator
     opt = Adam(model.parameters(), lr=lr)
     n = len(labels)
@@ -127,7 +130,8 @@ def train_cnn(model, images, labels, epochs=6, batch_size=32, lr=3e-3, generator
         opt.step()
         return loss
 
-    return run_steps(step, batches()).get("loss", [])
+    return run_steps(step, batches(), progress=progress,
+                     desc="training the CNN").get("loss", [])
 
 
 def _center_prior(n, size, h):
@@ -172,18 +176,22 @@ def pointing_by_class(maps, ds):
 
 
 def run_shapes_experiment(n_train=600, n_test=200, epochs=10, size=32, min_radius=3,
-                          max_radius=6, lr=1e-2, seed=0, png=None):
-    """Train the CNN on generated shapes, score every method; optionally write overlays."""
+                          max_radius=6, lr=1e-2, seed=0, png=None, progress=False):
+    """Train the CNN on generated shapes, score every method; optionally write overlays.
+    ``progress``: bars for the training and the scoring (refdl.progress)."""
     rng = np.random.default_rng(seed)
     kw = dict(size=size, min_radius=min_radius, max_radius=max_radius, generator=rng)
     train = make_shapes(n_train, **kw)
     test = make_shapes(n_test, **kw)
     model = make_cnn(generator=rng)
     losses = train_cnn(model, train.images, train.labels, epochs=epochs, lr=lr,
-                       generator=rng)
+                       generator=rng, progress=progress)
     model.eval()
     acc = float(np.mean(np.argmax(model(test.images), axis=1) == test.labels))
-    table, maps = localisation_table(model, test)
+    with _bar(total=1, desc="scoring 8 maps (Grad-CAM++ derivatives)", enabled=progress,
+              unit="table") as bar:
+        table, maps = localisation_table(model, test)
+        bar.update()
     if png is not None:
         keep = ["saliency", "Grad-CAM", "Grad-CAM++ (closed form)",
                 "Grad-CAM++ (exact derivatives)", "paper 000 formula, f = exp S"]
@@ -196,7 +204,8 @@ def run_shapes_experiment(n_train=600, n_test=200, epochs=10, size=32, min_radiu
 
 if __name__ == "__main__":    # pragma: no cover
     import sys
-    out = run_shapes_experiment(png=sys.argv[1] if len(sys.argv) > 1 else "gradcam_shapes.png")
+    out = run_shapes_experiment(png=sys.argv[1] if len(sys.argv) > 1 else "gradcam_shapes.png",
+                                progress=True)
     print(f"test accuracy {out['accuracy']:.3f}, final training loss {out['final_loss']:.3f}")
     print(f"{'method':34s} pointing game   IoU@0.5   pointing game by class "
           f"{out['classes']}")

@@ -5,6 +5,7 @@
     refdl summary    layer-by-layer output shapes and parameter counts of a model
     refdl exam       the exam items: the paper's claim, refdl's result, the verdict
     refdl bench      run the benchmark scripts in benchmarks/
+    refdl explain    a layer's formulas, its derivation page, where its forward/backward live
 
 A user's mistake (an unknown name, a missing folder, a corrupt file, a checkpoint from
 another model) gives a one-line message on stderr and exit status 2, never a traceback.
@@ -31,6 +32,8 @@ DATASETS = ("digits", "mnist", "fashion-mnist", "spirals", "moons")
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
 DEFAULT_LR = {"sgd": 0.05, "adam": 3e-3, "adamw": 3e-3, "rmsprop": 1e-3}
 REPO = Path(__file__).resolve().parent.parent
+# an installed wheel carries docs/exam.md, docs/derivations/ and benchmarks/ here (setup.py)
+SHIPPED = Path(__file__).resolve().parent / "_shipped"
 
 
 class UserError(Exception):
@@ -370,6 +373,15 @@ def cmd_train(args):
             xs = xte[:n].reshape((n,) + tuple(img))
             files.append(plot.plot_samples(xs, out / "samples.png", labels=yte[:n],
                                            preds=ev["y_pred"][:n], title="test images"))
+            if np.any(ev["y_pred"] != yte):      # the ones it got wrong, wherever they are
+                files.append(plot.plot_misclassified(
+                    xte.reshape((len(yte),) + tuple(img)), yte, ev["y_pred"],
+                    out / "misclassified.png"))
+        elif xte.ndim == 2 and xte.shape[1] == 2:    # 2-D points: the decision regions
+            files.append(plot.plot_decision_boundary(model, xte, yte,
+                                                     out / "decision_boundary.png",
+                                                     title=f"{args.model} on {args.dataset} "
+                                                     "(test points)"))
         maps = _first_feature_maps(model, xte[:1])
         if maps is not None:
             files.append(plot.plot_feature_maps(maps, out / "feature_maps.png",
@@ -754,7 +766,9 @@ def cmd_summary(args):
 
 # ------------------------------------------------------------------------------------ exam
 def _find(rel):
-    for base in (Path.cwd(), REPO):
+    """``rel`` (e.g. docs/exam.md) in the current folder, the source tree, or the copy an
+    installed wheel carries; None when none has it."""
+    for base in (Path.cwd(), REPO, SHIPPED):
         p = base / rel
         if p.exists():
             return p
@@ -822,7 +836,8 @@ def _verdict(entry):
 def cmd_exam(args):
     path = _find("docs/exam.md")
     if path is None:
-        raise UserError("docs/exam.md not found (run refdl exam from the refdl source tree)")
+        raise UserError("docs/exam.md not found (neither here, in the refdl source tree, nor "
+                        "in the installed package)")
     entries = _exam_entries(path.read_text(encoding="utf-8"))
     ids = [i.lower() for i in args.ids]
     bad = [i for i in ids if not re.fullmatch(r"[a-z]+-\d+[a-z]?", i)]
@@ -854,7 +869,7 @@ def cmd_exam(args):
     cmd = [sys.executable, "-m", "pytest", "-q", "-k", expr, str(tests)]
     print("recomputing: " + " ".join(cmd[1:]))
     sys.stdout.flush()
-    rc = subprocess.call(cmd)
+    rc = subprocess.call(cmd, cwd=str(tests.parent))   # the tree the tests belong to
     if rc == 5:
         print(f"no test named after {', '.join(ids)} exists yet")
         return 1
@@ -866,7 +881,8 @@ def cmd_exam(args):
 def cmd_bench(args):
     folder = _find("benchmarks")
     if folder is None or not folder.is_dir():
-        raise UserError("no benchmarks/ folder here (run refdl bench from the refdl source tree)")
+        raise UserError("no benchmarks/ folder (neither here, in the refdl source tree, nor in "
+                        "the installed package)")
     scripts = sorted(p for p in folder.glob("*.py") if not p.name.startswith("_"))
     if args.names:
         known = {p.stem: p for p in scripts}
@@ -888,6 +904,12 @@ def cmd_bench(args):
         scripts = [p for p in scripts if p.stem == "bench_threads"]
     failed = []
     for s in scripts:
+        need = [m for m in ("threadpoolctl",) if f"import {m}" in s.read_text(encoding="utf-8")
+                or f"from {m} " in s.read_text(encoding="utf-8")]
+        if any(importlib.util.find_spec(m) is None for m in need):
+            print(f"== {s.name}: skipped, it needs {', '.join(need)} "
+                  "(pip install \"refdl[bench]\")")
+            continue
         print(f"== {s.name}")
         sys.stdout.flush()
         extra = _bench_flags(s, args)
@@ -908,6 +930,106 @@ def _bench_flags(script, args):
     if args.quick and '"--quick"' in text:
         flags.append("--quick")
     return flags
+
+
+# --------------------------------------------------------------------------------- explain
+def _explain_lookup(name):
+    """The class or function called ``name`` (case-insensitive) in refdl's public modules."""
+    import difflib
+    import inspect
+    from . import models, nn, optim
+    from .nn.module import Module
+
+    spaces = [("nn", nn), ("optim", optim), ("optim.lr_scheduler", optim.lr_scheduler),
+              ("models", models)]
+    found, known = [], set()
+    for label, mod in spaces:
+        for attr in dir(mod):
+            obj = getattr(mod, attr)
+            if attr.startswith("_") or not (inspect.isclass(obj) or inspect.isfunction(obj)):
+                continue
+            if not (getattr(obj, "__module__", "") or "").startswith("refdl."):
+                continue
+            if label == "nn" and not (inspect.isclass(obj) and issubclass(obj, Module)):
+                continue
+            known.add(attr)
+            if attr.lower() == name.lower() and obj not in [o for _, o in found]:
+                found.append((f"{label}.{attr}", obj))
+    if not found:
+        close = difflib.get_close_matches(name, sorted(known), n=5, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else \
+            " (a class of refdl.nn, refdl.optim or refdl.models, e.g. Linear, LSTM, Adam)"
+        raise UserError(f"unknown layer {name!r}{hint}")
+    return found[0]
+
+
+def _derivation_pages(obj):
+    """Derivation pages for ``obj``: the one its docstring names, else the page named after
+    it, else the pages that name its source file, else the pages that name it."""
+    import inspect
+    folder = _find("docs/derivations")
+    if folder is None:
+        return []
+    pages = sorted(folder.glob("*.md"))
+    doc = "\n".join(inspect.getdoc(c) or "" for c in getattr(obj, "__mro__", (obj,))
+                    if (c.__module__ or "").startswith("refdl."))
+    doc += "\n" + (inspect.getdoc(inspect.getmodule(obj)) or "")
+    named = [folder / Path(m).name for m in re.findall(r"derivations/([\w\-]+\.md)", doc)]
+    if named:
+        return [p for p in dict.fromkeys(named) if p.exists()]
+    src = Path(inspect.getsourcefile(obj)).resolve()
+    for own in (folder / f"{obj.__name__.lower()}.md", folder / f"{src.stem}.md"):
+        if own.exists():
+            return [own]
+    rel = "refdl/" + src.relative_to(Path(__file__).resolve().parent).as_posix()
+    texts = {p: p.read_text(encoding="utf-8") for p in pages}
+    by_file = [p for p, t in texts.items() if rel in t]
+    if by_file:
+        return by_file
+    return [p for p, t in texts.items() if re.search(rf"`{obj.__name__}\b", t)]
+
+
+def _where(func):
+    import inspect
+    func = inspect.unwrap(func)
+    lines, start = inspect.getsourcelines(func)
+    return f"{inspect.getsourcefile(func)}:{start}"
+
+
+def cmd_explain(args):
+    import inspect
+
+    label, obj = _explain_lookup(args.layer)
+    print(f"refdl.{label}" + (str(inspect.signature(obj)) if inspect.isfunction(obj) else ""))
+    print()
+    doc = inspect.getdoc(obj) or "(no docstring)"
+    print(doc)
+    mod_doc = inspect.getdoc(inspect.getmodule(obj))
+    if "module doc" in doc and mod_doc:
+        print(f"\n{inspect.getmodule(obj).__name__}:\n{mod_doc}")
+    print()
+    if inspect.isclass(obj):
+        for meth in ("forward", "backward", "step", "double_backward"):
+            f = getattr(obj, meth, None)
+            if f is None or not callable(f):
+                continue
+            owner = next((c for c in obj.__mro__ if meth in vars(c)), obj)
+            if owner.__module__ == "builtins":
+                continue
+            print(f"{meth:<9} {_where(f)}" + ("" if owner is obj else
+                                             f"  (inherited from {owner.__name__})"))
+    else:
+        print(f"source    {_where(obj)}")
+    pages = _derivation_pages(obj)
+    if not pages:
+        print("\nderivation: no page in docs/derivations/ names it")
+        return 0
+    for page in pages:
+        print(f"\nderivation: {page}")
+        if not args.no_page:
+            print("-" * 80)
+            print(page.read_text(encoding="utf-8").rstrip())
+    return 0
 
 
 # ---------------------------------------------------------------------------------- parser
@@ -942,8 +1064,8 @@ def build_parser():
 
     t = sub.add_parser("train", help="train a model; print progress, write plots + checkpoint",
                        description="Train a model and report its test accuracy. With no "
-                       "options: the MLP on scikit-learn's 8x8 digits (no download) in a few "
-                       "seconds. Writes a checkpoint, history.json and PNG plots to --out.")
+                       f"options: {DEFAULT_MODEL} (LeNet-5) on scikit-learn's 8x8 digits (no "
+                       "download) in a few seconds. Writes a checkpoint, history.json and PNG plots to --out.")
     t.add_argument("--model", default=None, help=f"model name: {model_help} "
                    f"(default {DEFAULT_MODEL}; mlp for {' and '.join(POINT_DATASETS)})")
     t.add_argument("--dataset", default="digits", choices=DATASETS,
@@ -1024,6 +1146,16 @@ def build_parser():
     b.add_argument("--quick", action="store_true",
                    help="only the quick thread/PyTorch table (under a minute)")
     b.set_defaults(func=cmd_bench)
+
+    x = sub.add_parser("explain", help="a layer's formulas, derivation page and source lines",
+                       description="Print a layer's docstring (shapes, forward and backward "
+                       "formulas), the file and line of its forward and backward, and its "
+                       "derivation page from docs/derivations/.")
+    x.add_argument("layer", help="a class of refdl.nn, refdl.optim or refdl.models, e.g. "
+                   "Linear, Conv2d, LSTM, Adam (case-insensitive)")
+    x.add_argument("--no-page", action="store_true",
+                   help="name the derivation page without printing it")
+    x.set_defaults(func=cmd_explain)
     return p
 
 

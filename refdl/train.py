@@ -64,7 +64,8 @@ def check_finite(value, step, epoch=None, history=None, message=None, **kwargs):
     return value
 
 
-def run_steps(step_fn, steps, callback=None, log_every=0, log=None, until=None):
+def run_steps(step_fn, steps, callback=None, log_every=0, log=None, until=None,
+              progress=False, desc="training"):
     """The training loop every other one is built on: ``step_fn(step, item)`` for
     step = 1, 2, ... over ``steps`` (an int: item is None; or an iterable of batches).
 
@@ -72,23 +73,31 @@ def run_steps(step_fn, steps, callback=None, log_every=0, log=None, until=None):
     its losses, a dict {name: float} (or a float, recorded as 'loss'). Returns the history
     {name: [one value per step]}. ``callback(step, losses)`` runs after every step;
     ``log(step, history)`` every ``log_every`` steps; the loop stops early after a step
-    where ``until(step, history)`` is true.
+    where ``until(step, history)`` is true. ``progress``: a bar over the steps, titled
+    ``desc`` (refdl.progress: tqdm.auto in a terminal or notebook, one summary line in a
+    pipe).
     """
+    from .progress import progress as _bar
+
     history = {}
-    items = ((s, None) for s in range(1, int(steps) + 1)) if isinstance(steps, (int, np.integer)) \
-        else enumerate(steps, 1)
-    for step, item in items:
-        losses = step_fn(step, item)
-        if not isinstance(losses, dict):
-            losses = {"loss": losses}
-        for k, v in losses.items():
-            history.setdefault(k, []).append(v)
-        if callback is not None:
-            callback(step, losses["loss"] if set(losses) == {"loss"} else losses)
-        if log_every and log is not None and step % log_every == 0:
-            log(step, history)
-        if until is not None and until(step, history):
-            break
+    counted = isinstance(steps, (int, np.integer))
+    items = ((s, None) for s in range(1, int(steps) + 1)) if counted else enumerate(steps, 1)
+    total = int(steps) if counted else (len(steps) if hasattr(steps, "__len__") else None)
+    with _bar(total=total, desc=desc, enabled=progress, unit="step") as bar:
+        for step, item in items:
+            losses = step_fn(step, item)
+            if not isinstance(losses, dict):
+                losses = {"loss": losses}
+            for k, v in losses.items():
+                history.setdefault(k, []).append(v)
+            bar.update()
+            bar.set_postfix({k: f"{float(v):.4g}" for k, v in losses.items()}, refresh=False)
+            if callback is not None:
+                callback(step, losses["loss"] if set(losses) == {"loss"} else losses)
+            if log_every and log is not None and step % log_every == 0:
+                log(step, history)
+            if until is not None and until(step, history):
+                break
     return history
 
 
@@ -186,27 +195,34 @@ def evaluate(model, loader, loss_fn=None, num_classes=None):
 
 
 class _Progress:
+    """One tqdm.auto bar per epoch (a widget in a notebook, a text bar on a terminal, nothing
+    in a pipe: refdl.progress decides) and the per-epoch lines, which are always printed."""
+
     def __init__(self, enabled, stream):
         self.enabled = enabled
         self.stream = stream or sys.stdout
-        self.live = enabled and hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.bar = None
 
     def step(self, epoch, epochs, i, n, loss, acc, rate):
-        if not self.live:
+        if not self.enabled:
             return
-        width = 20
-        done = int(width * i / max(n, 1))
-        bar = "#" * done + "." * (width - done)
-        acc_s = f"  acc {100 * acc:5.1f}%" if acc is not None else ""
-        self.stream.write(f"\repoch {epoch}/{epochs} [{bar}] {i}/{n}  loss {loss:.4f}{acc_s}"
-                          f"  {rate:,.0f} samples/s")
-        self.stream.flush()
+        if self.bar is None:
+            from .progress import progress
+            self.bar = progress(total=n or None, desc=f"epoch {epoch}/{epochs}",
+                                stream=self.stream, leave=False, unit="batch", summary=False)
+        self.bar.update(i - self.bar.n)
+        post = {"loss": f"{loss:.4f}"}
+        if acc is not None:
+            post["acc"] = f"{100 * acc:.1f}%"
+        post["samples/s"] = f"{rate:,.0f}"
+        self.bar.set_postfix(post, refresh=False)
 
     def line(self, text):
         if not self.enabled:
             return
-        if self.live:
-            self.stream.write("\r\x1b[2K")
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
         self.stream.write(text + "\n")
         self.stream.flush()
 

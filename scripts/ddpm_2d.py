@@ -58,7 +58,8 @@ def main(argv=None):
     with limit:
         t0 = time.time()
         losses = train_ddpm(net, d, data, args.steps, batch_size=args.batch_size, lr=args.lr,
-                            generator=rng, log_every=max(1, args.steps // 10))
+                            generator=rng, log_every=max(1, args.steps // 10),
+                            progress=True)
         print(f"trained {args.steps} steps in {time.time() - t0:.1f} s; final loss "
               f"(mean of last 500) {np.mean(losses[-500:]):.4f}")
         samples, traj = d.sample(net, (args.samples, 2), generator=rng, return_trajectory=True)

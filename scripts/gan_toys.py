@@ -49,7 +49,7 @@ def main(argv=None):
             t0 = time.perf_counter()
             G, _, _ = train_gan(mixture(centers, std), kind=kind, steps=steps,
                                 batch_size=256, hidden=(128, 128), lr=1e-3,
-                                generator=np.random.default_rng(0))
+                                generator=np.random.default_rng(0), progress=True)
             secs = time.perf_counter() - t0
             s = sample_generator(G, 2500, generator=np.random.default_rng(1))
             m = mode_coverage(s, centers, std)   # covered: >= 20% of the fair share

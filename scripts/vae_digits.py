@@ -14,6 +14,7 @@ from sklearn.datasets import load_digits  # noqa: E402
 import refdl  # noqa: E402
 from refdl.models.vae import VAE, VAELoss, train_vae  # noqa: E402
 from refdl.optim import Adam  # noqa: E402
+from refdl.progress import progress  # noqa: E402
 
 
 def grid(images, rows):

@@ -522,7 +522,7 @@ class NoisePredictor(Module):
 
 
 def train_ddpm(model, diffusion, data, steps, batch_size=256, optimizer=None, lr=2e-3,
-               cosine_lr=True, generator=None, log_every=0, callback=None):
+               cosine_lr=True, generator=None, log_every=0, callback=None, progress=False):
     r"""Train ``model`` with :meth:`GaussianDiffusion.simple_loss` for ``steps`` steps.
 
     ``data``: an array (M, D) to draw minibatches from (with replacement), or a function
@@ -533,7 +533,8 @@ def train_ddpm(model, diffusion, data, steps, batch_size=256, optimizer=None, lr
     A non-finite loss stops training with refdl.train.NonFiniteLossError (a
     FloatingPointError) naming the step, before any
     update from it; if the parameters themselves had become non-finite, those used at the
-    previous (finite-loss) step are restored.
+    previous (finite-loss) step are restored. ``progress``: a tqdm.auto bar over the steps
+    (refdl.progress; one summary line in a pipe).
     """
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
         raise ValueError(f"train_ddpm: steps must be a non-negative integer, got {steps!r}")
@@ -572,8 +573,8 @@ def train_ddpm(model, diffusion, data, steps, batch_size=256, optimizer=None, lr
     def log(i, h):
         print(f"step {i:6d}  loss {np.mean(h['loss'][-log_every:]):.4f}")
 
-    losses = run_steps(step, steps, callback=callback, log_every=log_every,
-                       log=log).get("loss", [])
+    losses = run_steps(step, steps, callback=callback, log_every=log_every, log=log,
+                       progress=progress, desc="DDPM training").get("loss", [])
     return losses
 
 

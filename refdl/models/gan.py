@@ -329,7 +329,7 @@ def mlp_generator(latent_dim=2, out_features=2, hidden=(64, 64), cond_dim=0, gen
 def train_gan(sample_real, kind="gan", steps=2000, batch_size=256, latent_dim=2,
               hidden=(64, 64), lr=None, n_critic=None, lam=10.0, clip=0.01,
               critic_activation=None, n_classes=0, generator=None, log_every=0,
-              print_fn=print):
+              print_fn=print, progress=False):
     r"""Train a GAN on samples from ``sample_real(n, rng) -> (n, d)`` array.
 
     kind: 'gan' (non-saturating generator loss, BCE discriminator, Adam(2e-4, (0.5, .999))),
@@ -366,7 +366,8 @@ def train_gan(sample_real, kind="gan", steps=2000, batch_size=256, latent_dim=2,
                      f"g_loss {h['g_loss'][-1]:.4f}")
 
     history = {"d_loss": [], "g_loss": []}
-    history.update(run_steps(step, steps, log_every=log_every, log=log))
+    history.update(run_steps(step, steps, log_every=log_every, log=log, progress=progress,
+                              desc=f"{kind} training"))
     return run.G, run.D, history
 
 
