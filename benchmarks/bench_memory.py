@@ -5,7 +5,8 @@
 For LeNet-5 (batch 64, 1x8x8 digits-sized input scaled to 28x28) and resnet_small
 (batch 32, 1x8x8), it reports the peak traced memory of one forward + loss + backward +
 SGD step (after a warm-up step), and the traced memory left after 1,000 inference calls
-in eval mode and under refdl.no_grad() (caches must not accumulate).
+in eval mode and under refdl.no_grad(), after 1,000 warm-up calls (caches must not
+accumulate).
 """
 import tracemalloc
 
@@ -38,19 +39,23 @@ def step_peak(model, x, y):
 
 
 def inference_growth(model, x, calls=1000):
-    model.eval()
-    model(x)
+    """Traced memory kept by ``calls`` inference calls, after as many warm-up calls (the
+    first calls allocate per-shape geometry and thread-pool bookkeeping once)."""
     tracemalloc.start()
-    base = tracemalloc.get_traced_memory()[0]
-    for _ in range(calls):
-        model(x)
-    eval_growth = tracemalloc.get_traced_memory()[0] - base
-    model.train()
-    base = tracemalloc.get_traced_memory()[0]
-    with refdl.no_grad() if hasattr(refdl, "no_grad") else _null():
+
+    def kept(run):
         for _ in range(calls):
-            model(x)
-    nograd_growth = tracemalloc.get_traced_memory()[0] - base
+            run()
+        base = tracemalloc.get_traced_memory()[0]
+        for _ in range(calls):
+            run()
+        return tracemalloc.get_traced_memory()[0] - base
+
+    model.eval()
+    eval_growth = kept(lambda: model(x))
+    model.train()
+    with refdl.no_grad() if hasattr(refdl, "no_grad") else _null():
+        nograd_growth = kept(lambda: model(x))
     tracemalloc.stop()
     return eval_growth, nograd_growth
 
@@ -81,7 +86,7 @@ def main():
         line = f"{name:13s} batch {shape[0]:3d}: training step peak {peak / 2**20:7.2f} MiB"
         if hasattr(refdl, "no_grad"):
             ev, ng = inference_growth(model, x[:8], calls=1000)
-            line += (f";  after 1,000 inference calls: eval {ev / 2**10:+.1f} KiB, "
+            line += (f";  kept by 1,000 inference calls: eval {ev / 2**10:+.1f} KiB, "
                      f"no_grad {ng / 2**10:+.1f} KiB")
         print(line)
 
