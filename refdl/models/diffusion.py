@@ -52,7 +52,7 @@ from .. import random as _random
 from ..functional import softmax
 from ..functional.gaussian import check_variance as _check_var, gaussian_log_prob, normal_kl
 from ..grad_mode import no_grad
-from ..nn._validate import check_float, check_grad, layer_name
+from ..nn.validate import check_float, check_grad, layer_name
 from ..nn.activation import GELU, ReLU, SiLU, Tanh
 from ..nn.linear import Linear
 from ..nn.module import Module, Sequential

@@ -24,7 +24,7 @@ import numpy as np
 
 from .. import init
 from ..functional import log_sigmoid, sigmoid
-from ..nn._validate import check_float, check_ndim, layer_name
+from ..nn.validate import check_float, check_ndim, layer_name
 from ..nn.linear import Linear
 from ..nn.module import Module, ModuleList
 from ..grad_mode import no_grad

@@ -9,7 +9,7 @@ as the 8x8 digits both have padding 2 (8 -> 8 -> 4 -> 4 -> 2). Backward: the cha
 through features and classifier in reverse (two Sequentials).
 """
 from .. import nn
-from ..nn._validate import check_float, layer_name
+from ..nn.validate import check_float, layer_name
 
 __all__ = ["LeNet5"]
 

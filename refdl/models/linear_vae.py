@@ -26,7 +26,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..functional.gaussian import normal_log_prob
-from ..nn._validate import check_float, check_ndim, layer_name
+from ..nn.validate import check_float, check_ndim, layer_name
 from ..nn.module import Module, Parameter
 from ..optim import Adam
 from ..random import get_rng

@@ -15,7 +15,7 @@ Builders: ``resnet18/34/50`` (ImageNet layout), ``ResNet20`` style CIFAR nets vi
 ``ResNetSmall(num_classes=10, input_shape=(1, 8, 8))`` for the 8x8 digits and 32x32 images.
 """
 from .. import nn
-from ..nn._validate import check_float, layer_name
+from ..nn.validate import check_float, layer_name
 from ..nn.blocks import BasicBlock, Bottleneck
 
 __all__ = ["ResNet", "resnet18", "resnet34", "resnet50", "ResNetSmall", "BasicBlock",

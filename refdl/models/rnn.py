@@ -16,7 +16,7 @@ from typing import NamedTuple, Tuple
 import numpy as np
 
 from .. import nn
-from ..nn._validate import check_float, layer_name
+from ..nn.validate import check_float, layer_name
 
 __all__ = ["RNNClassifier", "GRUClassifier", "LSTMClassifier", "ElmanClassifier"]
 

@@ -25,7 +25,7 @@ import math
 import numpy as np
 
 from .. import nn
-from ..nn._validate import check_float, layer_name
+from ..nn.validate import check_float, layer_name
 
 __all__ = ["UNet", "video_unet", "unet_shapes"]
 

@@ -17,7 +17,7 @@ from ..checkpoint import save_checkpoint
 from ..functional import log_sigmoid, sigmoid
 from ..functional.gaussian import kl_diag_normal, kl_diag_normal_grad
 from ..grad_mode import no_grad
-from ..nn._validate import check_float, check_same_shape, layer_name
+from ..nn.validate import check_float, check_same_shape, layer_name
 from ..nn.activation import ReLU
 from ..nn.conv import Conv2d, ConvTranspose2d
 from ..nn.linear import Flatten, Linear, Unflatten

@@ -9,7 +9,7 @@ torchvision's VGG-11 is ``cfgs["A"]``. Backward: the chain rule through ``featur
 ``classifier`` in reverse.
 """
 from .. import nn
-from ..nn._validate import check_float, layer_name
+from ..nn.validate import check_float, layer_name
 
 __all__ = ["VGG", "vgg11", "VGGSmall", "cfgs"]
 

@@ -13,7 +13,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..functional import activation as F
-from ._validate import check_float, check_grad, layer_name
+from .validate import check_float, check_grad, layer_name
 from .module import Module, Parameter
 
 __all__ = ["ReLU", "LeakyReLU", "ELU", "Sigmoid", "Tanh", "Softplus", "GELU", "SiLU",

@@ -36,7 +36,7 @@ import numpy as np
 
 from .. import init
 from ..random import get_rng
-from ._validate import check_float, check_forward_called, check_grad, layer_name
+from .validate import check_float, check_forward_called, check_grad, layer_name
 from .linear import Linear
 from .module import Module, Parameter
 

@@ -26,7 +26,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ._validate import check_float, layer_name
+from .validate import check_float, layer_name
 from .activation import ReLU
 from .batchnorm import BatchNorm2d
 from .conv import Conv2d

@@ -39,7 +39,7 @@ from ..functional import winograd
 from ..functional.conv import (conv_output_size, conv_transpose_output_size,
                                normalize_tuple, same_padding)
 from ..threads import serial_below
-from ._validate import check_float, check_grad, layer_name
+from .validate import check_float, check_grad, layer_name
 from .module import Module, Parameter
 
 __all__ = ["Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d",

@@ -37,7 +37,7 @@ from typing import NamedTuple, Optional
 import numpy as np
 
 from ..functional import activation as F
-from ._validate import layer_name
+from .validate import layer_name
 from .module import Module
 
 __all__ = ["MSELoss", "L1Loss", "HuberLoss", "NLLLoss", "CrossEntropyLoss", "BCELoss",

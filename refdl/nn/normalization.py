@@ -7,7 +7,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .. import init
-from ._validate import check_float, check_grad, layer_name
+from .validate import check_float, check_grad, layer_name
 from .module import Module, Parameter
 
 __all__ = ["LayerNorm"]

@@ -24,7 +24,7 @@ import numpy as np
 
 from .. import ext
 from ..functional.conv import normalize_tuple, pool_output_size
-from ._validate import check_float, check_grad, layer_name
+from .validate import check_float, check_grad, layer_name
 from .module import Module
 
 __all__ = ["MaxPool1d", "MaxPool2d", "MaxPool3d", "AvgPool1d", "AvgPool2d", "AvgPool3d",

@@ -50,7 +50,7 @@ import numpy as np
 from .. import init
 from ..functional import sigmoid
 from ..random import get_rng
-from ._validate import check_float, check_grad, layer_name
+from .validate import check_float, check_grad, layer_name
 from .module import Module, Parameter
 
 __all__ = ["RNNCell", "LSTMCell", "GRUCell", "RNN", "LSTM", "GRU"]

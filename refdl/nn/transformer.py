@@ -13,7 +13,7 @@ import math
 import numpy as np
 
 from .. import init
-from ._validate import check_float, check_forward_called, check_grad, layer_name
+from .validate import check_float, check_forward_called, check_grad, layer_name
 from .activation import GELU, ReLU
 from .attention import MultiheadAttention
 from .linear import Linear

@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ._validate import check_float, check_grad, layer_name
+from .validate import check_float, check_grad, layer_name
 from .module import Module
 
 __all__ = ["Upsample", "UpsamplingNearest2d", "UpsamplingBilinear2d", "interpolation_matrix"]

@@ -1,9 +1,15 @@
-"""Input checks shared by the layers: clear errors before any arithmetic.
+"""Input checks for layers, refdl's and yours: clear errors before any arithmetic.
 
 Every message names the layer, what it expected and what it got, e.g.
 ``Linear(in_features=4, out_features=3): expected input of shape (N, 4) or (*, 4), got (2, 5)``.
+A layer of your own uses them the same way (docs/new-layer.md)::
+
+    from refdl.nn.validate import check_float, check_grad, layer_name
 """
 import numpy as np
+
+__all__ = ["layer_name", "check_float", "check_ndim", "check_dim", "check_same_shape",
+           "check_grad"]
 
 
 def layer_name(layer):
