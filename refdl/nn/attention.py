@@ -196,7 +196,9 @@ def _sdpa_forward(q, k, v, add_mask, dropout_p, scale, rng):
     """Forward on arrays; returns (out, A, AttentionCache). ``add_mask`` is additive."""
     scores = (q @ np.swapaxes(k, -1, -2)) * scale
     if add_mask is not None:
-        scores = scores + add_mask
+        # a masked entry (-inf in the mask) is -inf whatever its score, even NaN: masked
+        # entries get weight exactly 0, and only they
+        scores = np.where(add_mask == -np.inf, -np.inf, scores + add_mask)
     P = masked_softmax(scores)
     keep = None
     if dropout_p >= 1.0:
