@@ -10,7 +10,8 @@ cross-attention uses the encoder's output, the memory, twice, as key and value, 
 decoder stack uses it once per layer, so its gradients are summed too).
 The children record their own per-call caches; a block records only a small cache of
 its own (the output's shape, to check the upstream gradient).
-Derivation: docs/derivations/transformer.md
+Derivations: docs/derivations/transformer.md (encoder, patches, windows) and
+docs/derivations/decoder.md (decoder, nn.Transformer, masks).
 
 Masks follow MultiheadAttention's convention (boolean True = NOT allowed to attend, float
 added to the scores): use ``Transformer.generate_square_subsequent_mask(L)`` (float, 0 on
@@ -257,7 +258,7 @@ class TransformerDecoderLayer(_FeedForward, Module):
         h = norm1.backward(g1); dq, dk, dv = self_attn.backward(dropout1.backward(h))
         dL/dx = h + dq + dk + dv
     Cache per training-mode call: :class:`DecoderCache` (shapes of y and m); the children
-    record theirs. Derivation: docs/derivations/transformer.md, section 3.
+    record theirs. Derivation: docs/derivations/decoder.md, section 1.
     """
 
     def __init__(self, d_model, nhead, dim_feedforward=2048, dropout=0.1, activation="relu",
@@ -352,7 +353,7 @@ class TransformerDecoder(Module):
         x_0 = tgt,  x_k = layer_k(x_{k-1}, m),  y = norm(x_n)       (every layer sees m)
     backward(grad_out) -> (dtgt, dmemory): g <- norm.backward(g), then for k = n..1
     (g, dm_k) = layer_k.backward(g); dL/dm = sum_k dm_k (the memory fans out to every
-    layer). Cache per call: :class:`DecoderCache`. Derivation: transformer.md, section 4.
+    layer). Cache per call: :class:`DecoderCache`. Derivation: decoder.md, section 2.
     """
 
     def __init__(self, decoder_layer, num_layers, norm=None):
@@ -415,7 +416,7 @@ class Transformer(Module):
     backward(grad_out) -> (dsrc, dtgt):
         (dtgt, dm) = decoder.backward(g),   dsrc = encoder.backward(dm)
     A causal tgt_mask: ``Transformer.generate_square_subsequent_mask(T)``.
-    Derivation: docs/derivations/transformer.md, section 5.
+    Derivation: docs/derivations/decoder.md, section 3.
     """
 
     def __init__(self, d_model=512, nhead=8, num_encoder_layers=6, num_decoder_layers=6,
