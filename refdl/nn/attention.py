@@ -574,7 +574,9 @@ class MultiheadAttention(Module):
         proj = []
         for i, x in enumerate((q, k, v)):
             W, b = self._proj(i)
-            y = x @ W.T
+            # one (N len, E_in) x (E_in, E) product: a stacked 3-D matmul is far slower
+            # with a multithreaded BLAS
+            y = x.reshape(-1, x.shape[-1]) @ W.T
             if b is not None:
                 y = y + b
             # (N, len, E) -> (N, H, len, D); lengths spelled out so that N = 0 works
@@ -582,8 +584,8 @@ class MultiheadAttention(Module):
         p = self.dropout if self.training else 0.0
         o, A, attn = _sdpa_forward(proj[0], proj[1], proj[2], add, p, 1.0 / math.sqrt(D),
                                    get_rng())
-        merged = o.transpose(0, 2, 1, 3).reshape(N, L, self.embed_dim)
-        out = self._from_nle(self.out_proj(merged), batched)
+        merged = o.transpose(0, 2, 1, 3).reshape(N * L, self.embed_dim)
+        out = self._from_nle(self.out_proj(merged).reshape(N, L, self.embed_dim), batched)
         weights = None
         if need_weights:
             weights = A.mean(axis=1) if average_attn_weights else A
@@ -601,7 +603,7 @@ class MultiheadAttention(Module):
         H, D = self.num_heads, self.head_dim
         g = check_grad(self, d_out, self._from_nle(c.query, c.batched).shape, "d_out")
         g = self._to_nle(g, c.batched)
-        d_merged = self.out_proj.backward(g)                       # dC = G W_o
+        d_merged = self.out_proj.backward(g.reshape(N * L, E))     # dC = G W_o
         d_o = d_merged.reshape(N, L, H, D).transpose(0, 2, 1, 3)   # dO_h
         dA = None
         if c.weights_shape is not None and d_weights is not None and np.ndim(d_weights) > 0:
@@ -612,10 +614,10 @@ class MultiheadAttention(Module):
         dQ, dK, dV = _sdpa_backward(d_o, dA, c.attn)
         grads = []
         for i, (dY, X) in enumerate(((dQ, c.query), (dK, c.key), (dV, c.value))):
-            dY = dY.transpose(0, 2, 1, 3).reshape(N, X.shape[1], E)
+            dY = dY.transpose(0, 2, 1, 3).reshape(N * X.shape[1], E)
             self._add_proj_grads(i, dY, X)
             W, _ = self._proj(i)
-            grads.append(self._from_nle(dY @ W, c.batched))
+            grads.append(self._from_nle((dY @ W).reshape(X.shape), c.batched))
         return tuple(grads)
 
 
