@@ -613,6 +613,17 @@ def cmd_summary(args):
     avail = models.available_models()
     if args.model not in avail:
         raise UserError(f"unknown model {args.model!r}; available: {', '.join(sorted(avail))}")
+    if models.model_layout(args.model) == "text":      # token ids, not arrays of floats
+        refdl.manual_seed(0)
+        model = models.get_model(args.model, vocab_size=args.num_classes)
+        print(f"{args.model} (vocab_size={args.num_classes}): input (N, T) integer ids, "
+              f"output (N, T, {args.num_classes}) logits")
+        for name, child in model.named_children():
+            print(f"  {name:<10} {type(child).__name__:<28} "
+                  f"{child.num_parameters():>10,} parameters")
+        print(f"  total {model.num_parameters():,} trainable parameters (a tied weight "
+              "counts once)")
+        return 0
     default = {"flat": (64,), "image": (1, 8, 8), "sequence": (8, 8)}
     shape = _parse_shape(args.input_shape) if args.input_shape else \
         default.get(models.model_layout(args.model), (64,))
