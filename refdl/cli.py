@@ -276,8 +276,11 @@ def cmd_train_text(args):
     if args.resume:
         raise UserError(f"--resume is not supported for --model {args.model}; train again "
                         "with more --steps")
-    if args.steps < 1 or args.batch_size < 1 or args.block_size < 1:
-        raise UserError("--steps, --batch-size and --block-size must be positive")
+    if min(args.steps, args.batch_size, args.block_size, args.eval_interval) < 1:
+        raise UserError("--steps, --batch-size, --block-size and --eval-interval must be "
+                        "positive")
+    if args.lr is not None and not args.lr > 0:
+        raise UserError(f"--lr must be positive, got {args.lr}")
     try:
         text = load_text(args.text)
     except (FileNotFoundError, ValueError) as e:
@@ -793,7 +796,7 @@ def build_parser():
     tx = t.add_argument_group(
         "text models (--model gpt)", "A character-level language model trains for --steps "
         "steps (not --epochs) with AdamW on --text FILE, or on the data-set descriptions "
-        "bundled with scikit-learn (no download); 10%% of the text is held out for "
+        "bundled with scikit-learn (no download); 10% of the text is held out for "
         "validation and the bigram baseline's validation loss is printed for comparison.")
     tx.add_argument("--text", metavar="FILE", help="a UTF-8 text file (default: scikit-learn's "
                     "bundled data-set descriptions, about 47,000 characters)")
