@@ -14,7 +14,7 @@ from .summary import summary  # noqa: F401
 # the floors above nn, as torch exposes torch.optim and torch.autograd (about 0.3 s of
 # imports together; matplotlib and scikit-learn are only imported when used)
 from . import optim, autograd, data, models, interpret  # noqa: E402,F401
-from . import metrics, checkpoint, train  # noqa: E402,F401
+from . import metrics, checkpoint, train, interop  # noqa: E402,F401
 
 __all__ = ["manual_seed", "no_grad", "enable_grad", "set_grad_enabled", "is_grad_enabled", "summary", "nn", "init", "functional", "gradcheck", "random",
            "optim", "autograd", "data", "models", "interpret", "metrics", "checkpoint",

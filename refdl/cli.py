@@ -551,7 +551,88 @@ def _run_gradchecks(only=None):
     return rows
 
 
+def _load_user_layer(spec):
+    """The class named by ``path/to/file.py:Name`` or ``package.module:Name``."""
+    import importlib
+    import importlib.util
+    from .nn.module import Module
+
+    where, _, name = spec.rpartition(":")
+    if not where or not name.isidentifier():
+        raise UserError(f"{spec!r}: expected FILE.py:ClassName or module.path:ClassName")
+    if where.endswith(".py") or os.sep in where or "/" in where:
+        path = os.path.abspath(where)
+        if not os.path.isfile(path):
+            raise UserError(f"{spec!r}: no such file {where}")
+        mod_name = "refdl_user_" + re.sub(r"\W", "_", os.path.splitext(os.path.basename(path))[0])
+        loader = importlib.util.spec_from_file_location(mod_name, path)
+        module = importlib.util.module_from_spec(loader)
+        sys.modules[mod_name] = module
+        sys.path.insert(0, os.path.dirname(path))
+        try:
+            loader.loader.exec_module(module)
+        except Exception as e:
+            raise UserError(f"{spec!r}: importing {where} failed: {type(e).__name__}: {e}") \
+                from None
+        finally:
+            sys.path.remove(os.path.dirname(path))
+    else:
+        try:
+            module = importlib.import_module(where)
+        except ImportError as e:
+            raise UserError(f"{spec!r}: cannot import {where} ({e})") from None
+    cls = getattr(module, name, None)
+    if cls is None:
+        raise UserError(f"{spec!r}: {where} has no {name}")
+    if not (isinstance(cls, type) and issubclass(cls, Module)):
+        raise UserError(f"{spec!r}: {name} is not a refdl.nn.Module subclass")
+    return cls
+
+
+def _parse_call_args(text):
+    """``"4, 3, bias=False"`` -> ((4, 3), {'bias': False}), literals only."""
+    import ast
+    try:
+        call = ast.parse(f"f({text or ''})", mode="eval").body
+        return (tuple(ast.literal_eval(a) for a in call.args),
+                {k.arg: ast.literal_eval(k.value) for k in call.keywords})
+    except (SyntaxError, ValueError) as e:
+        raise UserError(f"--args {text!r}: expected Python literals such as '4, 3, "
+                        f"bias=False' ({e})") from None
+
+
+def _gradcheck_user_layer(spec, args):
+    """Check a user's layer: ``refdl gradcheck my_layer.py:MyLayer --input-shape 4,3``."""
+    from .gradcheck import check_module
+
+    cls = _load_user_layer(spec)
+    if not args.input_shape:
+        raise UserError(f"{spec}: give the input's shape with --input-shape, e.g. 4,3 "
+                        "(repeat it for a layer with several inputs)")
+    shapes = [_parse_shape(t) for t in args.input_shape]
+    ctor_args, ctor_kwargs = _parse_call_args(args.args)
+    try:
+        layer = cls(*ctor_args, **ctor_kwargs)
+    except Exception as e:
+        raise UserError(f"{spec}: {cls.__name__}({args.args or ''}) failed: "
+                        f"{type(e).__name__}: {e}") from None
+    rng = np.random.default_rng(args.seed)
+    inputs = [rng.standard_normal(s) for s in shapes]
+    try:
+        res = check_module(layer, *inputs, raise_exception=False, seed=args.seed)
+    except Exception as e:
+        print(f"{cls.__name__}: ERROR  {type(e).__name__}: {e}")
+        return 1
+    print(res)
+    return 0 if res.passed else 1
+
+
 def cmd_gradcheck(args):
+    user = [n for n in (args.only or []) if ":" in n]
+    if user:
+        if len(user) != len(args.only):
+            raise UserError("check either refdl's layers or your own FILE.py:Class, not both")
+        return max(_gradcheck_user_layer(spec, args) for spec in user)
     labels = {r[0] for r in GRADCHECK_TABLE} | {r[1] for r in GRADCHECK_TABLE
                                                  if isinstance(r[1], str)}
     unknown = [n for n in (args.only or []) if n not in labels]
@@ -832,7 +913,14 @@ def build_parser():
                        "central differences against a random projection of the output; "
                        "relative error < 1e-7 for the input and every parameter). Prints a "
                        "table; exit status 1 if any check fails.")
-    g.add_argument("only", nargs="*", help="layer names to check (default: all)")
+    g.add_argument("only", nargs="*", help="layer names to check (default: all), or your "
+                   "own layer as FILE.py:ClassName or package.module:ClassName")
+    g.add_argument("--input-shape", action="append",
+                   help="for your own layer: the input's shape, e.g. 4,3 (repeat for "
+                   "several inputs)")
+    g.add_argument("--args", default="",
+                   help="for your own layer: constructor arguments, e.g. '3, 4, bias=False'")
+    g.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
     g.add_argument("--plot", help="also write the report as a bar chart (PNG)")
     g.add_argument("-v", "--verbose", action="store_true",
                    help="full per-tensor reports and skipped layers")

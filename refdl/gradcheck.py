@@ -309,9 +309,11 @@ def check_module(module, *inputs, wrt=None, params=True, eps=EPS, rtol=RTOL, see
             raise ValueError(f"gradcheck: {type(module).__name__}.backward returned "
                              f"{len(gin)} input gradients, expected {len(wrt)}")
         gin = [np.array(g, dtype=np.float64, copy=True) for g in gin]
-        gp = {n: p.grad.copy() for n, p in module.named_parameters() if p.requires_grad}
+        gp = {n: _param_grad(n, p, problems) for n, p in module.named_parameters()
+              if p.requires_grad}
         return gin, gp
 
+    problems = []
     gin, gp = analytic(R)
     reports = []
     for j, i in enumerate(wrt):
@@ -324,7 +326,6 @@ def check_module(module, *inputs, wrt=None, params=True, eps=EPS, rtol=RTOL, see
             num = numeric_gradient(loss, p.data, eps)
             reports.append(_compare(n, loss, p.data, gp[n], num, eps, rtol))
 
-    problems = []
     if check_consistency:
         gin2, gp2 = analytic(R)
         same = all(np.allclose(a, b, rtol=1e-12, atol=0) for a, b in zip(gin, gin2)) and \
@@ -350,6 +351,24 @@ def check_module(module, *inputs, wrt=None, params=True, eps=EPS, rtol=RTOL, see
     if raise_exception and not result.passed:
         raise GradcheckError(result)
     return result
+
+
+def _param_grad(name, p, problems):
+    """A copy of ``p.grad``; a grad a backward replaced (``=`` instead of ``+=``) by a
+    non-array or an array of the wrong shape is reported in ``problems``, naming it."""
+    g = p.grad
+    if isinstance(g, np.ndarray) and g.shape == p.data.shape:
+        return np.array(g, dtype=np.float64, copy=True)
+    msg = (f"gradient of {name} was replaced by a {type(g).__name__}"
+           f"{' of shape ' + str(np.shape(g)) if np.ndim(g) else ''} instead of accumulated "
+           f"into an array of shape {p.data.shape}: write {name.split('.')[-1]}.grad += ..., "
+           "not = ...")
+    if msg not in problems:
+        problems.append(msg)
+    try:
+        return np.broadcast_to(np.asarray(g, dtype=np.float64), p.data.shape).copy()
+    except (TypeError, ValueError):
+        return np.full(p.data.shape, np.nan)
 
 
 def check_loss(criterion, input, target, **kwargs):

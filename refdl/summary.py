@@ -1,9 +1,10 @@
-"""``refdl.summary(model, input_shape)``: output shape and trainable parameters per layer."""
+"""``refdl.summary(model, input_size)``: output shape and trainable parameters per layer."""
 import numpy as np
 
+from .grad_mode import no_grad
 from .random import fork_rng
 
-__all__ = ["summary"]
+__all__ = ["summary", "ModelSummary"]
 
 
 def _shapes(out):
@@ -12,18 +13,48 @@ def _shapes(out):
     return tuple(np.shape(out))
 
 
-def summary(model, input_shape, dtype=np.float32, print_fn=print, depth=None):
-    """Run one forward pass on random input and tabulate every module it called.
+class ModelSummary(dict):
+    """The result of :func:`summary`: ``str()`` is the table, ``repr()`` one line.
 
-    ``input_shape`` is the full input shape including the batch, e.g. ``(1, 1, 28, 28)``
-    (a list of shapes for a module with several inputs). Returns a dict with ``rows`` (one
-    dict per call: name, type, depth, output_shape, params = the module's own trainable
-    parameters), ``total_params`` and ``trainable_params``; prints the table unless
-    ``print_fn`` is None. The model's mode and parameters are unchanged; its caches hold
-    the summary's forward pass afterwards.
+    It is a dict too: ``rows`` (one dict per call: name, type, depth, output_shape,
+    params = the module's own trainable parameters), ``total_params``,
+    ``trainable_params`` and ``input_shape``.
     """
-    shapes = input_shape if (isinstance(input_shape, list)
-                             and isinstance(input_shape[0], (tuple, list))) else [input_shape]
+
+    def __str__(self):
+        return "\n".join(self["table"])
+
+    def __repr__(self):
+        return (f"ModelSummary({len(self['rows'])} calls, total_params="
+                f"{self['total_params']:,}, trainable_params={self['trainable_params']:,})")
+
+
+def summary(model, input_size=None, dtype=np.float32, print_fn=print, depth=None, *,
+            input_data=None, input_shape=None):
+    """Run one forward pass and tabulate every module it called (torchinfo's spelling).
+
+    ``input_size`` is the full input shape including the batch, as in torchinfo, e.g.
+    ``summary(model, input_size=(16, 1, 28, 28))`` (a list of shapes for a module with
+    several inputs); ``input_data`` gives the input arrays themselves instead;
+    ``input_shape`` is an older name of ``input_size``. The forward runs under
+    ``refdl.no_grad()``: the model's caches, mode and parameters are unchanged.
+    Prints the table (unless ``print_fn`` is None) and returns a :class:`ModelSummary`.
+    """
+    if input_size is None:
+        input_size = input_shape
+    if input_data is not None:
+        xs = list(input_data) if isinstance(input_data, (list, tuple)) else [input_data]
+        xs = [np.asarray(x) for x in xs]
+        shapes = [x.shape for x in xs]
+    elif input_size is None:
+        raise TypeError("summary: give input_size (the input's shape with the batch) or "
+                        "input_data")
+    else:
+        input_shape = input_size
+        shapes = input_shape if (isinstance(input_shape, list)
+                                 and isinstance(input_shape[0], (tuple, list))) else [input_shape]
+        with fork_rng(0) as g:
+            xs = [g.standard_normal(tuple(s)).astype(dtype) for s in shapes]
     rows = []
     originals = []
     for name, m in model.named_modules():
@@ -44,9 +75,8 @@ def summary(model, input_shape, dtype=np.float32, print_fn=print, depth=None):
         originals.append((m, "forward" in m.__dict__, fwd))
         object.__setattr__(m, "forward", wrapped)
     try:
-        with fork_rng(0) as g:
-            xs = [g.standard_normal(tuple(s)).astype(dtype) for s in shapes]
-        model(*xs)
+        with no_grad():
+            model(*xs)
     finally:
         for m, had, fwd in originals:
             if had:
@@ -55,20 +85,23 @@ def summary(model, input_shape, dtype=np.float32, print_fn=print, depth=None):
                 del m.__dict__["forward"]
     total = sum(p.data.size for p in model.parameters())
     trainable = sum(p.data.size for p in model.parameters() if p.requires_grad)
-    result = {"rows": rows, "total_params": int(total), "trainable_params": int(trainable),
-              "input_shape": [tuple(s) for s in shapes]}
+    table = []
+    w = max([len("  " * r["depth"] + f"{r['name']} ({r['type']})") for r in rows] + [20])
+    line = "-" * (w + 40)
+    table.append(line)
+    table.append(f"{'Layer (type)':<{w}}  {'Output shape':<26}{'Params':>12}")
+    table.append("=" * (w + 40))
+    for r in rows:
+        label = "  " * r["depth"] + f"{r['name']} ({r['type']})"
+        table.append(f"{label:<{w}}  {str(r.get('output_shape', '?')):<26}{r['params']:>12,}")
+    table.append("=" * (w + 40))
+    table.append(f"Total params: {total:,}")
+    table.append(f"Trainable params: {trainable:,}")
+    table.append(f"Non-trainable params: {total - trainable:,}")
+    table.append(line)
+    result = ModelSummary(rows=rows, total_params=int(total), trainable_params=int(trainable),
+                          input_shape=[tuple(s) for s in shapes], table=table)
     if print_fn is not None:
-        w = max([len("  " * r["depth"] + f"{r['name']} ({r['type']})") for r in rows] + [20])
-        line = "-" * (w + 40)
-        print_fn(line)
-        print_fn(f"{'Layer (type)':<{w}}  {'Output shape':<26}{'Params':>12}")
-        print_fn("=" * (w + 40))
-        for r in rows:
-            label = "  " * r["depth"] + f"{r['name']} ({r['type']})"
-            print_fn(f"{label:<{w}}  {str(r['output_shape']):<26}{r['params']:>12,}")
-        print_fn("=" * (w + 40))
-        print_fn(f"Total params: {total:,}")
-        print_fn(f"Trainable params: {trainable:,}")
-        print_fn(f"Non-trainable params: {total - trainable:,}")
-        print_fn(line)
+        for t in table:
+            print_fn(t)
     return result

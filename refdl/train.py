@@ -22,6 +22,7 @@ import time
 import numpy as np
 
 from . import metrics as _metrics
+from .grad_mode import no_grad
 from .nn.utils import clip_grad_norm_, grad_norm
 
 __all__ = ["fit", "evaluate", "EarlyStopping", "NonFiniteLossError", "clip_grad_norm_"]
@@ -102,8 +103,10 @@ def _correct(out, y):
     return None
 
 
+@no_grad()
 def evaluate(model, loader, loss_fn=None, num_classes=None):
-    """Run ``model`` in eval mode over ``loader``; return a dict of metrics.
+    """Run ``model`` in eval mode, under ``refdl.no_grad()`` (neither the model nor
+    ``loss_fn`` records a cache), over ``loader``; return a dict of metrics.
 
     Keys: ``loss`` (mean over examples, when ``loss_fn`` is given), ``accuracy``,
     ``precision``, ``recall``, ``f1`` (macro), ``confusion`` (K x K), ``y_true``,

@@ -428,6 +428,7 @@ def test_frame_5_backward_of_a_vector_is_a_vector_jacobian_product():
     with pytest.raises(ValueError, match="pass its upstream gradient v"):
         crit.backward()                                  # no implicit v for a vector
     v = rng.standard_normal(4)
+    crit(x, t)                                           # the failed backward used the call
     g = crit.backward(v)
 
     def scalar():                                        # <v, loss(x)>
@@ -442,6 +443,7 @@ def test_frame_5_backward_of_a_vector_is_a_vector_jacobian_product():
     num = numeric_gradient(lambda: float(np.sum(V * nn.Softmax(dim=1)(x))), x)
     np.testing.assert_allclose(gs, num, rtol=1e-8, atol=1e-10)
     # different v, different "gradients": the choice is the caller's, hence the rule
+    crit(x, t), crit(x, t)                               # one call per backward
     assert not np.allclose(crit.backward(np.ones(4)), crit.backward(v))
     check_module(nn.Softmax(dim=1), x)
 

@@ -259,6 +259,7 @@ def test_bce_with_logits_equals_sigmoid_then_bce():
     a, b, s = nn.BCEWithLogitsLoss(), nn.BCELoss(), nn.Sigmoid()
     np.testing.assert_allclose(a(x, t), b(s(x), t), rtol=1e-13)
     np.testing.assert_allclose(a.backward(), s.backward(b.backward()), rtol=1e-12)
+    a(x, t)                                       # one forward per backward
     np.testing.assert_allclose(a.backward(), (special.expit(x) - t) / 12, rtol=1e-13)
 
 
@@ -324,7 +325,9 @@ def test_upstream_scalar_scales_and_dtype_follows_input(crit):
     x, t = inputs_for(crit)
     crit(x, t)
     g1 = crit.backward()
+    crit(x, t)                                    # one forward per backward
     np.testing.assert_allclose(crit.backward(np.array(2.5)), 2.5 * g1, rtol=1e-15)
+    crit(x, t)
     np.testing.assert_allclose(crit.backward(2.5), 2.5 * g1, rtol=1e-15)
     x32, t32 = inputs_for(crit, np.float32)
     out = crit(x32, t32)
@@ -366,11 +369,14 @@ def test_none_reduction_backward_needs_explicit_upstream():
     v = rand(4, seed=23)
     mean = nn.CrossEntropyLoss(reduction="sum")
     # backward(v) of the vector loss is the gradient of the scalar <v, l>
+    crit(x, t)                                    # the failed backward consumed the call
     g = crit.backward(v)
     np.testing.assert_allclose(g, v[:, None] * (special.softmax(x, 1) - np.eye(3)[t]),
                                rtol=1e-13)
     mean(x, t)
+    crit(x, t)
     np.testing.assert_allclose(crit.backward(np.ones(4)), mean.backward(), rtol=1e-14)
+    crit(x, t)
     with pytest.raises(ValueError, match=r"expected grad of shape \(4,\).*got \(3,\)"):
         crit.backward(np.ones(3))
     assert l.shape == (4,)

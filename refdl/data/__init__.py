@@ -10,18 +10,23 @@ Nothing here is fetched at import time or in the tests:
   boxes (``make_shapes``, ``ShapesDataset``); moving-shapes videos (``moving_shapes``);
   sequence tasks (``adding_problem``, ``copy_task``, ``digit_rows``);
 * ``TensorDataset``, ``Subset``, ``random_split``, ``DataLoader`` (seeded shuffling,
-  ``drop_last``, a batch ``transform``);
+  ``drop_last``, a batch ``transform``, a ``sampler`` or ``batch_sampler``) and the
+  samplers ``SequentialSampler``, ``RandomSampler``, ``SubsetRandomSampler``,
+  ``WeightedRandomSampler``, ``BatchSampler``;
 * transforms: ``Normalize``, ``RandomCrop``, ``RandomHorizontalFlip``, ``Compose``.
 """
 from .dataset import Dataset, Subset, TensorDataset, random_split
 from .digits import load_digits
 from .idx import IDXError, load_fashion_mnist, load_mnist, read_idx, write_idx
-from .loader import DataLoader, default_collate
+from .loader import (BatchSampler, DataLoader, RandomSampler, Sampler, SequentialSampler,
+                     SubsetRandomSampler, WeightedRandomSampler, default_collate)
 from .synthetic import make_gaussian_mixture, make_grid, make_moons, make_ring, make_spirals
 from .transforms import Compose, Normalize, RandomCrop, RandomHorizontalFlip
 
 __all__ = [
     "Dataset", "TensorDataset", "Subset", "random_split", "DataLoader", "default_collate",
+    "Sampler", "SequentialSampler", "RandomSampler", "SubsetRandomSampler",
+    "WeightedRandomSampler", "BatchSampler",
     "load_digits", "load_mnist", "load_fashion_mnist", "read_idx", "write_idx", "IDXError",
     "make_spirals", "make_moons", "make_gaussian_mixture", "make_ring", "make_grid",
     "Compose", "Normalize", "RandomCrop", "RandomHorizontalFlip",

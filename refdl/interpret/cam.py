@@ -78,13 +78,40 @@ class capture:
     """Context manager recording a layer's output (forward) and d loss / d output (backward).
 
     It wraps the layer's ``forward`` and ``backward`` (instance attributes, removed on exit),
-    so it works for any model whose backward calls its children's backward.
+    so it works for any model whose backward calls its children's backward. Like the
+    layer's own caches it keeps one entry per call: ``outputs[k]`` is the k-th recording
+    forward's output and ``output_grads[k]`` the gradient of that same call (backwards run
+    last in, first out, so they are stored back in forward order). ``activations`` and
+    ``gradient`` are the single call's values; for a layer used several times they raise
+    (a Grad-CAM of one call, not a silent mix of two).
     """
 
     def __init__(self, model, layer):
         self.name, self.module = _resolve(model, layer)
-        self.activations = None
-        self.gradient = None
+        self.outputs = []           # one per recording forward, in call order
+        self._grads = []            # one per backward, in backward (reverse) order
+
+    @property
+    def output_grads(self):
+        """dL/d(output) of each call, in forward order (backward visits them reversed)."""
+        return self._grads[::-1]
+
+    def _single(self, values, what):
+        if not values:
+            return None
+        if len(values) > 1:
+            raise ValueError(f"interpret: layer {self.name!r} was called {len(values)} times "
+                             f"in one pass; its {what} is ambiguous. Use capture.outputs / "
+                             "capture.output_grads (one entry per call), or a layer used once.")
+        return values[0]
+
+    @property
+    def activations(self):
+        return self._single(self.outputs, "activations")
+
+    @property
+    def gradient(self):
+        return self._single(self._grads, "gradient")
 
     def __enter__(self):
         m = self.module
@@ -92,11 +119,12 @@ class capture:
 
         def forward(*inputs, **kw):
             out = fwd(*inputs, **kw)
-            self.activations = out
+            if m.recording:         # a forward that will have a backward
+                self.outputs.append(out)
             return out
 
         def backward(grad_out, *more):
-            self.gradient = grad_out
+            self._grads.append(grad_out)
             return bwd(grad_out, *more)
 
         object.__setattr__(m, "forward", forward)

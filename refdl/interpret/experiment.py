@@ -15,6 +15,8 @@ pooling here: an object covers a few of the 64 positions, and the average dilute
 Grad-CAM++'s closed form (first derivatives only) and its exact second/third derivatives
 (refdl.autograd through the head) differ and are both measured.
 """
+from typing import NamedTuple, Tuple
+
 import numpy as np
 
 from .. import nn
@@ -29,6 +31,12 @@ __all__ = ["GlobalAvgPool2d", "GlobalMaxPool2d", "make_cnn", "train_cnn", "local
            "run_shapes_experiment"]
 
 
+class PoolCache(NamedTuple):
+    """One call of GlobalAvgPool2d / GlobalMaxPool2d."""
+    x_shape: Tuple[int, ...]        # (N, K, h, w)
+    argmax: object = None           # (N, K) flat index of each map's maximum (max pool)
+
+
 class GlobalAvgPool2d(Module):
     r"""y[n, k] = mean_ij x[n, k, i, j]: (N, K, h, w) -> (N, K).
 
@@ -36,17 +44,14 @@ class GlobalAvgPool2d(Module):
     Translated to engine ops by :func:`refdl.interpret.to_engine`.
     """
 
-    def __init__(self):
-        super().__init__()
-        self._shape = None
-
     def forward(self, x):
-        self._shape = x.shape
+        self.save_for_backward(PoolCache(x_shape=x.shape))
         return x.mean(axis=(2, 3))
 
     def backward(self, grad_out):
-        n, k, h, w = self._shape
-        return np.broadcast_to(grad_out[:, :, None, None] / (h * w), self._shape).copy()
+        x_shape = self.pop_saved().x_shape
+        n, k, h, w = x_shape
+        return np.broadcast_to(grad_out[:, :, None, None] / (h * w), x_shape).copy()
 
 
 class GlobalMaxPool2d(Module):
@@ -57,21 +62,19 @@ class GlobalMaxPool2d(Module):
     Translated to engine ops (``ops.max`` over the flattened map) by ``to_engine``.
     """
 
-    def __init__(self):
-        super().__init__()
-        self._shape = self._idx = None
-
     def forward(self, x):
         n, k = x.shape[:2]
         flat = x.reshape(n, k, -1)
-        self._shape, self._idx = x.shape, np.argmax(flat, axis=-1)
-        return np.take_along_axis(flat, self._idx[..., None], axis=-1)[..., 0]
+        argmax = np.argmax(flat, axis=-1)
+        self.save_for_backward(PoolCache(x_shape=x.shape, argmax=argmax))
+        return np.take_along_axis(flat, argmax[..., None], axis=-1)[..., 0]
 
     def backward(self, grad_out):
-        n, k = self._shape[:2]
-        d = np.zeros((n, k, int(np.prod(self._shape[2:]))), dtype=grad_out.dtype)
-        np.put_along_axis(d, self._idx[..., None], grad_out[..., None], axis=-1)
-        return d.reshape(self._shape)
+        c = self.pop_saved()
+        n, k = c.x_shape[:2]
+        d = np.zeros((n, k, int(np.prod(c.x_shape[2:]))), dtype=grad_out.dtype)
+        np.put_along_axis(d, c.argmax[..., None], grad_out[..., None], axis=-1)
+        return d.reshape(c.x_shape)
 
 
 def make_cnn(dtype=np.float32, generator=None):

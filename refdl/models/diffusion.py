@@ -40,14 +40,17 @@ s_t^2) that is linear-Gaussian, so that log p(x_0), the ELBO and the gap between
 (a KL between two Gaussians over x_{1:T}) are all exact; and a ring-of-Gaussians sampler
 with a mode-coverage measure.
 """
+import contextlib
 import copy
 import math
+from typing import NamedTuple
 
 import numpy as np
 from scipy.linalg import solve_triangular
 
 from .. import random as _random
-from ..nn._validate import check_float, check_forward_called, check_grad, layer_name
+from ..grad_mode import no_grad
+from ..nn._validate import check_float, check_grad, layer_name
 from ..nn.activation import GELU, ReLU, SiLU, Tanh
 from ..nn.linear import Linear
 from ..nn.module import Module, Sequential
@@ -355,14 +358,15 @@ class GaussianDiffusion:
         rng = _random.get_rng(generator)
         N = x0.shape[0]
         Lt = np.zeros((N, self.T - 1))
-        for t in range(2, self.T + 1):
+        with no_grad():                  # evaluation: the model records nothing
+            for t in range(2, self.T + 1):
+                eps = rng.standard_normal(x0.shape).astype(x0.dtype)
+                xt = self.q_sample(x0, t, eps)
+                tt = np.full(N, t, dtype=np.int64)
+                Lt[:, t - 2] = self.kl_term(x0, xt, tt, model(xt, tt))
             eps = rng.standard_normal(x0.shape).astype(x0.dtype)
-            xt = self.q_sample(x0, t, eps)
-            tt = np.full(N, t, dtype=np.int64)
-            Lt[:, t - 2] = self.kl_term(x0, xt, tt, model(xt, tt))
-        eps = rng.standard_normal(x0.shape).astype(x0.dtype)
-        x1 = self.q_sample(x0, 1, eps)
-        L0 = self.decoder_nll(x0, x1, model(x1, np.ones(N, dtype=np.int64)))
+            x1 = self.q_sample(x0, 1, eps)
+            L0 = self.decoder_nll(x0, x1, model(x1, np.ones(N, dtype=np.int64)))
         LT = self.prior_kl(x0)
         return {"L_T": LT, "L_t": Lt, "L_0": L0, "bound": LT + Lt.sum(axis=1) + L0}
 
@@ -373,14 +377,16 @@ class GaussianDiffusion:
         Draws t ~ U{1..T} and eps ~ N(0, I) per example, x_t = q_sample(x0, t, eps).
         With ``backward=True`` it also runs ``model.backward(dL/deps_theta)``, where
         dL/deps_theta = 2 (eps_theta - eps) / (number of entries); gradients ACCUMULATE in
-        the model's parameters (call ``zero_grad`` first). Returns the loss (a float).
+        the model's parameters (call ``zero_grad`` first); with ``backward=False`` the
+        model runs under ``refdl.no_grad()`` and records nothing. Returns the loss (a float).
         """
         x0 = self._x("simple_loss", x0, "x0")
         rng = _random.get_rng(generator)
         t = rng.integers(1, self.T + 1, size=x0.shape[0])
         eps = rng.standard_normal(x0.shape).astype(x0.dtype)
         xt = self.q_sample(x0, t, eps)
-        pred = model(xt, t)
+        with contextlib.nullcontext() if backward else no_grad():
+            pred = model(xt, t)
         diff = pred - eps
         loss = float(np.mean(diff * diff))
         if backward:
@@ -388,13 +394,17 @@ class GaussianDiffusion:
         return loss
 
     def p_sample(self, model, xt, t, generator=None):
-        """One ancestral step x_{t-1} = mu_theta(x_t, t) + sigma_t z (z = 0 at t = 1)."""
+        """One ancestral step x_{t-1} = mu_theta(x_t, t) + sigma_t z (z = 0 at t = 1).
+
+        Inference: the model runs under ``refdl.no_grad()`` and records nothing."""
         xt = self._x("p_sample", xt, "xt")
         if not isinstance(t, (int, np.integer)):
             raise TypeError(f"GaussianDiffusion.p_sample: t must be one int step, got {t!r}")
         i = self._t("p_sample", t)
         tt = np.full(xt.shape[0], t, dtype=np.int64)
-        mean = self.p_mean_from_eps(xt, t, model(xt, tt))
+        with no_grad():
+            eps_pred = model(xt, tt)
+        mean = self.p_mean_from_eps(xt, t, eps_pred)
         if t == 1:
             return mean
         z = _random.get_rng(generator).standard_normal(xt.shape).astype(xt.dtype)
@@ -418,6 +428,11 @@ class GaussianDiffusion:
 # ---------------------------------------------------------------------------------------
 # the noise-prediction network
 # ---------------------------------------------------------------------------------------
+class TimeEmbeddingCache(NamedTuple):
+    """One call of SinusoidalTimeEmbedding: the time steps t (N,)."""
+    t: np.ndarray
+
+
 class SinusoidalTimeEmbedding(Module):
     r"""Transformer-style embedding of the time step (Vaswani et al.; Ho et al. use it).
 
@@ -440,7 +455,6 @@ class SinusoidalTimeEmbedding(Module):
         self.max_period = float(max_period)
         half = self.dim // 2
         self._freqs = np.exp(-math.log(self.max_period) * np.arange(half) / half)
-        self._t = None
 
     def extra_repr(self):
         return f"dim={self.dim}, max_period={self.max_period:g}"
@@ -451,7 +465,7 @@ class SinusoidalTimeEmbedding(Module):
                                or np.issubdtype(t.dtype, np.floating)):
             raise ValueError(f"{layer_name(self)}: expected a 1-D array of time steps (N,), "
                              f"got shape {tuple(t.shape)} dtype {t.dtype}")
-        self._t = t
+        self.save_for_backward(TimeEmbeddingCache(t=t))
         arg = t.astype(np.float64)[:, None] * self._freqs
         out = np.concatenate([np.sin(arg), np.cos(arg)], axis=1)
         if dtype is None:
@@ -459,8 +473,7 @@ class SinusoidalTimeEmbedding(Module):
         return out.astype(dtype, copy=False)
 
     def backward(self, grad_out):
-        check_forward_called(self, self._t)
-        t = self._t
+        t = self.pop_saved().t
         g = check_grad(self, grad_out, (t.shape[0], self.dim))
         if not np.issubdtype(t.dtype, np.floating):
             return None
@@ -509,7 +522,6 @@ class NoisePredictor(Module):
             width = self.hidden
         layers.append(Linear(width, self.data_dim, dtype=dtype, generator=generator))
         self.net = Sequential(*layers)
-        self._float_t = None
 
     def extra_repr(self):
         return (f"data_dim={self.data_dim}, hidden={self.hidden}, num_layers={self.num_layers}, "
@@ -526,17 +538,15 @@ class NoisePredictor(Module):
         if t.shape != (x.shape[0],):
             raise ValueError(f"{layer_name(self)}: expected t of shape ({x.shape[0]},) (one "
                              f"step per row of x), got {tuple(t.shape)}")
-        self._float_t = bool(np.issubdtype(t.dtype, np.floating))
-        emb = self.time_embed(t.astype(x.dtype) if self._float_t else t, dtype=x.dtype)
+        float_t = np.issubdtype(t.dtype, np.floating)
+        emb = self.time_embed(t.astype(x.dtype) if float_t else t, dtype=x.dtype)
         return self.net(np.concatenate([x, emb], axis=1))
 
     def backward(self, grad_out):
-        check_forward_called(self, self._float_t)
         g = self.net.backward(grad_out)
         dx = g[:, :self.data_dim]
-        if self._float_t:
-            return dx, self.time_embed.backward(g[:, self.data_dim:])
-        return dx
+        dt = self.time_embed.backward(g[:, self.data_dim:])   # None for an integer t
+        return dx if dt is None else (dx, dt)
 
 
 def train_ddpm(model, diffusion, data, steps, batch_size=256, optimizer=None, lr=2e-3,

@@ -18,11 +18,13 @@ real and fake samples; its gradient with respect to the critic's weights is a se
 derivative, computed here by differentiating the critic's backward pass by hand
 (docs/derivations/wgan_gp.md).
 """
+from typing import List, NamedTuple, Tuple
+
 import numpy as np
 
 from .. import init
 from ..functional import log_sigmoid, sigmoid
-from ..nn._validate import check_float, check_forward_called, check_ndim, layer_name
+from ..nn._validate import check_float, check_ndim, layer_name
 from ..nn.linear import Linear
 from ..nn.module import Module, ModuleList
 from ..grad_mode import no_grad
@@ -31,6 +33,40 @@ from ..random import get_rng
 __all__ = ["MLPCritic", "GradientPenalty", "DiscriminatorLoss", "GeneratorLoss",
            "WassersteinCriticLoss", "clip_weights_", "mlp_generator", "train_gan",
            "sample_generator", "mode_metrics"]
+
+
+class CriticCache(NamedTuple):
+    """One call of MLPCritic (docs/derivations/wgan_gp.md's symbols, per layer)."""
+    h: List[np.ndarray]          # h[l] = h_l, l = 0..L-1 (h_0 = x): what dW_{l+1} needs
+    phi_prime: List[np.ndarray]  # phi_prime[l] = phi'(a_{l+1}), l = 0..L-2
+
+
+class PenaltyCache(NamedTuple):
+    """One call of GradientPenalty: the critic's two passes at x_hat (wgan_gp.md)."""
+    h: List[np.ndarray]           # h_l, l = 0..L-1
+    phi_prime: List[np.ndarray]   # phi'(a_l) of the hidden layers
+    phi_second: List[np.ndarray]  # phi''(a_l) of the hidden layers
+    g: list                       # g[l] = df/dh_l, l = 0..L-1 (the first backward)
+    delta: list                   # delta[l] = g[l + 1] * phi'(a_{l+1})
+    v: np.ndarray                 # v = df/dx = g[0], (N, d)
+    norm: np.ndarray              # ||v_n||, (N,)
+
+
+class LogitsCache(NamedTuple):
+    """One call of DiscriminatorLoss: the logits of the real and the fake batch."""
+    l_real: np.ndarray
+    l_fake: np.ndarray
+
+
+class GeneratorLossCache(NamedTuple):
+    """One call of GeneratorLoss: the discriminator's logits (or scores) of the fakes."""
+    l: np.ndarray
+
+
+class ScoresShapeCache(NamedTuple):
+    """One call of WassersteinCriticLoss: the shapes of f(real) and f(fake)."""
+    real_shape: Tuple[int, ...]
+    fake_shape: Tuple[int, ...]
 
 
 def _act(name, a, slope):
@@ -63,11 +99,10 @@ class MLPCritic(Module):
         super().__init__()
         _act(activation, np.zeros(1), negative_slope)  # validates the name
         sizes = [int(in_features)] + [int(h) for h in hidden] + [1]
-        self.layers = ModuleList(Linear(a, b, dtype=dtype, generator=generator)
-                                 for a, b in zip(sizes[:-1], sizes[1:]))
+        self.layers = ModuleList([Linear(a, b, dtype=dtype, generator=generator)
+                                  for a, b in zip(sizes[:-1], sizes[1:])])
         self.activation, self.negative_slope = activation, float(negative_slope)
         self.in_features = int(in_features)
-        self._cache = None
 
     def extra_repr(self):
         return f"in_features={self.in_features}, activation={self.activation!r}"
@@ -91,19 +126,18 @@ class MLPCritic(Module):
 
     def forward(self, x):
         f, hs, d1s, _ = self._forward(x)
-        self._cache = (hs, d1s)
+        self.save_for_backward(CriticCache(h=hs, phi_prime=d1s))
         return f
 
     def backward(self, grad_out):
-        check_forward_called(self, self._cache)
-        hs, d1s = self._cache
+        c = self.pop_saved()
         lins = list(self.layers)
         delta = np.asarray(grad_out)                      # dL/df, (N, 1)
         for l in range(len(lins) - 1, -1, -1):
-            lins[l].weight.grad += delta.T @ hs[l]
+            lins[l].weight.grad += delta.T @ c.h[l]
             lins[l].bias.grad += delta.sum(axis=0)
             g = delta @ lins[l].weight.data               # dL/dh_l
-            delta = g * d1s[l - 1] if l > 0 else g
+            delta = g * c.phi_prime[l - 1] if l > 0 else g
         return delta
 
     def input_gradient(self, x):
@@ -139,7 +173,6 @@ class GradientPenalty(Module):
         if not isinstance(critic, MLPCritic):
             raise TypeError(f"GradientPenalty: expected an MLPCritic, got {type(critic).__name__}")
         self.critic, self.lam, self.center = critic, float(lam), float(center)
-        self._cache = None
 
     def extra_repr(self):
         return f"lam={self.lam}, center={self.center}"
@@ -156,12 +189,14 @@ class GradientPenalty(Module):
             gs[l] = deltas[l] @ lins[l].weight.data
         v = gs[0]
         norm = np.sqrt(np.sum(v * v, axis=1))
-        self._cache = (hs, d1s, d2s, gs, deltas, v, norm)
+        self.save_for_backward(PenaltyCache(h=hs, phi_prime=d1s, phi_second=d2s, g=gs,
+                                            delta=deltas, v=v, norm=norm))
         return np.asarray(self.lam * np.mean((norm - self.center) ** 2))
 
     def backward(self, grad=None):
-        check_forward_called(self, self._cache)
-        hs, d1s, d2s, gs, deltas, v, norm = self._cache
+        pc = self.pop_saved()
+        hs, d1s, d2s, gs, deltas = pc.h, pc.phi_prime, pc.phi_second, pc.g, pc.delta
+        v, norm = pc.v, pc.norm
         c = 1.0 if grad is None else float(np.asarray(grad))
         lins = list(self.critic.layers)
         N = len(v)
@@ -199,12 +234,12 @@ class DiscriminatorLoss(Module):
     def forward(self, real_logits, fake_logits):
         r = check_float(self, real_logits, "real_logits")
         f = check_float(self, fake_logits, "fake_logits")
-        self._cache = (r, f)
+        self.save_for_backward(LogitsCache(l_real=r, l_fake=f))
         return np.asarray(-np.mean(log_sigmoid(r)) - np.mean(log_sigmoid(-f)))
 
     def backward(self, grad=None):
-        check_forward_called(self, getattr(self, "_cache", None))
-        r, f = self._cache
+        lc = self.pop_saved()
+        r, f = lc.l_real, lc.l_fake
         c = 1.0 if grad is None else float(np.asarray(grad))
         return c * -sigmoid(-r) / r.size, c * sigmoid(f) / f.size
 
@@ -224,14 +259,13 @@ class GeneratorLoss(Module):
         if kind not in self.KINDS:
             raise ValueError(f"GeneratorLoss: kind must be one of {self.KINDS}, got {kind!r}")
         self.kind = kind
-        self._l = None
 
     def extra_repr(self):
         return f"kind={self.kind!r}"
 
     def forward(self, fake_logits):
         l = check_float(self, fake_logits, "fake_logits")
-        self._l = l
+        self.save_for_backward(GeneratorLossCache(l=l))
         if self.kind == "saturating":
             return np.asarray(np.mean(log_sigmoid(-l)))
         if self.kind == "non_saturating":
@@ -239,8 +273,7 @@ class GeneratorLoss(Module):
         return np.asarray(-np.mean(l))
 
     def backward(self, grad=None):
-        check_forward_called(self, self._l)
-        l = self._l
+        l = self.pop_saved().l
         c = (1.0 if grad is None else float(np.asarray(grad))) / l.size
         if self.kind == "saturating":
             return -c * sigmoid(l)
@@ -255,12 +288,12 @@ class WassersteinCriticLoss(Module):
     def forward(self, real_scores, fake_scores):
         r = check_float(self, real_scores, "real_scores")
         f = check_float(self, fake_scores, "fake_scores")
-        self._cache = (r.shape, f.shape)
+        self.save_for_backward(ScoresShapeCache(real_shape=r.shape, fake_shape=f.shape))
         return np.asarray(np.mean(f) - np.mean(r))
 
     def backward(self, grad=None):
-        check_forward_called(self, getattr(self, "_cache", None))
-        rs, fs = self._cache
+        sc = self.pop_saved()
+        rs, fs = sc.real_shape, sc.fake_shape
         c = 1.0 if grad is None else float(np.asarray(grad))
         return -c * np.ones(rs) / np.prod(rs), c * np.ones(fs) / np.prod(fs)
 
@@ -404,10 +437,13 @@ def mode_metrics(samples, centers, std):
 
 
 def sample_generator(G, n, latent_dim=2, labels=None, n_classes=0, generator=None):
-    """n samples of a generator from train_gan (``labels``: ints for a conditional G)."""
+    """n samples of a generator from train_gan (``labels``: ints for a conditional G).
+
+    Runs under ``refdl.no_grad()``: sampling records nothing for a backward."""
     rng = get_rng(generator)
     z = rng.standard_normal((n, latent_dim)).astype(np.float32)
     if n_classes:
         labels = rng.integers(0, n_classes, n) if labels is None else np.asarray(labels)
         z = np.concatenate([z, np.eye(n_classes, dtype=np.float32)[labels]], 1)
-    return G(z)
+    with no_grad():                     # inference: G keeps no cache
+        return G(z)

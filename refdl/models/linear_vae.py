@@ -21,14 +21,21 @@ The exact marginal likelihood is log N(x; 0, eta_e^2 U U^T + eta_d^2 I); the ELB
 exceeds it and equals it when q is the true posterior:
     Sigma* = (U^T U / eta_d^2 + I / eta_e^2)^-1,   W* = Sigma* U^T / eta_d^2.
 """
+from typing import NamedTuple
+
 import numpy as np
 
 from ..functional.gaussian import normal_log_prob
-from ..nn._validate import check_float, check_forward_called, check_ndim, layer_name
+from ..nn._validate import check_float, check_ndim, layer_name
 from ..nn.module import Module, Parameter
 from ..random import get_rng
 
 __all__ = ["LinearGaussianVAE"]
+
+
+class LinearVAECache(NamedTuple):
+    """One call of LinearGaussianVAE: the data X (N, dx); the gradients need only X."""
+    X: np.ndarray
 
 
 class LinearGaussianVAE(Module):
@@ -57,7 +64,6 @@ class LinearGaussianVAE(Module):
         self.L_offdiag = Parameter(np.zeros((dz, dz), dtype))
         self.log_sigma = Parameter(np.full(dz, np.log(0.5), dtype))
         self.log_eta_d = Parameter(np.array(np.log(eta_d), dtype))
-        self._cache = None
 
     def extra_repr(self):
         return f"dx={self.dx}, dz={self.dz}, eta_e={self.eta_e}, beta={self.beta}"
@@ -137,12 +143,11 @@ class LinearGaussianVAE(Module):
     # -- the Module contract: loss = -mean ELBO ------------------------------------------
     def forward(self, X):
         X = self._check(X)
-        self._cache = X
+        self.save_for_backward(LinearVAECache(X=X))
         return np.asarray(-np.mean(self.elbo(X)))
 
     def backward(self, grad=None):
-        X = self._cache
-        check_forward_called(self, X)
+        X = self.pop_saved().X
         c = -(1.0 if grad is None else float(np.asarray(grad))) / len(X)  # d loss/d sum ELBO
         eta_d2 = np.exp(2 * self.log_eta_d.data)
         ee2 = self.eta_e ** 2

@@ -11,14 +11,23 @@ to the recurrent layer's BPTT.
 Registry entry (layout 'sequence'): ``gru`` -> :func:`GRUClassifier`, e.g. the 8x8 digits
 read row by row: ``GRUClassifier(num_classes=10, input_shape=(8, 8), hidden_size=64)``.
 """
+from typing import NamedTuple, Tuple
+
 import numpy as np
 
 from .. import nn
-from ..nn._validate import check_float, check_forward_called, layer_name
+from ..nn._validate import check_float, layer_name
 
 __all__ = ["RNNClassifier", "GRUClassifier", "LSTMClassifier", "ElmanClassifier"]
 
 _CELLS = {"gru": nn.GRU, "lstm": nn.LSTM, "rnn": nn.RNN}
+
+
+class ClassifierCache(NamedTuple):
+    """One call of RNNClassifier: the shapes of the recurrent layer's out and h_n, to build
+    their gradients (zero except the last layer's h_n); the layers keep the rest."""
+    out_shape: Tuple[int, ...]
+    h_n_shape: Tuple[int, ...]
 
 
 class RNNClassifier(nn.Module):
@@ -38,7 +47,6 @@ class RNNClassifier(nn.Module):
                                 bidirectional=bidirectional, dtype=dtype, generator=generator)
         D = 2 if bidirectional else 1
         self.fc = nn.Linear(D * hidden_size, num_classes, dtype=dtype, generator=generator)
-        self._shapes = None
 
     def extra_repr(self):
         return f"cell={self.cell!r}"
@@ -53,14 +61,14 @@ class RNNClassifier(nn.Module):
         D = 2 if self.rnn.bidirectional else 1
         last = h_n[-D:]                                  # (D, N, H): the last layer
         feats = np.concatenate(list(last), axis=-1)      # (N, D*H)
-        self._shapes = (out.shape, h_n.shape)
+        self.save_for_backward(ClassifierCache(out_shape=out.shape, h_n_shape=h_n.shape))
         return self.fc(feats)
 
     def backward(self, grad_out):
         """Head, then only h_n receives a gradient (the per-step outputs none): BPTT through
         the recurrent layer from d h_n."""
-        check_forward_called(self, self._shapes)
-        out_shape, hn_shape = self._shapes
+        c = self.pop_saved()
+        out_shape, hn_shape = c.out_shape, c.h_n_shape
         g = self.fc.backward(grad_out)                   # (N, D*H)
         D = 2 if self.rnn.bidirectional else 1
         H = self.rnn.hidden_size

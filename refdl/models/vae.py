@@ -9,17 +9,34 @@ MLP VAE whose backward is the chain rule over encoder, sampler and decoder.
 
 Derivation of every gradient: docs/derivations/vae.md
 """
+from typing import NamedTuple
+
 import numpy as np
 
 from ..functional import log_sigmoid, sigmoid
 from ..functional.gaussian import kl_diag_normal, kl_diag_normal_grad
-from ..nn._validate import check_float, check_forward_called, check_same_shape, layer_name
+from ..grad_mode import no_grad
+from ..nn._validate import check_float, check_same_shape, layer_name
 from ..nn.activation import ReLU
 from ..nn.linear import Linear
 from ..nn.module import Module, Sequential
 from ..random import get_rng
 
 __all__ = ["Reparameterize", "VAELoss", "VAE", "conv_vae", "train_vae"]
+
+
+class ReparameterizeCache(NamedTuple):
+    """One call of Reparameterize: the noise eps and sigma = exp(logvar / 2)."""
+    eps: np.ndarray
+    sigma: np.ndarray
+
+
+class VAELossCache(NamedTuple):
+    """One call of VAELoss: its four inputs (docs/derivations/vae.md)."""
+    x_hat: np.ndarray
+    mu: np.ndarray
+    logvar: np.ndarray
+    x: np.ndarray
 
 
 class Reparameterize(Module):
@@ -33,7 +50,6 @@ class Reparameterize(Module):
     def __init__(self, generator=None):
         super().__init__()
         self.generator = generator
-        self._cache = None
 
     def forward(self, mu, logvar):
         mu = check_float(self, mu, "mu")
@@ -44,14 +60,13 @@ class Reparameterize(Module):
             eps = get_rng(self.generator).standard_normal(mu.shape).astype(mu.dtype)
         else:
             eps = np.zeros_like(mu)
-        self._cache = (eps, sigma)
+        self.save_for_backward(ReparameterizeCache(eps=eps, sigma=sigma))
         return mu + sigma * eps
 
     def backward(self, grad_out):
-        check_forward_called(self, self._cache)
-        eps, sigma = self._cache
+        c = self.pop_saved()
         g = np.asarray(grad_out)
-        return g, g * eps * sigma * 0.5
+        return g, g * c.eps * c.sigma * 0.5
 
 
 class VAELoss(Module):
@@ -80,7 +95,6 @@ class VAELoss(Module):
         if beta < 0:
             raise ValueError(f"VAELoss: beta must be non-negative, got {beta}")
         self.likelihood, self.beta, self.sigma = likelihood, float(beta), float(sigma)
-        self._cache = None
 
     def extra_repr(self):
         return f"likelihood={self.likelihood!r}, beta={self.beta}"
@@ -101,13 +115,13 @@ class VAELoss(Module):
             rec = (np.sum((x - x_hat).reshape(N, -1) ** 2, axis=1) / (2 * self.sigma ** 2)
                    + 0.5 * D * np.log(2 * np.pi * self.sigma ** 2))
         kl = kl_diag_normal(mu, logvar)
-        self._cache = (x_hat, mu, logvar, x)
+        self.save_for_backward(VAELossCache(x_hat=x_hat, mu=mu, logvar=logvar, x=x))
         self.last_rec, self.last_kl = float(rec.mean()), float(kl.mean())
         return np.asarray(np.mean(rec + self.beta * kl))
 
     def backward(self, grad=None):
-        check_forward_called(self, self._cache)
-        x_hat, mu, logvar, x = self._cache
+        lc = self.pop_saved()
+        x_hat, mu, logvar, x = lc.x_hat, lc.mu, lc.logvar, lc.x
         c = (1.0 if grad is None else float(np.asarray(grad))) / len(x)
         if self.likelihood == "bernoulli":
             d_xhat = c * (sigmoid(x_hat) - x)
@@ -184,12 +198,15 @@ class VAE(Module):
         return self.encoder.backward(np.concatenate([dmu, dlv], axis=1))
 
     def decode(self, z, likelihood="bernoulli"):
-        """Decoder output as data: probabilities (Bernoulli) or means (Gaussian)."""
+        """Decoder output as data: probabilities (Bernoulli) or means (Gaussian).
+
+        Inference: runs under ``refdl.no_grad()``, so the decoder records nothing."""
         z = np.asarray(z)
         if z.ndim != 2 or z.shape[1] != self.latent_dim:
             raise ValueError(f"{layer_name(self)}.decode: expected z of shape "
                              f"(N, {self.latent_dim}), got {tuple(z.shape)}")
-        out = self.decoder(z.astype(self._dtype, copy=False))
+        with no_grad():
+            out = self.decoder(z.astype(self._dtype, copy=False))
         return sigmoid(out) if likelihood == "bernoulli" else out
 
     def sample(self, n, likelihood="bernoulli", generator=None):

@@ -16,10 +16,11 @@ WindowedViT replaces global attention by attention inside ws x ws windows of the
 grid (shifted every second block) with patch merging between stages, so its attention
 cost is linear in the number of patches (see docs/attention-cost.md).
 """
+from typing import NamedTuple, Tuple
+
 import numpy as np
 
 from .. import init
-from ..nn._validate import check_forward_called
 from ..nn.attention import LearnedPositionalEncoding, SinusoidalPositionalEncoding
 from ..nn.linear import Linear
 from ..nn.module import Module, Parameter
@@ -28,6 +29,12 @@ from ..nn.transformer import (PatchEmbed, TransformerEncoder,
                               TransformerEncoderLayer, WindowedEncoder)
 
 __all__ = ["ViT", "WindowedViT", "attention_cost"]
+
+
+class TokensCache(NamedTuple):
+    """One call of ViT / WindowedViT: the shape of the encoder's output z, into which the
+    pooling's backward spreads the head's gradient (the children keep the rest)."""
+    z_shape: Tuple[int, ...]
 
 
 def _check_shape(name, input_shape, patch_size):
@@ -83,7 +90,6 @@ class ViT(Module):
         if dtype != np.float32:
             self.encoder.to(dtype)
         self.head = Linear(dim, num_classes, dtype=dtype, generator=generator)
-        self._shape = None
 
     def extra_repr(self):
         return (f"input_shape={self.input_shape}, patch_size={self.patch_size}, "
@@ -97,7 +103,7 @@ class ViT(Module):
         if self.pos_embed is not None:
             z = self.pos_embed(z)
         z = self.encoder(z)
-        self._shape = z.shape
+        self.save_for_backward(TokensCache(z_shape=z.shape))
         feat = z[:, 0] if self.pool == "cls" else z.mean(axis=1)
         return self.head(feat)
 
@@ -105,13 +111,13 @@ class ViT(Module):
         """Head, then the pooled token(s): the class token gets g (or mean pooling spreads g/T
         over the tokens), encoder, positional encoding; the class token parameter collects
         its column summed over the batch, the patch tokens go to the patch embedding."""
-        check_forward_called(self, self._shape)
+        z_shape = self.pop_saved().z_shape
         gf = self.head.backward(grad_out)
         if self.pool == "cls":
-            gz = np.zeros(self._shape, dtype=gf.dtype)
+            gz = np.zeros(z_shape, dtype=gf.dtype)
             gz[:, 0] = gf
         else:
-            gz = np.broadcast_to(gf[:, None, :] / self._shape[1], self._shape).copy()
+            gz = np.broadcast_to(gf[:, None, :] / z_shape[1], z_shape).copy()
         gz = self.encoder.backward(gz)
         if self.pos_embed is not None:
             gz = self.pos_embed.backward(gz)
@@ -166,7 +172,6 @@ class WindowedViT(Module):
         self.head = Linear(self.encoder.out_dim, num_classes, dtype=dtype, generator=generator)
         if dtype != np.float32:
             self.to(dtype)
-        self._shape = None
 
     def extra_repr(self):
         return f"grid={self.grid}, dim={self.dim}"
@@ -176,16 +181,16 @@ class WindowedViT(Module):
         N = t.shape[0]
         z = self.encoder(t.reshape(N, self.grid[0], self.grid[1], self.dim))
         z = self.norm(z)
-        self._shape = z.shape
+        self.save_for_backward(TokensCache(z_shape=z.shape))
         return self.head(z.mean(axis=(1, 2)))
 
     def backward(self, grad_out):
         """Head, the mean pooling spreads g/(h w) over the tokens, norm, encoder, positional
         encoding, patch embedding: the forward pass read backwards."""
-        check_forward_called(self, self._shape)
-        N, h, w, C = self._shape
+        z_shape = self.pop_saved().z_shape
+        N, h, w, C = z_shape
         gf = self.head.backward(grad_out)
-        gz = np.broadcast_to(gf[:, None, None, :] / (h * w), self._shape).copy()
+        gz = np.broadcast_to(gf[:, None, None, :] / (h * w), z_shape).copy()
         gz = self.encoder.backward(self.norm.backward(gz))
         gt = self.pos_embed.backward(gz.reshape(N, -1, self.dim))
         return self.patch_embed.backward(gt)

@@ -14,10 +14,11 @@ import numpy as np
 
 from ..functional import activation as F
 from ._validate import check_float, check_grad, layer_name
-from .module import Module
+from .module import Module, Parameter
 
 __all__ = ["ReLU", "LeakyReLU", "ELU", "Sigmoid", "Tanh", "Softplus", "GELU", "SiLU",
-           "Softmax", "LogSoftmax"]
+           "Softmax", "LogSoftmax", "PReLU", "ReLU6", "Hardtanh", "Hardsigmoid", "Hardswish",
+           "SELU", "CELU", "Mish", "LogSigmoid", "Softsign", "Threshold", "GLU", "Softmin"]
 
 
 class ActivationCache(NamedTuple):
@@ -283,3 +284,303 @@ class LogSoftmax(_AlongDim):
         c = self.pop_saved()
         g = check_grad(self, grad_out, c.y.shape)
         return g - np.exp(c.y) * np.sum(g, axis=c.axis, keepdims=True)
+
+
+# -- the rest of torch.nn's activations ---------------------------------------------------
+
+class PReLU(Module):
+    r"""Parametric ReLU  y = max(0, x) + a min(0, x), with a learned slope a (He et al., 2015).
+
+    ``num_parameters`` = 1 (one a shared by all channels) or C (one a per channel, the
+    channel being dimension 1 of an input (N, C, *), or the only dimension of a 1-D
+    input); ``init`` = 0.25 as in PyTorch. Shapes: x (*) -> y (*).
+    Backward, with g = dL/dy:
+        dL/dx = g * (1 if x > 0 else a)         dL/da_c = sum over all but c of g * min(0, x)
+    Derivation: docs/derivations/activation.md (PReLU).
+    """
+
+    def __init__(self, num_parameters=1, init=0.25, dtype=np.float32):
+        super().__init__()
+        if not isinstance(num_parameters, (int, np.integer)) or num_parameters < 1:
+            raise ValueError(f"PReLU: num_parameters must be a positive int, got "
+                             f"{num_parameters!r}")
+        self.num_parameters = int(num_parameters)
+        self.weight = Parameter(np.full(self.num_parameters, init, dtype=dtype))
+
+    def extra_repr(self):
+        return f"num_parameters={self.num_parameters}"
+
+    def _slope(self, x):
+        """a broadcast against x: a scalar, or a_c along the channel dimension."""
+        a = self.weight.data
+        if self.num_parameters == 1:
+            return a.reshape(()).astype(x.dtype, copy=False)
+        ch = 0 if x.ndim == 1 else 1
+        if x.ndim == 0 or x.shape[ch] != self.num_parameters:
+            raise ValueError(f"{layer_name(self)}: expected {self.num_parameters} channels in "
+                             f"dimension {ch} of the input, got shape {tuple(x.shape)}")
+        shape = [1] * x.ndim
+        shape[ch] = self.num_parameters
+        return a.reshape(shape).astype(x.dtype, copy=False)
+
+    def forward(self, x):
+        x = check_float(self, x)
+        a = self._slope(x)
+        self.save_for_backward(ActivationCache(x=x, y=None))
+        return np.where(x > 0, x, a * x)
+
+    def backward(self, grad_out):
+        x = self.pop_saved().x
+        g = check_grad(self, grad_out, x.shape)
+        a = self._slope(x)
+        if self.weight.requires_grad:
+            contrib = g * np.minimum(x, 0)
+            if self.num_parameters == 1:
+                self.weight.grad += contrib.sum()
+            else:
+                ch = 0 if x.ndim == 1 else 1
+                axes = tuple(i for i in range(x.ndim) if i != ch)
+                self.weight.grad += contrib.sum(axis=axes)
+        return g * np.where(x > 0, 1, a).astype(x.dtype, copy=False)
+
+
+class Hardtanh(_Elementwise):
+    r"""y = clip(x, min_val, max_val).
+
+    Shapes: x (*) -> y (*).
+    Backward: dL/dx = g * 1[min_val < x < max_val]  (0 at the corners, as PyTorch).
+    """
+
+    def __init__(self, min_val=-1.0, max_val=1.0, inplace=False):
+        super().__init__()
+        if not min_val < max_val:
+            raise ValueError(f"{type(self).__name__}: min_val must be below max_val, got "
+                             f"{min_val} and {max_val}")
+        self.min_val, self.max_val, self.inplace = float(min_val), float(max_val), inplace
+
+    def extra_repr(self):
+        return f"min_val={self.min_val}, max_val={self.max_val}"
+
+    def _f(self, x):
+        return np.clip(x, self.min_val, self.max_val).astype(x.dtype, copy=False)
+
+    def _df(self, x, y):
+        return ((x > self.min_val) & (x < self.max_val)).astype(x.dtype)
+
+
+class ReLU6(Hardtanh):
+    r"""y = min(max(x, 0), 6), i.e. Hardtanh(0, 6) (MobileNet).
+
+    Shapes: x (*) -> y (*).  Backward: dL/dx = g * 1[0 < x < 6].
+    """
+
+    def __init__(self, inplace=False):
+        super().__init__(0.0, 6.0, inplace)
+
+    def extra_repr(self):
+        return ""
+
+
+class Hardsigmoid(_Elementwise):
+    r"""y = 0 (x <= -3), 1 (x >= 3), x/6 + 1/2 between: a piecewise-linear sigmoid.
+
+    Shapes: x (*) -> y (*).  Backward: dL/dx = g * (1/6 if -3 < x < 3 else 0).
+    """
+
+    def __init__(self, inplace=False):
+        super().__init__()
+        self.inplace = inplace
+
+    def _f(self, x):
+        return np.clip(x / 6 + 0.5, 0, 1).astype(x.dtype, copy=False)
+
+    def _df(self, x, y):
+        return np.where((x > -3) & (x < 3), 1 / 6, 0).astype(x.dtype)
+
+
+class Hardswish(_Elementwise):
+    r"""y = x * hardsigmoid(x) = 0 (x <= -3), x (x >= 3), x (x + 3) / 6 between (MobileNetV3).
+
+    Shapes: x (*) -> y (*).
+    Backward: dL/dx = g * (0 if x <= -3, x/3 + 1/2 if -3 < x < 3, 1 if x >= 3)
+    (PyTorch's choice at the two kinks: the outer pieces' slopes).
+    """
+
+    def __init__(self, inplace=False):
+        super().__init__()
+        self.inplace = inplace
+
+    def _f(self, x):
+        return (x * np.clip(x / 6 + 0.5, 0, 1)).astype(x.dtype, copy=False)
+
+    def _df(self, x, y):
+        return np.where(x <= -3, 0, np.where(x < 3, x / 3 + 0.5, 1)).astype(x.dtype)
+
+
+class SELU(_Elementwise):
+    r"""Scaled ELU  y = scale (max(0, x) + min(0, alpha (exp(x) - 1))) (Klambauer et al.).
+
+    alpha = 1.6732632423543772, scale = 1.0507009873554805: with LeCun-normal weights the
+    activations keep mean 0 and variance 1 through the layers (self-normalising).
+    Shapes: x (*) -> y (*).
+    Backward: dL/dx = g * scale * (1 if x > 0 else alpha exp(x)).
+    """
+
+    alpha = 1.6732632423543772848170429916717
+    scale = 1.0507009873554804934193349852946
+
+    def __init__(self, inplace=False):
+        super().__init__()
+        self.inplace = inplace
+
+    def _f(self, x):
+        return (self.scale * F.elu(x, self.alpha)).astype(x.dtype, copy=False)
+
+    def _df(self, x, y):
+        return (self.scale * np.where(x > 0, 1.0, self.alpha * np.exp(np.minimum(x, 0)))
+                ).astype(x.dtype, copy=False)
+
+
+class CELU(_Elementwise):
+    r"""y = max(0, x) + min(0, alpha (exp(x / alpha) - 1)): ELU made C^1 for every alpha.
+
+    Shapes: x (*) -> y (*).
+    Backward: dL/dx = g * (1 if x > 0 else exp(x / alpha)).
+    """
+
+    def __init__(self, alpha=1.0, inplace=False):
+        super().__init__()
+        if alpha == 0:
+            raise ValueError("CELU: alpha must not be 0")
+        self.alpha, self.inplace = float(alpha), inplace
+
+    def extra_repr(self):
+        return f"alpha={self.alpha}"
+
+    def _f(self, x):
+        neg = self.alpha * np.expm1(np.minimum(x, 0) / self.alpha)
+        return np.where(x > 0, x, neg).astype(x.dtype, copy=False)
+
+    def _df(self, x, y):
+        return np.where(x > 0, 1.0, np.exp(np.minimum(x, 0) / self.alpha)).astype(x.dtype)
+
+
+class Mish(_Elementwise):
+    r"""y = x tanh(softplus(x)) (Misra, 2019).
+
+    Shapes: x (*) -> y (*).
+    Backward: with t = tanh(softplus(x)) and softplus' = sigmoid,
+        dL/dx = g * (t + x sigmoid(x) (1 - t^2)).
+    """
+
+    def __init__(self, inplace=False):
+        super().__init__()
+        self.inplace = inplace
+
+    def _f(self, x):
+        return (x * np.tanh(F.softplus(x))).astype(x.dtype, copy=False)
+
+    def _df(self, x, y):
+        t = np.tanh(F.softplus(x))
+        return (t + x * F.sigmoid(x) * (1 - t * t)).astype(x.dtype, copy=False)
+
+
+class LogSigmoid(_Elementwise):
+    r"""y = log sigmoid(x) = -softplus(-x).
+
+    Shapes: x (*) -> y (*).  Backward: dL/dx = g * sigmoid(-x) = g * (1 - sigmoid(x)).
+    """
+
+    def _f(self, x):
+        return F.log_sigmoid(x).astype(x.dtype, copy=False)
+
+    def _df(self, x, y):
+        return F.sigmoid(-x).astype(x.dtype, copy=False)
+
+
+class Softsign(_Elementwise):
+    r"""y = x / (1 + |x|).
+
+    Shapes: x (*) -> y (*).  Backward: dL/dx = g / (1 + |x|)^2.
+    """
+
+    def _f(self, x):
+        return x / (1 + np.abs(x))
+
+    def _df(self, x, y):
+        return 1 / (1 + np.abs(x)) ** 2
+
+
+class Threshold(_Elementwise):
+    r"""y = x if x > threshold else value.
+
+    Shapes: x (*) -> y (*).  Backward: dL/dx = g * 1[x > threshold].
+    """
+
+    def __init__(self, threshold, value, inplace=False):
+        super().__init__()
+        self.threshold, self.value, self.inplace = float(threshold), float(value), inplace
+
+    def extra_repr(self):
+        return f"threshold={self.threshold}, value={self.value}"
+
+    def _f(self, x):
+        return np.where(x > self.threshold, x, self.value).astype(x.dtype, copy=False)
+
+    def _df(self, x, y):
+        return (x > self.threshold).astype(x.dtype)
+
+
+class GLUCache(NamedTuple):
+    """One call of GLU: the two halves a, b and sigma(b), and the split axis."""
+    a: np.ndarray
+    b: np.ndarray
+    sigma_b: np.ndarray
+    axis: int
+
+
+class GLU(_AlongDim):
+    r"""Gated linear unit  y = a * sigmoid(b), where (a, b) are the two halves of x along dim.
+
+    Shapes: x (*, 2m, *) -> y (*, m, *) along ``dim`` (default -1, as PyTorch).
+    Backward, with g = dL/dy and s = sigmoid(b):
+        dL/da = g * s          dL/db = g * a * s (1 - s)       dL/dx = concat(dL/da, dL/db)
+    """
+
+    def forward(self, x):
+        x = check_float(self, x)
+        axis = self._axis(x)
+        if x.shape[axis] % 2:
+            raise ValueError(f"{layer_name(self)}: dimension {self.dim} of the input must "
+                             f"have an even size, got shape {tuple(x.shape)}")
+        a, b = np.split(x, 2, axis=axis)
+        s = F.sigmoid(b).astype(x.dtype, copy=False)
+        self.save_for_backward(GLUCache(a=a, b=b, sigma_b=s, axis=axis))
+        return a * s
+
+    def backward(self, grad_out):
+        c = self.pop_saved()
+        g = check_grad(self, grad_out, c.a.shape)
+        return np.concatenate([g * c.sigma_b, g * c.a * c.sigma_b * (1 - c.sigma_b)],
+                              axis=c.axis)
+
+
+class Softmin(_AlongDim):
+    r"""y = softmax(-x) along ``dim`` (default -1).
+
+    Shapes: x (*) -> y (*).
+    Backward (the softmax's, with the sign of the inner derivative):
+        dL/dx = -y * (g - sum(g * y, dim)).
+    """
+
+    def forward(self, x):
+        x = check_float(self, x)
+        axis = self._axis(x)
+        y = F.softmax(-x, axis=axis)
+        self.save_for_backward(SoftmaxCache(y=y, axis=axis))
+        return y
+
+    def backward(self, grad_out):
+        c = self.pop_saved()
+        g = check_grad(self, grad_out, c.y.shape)
+        return -c.y * (g - np.sum(g * c.y, axis=c.axis, keepdims=True))

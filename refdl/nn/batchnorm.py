@@ -13,14 +13,26 @@ values of a channel:
     dL/dx     = (1 / (m sigma)) (m g_hat - sum g_hat - x_hat sum(g_hat x_hat))   (training)
     dL/dx     = g_hat / sqrt(running_var + eps)                                  (eval)
 
-Derivation: docs/derivations/batchnorm.md
+A training-mode forward records ``BatchNormCache(x_hat, inv_std, batch_stats)`` with
+inv_std = 1/sigma; in training mode the running statistics are updated whether or not the
+call records (under ``refdl.no_grad()`` too, as PyTorch). Derivation:
+docs/derivations/batchnorm.md
 """
+from typing import NamedTuple
+
 import numpy as np
 
-from ._validate import check_float, check_forward_called, check_grad, layer_name
+from ._validate import check_float, check_grad, layer_name
 from .module import Module, Parameter
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
+
+
+class BatchNormCache(NamedTuple):
+    """One call of BatchNorm: x_hat and 1/sigma (docs/derivations/batchnorm.md)."""
+    x_hat: np.ndarray         # (x - mu) / sigma
+    inv_std: np.ndarray       # 1/sigma = 1/sqrt(var + eps), broadcastable to x_hat
+    batch_stats: bool         # mu, var computed from x (True) or the running statistics
 
 
 def normalize_backward(g_hat, x_hat, inv_std, axes):
@@ -76,7 +88,6 @@ class _NormBase(Module):
             self.register_buffer("running_mean", None)
             self.register_buffer("running_var", None)
             self.register_buffer("num_batches_tracked", None)
-        self._xhat = None
 
     def reset_running_stats(self):
         if self.track_running_stats:
@@ -132,7 +143,8 @@ class _BatchNorm(_NormBase):
         with np.errstate(divide="ignore", invalid="ignore"):   # eps = 0, var = 0: inf/nan
             inv_std = (1.0 / np.sqrt(var + self.eps)).reshape(shape)  # as PyTorch
             x_hat = xc * inv_std
-        self._xhat, self._inv_std, self._batch_stats = x_hat, inv_std, use_batch
+        self.save_for_backward(BatchNormCache(x_hat=x_hat, inv_std=inv_std,
+                                              batch_stats=use_batch))
         if self.affine:
             return x_hat * self.weight.data.reshape(shape) + self.bias.data.reshape(shape)
         return x_hat
@@ -149,8 +161,8 @@ class _BatchNorm(_NormBase):
         self.running_var = ((1 - f) * self.running_var + f * unbiased).astype(dt)
 
     def backward(self, grad_out):
-        x_hat = self._xhat
-        check_forward_called(self, x_hat)
+        c = self.pop_saved()
+        x_hat = c.x_hat
         g = check_grad(self, grad_out, x_hat.shape)
         axes = (0,) + tuple(range(2, x_hat.ndim))
         shape = self._shape(x_hat)
@@ -162,9 +174,9 @@ class _BatchNorm(_NormBase):
             g_hat = g * self.weight.data.reshape(shape)
         else:
             g_hat = g
-        if self._batch_stats:
-            return normalize_backward(g_hat, x_hat, self._inv_std, axes)
-        return g_hat * self._inv_std
+        if c.batch_stats:
+            return normalize_backward(g_hat, x_hat, c.inv_std, axes)
+        return g_hat * c.inv_std
 
 
 class BatchNorm1d(_BatchNorm):

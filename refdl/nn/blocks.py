@@ -15,15 +15,34 @@ r"""Blocks whose backward is the chain rule over their children, made visible.
   With the identity shortcut dL/dx = J_F^T g + g: the gradient reaches x undiminished
   whatever F does to it, which is why deep residual nets train (docs/derivations/residual.md).
 
+Caches: Add records ``AddCache(k, y_shape)`` and Concat ``ConcatCache(sizes, dim)`` per
+training-mode call; BasicBlock and Bottleneck record nothing of their own (their children
+record theirs, and their backward calls the children's backwards in reverse order).
+
 Convolutions and activations are looked up when a block is built, so this file imports
 even where the convolution layers are not yet available.
 """
+from typing import NamedTuple
+
 import numpy as np
 
-from ._validate import check_float, check_forward_called, layer_name
+from ._validate import check_float, layer_name
 from .module import Module
 
 __all__ = ["Add", "Concat", "BasicBlock", "Bottleneck"]
+
+
+class AddCache(NamedTuple):
+    """One call of Add: how many inputs receive dL/dy, and y's shape."""
+    k: int
+    y_shape: tuple
+
+
+class ConcatCache(NamedTuple):
+    """One call of Concat: each input's size along ``dim`` (where to cut dL/dy)."""
+    sizes: list
+    dim: int                  # the axis, non-negative
+    y_shape: tuple
 
 
 class Add(Module):
@@ -31,10 +50,6 @@ class Add(Module):
 
     Backward: dL/dx_i = dL/dy for every i; returns a tuple (one array for one input).
     """
-
-    def __init__(self):
-        super().__init__()
-        self._n = None
 
     def forward(self, *xs):
         if not xs:
@@ -45,21 +60,21 @@ class Add(Module):
                 raise ValueError(f"{layer_name(self)}: all inputs must have the same shape, "
                                  f"got input 0 {tuple(xs[0].shape)} and input {i} "
                                  f"{tuple(x.shape)}")
-        self._n, self._shape = len(xs), xs[0].shape
+        self.save_for_backward(AddCache(k=len(xs), y_shape=xs[0].shape))
         y = xs[0].copy()
         for x in xs[1:]:
             y = y + x
         return y
 
     def backward(self, grad_out):
-        check_forward_called(self, self._n)
+        c = self.pop_saved()
         g = np.asarray(grad_out)
-        if g.shape != self._shape:
+        if g.shape != c.y_shape:
             raise ValueError(f"{layer_name(self)}.backward: expected grad_out of shape "
-                             f"{tuple(self._shape)} (the output's), got {tuple(g.shape)}")
-        if self._n == 1:
+                             f"{tuple(c.y_shape)} (the output's), got {tuple(g.shape)}")
+        if c.k == 1:
             return g.copy()
-        return tuple(g.copy() for _ in range(self._n))
+        return tuple(g.copy() for _ in range(c.k))
 
 
 class Concat(Module):
@@ -73,7 +88,6 @@ class Concat(Module):
     def __init__(self, dim=1):
         super().__init__()
         self.dim = int(dim)
-        self._sizes = None
 
     def extra_repr(self):
         return f"dim={self.dim}"
@@ -93,18 +107,18 @@ class Concat(Module):
                 raise ValueError(f"{layer_name(self)}: inputs must have the same shape except "
                                  f"along dim {self.dim}, got input 0 {tuple(xs[0].shape)} and "
                                  f"input {i} {tuple(x.shape)}")
-        self._sizes = [x.shape[d] for x in xs]
-        self._d = d
-        self._shape = xs[0].shape[:d] + (sum(self._sizes),) + xs[0].shape[d + 1:]
+        sizes = [x.shape[d] for x in xs]
+        self.save_for_backward(ConcatCache(
+            sizes=sizes, dim=d, y_shape=xs[0].shape[:d] + (sum(sizes),) + xs[0].shape[d + 1:]))
         return np.concatenate(xs, axis=d)
 
     def backward(self, grad_out):
-        check_forward_called(self, self._sizes)
+        c = self.pop_saved()
         g = np.asarray(grad_out)
-        if g.shape != self._shape:
+        if g.shape != c.y_shape:
             raise ValueError(f"{layer_name(self)}.backward: expected grad_out of shape "
-                             f"{tuple(self._shape)} (the output's), got {tuple(g.shape)}")
-        parts = np.split(g, np.cumsum(self._sizes)[:-1], axis=self._d)
+                             f"{tuple(c.y_shape)} (the output's), got {tuple(g.shape)}")
+        parts = np.split(g, np.cumsum(c.sizes)[:-1], axis=c.dim)
         parts = [p.copy() for p in parts]
         return parts[0] if len(parts) == 1 else tuple(parts)
 

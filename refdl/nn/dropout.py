@@ -4,15 +4,26 @@ r"""Dropout: inverted dropout of single entries (Dropout) or of whole channels
 In training mode each kept entry (or channel) is scaled by 1/(1-p), so E[y] = x and
 evaluation mode is exactly the identity: no rescaling at test time. The mask is drawn from
 ``refdl.random.get_rng(generator)`` (the library default unless a generator is given), so
-``refdl.manual_seed`` makes it repeatable. Derivation: docs/derivations/dropout.md.
+``refdl.manual_seed`` makes it repeatable. A training-mode forward draws its mask whether
+or not it records (under ``refdl.no_grad()`` too, as PyTorch), so the random stream does
+not depend on the grad mode; it records ``DropoutCache(mask, x_shape)``.
+Derivation: docs/derivations/dropout.md.
 """
+from typing import NamedTuple, Optional
+
 import numpy as np
 
 from .. import random as _random
-from ._validate import check_float, check_forward_called, check_grad, layer_name
+from ._validate import check_float, check_grad, layer_name
 from .module import Module
 
 __all__ = ["Dropout", "Dropout1d", "Dropout2d", "Dropout3d"]
+
+
+class DropoutCache(NamedTuple):
+    """One call of Dropout: the scaled mask m / (1 - p), or None where y = x (eval, p = 0)."""
+    mask: Optional[np.ndarray]   # broadcastable to x (one entry per channel in Dropout2d)
+    x_shape: tuple
 
 
 class Dropout(Module):
@@ -21,7 +32,8 @@ class Dropout(Module):
     Shapes: x (*) -> y (*), the same shape.
     Forward (training):  m_i ~ Bernoulli(1 - p) i.i.d.,   y = x * m / (1 - p)
     Forward (eval, or p = 0):  y = x.      p = 1: y = 0 (every entry dropped).
-    Backward: dL/dx = g * m / (1 - p), the same mask as the forward (g in eval mode).
+    Backward: dL/dx = g * m / (1 - p), the same mask as the forward (g in eval mode);
+    the cache's ``mask`` field holds m / (1 - p).
     ``inplace`` is accepted and ignored; ``generator`` (a numpy Generator) overrides the
     library's default source of randomness.
     """
@@ -37,7 +49,6 @@ class Dropout(Module):
         self.p = p
         self.inplace = inplace
         self.generator = generator
-        self._scale = None        # m / (1 - p), or 1.0 for the identity
 
     def extra_repr(self):
         return f"p={self.p}"
@@ -48,22 +59,21 @@ class Dropout(Module):
     def forward(self, x):
         x = check_float(self, x)
         shape = self._mask_shape(x)
-        self._shape = x.shape
         if not self.training or self.p == 0.0:
-            self._scale = 1.0
-            return x
-        if self.p == 1.0:
-            self._scale = np.zeros(shape, dtype=x.dtype)
-            return x * self._scale
-        rng = _random.get_rng(self.generator)
-        keep = rng.random(shape) >= self.p
-        self._scale = keep.astype(x.dtype) * x.dtype.type(1.0 / (1.0 - self.p))
-        return x * self._scale
+            mask = None                                   # the identity
+        elif self.p == 1.0:
+            mask = np.zeros(shape, dtype=x.dtype)
+        else:                                             # drawn in every grad mode
+            rng = _random.get_rng(self.generator)
+            keep = rng.random(shape) >= self.p
+            mask = keep.astype(x.dtype) * x.dtype.type(1.0 / (1.0 - self.p))
+        self.save_for_backward(DropoutCache(mask=mask, x_shape=x.shape))
+        return x if mask is None else x * mask
 
     def backward(self, grad_out):
-        check_forward_called(self, self._scale)
-        g = check_grad(self, grad_out, self._shape)
-        return g * self._scale if not isinstance(self._scale, float) else g
+        c = self.pop_saved()
+        g = check_grad(self, grad_out, c.x_shape)
+        return g if c.mask is None else g * c.mask
 
 
 class _DropoutNd(Dropout):

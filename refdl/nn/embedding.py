@@ -1,11 +1,18 @@
 r"""Embedding: a lookup table of learned vectors (PyTorch's ``nn.Embedding``)."""
+from typing import NamedTuple
+
 import numpy as np
 
 from .. import init
-from ._validate import check_forward_called, check_grad, layer_name
+from ._validate import check_grad, layer_name
 from .module import Module, Parameter
 
 __all__ = ["Embedding"]
+
+
+class EmbeddingCache(NamedTuple):
+    """One call of Embedding: the looked-up indices idx (the scatter-add's targets)."""
+    idx: np.ndarray
 
 
 class Embedding(Module):
@@ -20,6 +27,7 @@ class Embedding(Module):
     and dL/dW[padding_idx] = 0: the padding row is never trained. The indices are not
     differentiable; ``backward`` returns None.
     Initialisation (PyTorch's): W ~ N(0, 1), the padding row set to zero.
+    A training-mode forward records ``EmbeddingCache(idx)``. docs/derivations/embedding.md
     """
 
     def __init__(self, num_embeddings, embedding_dim, padding_idx=None, dtype=np.float32,
@@ -40,7 +48,6 @@ class Embedding(Module):
         self.weight = Parameter(np.empty((self.num_embeddings, self.embedding_dim),
                                          dtype=dtype))
         self.reset_parameters(generator)
-        self._idx = None
 
     def reset_parameters(self, generator=None):
         init.normal_(self.weight, 0.0, 1.0, generator=generator)
@@ -74,12 +81,11 @@ class Embedding(Module):
             bad = idx.min() if idx.min() < 0 else idx.max()
             raise IndexError(f"{layer_name(self)}: index {int(bad)} is out of range "
                              f"[0, {self.num_embeddings}) (input shape {tuple(idx.shape)})")
-        self._idx = idx
+        self.save_for_backward(EmbeddingCache(idx=idx))
         return self.weight.data[idx]
 
     def backward(self, grad_out):
-        idx = self._idx
-        check_forward_called(self, idx)
+        idx = self.pop_saved().idx
         g = check_grad(self, grad_out, idx.shape + (self.embedding_dim,))
         if self.weight.requires_grad:
             flat = idx.reshape(-1)

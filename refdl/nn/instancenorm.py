@@ -21,15 +21,33 @@ values of one group of one example:
 
 (the BatchNorm formula with the statistics' axes changed). With running statistics in
 eval mode InstanceNorm is an affine map per channel: dL/dx = g_hat / sqrt(running_var + eps).
+A training-mode forward records ``GroupNormCache(x_hat, inv_std)`` or
+``InstanceNormCache(x_hat, inv_std, instance_stats, batched)``, inv_std = 1/sigma.
 Derivation: docs/derivations/groupnorm.md
 """
+from typing import NamedTuple
+
 import numpy as np
 
-from ._validate import check_float, check_forward_called, check_grad, layer_name
+from ._validate import check_float, check_grad, layer_name
 from .batchnorm import _NormBase, normalize_backward
 from .module import Module, Parameter
 
 __all__ = ["GroupNorm", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d"]
+
+
+class GroupNormCache(NamedTuple):
+    """One call of GroupNorm: x_hat (the input's shape) and 1/sigma_ng (N, G, 1)."""
+    x_hat: np.ndarray
+    inv_std: np.ndarray
+
+
+class InstanceNormCache(NamedTuple):
+    """One call of InstanceNorm: x_hat (N, C, *S) and 1/sigma, broadcastable to it."""
+    x_hat: np.ndarray         # batched: N = 1 for an unbatched input
+    inv_std: np.ndarray
+    instance_stats: bool      # mu, var from each instance (True) or the running statistics
+    batched: bool             # whether the input had the batch axis
 
 
 class GroupNorm(Module):
@@ -56,7 +74,6 @@ class GroupNorm(Module):
         else:
             self.register_parameter("weight", None)
             self.register_parameter("bias", None)
-        self._xhat = None
 
     def extra_repr(self):
         return f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}"
@@ -78,15 +95,15 @@ class GroupNorm(Module):
         with np.errstate(divide="ignore", invalid="ignore"):   # eps = 0, var = 0
             inv_std = 1.0 / np.sqrt(var + self.eps)
             x_hat = (xc * inv_std).reshape(x.shape)
-        self._xhat, self._inv_std = x_hat, inv_std
+        self.save_for_backward(GroupNormCache(x_hat=x_hat, inv_std=inv_std))
         if self.affine:
             shape = (1, self.num_channels) + (1,) * (x.ndim - 2)
             return x_hat * self.weight.data.reshape(shape) + self.bias.data.reshape(shape)
         return x_hat
 
     def backward(self, grad_out):
-        x_hat = self._xhat
-        check_forward_called(self, x_hat)
+        c = self.pop_saved()
+        x_hat = c.x_hat
         g = check_grad(self, grad_out, x_hat.shape)
         if self.affine:
             axes = (0,) + tuple(range(2, x_hat.ndim))
@@ -98,7 +115,7 @@ class GroupNorm(Module):
             g = g * self.weight.data.reshape(shape)
         n = x_hat.shape[0]
         gx = normalize_backward(g.reshape(n, self.num_groups, -1),
-                                x_hat.reshape(n, self.num_groups, -1), self._inv_std, (2,))
+                                x_hat.reshape(n, self.num_groups, -1), c.inv_std, (2,))
         return gx.reshape(x_hat.shape)
 
 
@@ -120,8 +137,8 @@ class _InstanceNorm(_NormBase):
             dims = ("L", "H, W", "D, H, W")[k - 1]
             raise ValueError(f"{layer_name(self)}: expected an input of shape (N, C, {dims})"
                              f" or (C, {dims}), got {tuple(x.shape)}")
-        self._unbatched = x.ndim == k + 1
-        if self._unbatched:
+        unbatched = x.ndim == k + 1
+        if unbatched:
             x = x[None]
         if x.shape[1] != self.num_features:
             raise ValueError(f"{layer_name(self)}: expected input with {self.num_features} "
@@ -145,11 +162,13 @@ class _InstanceNorm(_NormBase):
         with np.errstate(divide="ignore", invalid="ignore"):
             inv_std = 1.0 / np.sqrt(var + self.eps)
             x_hat = xc * inv_std
-        self._xhat, self._inv_std, self._instance = x_hat, inv_std, use_instance
+        self.save_for_backward(InstanceNormCache(x_hat=x_hat, inv_std=inv_std,
+                                                 instance_stats=use_instance,
+                                                 batched=not unbatched))
         y = x_hat
         if self.affine:
             y = x_hat * self.weight.data.reshape(shape) + self.bias.data.reshape(shape)
-        return y[0] if self._unbatched else y
+        return y[0] if unbatched else y
 
     def _update_running(self, mean, var, K):
         # PyTorch: the running statistics move towards the batch average of the
@@ -162,11 +181,10 @@ class _InstanceNorm(_NormBase):
         self.running_var = ((1 - f) * self.running_var + f * unbiased).astype(dt)
 
     def backward(self, grad_out):
-        x_hat = self._xhat
-        check_forward_called(self, x_hat)
-        out_shape = x_hat.shape[1:] if self._unbatched else x_hat.shape
-        g = check_grad(self, grad_out, out_shape)
-        if self._unbatched:
+        c = self.pop_saved()
+        x_hat = c.x_hat
+        g = check_grad(self, grad_out, x_hat.shape if c.batched else x_hat.shape[1:])
+        if not c.batched:
             g = g[None]
         axes = tuple(range(2, x_hat.ndim))
         if self.affine:
@@ -176,11 +194,11 @@ class _InstanceNorm(_NormBase):
             if self.bias.requires_grad:
                 self.bias.grad += g.sum(axis=(0,) + axes).astype(self.bias.dtype)
             g = g * self.weight.data.reshape(shape)
-        if self._instance:
-            gx = normalize_backward(g, x_hat, self._inv_std, axes)
+        if c.instance_stats:
+            gx = normalize_backward(g, x_hat, c.inv_std, axes)
         else:
-            gx = g * self._inv_std
-        return gx[0] if self._unbatched else gx
+            gx = g * c.inv_std
+        return gx if c.batched else gx[0]
 
 
 class InstanceNorm1d(_InstanceNorm):

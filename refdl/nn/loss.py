@@ -25,18 +25,33 @@ weights over the non-ignored targets (PyTorch's weighted mean). So the backward 
 
 Inputs are validated before any arithmetic: integer inputs, NaNs, wrong shapes and class
 indices out of range raise ValueError naming the loss and the offending values.
+
+Each training-mode call records one ``LossCache(dl_dx, D, l_shape, class_dim)`` and each
+``backward`` consumes the newest: a criterion called twice before its backwards holds two
+caches, consumed last in, first out. ``dl/dx`` is only computed when the call records
+(not in eval mode or under ``refdl.no_grad()``, where the loss value is all one needs).
 Derivations: docs/derivations/loss.md.
 """
+from typing import NamedTuple, Optional
+
 import numpy as np
 
 from ..functional import activation as F
-from ._validate import check_forward_called, layer_name
+from ._validate import layer_name
 from .module import Module
 
 __all__ = ["MSELoss", "L1Loss", "HuberLoss", "NLLLoss", "CrossEntropyLoss", "BCELoss",
            "BCEWithLogitsLoss"]
 
 _REDUCTIONS = ("mean", "sum", "none")
+
+
+class LossCache(NamedTuple):
+    """One call of a loss: what dL/dx = dl/dx * u needs (docs/derivations/loss.md)."""
+    dl_dx: np.ndarray         # dl_i/dx, the per-term derivative (the input's shape)
+    D: float                  # the 'mean' denominator
+    l_shape: tuple            # the per-term loss's shape (the 'none' output's)
+    class_dim: Optional[int]  # the class axis, re-inserted into u for 'none' (else None)
 
 
 class LossInputError(TypeError, ValueError):
@@ -57,10 +72,6 @@ class _Loss(Module):
             raise ValueError(f"{type(self).__name__}: reduction must be 'mean', 'sum' or "
                              f"'none', got {reduction!r}")
         self.reduction = reduction
-        self._dl = None          # d l_i / d input, the per-term derivative
-        self._expand = None      # axis to re-insert when l_i has no class dimension
-        self._denom = None
-        self._lshape = None
 
     def extra_repr(self):
         return f"reduction={self.reduction!r}"
@@ -110,38 +121,49 @@ class _Loss(Module):
         return w
 
     # -- reduction and backward ----------------------------------------------------------
-    def _reduce(self, l, dl, denom=None, expand=None):
-        """Store dl/dx and return the reduced loss of the per-term losses ``l``."""
-        self._dl = dl
-        self._expand = expand
-        self._lshape = l.shape
-        self._denom = float(l.size if denom is None else denom)
+    def _reduce(self, l, dl_dx, D=None, class_dim=None):
+        """Record dl/dx (when recording) and return the reduction of the per-term ``l``.
+
+        ``dl_dx`` is None when the call does not record (nothing computed it).
+        """
+        D = float(l.size if D is None else D)
+        self.save_for_backward(LossCache(dl_dx=dl_dx, D=D, l_shape=l.shape,
+                                         class_dim=class_dim))
         if self.reduction == "none":
             return l
         total = np.sum(l, dtype=l.dtype)
         if self.reduction == "sum":
-            return np.asarray(total, dtype=dl.dtype)
-        if self._denom == 0:        # empty batch, or every target ignored: NaN like PyTorch
-            return np.asarray(np.nan, dtype=dl.dtype)
-        return np.asarray(total / self._denom, dtype=dl.dtype)
+            return np.asarray(total, dtype=l.dtype)
+        if D == 0:                  # empty batch, or every target ignored: NaN like PyTorch
+            return np.asarray(np.nan, dtype=l.dtype)
+        return np.asarray(total / D, dtype=l.dtype)
+
+    def _weighted_reduce(self, x, l, dl):
+        """BCE's: multiply l (and dl/dx) by ``weight``, cast to x's dtype, then reduce."""
+        if self.weight is not None:
+            w = self._broadcast_weight(self.weight, x, "weight")
+            l = l * w
+            dl = None if dl is None else dl * w
+        return self._reduce(l.astype(x.dtype, copy=False),
+                            None if dl is None else dl.astype(x.dtype, copy=False))
 
     def backward(self, grad=None):
         r"""dL/d(input) = dl/dx * u, u = grad/D ('mean'), grad ('sum'), the array ('none')."""
-        dl = self._dl
-        check_forward_called(self, dl)
+        c = self.pop_saved()
+        dl = c.dl_dx
         if self.reduction == "none":
             if grad is None:
                 raise ValueError(
                     f"{layer_name(self)}.backward: the loss is an array of shape "
-                    f"{self._lshape} (reduction='none'); pass its upstream gradient v of "
+                    f"{c.l_shape} (reduction='none'); pass its upstream gradient v of "
                     "that shape (backward(v) is the gradient of the scalar <v, loss>), or "
                     "reduce the loss to a scalar first")
             u = np.asarray(grad)
-            if u.shape != self._lshape:
+            if u.shape != c.l_shape:
                 raise ValueError(f"{layer_name(self)}.backward: expected grad of shape "
-                                 f"{self._lshape} (the loss's), got {tuple(u.shape)}")
-            if self._expand is not None:
-                u = np.expand_dims(u, self._expand)
+                                 f"{c.l_shape} (the loss's), got {tuple(u.shape)}")
+            if c.class_dim is not None:
+                u = np.expand_dims(u, c.class_dim)
             return (dl * u).astype(dl.dtype, copy=False)
         if grad is None:
             u = 1.0
@@ -151,7 +173,7 @@ class _Loss(Module):
                                  f"grad (the loss is a scalar), got shape {np.shape(grad)}")
             u = float(grad)
         if self.reduction == "mean":
-            u = u / self._denom if self._denom else 0.0
+            u = u / c.D if c.D else 0.0
         return (dl * u).astype(dl.dtype, copy=False)
 
 
@@ -168,7 +190,7 @@ class MSELoss(_Loss):
         x = self._check_input(input)
         t = self._check_float_target(x, target)
         d = x - t
-        return self._reduce(d * d, 2 * d)
+        return self._reduce(d * d, 2 * d if self.recording else None)
 
 
 class L1Loss(_Loss):
@@ -182,7 +204,7 @@ class L1Loss(_Loss):
         x = self._check_input(input)
         t = self._check_float_target(x, target)
         d = x - t
-        return self._reduce(np.abs(d), np.sign(d))
+        return self._reduce(np.abs(d), np.sign(d) if self.recording else None)
 
 
 class HuberLoss(_Loss):
@@ -208,7 +230,7 @@ class HuberLoss(_Loss):
         a = np.abs(d)
         dt = self.delta
         l = np.where(a < dt, 0.5 * d * d, dt * (a - 0.5 * dt)).astype(x.dtype, copy=False)
-        return self._reduce(l, np.clip(d, -dt, dt))
+        return self._reduce(l, np.clip(d, -dt, dt) if self.recording else None)
 
 
 # -- classification losses on class indices ----------------------------------------------
@@ -318,7 +340,7 @@ class NLLLoss(_ClassLoss):
         x, cdim, C = self._check_logits(input)
         a, denom = self._index_coefficients(x, cdim, C, target)
         l = -_dot_class(a, x, cdim)
-        return self._reduce(l, -a, denom, expand=cdim)
+        return self._reduce(l, -a if self.recording else None, denom, class_dim=cdim)
 
 
 class CrossEntropyLoss(_ClassLoss):
@@ -375,9 +397,10 @@ class CrossEntropyLoss(_ClassLoss):
             a, denom = self._index_coefficients(x, cdim, C, t, eps)
         logp = F.log_softmax(x, axis=cdim)
         l = -_dot_class(a, logp, cdim)
-        p = np.exp(logp)
-        dl = p * np.sum(a, axis=cdim, keepdims=True) - a
-        return self._reduce(l, dl, denom, expand=cdim)
+        dl = None
+        if self.recording:                   # dl/dx = p sum_k a_k - a
+            dl = np.exp(logp) * np.sum(a, axis=cdim, keepdims=True) - a
+        return self._reduce(l, dl, denom, class_dim=cdim)
 
 
 # -- binary classification ---------------------------------------------------------------
@@ -411,11 +434,8 @@ class BCELoss(_Loss):
             logx = np.maximum(np.log(x), -100)
             log1mx = np.maximum(np.log1p(-x), -100)
         l = -(t * logx + (1 - t) * log1mx)
-        dl = (x - t) / np.maximum(x * (1 - x), 1e-12)
-        if self.weight is not None:
-            w = self._broadcast_weight(self.weight, x, "weight")
-            l, dl = l * w, dl * w
-        return self._reduce(l.astype(x.dtype, copy=False), dl.astype(x.dtype, copy=False))
+        dl = (x - t) / np.maximum(x * (1 - x), 1e-12) if self.recording else None
+        return self._weighted_reduce(x, l, dl)
 
 
 class BCEWithLogitsLoss(_Loss):
@@ -443,15 +463,15 @@ class BCEWithLogitsLoss(_Loss):
         x = self._check_input(input)
         t = self._check_float_target(x, target)
         sp = -F.log_sigmoid(x)            # softplus(-x) = -log sigma(x)
-        s = F.sigmoid(x)
+        s = F.sigmoid(x) if self.recording else None
+        dl = None
         if self.pos_weight is None:
             l = (1 - t) * x + sp
-            dl = s - t
+            if s is not None:
+                dl = s - t
         else:
             p = self._broadcast_weight(self.pos_weight, x, "pos_weight")
             l = (1 - t) * x + (1 + (p - 1) * t) * sp
-            dl = (1 - t) * s - p * t * (1 - s)
-        if self.weight is not None:
-            w = self._broadcast_weight(self.weight, x, "weight")
-            l, dl = l * w, dl * w
-        return self._reduce(l.astype(x.dtype, copy=False), dl.astype(x.dtype, copy=False))
+            if s is not None:
+                dl = (1 - t) * s - p * t * (1 - s)
+        return self._weighted_reduce(x, l, dl)

@@ -54,10 +54,46 @@ class Parameter:
         return int(self.data.size)
 
     def zero_grad(self):
-        self.grad[...] = 0
+        _zero_grad(self)
+
+    def requires_grad_(self, requires_grad=True):
+        """Freeze (False) or unfreeze (True) in place; returns self (PyTorch's name)."""
+        self.requires_grad = bool(requires_grad)
+        return self
 
     def __repr__(self):
         return f"Parameter(shape={self.data.shape}, dtype={self.data.dtype})"
+
+
+def _zero_grad(p):
+    """Zero ``p.grad`` in place; a grad that a backward replaced (``p.grad = value`` where
+    ``+=`` was meant) by a non-array or an array of another shape is replaced by zeros."""
+    g = p.grad
+    if isinstance(g, np.ndarray) and g.shape == p.data.shape and g.flags.writeable:
+        g[...] = 0
+    else:
+        p.grad = np.zeros_like(p.data)
+
+
+def _plain_arg(v):
+    """A constructor argument worth keeping: values, arrays, dtypes, classes, functions,
+    modules and generators of random numbers, and tuples/lists/dicts of those."""
+    if v is None or isinstance(v, (bool, int, float, complex, str, bytes, np.generic,
+                                   np.ndarray, np.dtype, type, Module, Parameter,
+                                   np.random.Generator)) or callable(v) and not hasattr(
+                                       v, "__next__"):
+        return True
+    if isinstance(v, (tuple, list)):
+        return all(map(_plain_arg, v))
+    if isinstance(v, dict):
+        return all(map(_plain_arg, v.values()))
+    return False
+
+
+def _is_device(a):
+    if isinstance(a, str):
+        return a.split(":")[0] in ("cpu", "cuda", "mps", "xpu", "meta")
+    return type(a).__name__ == "device"          # a torch.device
 
 
 def _name(module):
@@ -131,6 +167,15 @@ class Module:
       :class:`StaleCacheWarning`. Run such forwards under ``refdl.no_grad()`` or
       ``model.eval()``; :meth:`discard_saved` drops caches that will never be used.
     """
+
+    def __new__(cls, *args, **kwargs):
+        # the constructor's arguments, kept so that refdl.interop can build the PyTorch twin
+        # (None when one of them is not a plain value: an iterator is consumed by the
+        # constructor and could not be deep-copied with the module)
+        obj = super().__new__(cls)
+        plain = all(map(_plain_arg, args)) and all(map(_plain_arg, kwargs.values()))
+        object.__setattr__(obj, "_init_args", (args, kwargs) if plain else None)
+        return obj
 
     def __init__(self):
         object.__setattr__(self, "_parameters", OrderedDict())
@@ -341,14 +386,69 @@ class Module:
         """Evaluation mode (Dropout is the identity, BatchNorm uses running stats)."""
         return self.train(False)
 
-    def zero_grad(self):
-        """Set every parameter's accumulated gradient to zero."""
-        for p in self.parameters():
-            p.grad[...] = 0
+    def zero_grad(self, set_to_none=True):
+        """Set every parameter's accumulated gradient to zero.
 
-    def to(self, dtype):
-        """Cast every parameter (and its grad) and floating buffer to ``dtype``; returns self."""
-        dtype = np.dtype(dtype)
+        (refdl's backward accumulates with ``+=`` into an array, so grads are zeroed in
+        place rather than set to None; ``set_to_none`` is accepted for compatibility.)
+        """
+        for p in self.parameters():
+            _zero_grad(p)
+
+    def requires_grad_(self, requires_grad=True):
+        """Freeze (False) or unfreeze (True) every parameter; returns self."""
+        for p in self.parameters():
+            p.requires_grad = bool(requires_grad)
+        return self
+
+    def apply(self, fn):
+        """Call ``fn(m)`` on every descendant and then on self (children first, as
+        PyTorch does, e.g. ``model.apply(init_weights)``); returns self."""
+        for m in self.children():
+            m.apply(fn)
+        fn(self)
+        return self
+
+    def get_submodule(self, target):
+        """The sub-module at the dotted path ``target`` ('' is self), as in PyTorch."""
+        m = self
+        for part in filter(None, target.split(".")):
+            if part not in m._modules or m._modules[part] is None:
+                raise AttributeError(f"{type(m).__name__} has no sub-module {part!r} "
+                                     f"(looking for {target!r})")
+            m = m._modules[part]
+        return m
+
+    def to(self, *args, **kwargs):
+        """Cast every parameter (and its grad) and floating buffer; returns self.
+
+        Accepts PyTorch's spellings: ``to(np.float64)``, ``to('float32')``, ``to('cpu')``
+        (refdl runs on the CPU: a no-op), ``to('cpu', np.float64)``,
+        ``to(device='cpu', dtype=...)``. Any other device is an error.
+        """
+        dtype = kwargs.pop("dtype", None)
+        device = kwargs.pop("device", None)
+        if kwargs:
+            raise TypeError(f"{type(self).__name__}.to: unexpected arguments {sorted(kwargs)}")
+        for a in args:
+            if _is_device(a):
+                device = a
+            elif dtype is None:
+                dtype = a
+            else:
+                raise TypeError(f"{type(self).__name__}.to: two dtypes given ({dtype}, {a})")
+        if device is not None:
+            dev = str(device)
+            if dev.split(":")[0] != "cpu":
+                raise ValueError(f"{type(self).__name__}.to: refdl runs on the CPU only, "
+                                 f"got device {dev!r} (use refdl.interop.to_torch for a GPU)")
+        if dtype is None:
+            return self
+        try:
+            dtype = np.dtype(dtype)
+        except TypeError:
+            raise TypeError(f"{type(self).__name__}.to: expected a dtype or 'cpu', got "
+                            f"{dtype!r}") from None
         if not np.issubdtype(dtype, np.floating):
             raise TypeError(f"{type(self).__name__}.to: expected a floating dtype, got {dtype}")
         for p in self.parameters():
@@ -358,6 +458,10 @@ class Module:
             for name, b in list(m._buffers.items()):
                 if isinstance(b, np.ndarray) and np.issubdtype(b.dtype, np.floating):
                     setattr(m, name, b.astype(dtype, copy=False))
+        return self
+
+    def cpu(self):
+        """refdl runs on the CPU: returns self (for ported PyTorch code)."""
         return self
 
     def double(self):
@@ -513,3 +617,141 @@ class ModuleList(Module):
         if isinstance(idx, slice):
             return ModuleList(mods[idx])
         return mods[idx]
+
+
+class ModuleDict(Module):
+    """An ordered dict of modules whose parameters are registered (keys ``name.weight``).
+
+    Like ModuleList it has no forward of its own: the owner decides how its members are
+    applied (``self.heads[task](x)``). Supports ``[]``, ``in``, ``len``, iteration over the
+    keys, ``keys()``, ``values()``, ``items()``, ``update()`` and ``pop()``.
+    """
+
+    def __init__(self, modules=None):
+        super().__init__()
+        if modules is not None:
+            self.update(modules)
+
+    def __getitem__(self, key):
+        return self._modules[key]
+
+    def __setitem__(self, key, module):
+        if not isinstance(module, Module):
+            raise TypeError(f"ModuleDict: {key!r} must be a Module, got "
+                            f"{type(module).__name__}")
+        self.add_module(key, module)
+
+    def __delitem__(self, key):
+        del self._modules[key]
+        object.__delattr__(self, key)
+
+    def __contains__(self, key):
+        return key in self._modules
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(self._modules)
+
+    def keys(self):
+        return self._modules.keys()
+
+    def values(self):
+        return self._modules.values()
+
+    def items(self):
+        return self._modules.items()
+
+    def update(self, modules):
+        items = modules.items() if hasattr(modules, "items") else modules
+        for key, module in items:
+            self[key] = module
+
+    def pop(self, key):
+        module = self._modules[key]
+        del self[key]
+        return module
+
+
+class ParameterList(Module):
+    """A list of Parameters registered under the keys ``0``, ``1``, ... (PyTorch's name).
+
+    Arrays are wrapped in a Parameter on the way in. Supports ``[]``, ``len``, iteration,
+    ``append`` and ``extend``.
+    """
+
+    def __init__(self, values=None):
+        super().__init__()
+        for v in values or ():
+            self.append(v)
+
+    def append(self, value):
+        self.register_parameter(str(len(self._parameters)), _as_parameter(value))
+        return self
+
+    def extend(self, values):
+        for v in values:
+            self.append(v)
+        return self
+
+    def __getitem__(self, idx):
+        return list(self._parameters.values())[idx]
+
+    def __setitem__(self, idx, value):
+        key = str(range(len(self._parameters))[idx])
+        self.register_parameter(key, _as_parameter(value))
+
+    def __len__(self):
+        return len(self._parameters)
+
+    def __iter__(self):
+        return iter(self._parameters.values())
+
+    def extra_repr(self):
+        return ", ".join(f"{k}: {tuple(p.shape)}" for k, p in self._parameters.items())
+
+
+class ParameterDict(Module):
+    """An ordered dict of Parameters registered under their keys (PyTorch's name)."""
+
+    def __init__(self, parameters=None):
+        super().__init__()
+        if parameters is not None:
+            self.update(parameters)
+
+    def __getitem__(self, key):
+        return self._parameters[key]
+
+    def __setitem__(self, key, value):
+        if not isinstance(key, str) or not key or "." in key:
+            raise KeyError(f"ParameterDict: keys must be non-empty strings without '.', "
+                           f"got {key!r}")
+        self.register_parameter(key, _as_parameter(value))
+
+    def __contains__(self, key):
+        return key in self._parameters
+
+    def __len__(self):
+        return len(self._parameters)
+
+    def __iter__(self):
+        return iter(self._parameters)
+
+    def keys(self):
+        return self._parameters.keys()
+
+    def values(self):
+        return self._parameters.values()
+
+    def items(self):
+        return self._parameters.items()
+
+    def update(self, parameters):
+        items = parameters.items() if hasattr(parameters, "items") else parameters
+        for key, value in items:
+            self[key] = value
+
+
+def _as_parameter(value):
+    return value if isinstance(value, Parameter) else Parameter(value)

@@ -2,13 +2,22 @@ r"""Layer normalisation (PyTorch's ``nn.LayerNorm``).
 
 BatchNorm lives in batchnorm.py, GroupNorm and InstanceNorm in instancenorm.py.
 """
+from typing import NamedTuple
+
 import numpy as np
 
 from .. import init
-from ._validate import check_float, check_forward_called, check_grad, layer_name
+from ._validate import check_float, check_grad, layer_name
 from .module import Module, Parameter
 
 __all__ = ["LayerNorm"]
+
+
+class LayerNormCache(NamedTuple):
+    """One call of LayerNorm: x_hat and 1/sigma, all the backward needs (layernorm.md)."""
+    x_hat: np.ndarray         # (x - mu) / sigma, the input's shape
+    inv_sigma: np.ndarray     # 1 / sigma, shape (*, 1, ..., 1)
+    axes: tuple               # the normalised (trailing) axes
 
 
 class LayerNorm(Module):
@@ -29,7 +38,8 @@ class LayerNorm(Module):
 
     Unlike BatchNorm, the statistics are per sample, so training and evaluation agree
     and there are no running statistics. ``elementwise_affine=False`` drops gamma and
-    beta; ``bias=False`` drops beta only. Derivation: docs/derivations/layernorm.md.
+    beta; ``bias=False`` drops beta only. A training-mode forward records
+    ``LayerNormCache(x_hat, inv_sigma, axes)``. Derivation: docs/derivations/layernorm.md.
     """
 
     def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True, bias=True,
@@ -53,7 +63,6 @@ class LayerNorm(Module):
             self.register_parameter("weight", None)
             self.register_parameter("bias", None)
         self.reset_parameters()
-        self._xhat = None
 
     def reset_parameters(self):
         """gamma = 1, beta = 0 (PyTorch's initialisation)."""
@@ -81,9 +90,9 @@ class LayerNorm(Module):
         xc = x - mu
         var = np.mean(xc * xc, axis=axes, keepdims=True)
         inv_sigma = 1.0 / np.sqrt(var + np.asarray(self.eps, dtype=x.dtype))
-        xhat = xc * inv_sigma
-        self._xhat, self._inv_sigma, self._axes_ = xhat, inv_sigma, axes
-        y = xhat
+        x_hat = xc * inv_sigma
+        self.save_for_backward(LayerNormCache(x_hat=x_hat, inv_sigma=inv_sigma, axes=axes))
+        y = x_hat
         if self.weight is not None:
             y = y * self.weight.data
         if self.bias is not None:
@@ -91,15 +100,14 @@ class LayerNorm(Module):
         return y
 
     def backward(self, grad_out):
-        xhat = self._xhat
-        check_forward_called(self, xhat)
-        g = check_grad(self, grad_out, xhat.shape)
-        axes = self._axes_
-        lead = tuple(range(xhat.ndim - len(axes)))
+        c = self.pop_saved()
+        x_hat, axes = c.x_hat, c.axes
+        g = check_grad(self, grad_out, x_hat.shape)
+        lead = tuple(range(x_hat.ndim - len(axes)))
         if self.weight is not None and self.weight.requires_grad:
-            self.weight.grad += np.sum(g * xhat, axis=lead)
+            self.weight.grad += np.sum(g * x_hat, axis=lead)
         if self.bias is not None and self.bias.requires_grad:
             self.bias.grad += np.sum(g, axis=lead)
-        gh = g * self.weight.data if self.weight is not None else g
-        return self._inv_sigma * (gh - np.mean(gh, axis=axes, keepdims=True)
-                                  - xhat * np.mean(gh * xhat, axis=axes, keepdims=True))
+        g_hat = g * self.weight.data if self.weight is not None else g
+        return c.inv_sigma * (g_hat - np.mean(g_hat, axis=axes, keepdims=True)
+                              - x_hat * np.mean(g_hat * x_hat, axis=axes, keepdims=True))

@@ -12,17 +12,56 @@ position of the (first) maximum and zero elsewhere: dx[argmax] += g.
 Average pooling: y = sum over the window / divisor (PyTorch's divisor rules); backward
 spreads g / divisor uniformly over the window.
 Derivation: docs/derivations/pooling.md. The loops run in refdl/_ext when it is built.
+
+What a training-mode forward records (one cache per call, see docs/caches.md):
+``MaxPoolCache(argmax, x_shape, batched)`` (k*(o), the flat position of each window's
+maximum), ``AvgPoolCache(x_shape, out_size, batched)`` and ``AdaptiveAvgPoolCache(A,
+x_shape, batched)`` (the per-axis averaging matrices A_a).
 """
+from typing import NamedTuple
+
 import numpy as np
 
 from .. import ext
 from ..functional.conv import normalize_tuple, pool_output_size
-from ._validate import check_float, check_forward_called, check_grad, layer_name
+from ._validate import check_float, check_grad, layer_name
 from .module import Module
 
 __all__ = ["MaxPool1d", "MaxPool2d", "MaxPool3d", "AvgPool1d", "AvgPool2d", "AvgPool3d",
            "AdaptiveAvgPool1d", "AdaptiveAvgPool2d", "AdaptiveAvgPool3d",
            "AdaptiveMaxPool1d", "AdaptiveMaxPool2d", "AdaptiveMaxPool3d"]
+
+class MaxPoolCache(NamedTuple):
+    """One call of MaxPool/AdaptiveMaxPool: k*(o), the flat position of each maximum."""
+    argmax: np.ndarray        # (N, C, *O) int64 positions in the (N, C, *S) input's block
+    x_shape: tuple            # (N, C, *S), batched
+    batched: bool             # whether the input had the batch axis
+
+
+class AvgPoolCache(NamedTuple):
+    """One call of AvgPool: the geometry the scatter of g / D(o) needs."""
+    x_shape: tuple            # (N, C, *S), batched
+    out_size: tuple           # O per spatial axis
+    batched: bool
+
+
+class AdaptiveAvgPoolCache(NamedTuple):
+    """One call of AdaptiveAvgPool: the averaging matrix A_a (O_a, S_a) of each axis."""
+    A: list
+    x_shape: tuple            # (N, C, *S), batched
+    batched: bool
+
+
+def _max_scatter(layer, grad_out):
+    """dx[n, c, argmax[n, c, o]] += g[n, c, o]: the backward of every max pooling."""
+    c = layer.pop_saved()
+    shape = c.argmax.shape
+    g = check_grad(layer, grad_out, shape if c.batched else shape[1:])
+    if not c.batched:
+        g = g[None]
+    dx = ext.max_pool_backward(np.ascontiguousarray(g), c.argmax, c.x_shape)
+    return dx if c.batched else dx[0]
+
 
 _AXES = {1: "(N, C, L)", 2: "(N, C, H, W)", 3: "(N, C, D, H, W)"}
 
@@ -77,7 +116,6 @@ class _MaxPoolNd(_PoolNd):
         self._geometry(kernel_size, stride, padding, dilation)
         self.return_indices = bool(return_indices)
         self.ceil_mode = bool(ceil_mode)
-        self._idx = None
 
     def extra_repr(self):
         return (f"kernel_size={self.kernel_size}, stride={self.stride}, "
@@ -87,24 +125,17 @@ class _MaxPoolNd(_PoolNd):
     def forward(self, x):
         xb, batched = _batched(self, x, self._rank)
         out = self._out_size(x, xb.shape[2:])
+        # the kernel finds every maximum's position anyway (no cheaper path to skip to)
         y, idx = ext.max_pool_forward(xb, self.kernel_size, self.stride, self.padding,
                                       self.dilation, out)
-        self._idx = idx
-        self._shape = xb.shape
-        self._batched_in = batched
+        self.save_for_backward(MaxPoolCache(argmax=idx, x_shape=xb.shape, batched=batched))
         if not batched:
             y, idx = y[0], idx[0]
         return (y, idx) if self.return_indices else y
 
     def backward(self, grad_out, grad_indices=None):
-        """dx[n, c, idx[n, c, o]] += g[n, c, o]. (The indices output has no gradient.)"""
-        check_forward_called(self, self._idx)
-        shape = self._idx.shape
-        g = check_grad(self, grad_out, shape if self._batched_in else shape[1:])
-        if not self._batched_in:
-            g = g[None]
-        dx = ext.max_pool_backward(np.ascontiguousarray(g), self._idx, self._shape)
-        return dx if self._batched_in else dx[0]
+        """dx[n, c, argmax[n, c, o]] += g[n, c, o]. (The indices output has no gradient.)"""
+        return _max_scatter(self, grad_out)
 
 
 class MaxPool1d(_MaxPoolNd):
@@ -150,7 +181,6 @@ class _AvgPoolNd(_PoolNd):
             raise ValueError(f"{type(self).__name__}: divisor_override must be a positive "
                              f"int, got {divisor_override!r}")
         self.divisor_override = None if divisor_override is None else int(divisor_override)
-        self._shape = None
 
     def extra_repr(self):
         return (f"kernel_size={self.kernel_size}, stride={self.stride}, "
@@ -161,22 +191,20 @@ class _AvgPoolNd(_PoolNd):
         out = self._out_size(x, xb.shape[2:])
         y = ext.avg_pool_forward(xb, self.kernel_size, self.stride, self.padding, out,
                                  self.count_include_pad, self.divisor_override)
-        self._shape = xb.shape
-        self._out = out
-        self._batched_in = batched
+        self.save_for_backward(AvgPoolCache(x_shape=xb.shape, out_size=out, batched=batched))
         return y if batched else y[0]
 
     def backward(self, grad_out):
         """dx[window] += g / divisor for every output position."""
-        check_forward_called(self, self._shape)
-        shape = self._shape[:2] + self._out
-        g = check_grad(self, grad_out, shape if self._batched_in else shape[1:])
-        if not self._batched_in:
+        c = self.pop_saved()
+        shape = c.x_shape[:2] + c.out_size
+        g = check_grad(self, grad_out, shape if c.batched else shape[1:])
+        if not c.batched:
             g = g[None]
-        dx = ext.avg_pool_backward(np.ascontiguousarray(g), self._shape, self.kernel_size,
-                                   self.stride, self.padding, self._out,
+        dx = ext.avg_pool_backward(np.ascontiguousarray(g), c.x_shape, self.kernel_size,
+                                   self.stride, self.padding, c.out_size,
                                    self.count_include_pad, self.divisor_override)
-        return dx if self._batched_in else dx[0]
+        return dx if c.batched else dx[0]
 
 
 class AvgPool1d(_AvgPoolNd):
@@ -250,7 +278,6 @@ class _AdaptiveAvgPoolNd(Module):
     def __init__(self, output_size):
         super().__init__()
         self.output_size = _parse_output_size(self, output_size)
-        self._mats = None
 
     def extra_repr(self):
         o = self.output_size
@@ -267,21 +294,20 @@ class _AdaptiveAvgPoolNd(Module):
             for i, (a, b) in enumerate(zip(start, end)):
                 A[i, a:b] = 1.0 / (b - a)
             mats.append(A)
-        self._mats = mats
-        self._shape = xb.shape
-        self._batched_in = batched
+        self.save_for_backward(AdaptiveAvgPoolCache(A=mats, x_shape=xb.shape,
+                                                    batched=batched))
         y = np.ascontiguousarray(_apply_axes(xb, mats))
         return y if batched else y[0]
 
     def backward(self, grad_out):
         """The transpose of each averaging matrix: dx = g x_a A_a^T along every axis."""
-        check_forward_called(self, self._mats)
-        shape = self._shape[:2] + tuple(A.shape[0] for A in self._mats)
-        g = check_grad(self, grad_out, shape if self._batched_in else shape[1:])
-        if not self._batched_in:
+        c = self.pop_saved()
+        shape = c.x_shape[:2] + tuple(A.shape[0] for A in c.A)
+        g = check_grad(self, grad_out, shape if c.batched else shape[1:])
+        if not c.batched:
             g = g[None]
-        dx = np.ascontiguousarray(_apply_axes(g, [A.T for A in self._mats]))
-        return dx if self._batched_in else dx[0]
+        dx = np.ascontiguousarray(_apply_axes(g, [A.T for A in c.A]))
+        return dx if c.batched else dx[0]
 
 
 class AdaptiveAvgPool1d(_AdaptiveAvgPoolNd):
@@ -318,7 +344,6 @@ class _AdaptiveMaxPoolNd(Module):
         super().__init__()
         self.output_size = _parse_output_size(self, output_size)
         self.return_indices = bool(return_indices)
-        self._idx = None
 
     def extra_repr(self):
         o = self.output_size
@@ -331,7 +356,8 @@ class _AdaptiveMaxPoolNd(Module):
         out = tuple(L if o is None else o for o, L in zip(self.output_size, spatial))
         bins = [_bins(L, O) for L, O in zip(spatial, out)]
         y = np.empty((N, C) + out, dtype=xb.dtype)
-        idx = np.empty((N, C) + out, dtype=np.int64)
+        need_idx = self.return_indices or self.recording      # argmax only for backward
+        idx = np.empty((N, C) + out, dtype=np.int64) if need_idx else None
         flat = xb.reshape(N, C, -1)
         for o in np.ndindex(*out):
             sl = tuple(slice(b[0][i], b[1][i]) for b, i in zip(bins, o))
@@ -340,16 +366,16 @@ class _AdaptiveMaxPoolNd(Module):
             win = flat[:, :, pos]
             k = np.argmax(win, axis=2)
             y[(slice(None), slice(None)) + o] = np.take_along_axis(win, k[..., None], 2)[..., 0]
-            idx[(slice(None), slice(None)) + o] = pos[k]
-        self._idx = idx
-        self._shape = xb.shape
-        self._batched_in = batched
-        if not batched:
-            y, idx = y[0], idx[0]
-        return (y, idx) if self.return_indices else y
+            if need_idx:
+                idx[(slice(None), slice(None)) + o] = pos[k]
+        self.save_for_backward(MaxPoolCache(argmax=idx, x_shape=xb.shape, batched=batched))
+        if not self.return_indices:
+            return y if batched else y[0]
+        return (y, idx) if batched else (y[0], idx[0])
 
-    # dx[argmax of each bin] += g: the same scatter as MaxPool's, through the kept indices
-    backward = _MaxPoolNd.backward
+    def backward(self, grad_out, grad_indices=None):
+        """dx[n, c, argmax[n, c, o]] += g[n, c, o]: the scatter of max pooling, per bin."""
+        return _max_scatter(self, grad_out)
 
 
 class AdaptiveMaxPool1d(_AdaptiveMaxPoolNd):

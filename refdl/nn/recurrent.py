@@ -32,16 +32,25 @@ matrix product each:  dW_ih = sum_t da_t^T x_t,  dW_hh = sum_t da^h_t^T h_{t-1},
 db_ih = sum_t da_t,  db_hh = sum_t da^h_t,  dx_t = da_t W_ih.
 The local step backwards are derived in docs/derivations/rnn.md, lstm.md and gru.md.
 
+What backward keeps (docs/caches.md): each training-mode call records one named cache. A
+layer's :class:`RNNLayerCache` holds, per layer and direction, a :class:`SequenceCache`
+(the input x, the states h_0..h_T (and c_0..c_T), and per step an :class:`RNNStep` (h_t),
+:class:`LSTMStep` (i, f, g, o, tanh(c_t)) or :class:`GRUStep` (r, z, n, gh_n)), plus the
+dropout masks between layers; a cell's :class:`CellCache` holds x, the previous state and
+one step's values. So one cell called T times in a loop and then backward T times in
+reverse order is BPTT, and a layer called twice before its two backwards gets both right.
+
 Initialisation (PyTorch's): every weight and bias ~ U(-1/sqrt(hidden_size), 1/sqrt(hidden_size)).
 """
 import math
+from typing import List, NamedTuple, Optional
 
 import numpy as np
 
 from .. import init
 from ..functional import sigmoid
 from ..random import get_rng
-from ._validate import check_float, check_forward_called, check_grad, layer_name
+from ._validate import check_float, check_grad, layer_name
 from .module import Module, Parameter
 
 __all__ = ["RNNCell", "LSTMCell", "GRUCell", "RNN", "LSTM", "GRU"]
@@ -50,11 +59,38 @@ _GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "RNN_IDENTITY": 1, "LSTM": 4, "GRU": 3}
 
 
 # ---------------------------------------------------------------------------------------
+# What one time step remembers (the symbols of docs/derivations/rnn.md, lstm.md, gru.md)
+# ---------------------------------------------------------------------------------------
+
+class RNNStep(NamedTuple):
+    """Step t of an Elman RNN: h_t = act(a_t), from which act'(a_t) is read."""
+    h: np.ndarray            # h_t (N, H)
+
+
+class LSTMStep(NamedTuple):
+    """Step t of an LSTM: the four gates and tanh(c_t)."""
+    i: np.ndarray            # input gate sig(a_i)        (N, H)
+    f: np.ndarray            # forget gate sig(a_f)
+    g: np.ndarray            # candidate tanh(a_g)
+    o: np.ndarray            # output gate sig(a_o)
+    tanh_c: np.ndarray       # tanh(c_t)
+
+
+class GRUStep(NamedTuple):
+    """Step t of a GRU: the gates r, z, the candidate n, and gh_n (what r multiplies)."""
+    r: np.ndarray            # reset gate sig(gi_r + gh_r)     (N, H)
+    z: np.ndarray            # update gate sig(gi_z + gh_z)
+    n: np.ndarray            # candidate tanh(gi_n + r * gh_n)
+    gh_n: np.ndarray         # h_{t-1} W_hn^T + b_hn
+
+
+# ---------------------------------------------------------------------------------------
 # One time step of each cell: forward and its local backward.
 #   xp: the input projection x_t W_ih^T + b_ih of this step, (N, G*H)
 #   h, c: the previous state (N, H) (c is None except for the LSTM)
-# The forward returns (h', c', cache); the backward takes dL/dh' and dL/dc' and returns
-#   (d xp, d hp, dL/dh, dL/dc), where hp = h W_hh^T + b_hh is the recurrent projection.
+# The forward returns (h', c', step) with step an RNNStep / LSTMStep / GRUStep; the
+# backward takes dL/dh' and dL/dc' and returns (d xp, d hp, dL/dh, dL/dc), where
+# hp = h W_hh^T + b_hh is the recurrent projection.
 # ---------------------------------------------------------------------------------------
 
 def _rnn_step(act, xp, h, c, W_hh, b_hh):
@@ -67,15 +103,14 @@ def _rnn_step(act, xp, h, c, W_hh, b_hh):
         h_new = np.maximum(a, 0)
     else:
         h_new = a
-    return h_new, None, h_new
+    return h_new, None, RNNStep(h=h_new)
 
 
-def _rnn_step_back(act, dh, dc, cache, h, c, W_hh):
-    h_new = cache
+def _rnn_step_back(act, dh, dc, s, h, c, W_hh):
     if act == "tanh":
-        da = dh * (1 - h_new * h_new)          # tanh'(a) = 1 - tanh(a)^2
+        da = dh * (1 - s.h * s.h)              # tanh'(a) = 1 - tanh(a)^2
     elif act == "relu":
-        da = dh * (h_new > 0)                  # relu'(a) = [a > 0]
+        da = dh * (s.h > 0)                    # relu'(a) = [a > 0]
     else:
         da = dh                                # identity
     return da, da, da @ W_hh, None
@@ -85,17 +120,17 @@ def _lstm_step(xp, h, c, W_hh, b_hh):
     a = xp + h @ W_hh.T
     if b_hh is not None:
         a = a + b_hh
-    i, f, g, o = np.split(a, 4, axis=-1)
-    i, f, g, o = sigmoid(i), sigmoid(f), np.tanh(g), sigmoid(o)
+    a_i, a_f, a_g, a_o = np.split(a, 4, axis=-1)
+    i, f, g, o = sigmoid(a_i), sigmoid(a_f), np.tanh(a_g), sigmoid(a_o)
     c_new = f * c + i * g
-    tc = np.tanh(c_new)
-    return o * tc, c_new, (i, f, g, o, tc)
+    tanh_c = np.tanh(c_new)
+    return o * tanh_c, c_new, LSTMStep(i=i, f=f, g=g, o=o, tanh_c=tanh_c)
 
 
-def _lstm_step_back(dh, dc, cache, h, c, W_hh):
-    i, f, g, o, tc = cache
-    do = dh * tc
-    dc = dc + dh * o * (1 - tc * tc)           # through h' = o tanh(c')
+def _lstm_step_back(dh, dc, s, h, c, W_hh):
+    i, f, g, o, tanh_c = s.i, s.f, s.g, s.o, s.tanh_c
+    do = dh * tanh_c
+    dc = dc + dh * o * (1 - tanh_c * tanh_c)   # through h' = o tanh(c')
     da = np.concatenate([dc * g * i * (1 - i),           # a_i
                          dc * c * f * (1 - f),           # a_f
                          dc * i * (1 - g * g),           # a_g
@@ -107,22 +142,22 @@ def _gru_step(xp, h, c, W_hh, b_hh):
     gh = h @ W_hh.T
     if b_hh is not None:
         gh = gh + b_hh
-    xr, xz, xn = np.split(xp, 3, axis=-1)
-    hr, hz, hn = np.split(gh, 3, axis=-1)
-    r = sigmoid(xr + hr)
-    z = sigmoid(xz + hz)
-    n = np.tanh(xn + r * hn)
-    return n + z * (h - n), None, (r, z, n, hn)
+    gi_r, gi_z, gi_n = np.split(xp, 3, axis=-1)
+    gh_r, gh_z, gh_n = np.split(gh, 3, axis=-1)
+    r = sigmoid(gi_r + gh_r)
+    z = sigmoid(gi_z + gh_z)
+    n = np.tanh(gi_n + r * gh_n)
+    return n + z * (h - n), None, GRUStep(r=r, z=z, n=n, gh_n=gh_n)
 
 
-def _gru_step_back(dh, dc, cache, h, c, W_hh):
-    r, z, n, hn = cache
-    dan = dh * (1 - z) * (1 - n * n)           # d(pre-tanh of n)
-    dar = dan * hn * r * (1 - r)               # through r * hn
-    daz = dh * (h - n) * z * (1 - z)           # h' = n + z (h - n)
-    dxp = np.concatenate([dar, daz, dan], axis=-1)
-    dhp = np.concatenate([dar, daz, dan * r], axis=-1)
-    return dxp, dhp, dh * z + dhp @ W_hh, None
+def _gru_step_back(dh, dc, s, h, c, W_hh):
+    r, z, n = s.r, s.z, s.n
+    dn = dh * (1 - z) * (1 - n * n)            # d(pre-tanh of n)
+    dr = dn * s.gh_n * r * (1 - r)             # through r * gh_n
+    dz = dh * (h - n) * z * (1 - z)            # h' = n + z (h - n)
+    d_gi = np.concatenate([dr, dz, dn], axis=-1)
+    d_gh = np.concatenate([dr, dz, dn * r], axis=-1)
+    return d_gi, d_gh, dh * z + d_gh @ W_hh, None
 
 
 def _step_fns(mode):
@@ -140,10 +175,23 @@ def _step_fns(mode):
     return fwd, back
 
 
-def _sequence_forward(mode, x, h0, c0, W_ih, W_hh, b_ih, b_hh):
+# ---------------------------------------------------------------------------------------
+# One layer, one direction, over a whole sequence
+# ---------------------------------------------------------------------------------------
+
+class SequenceCache(NamedTuple):
+    """One layer and direction of one call, over t = 1..T (docs/derivations/rnn.md)."""
+    x: np.ndarray            # (T, N, I): x_1..x_T, this layer's input
+    h: np.ndarray            # (T + 1, N, H): h[0] = h_0, h[t] = h_t
+    c: Optional[np.ndarray]  # (T + 1, N, H): c[0] = c_0, c[t] = c_t (LSTM), else None
+    steps: list              # steps[t - 1]: step t's RNNStep / LSTMStep / GRUStep
+
+
+def _sequence_forward(mode, x, h0, c0, W_ih, W_hh, b_ih, b_hh, record=True):
     """One layer, one direction, over t = 0..T-1.  x (T, N, I), h0/c0 (N, H).
 
-    Returns out (T, N, H), h_T, c_T and the cache for :func:`_sequence_backward`.
+    Returns out (T, N, H), h_T, c_T and, when ``record``, the :class:`SequenceCache` for
+    :func:`_sequence_backward` (else None).
     """
     step, _ = _step_fns(mode)
     T, N, _ = x.shape
@@ -151,57 +199,59 @@ def _sequence_forward(mode, x, h0, c0, W_ih, W_hh, b_ih, b_hh):
     xp = x @ W_ih.T                           # all input projections in one product
     if b_ih is not None:
         xp = xp + b_ih
-    hs = np.empty((T + 1, N, H), dtype=xp.dtype)   # hs[t] = h_{t-1}; hs[0] = h0
+    hs = np.empty((T + 1, N, H), dtype=xp.dtype)   # hs[t] = h_t; hs[0] = h0
     hs[0] = h0
     cs = None
     if mode == "LSTM":
         cs = np.empty((T + 1, N, H), dtype=xp.dtype)
         cs[0] = c0
-    caches = []
+    steps = [] if record else None
     h, c = hs[0], c0
     for t in range(T):
-        h, c, cache = step(xp[t], h, c, W_hh, b_hh)
+        h, c, s = step(xp[t], h, c, W_hh, b_hh)
         hs[t + 1] = h
         if cs is not None:
             cs[t + 1] = c
-        caches.append(cache)
+        if record:
+            steps.append(s)
     c_T = cs[T] if cs is not None else None
-    return hs[1:], hs[T], c_T, (x, hs, cs, caches)
+    cache = SequenceCache(x=x, h=hs, c=cs, steps=steps) if record else None
+    return hs[1:], hs[T], c_T, cache
 
 
-def _sequence_backward(mode, cache, d_out, d_hT, d_cT, W_ih, W_hh, grads, record=None):
-    """BPTT for one layer, one direction.  Returns dx (T, N, I), dh0, dc0.
+def _sequence_backward(mode, sc, d_out, d_hT, d_cT, W_ih, W_hh, grads, record=None):
+    """BPTT for one layer, one direction, from its :class:`SequenceCache` ``sc``.
 
-    ``grads`` = (dW_ih, dW_hh, db_ih, db_hh) arrays (or None) to which the parameter
-    gradients are added. If ``record`` is a (T, N, H) array, record[t] receives the total
-    dL/dh_t (the gradient reaching the state of step t from the output and from the future).
+    Returns dx (T, N, I), dh0, dc0. ``grads`` = (dW_ih, dW_hh, db_ih, db_hh) arrays (or
+    None) to which the parameter gradients are added. If ``record`` is a (T, N, H) array,
+    record[t] receives the total dL/dh_t (the gradient reaching the state of step t from
+    the output and from the future).
     """
     _, step_back = _step_fns(mode)
-    x, hs, cs, caches = cache
-    T = x.shape[0]
+    T = sc.x.shape[0]
     G = W_ih.shape[0]
-    dxp = np.empty(x.shape[:2] + (G,), dtype=np.result_type(hs, d_out))
-    dhp = np.empty_like(dxp) if mode == "GRU" else dxp
+    d_xp = np.empty(sc.x.shape[:2] + (G,), dtype=np.result_type(sc.h, d_out))
+    d_hp = np.empty_like(d_xp) if mode == "GRU" else d_xp
     dh = d_hT
     dc = d_cT
     for t in range(T - 1, -1, -1):
-        dh = dh + d_out[t]
+        dh = dh + d_out[t]                    # delta_t = g_t + (from step t + 1)
         if record is not None:
             record[t] = dh
-        c_prev = cs[t] if cs is not None else None
-        dxp[t], dhp_t, dh, dc = step_back(dh, dc, caches[t], hs[t], c_prev, W_hh)
-        if dhp is not dxp:
-            dhp[t] = dhp_t
+        c_prev = sc.c[t] if sc.c is not None else None
+        d_xp[t], d_hp_t, dh, dc = step_back(dh, dc, sc.steps[t], sc.h[t], c_prev, W_hh)
+        if d_hp is not d_xp:
+            d_hp[t] = d_hp_t
     dW_ih, dW_hh, db_ih, db_hh = grads
     if dW_ih is not None:
-        dW_ih += np.tensordot(dxp, x, axes=([0, 1], [0, 1]))
+        dW_ih += np.tensordot(d_xp, sc.x, axes=([0, 1], [0, 1]))
     if dW_hh is not None:
-        dW_hh += np.tensordot(dhp, hs[:-1], axes=([0, 1], [0, 1]))
+        dW_hh += np.tensordot(d_hp, sc.h[:-1], axes=([0, 1], [0, 1]))
     if db_ih is not None:
-        db_ih += dxp.sum(axis=(0, 1))
+        db_ih += d_xp.sum(axis=(0, 1))
     if db_hh is not None:
-        db_hh += dhp.sum(axis=(0, 1))
-    return dxp @ W_ih, dh, dc
+        db_hh += d_hp.sum(axis=(0, 1))
+    return d_xp @ W_ih, dh, dc
 
 
 def _grad_or_none(p):
@@ -215,6 +265,16 @@ def _data(p):
 # ---------------------------------------------------------------------------------------
 # Cells
 # ---------------------------------------------------------------------------------------
+
+class CellCache(NamedTuple):
+    """One call of a cell: its input, the previous state and the step's values."""
+    x: np.ndarray            # (N, I) the input (unbatched input is stored as N = 1)
+    h: np.ndarray            # (N, H) the previous hidden state h
+    c: Optional[np.ndarray]  # (N, H) the previous cell state c (LSTMCell), else None
+    step: tuple              # RNNStep / LSTMStep / GRUStep of this call
+    batched: bool            # the input had a batch dimension
+    has_state: bool          # the state was passed: backward returns its gradient too
+
 
 class _CellBase(Module):
     _mode = None
@@ -240,7 +300,6 @@ class _CellBase(Module):
             self.register_parameter("bias_ih", None)
             self.register_parameter("bias_hh", None)
         self.reset_parameters(generator)
-        self._cache = None
 
     @property
     def mode(self):
@@ -282,24 +341,37 @@ class _CellBase(Module):
             out = [s[None] for s in out]
         return x, out, batched
 
-    def _run(self, x, h, c):
-        out, h1, c1, cache = _sequence_forward(
-            self.mode, x[None], h, c, self.weight_ih.data, self.weight_hh.data,
-            _data(self.bias_ih), _data(self.bias_hh))
-        return h1, c1, cache
+    def _gi(self, x):
+        """The input projection gi = x W_ih^T + b_ih, (N, G*H)."""
+        gi = x @ self.weight_ih.data.T
+        return gi if self.bias_ih is None else gi + self.bias_ih.data
 
-    def _run_back(self, dh, dc):
-        cache, batched, with_state = self._cache
-        d_out = np.zeros((1,) + dh.shape, dtype=dh.dtype)
-        grads = tuple(_grad_or_none(p) for p in
-                      (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh))
-        dx, dh0, dc0 = _sequence_backward(self.mode, cache, d_out, dh, dc,
-                                          self.weight_ih.data, self.weight_hh.data, grads)
-        dx = dx[0]
-        if not batched:
-            dx, dh0 = dx[0], dh0[0]
-            dc0 = None if dc0 is None else dc0[0]
-        return dx, dh0, dc0
+    def _check_grad_state(self, c, grad, what):
+        """dL/d(a returned state), checked against its shape, as (N, H)."""
+        shape = c.h.shape if c.batched else c.h.shape[1:]
+        g = check_grad(self, grad, shape, what)
+        return g if c.batched else g[None]
+
+    def _affine_backward(self, c, d_gi, d_gh):
+        """Through gi = x W_ih^T + b_ih and gh = h W_hh^T + b_hh: add
+        dW_ih = d_gi^T x, db_ih = sum_n d_gi, dW_hh = d_gh^T h, db_hh = sum_n d_gh;
+        return dL/dx = d_gi W_ih."""
+        if self.weight_ih.requires_grad:
+            self.weight_ih.grad += d_gi.T @ c.x
+        if self.weight_hh.requires_grad:
+            self.weight_hh.grad += d_gh.T @ c.h
+        if self.bias_ih is not None and self.bias_ih.requires_grad:
+            self.bias_ih.grad += d_gi.sum(axis=0)
+        if self.bias_hh is not None and self.bias_hh.requires_grad:
+            self.bias_hh.grad += d_gh.sum(axis=0)
+        return d_gi @ self.weight_ih.data
+
+    @staticmethod
+    def _result(c, *grads):
+        """(dx, dh[, dc]) in the caller's layout; dx alone when no state was passed."""
+        if not c.batched:
+            grads = tuple(g[0] for g in grads)
+        return grads if c.has_state else grads[0]
 
 
 class RNNCell(_CellBase):
@@ -308,13 +380,15 @@ class RNNCell(_CellBase):
     nonlinearity: 'tanh' (default), 'relu', or 'identity' (the linear RNN).
     Shapes: x (N, input_size) or (input_size,), h (N, hidden_size) -> h' of h's shape.
     W_ih (hidden, input), W_hh (hidden, hidden), b_ih, b_hh (hidden,).
+    ``h1 = cell(x, h)``, then ``cell.backward(d_h1)``.
 
     Backward, with g = dL/dh' and a the pre-activation:
         da = g * act'(a)  (tanh: 1 - h'^2;  relu: [a > 0];  identity: 1)
         dL/dx = da W_ih    dL/dh = da W_hh    dW_ih = da^T x    dW_hh = da^T h
         db_ih = db_hh = sum_n da
-    ``backward(dh')`` returns dx, or (dx, dh) when h was passed to forward.
-    Derivation: docs/derivations/rnn.md
+    ``backward(d_h1)`` returns dx, or (dx, dh) when h was passed to forward.
+    One cell called T times in a loop holds T caches; T backwards in reverse order
+    (t = T..1) give BPTT. Derivation: docs/derivations/rnn.md
     """
 
     def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh",
@@ -336,18 +410,20 @@ class RNNCell(_CellBase):
 
     def forward(self, input, hx=None):
         x, (h,), batched = self._prepare(input, [("hx", hx)])
-        h1, _, cache = self._run(x, h, None)
-        self._cache = (cache, batched, hx is not None)
+        h1, _, step = _rnn_step(self.nonlinearity, self._gi(x), h, None,
+                                self.weight_hh.data, _data(self.bias_hh))
+        self.save_for_backward(CellCache(x=x, h=h, c=None, step=step, batched=batched,
+                                         has_state=hx is not None))
         return h1 if batched else h1[0]
 
-    def backward(self, grad_h):
-        check_forward_called(self, self._cache)
-        cache, batched, with_state = self._cache
-        shape = cache[1].shape[1:] if batched else cache[1].shape[2:]
-        g = check_grad(self, grad_h, shape)
-        g = g if batched else g[None]
-        dx, dh, _ = self._run_back(g, None)
-        return (dx, dh) if with_state else dx
+    def backward(self, d_h1):
+        c = self.pop_saved()
+        g = self._check_grad_state(c, d_h1, "d_h1")
+        # da = g * act'(a);  dL/dh = da W_hh
+        da, _, dh, _ = _rnn_step_back(self.nonlinearity, g, None, c.step, c.h, None,
+                                      self.weight_hh.data)
+        dx = self._affine_backward(c, da, da)          # a = gi + gh: the same da for both
+        return self._result(c, dx, dh)
 
 
 class LSTMCell(_CellBase):
@@ -357,14 +433,15 @@ class LSTMCell(_CellBase):
         i = sig(a_i)  f = sig(a_f)  g = tanh(a_g)  o = sig(a_o)
         c' = f * c + i * g        h' = o * tanh(c')
     Shapes: x (N, input) or (input,); h, c (N, hidden); W_ih (4 hidden, input),
-    W_hh (4 hidden, hidden), biases (4 hidden,).  ``forward(x, (h, c)) -> (h', c')``.
+    W_hh (4 hidden, hidden), biases (4 hidden,).  ``h1, c1 = cell(x, (h, c))``, then
+    ``cell.backward(d_h1)`` or ``cell.backward(d_h1, d_c1)``.
 
     Backward, with gh = dL/dh', gc = dL/dc':
         do = gh * tanh(c')        dc = gc + gh * o * (1 - tanh(c')^2)
         di = dc * g   df = dc * c   dg = dc * i   dL/dc = dc * f
         da = [di i(1-i), df f(1-f), dg (1-g^2), do o(1-o)]
         dL/dx = da W_ih   dL/dh = da W_hh   dW_ih = da^T x   dW_hh = da^T h
-    ``backward(dh', dc'=None)`` returns dx, or (dx, dh, dc) when (h, c) was passed.
+    ``backward(d_h1, d_c1=None)`` returns dx, or (dx, dh, dc) when (h, c) was passed.
     Derivation: docs/derivations/lstm.md
     """
     _mode = "LSTM"
@@ -378,20 +455,19 @@ class LSTMCell(_CellBase):
                                 f"{type(hx).__name__}")
             h, c = hx
         x, (h, c), batched = self._prepare(input, [("h", h), ("c", c)])
-        h1, c1, cache = self._run(x, h, c)
-        self._cache = (cache, batched, hx is not None)
+        h1, c1, step = _lstm_step(self._gi(x), h, c, self.weight_hh.data, _data(self.bias_hh))
+        self.save_for_backward(CellCache(x=x, h=h, c=c, step=step, batched=batched,
+                                         has_state=hx is not None))
         return (h1, c1) if batched else (h1[0], c1[0])
 
-    def backward(self, grad_h, grad_c=None):
-        check_forward_called(self, self._cache)
-        cache, batched, with_state = self._cache
-        shape = cache[1].shape[1:] if batched else cache[1].shape[2:]
-        gh = check_grad(self, grad_h, shape, "grad_h")
-        gc = np.zeros_like(gh) if grad_c is None else check_grad(self, grad_c, shape, "grad_c")
-        if not batched:
-            gh, gc = gh[None], gc[None]
-        dx, dh, dc = self._run_back(gh, gc)
-        return (dx, dh, dc) if with_state else dx
+    def backward(self, d_h1, d_c1=None):
+        c = self.pop_saved()
+        gh = self._check_grad_state(c, d_h1, "d_h1")
+        gc = np.zeros_like(gh) if d_c1 is None else self._check_grad_state(c, d_c1, "d_c1")
+        # da = [di i(1-i), df f(1-f), dg (1-g^2), do o(1-o)];  dL/dh = da W_hh, dL/dc = dc f
+        da, _, dh, dc = _lstm_step_back(gh, gc, c.step, c.h, c.c, self.weight_hh.data)
+        dx = self._affine_backward(c, da, da)          # a = gi + gh: the same da for both
+        return self._result(c, dx, dh, dc)
 
 
 class GRUCell(_CellBase):
@@ -401,30 +477,48 @@ class GRUCell(_CellBase):
         r = sig(gi_r + gh_r)   z = sig(gi_z + gh_z)   n = tanh(gi_n + r * gh_n)
         h' = (1 - z) * n + z * h
     Shapes: x (N, input) or (input,); h (N, hidden); W_ih (3 hidden, input),
-    W_hh (3 hidden, hidden), biases (3 hidden,).
+    W_hh (3 hidden, hidden), biases (3 hidden,).  ``h1 = cell(x, h)``, then
+    ``cell.backward(d_h1)``.
 
     Backward, with g = dL/dh':
         dn = g (1-z) (1-n^2)            (gradient of n's pre-activation)
         dr = dn * gh_n * r (1-r)        dz = g (h - n) z (1-z)
         d gi = [dr, dz, dn]             d gh = [dr, dz, dn * r]
         dL/dx = d gi W_ih   dL/dh = g z + d gh W_hh   dW_ih = d gi^T x   dW_hh = d gh^T h
-    ``backward(dh')`` returns dx, or (dx, dh) when h was passed to forward.
+    ``backward(d_h1)`` returns dx, or (dx, dh) when h was passed to forward.
     Derivation: docs/derivations/gru.md
     """
     _mode = "GRU"
 
     def forward(self, input, hx=None):
         x, (h,), batched = self._prepare(input, [("hx", hx)])
-        h1, _, cache = self._run(x, h, None)
-        self._cache = (cache, batched, hx is not None)
+        h1, _, step = _gru_step(self._gi(x), h, None, self.weight_hh.data,
+                                _data(self.bias_hh))
+        self.save_for_backward(CellCache(x=x, h=h, c=None, step=step, batched=batched,
+                                         has_state=hx is not None))
         return h1 if batched else h1[0]
 
-    backward = RNNCell.backward
+    def backward(self, d_h1):
+        c = self.pop_saved()
+        g = self._check_grad_state(c, d_h1, "d_h1")
+        # d gi = [dr, dz, dn], d gh = [dr, dz, dn r];  dL/dh = g z + d gh W_hh
+        d_gi, d_gh, dh, _ = _gru_step_back(g, None, c.step, c.h, None, self.weight_hh.data)
+        dx = self._affine_backward(c, d_gi, d_gh)
+        return self._result(c, dx, dh)
 
 
 # ---------------------------------------------------------------------------------------
 # Multi-layer, optionally bidirectional layers
 # ---------------------------------------------------------------------------------------
+
+class RNNLayerCache(NamedTuple):
+    """One call of RNN / LSTM / GRU: BPTT's inputs for every layer and direction."""
+    seqs: List[SequenceCache]    # seqs[layer * D + direction]
+    dropout_masks: list          # dropout_masks[layer]: inverted-dropout mask on the
+                                 # layer's input (None: no dropout before this layer)
+    batched: bool                # the input had a batch dimension
+    has_state: bool              # h0 (LSTM: (h0, c0)) was passed: return its gradient
+
 
 class _RNNBase(Module):
     def __init__(self, mode, input_size, hidden_size, num_layers=1, bias=True,
@@ -461,7 +555,6 @@ class _RNNBase(Module):
                     setattr(self, names[3], Parameter(np.empty(G, dtype=dtype)))
                 self._flat_names.append(names)
         self.reset_parameters(generator)
-        self._cache = None
         # retain_state_grads = True makes backward keep dL/dh_t for every step in
         # state_grads[layer * D + direction], an array (T, N, hidden) in time order (like
         # PyTorch's retain_grad); it is how the vanishing/exploding gradient is measured.
@@ -543,8 +636,9 @@ class _RNNBase(Module):
             c0 = self._check_state(c0, "c0", np.shape(input), batched, N, dtype)
         D = self._D
         rng = get_rng()
+        record = self.recording
         layer_in = x
-        caches, masks = [], []
+        seqs, masks = [], []
         h_n, c_n = [], []
         for layer in range(self.num_layers):
             mask = None
@@ -558,18 +652,19 @@ class _RNNBase(Module):
                 W_ih, W_hh, b_ih, b_hh = self._params(layer, d)
                 k = layer * D + d
                 xin = layer_in if d == 0 else layer_in[::-1]
-                out, hT, cT, cache = _sequence_forward(
+                out, hT, cT, sc = _sequence_forward(
                     self.mode, xin, h0[k], c0[k] if lstm else None, W_ih.data, W_hh.data,
-                    _data(b_ih), _data(b_hh))
+                    _data(b_ih), _data(b_hh), record)
                 outs.append(out if d == 0 else out[::-1])
-                caches.append(cache)
+                seqs.append(sc)
                 h_n.append(hT)
                 c_n.append(cT)
             layer_in = outs[0] if D == 1 else np.concatenate(outs, axis=-1)
         out = layer_in
         h_n = np.stack(h_n)
         c_n = np.stack(c_n) if lstm else None
-        self._cache = (caches, masks, batched, with_state, out.shape, h_n.shape)
+        self.save_for_backward(RNNLayerCache(seqs=seqs, dropout_masks=masks,
+                                             batched=batched, has_state=with_state))
         if batched and self.batch_first:
             out = out.transpose(1, 0, 2)
         if not batched:
@@ -577,10 +672,15 @@ class _RNNBase(Module):
             c_n = c_n[:, 0] if lstm else None
         return out, h_n, c_n
 
-    def _backward(self, d_out, d_h_n, d_c_n):
-        check_forward_called(self, self._cache)
-        caches, masks, batched, with_state, out_shape, hn_shape = self._cache
+    def _backward(self, c, d_out, d_h_n, d_c_n):
+        """Shared BPTT from the call's :class:`RNNLayerCache` ``c``."""
+        batched = c.batched
         lstm = self.mode == "LSTM"
+        D = self._D
+        H = self.hidden_size
+        T, N = c.seqs[0].x.shape[:2]
+        out_shape = (T, N, D * H)
+        hn_shape = (self.num_layers * D, N, H)
         # the gradients in the caller's layout, checked, then in (T, N, .) layout
         if batched:
             user_out = (out_shape[1], out_shape[0], out_shape[2]) if self.batch_first \
@@ -589,9 +689,9 @@ class _RNNBase(Module):
         else:
             user_out = (out_shape[0], out_shape[2])
             user_hn = (hn_shape[0], hn_shape[2])
-        d_out = check_grad(self, d_out, user_out, "grad of out")
+        d_out = check_grad(self, d_out, user_out, "d_out")
         grads_state = []
-        for g, what in ((d_h_n, "grad of h_n"), (d_c_n, "grad of c_n")):
+        for g, what in ((d_h_n, "d_h_n"), (d_c_n, "d_c_n")):
             if g is None:
                 grads_state.append(np.zeros(hn_shape, dtype=d_out.dtype))
             else:
@@ -602,12 +702,9 @@ class _RNNBase(Module):
             d_out = d_out.transpose(1, 0, 2)
         if not batched:
             d_out = d_out[:, None, :]
-        D = self._D
-        H = self.hidden_size
-        dh0 = np.zeros(hn_shape, dtype=np.result_type(d_out, caches[0][1]))
+        dh0 = np.zeros(hn_shape, dtype=np.result_type(d_out, c.seqs[0].h))
         dc0 = np.zeros_like(dh0) if lstm else None
-        T = d_out.shape[0]
-        records = [None] * len(caches)
+        records = [None] * len(c.seqs)
         g_layer = d_out
         for layer in range(self.num_layers - 1, -1, -1):
             dx = None
@@ -621,7 +718,7 @@ class _RNNBase(Module):
                 if self.retain_state_grads:
                     records[k] = np.empty((T,) + dh0.shape[1:], dtype=dh0.dtype)
                 dxd, dh0[k], dck = _sequence_backward(
-                    self.mode, caches[k], g, d_hn[k], d_cn[k] if lstm else None,
+                    self.mode, c.seqs[k], g, d_hn[k], d_cn[k] if lstm else None,
                     W_ih.data, W_hh.data, grads, records[k])
                 if records[k] is not None and d == 1:
                     records[k] = records[k][::-1]
@@ -630,8 +727,8 @@ class _RNNBase(Module):
                 if d == 1:
                     dxd = dxd[::-1]
                 dx = dxd if dx is None else dx + dxd
-            if masks[layer] is not None:
-                dx = dx * masks[layer]
+            if c.dropout_masks[layer] is not None:
+                dx = dx * c.dropout_masks[layer]
             g_layer = dx
         dx = g_layer
         if self.retain_state_grads:
@@ -641,7 +738,7 @@ class _RNNBase(Module):
         if not batched:
             dx, dh0 = dx[:, 0], dh0[:, 0]
             dc0 = dc0[:, 0] if lstm else None
-        if not with_state:
+        if not c.has_state:
             return dx
         return (dx, dh0, dc0) if lstm else (dx, dh0)
 
@@ -685,8 +782,9 @@ class RNN(_RNNBase):
         out, h_n, _ = self._forward(input, hx, None, hx is not None)
         return out, h_n
 
-    def backward(self, grad_out, grad_h_n=None):
-        return self._backward(grad_out, grad_h_n, None)
+    def backward(self, d_out, d_h_n=None):
+        c = self.pop_saved()
+        return self._backward(c, d_out, d_h_n, None)
 
 
 class LSTM(_RNNBase):
@@ -719,17 +817,17 @@ class LSTM(_RNNBase):
         out, h_n, c_n = self._forward(input, h0, c0, hx is not None)
         return out, (h_n, c_n)
 
-    def backward(self, grad_out, grad_h_n=None, grad_c_n=None):
-        """BPTT. ``grad_h_n`` may also be the pair ``(grad_h_n, grad_c_n)`` (mirroring the
-        output ``(h_n, c_n)``), or the two stacked in one array of shape (2, *h_n.shape)."""
-        if grad_c_n is None and grad_h_n is not None:
-            if isinstance(grad_h_n, (tuple, list)) and len(grad_h_n) == 2:
-                grad_h_n, grad_c_n = grad_h_n
-            elif (isinstance(grad_h_n, np.ndarray) and self._cache is not None
-                  and grad_h_n.ndim == len(self._cache[5]) + (0 if self._cache[2] else -1) + 1
-                  and grad_h_n.shape[0] == 2):
-                grad_h_n, grad_c_n = grad_h_n[0], grad_h_n[1]
-        return self._backward(grad_out, grad_h_n, grad_c_n)
+    def backward(self, d_out, d_h_n=None, d_c_n=None):
+        """BPTT. ``d_h_n`` may also be the pair ``(d_h_n, d_c_n)`` (mirroring the output
+        ``(h_n, c_n)``), or the two stacked in one array of shape (2, *h_n.shape)."""
+        c = self.pop_saved()
+        if d_c_n is None and d_h_n is not None:
+            if isinstance(d_h_n, (tuple, list)) and len(d_h_n) == 2:
+                d_h_n, d_c_n = d_h_n
+            elif (isinstance(d_h_n, np.ndarray) and d_h_n.shape[:1] == (2,)
+                  and d_h_n.ndim == (4 if c.batched else 3)):
+                d_h_n, d_c_n = d_h_n[0], d_h_n[1]
+        return self._backward(c, d_out, d_h_n, d_c_n)
 
 
 class GRU(_RNNBase):
@@ -756,5 +854,6 @@ class GRU(_RNNBase):
         out, h_n, _ = self._forward(input, hx, None, hx is not None)
         return out, h_n
 
-    def backward(self, grad_out, grad_h_n=None):
-        return self._backward(grad_out, grad_h_n, None)
+    def backward(self, d_out, d_h_n=None):
+        c = self.pop_saved()
+        return self._backward(c, d_out, d_h_n, None)

@@ -7,17 +7,26 @@ src = min(floor(dst * scale), in - 1), scale = in/out (or 1/scale_factor when
 scale_factor is given, as PyTorch does); the backward adds up the gradients of all copies
 of an input entry. For 'linear'/'bilinear'/'trilinear' a row holds the two interpolation
 weights (1 - lam, lam), with PyTorch's align_corners convention.
+A training-mode forward records ``UpsampleCache(A, x_shape)``, the matrices A_a.
+Derivation: docs/derivations/pooling.md (Upsampling).
 """
 import math
+from typing import NamedTuple
 
 import numpy as np
 
-from ._validate import check_float, check_forward_called, check_grad, layer_name
+from ._validate import check_float, check_grad, layer_name
 from .module import Module
 
 __all__ = ["Upsample", "UpsamplingNearest2d", "UpsamplingBilinear2d", "interpolation_matrix"]
 
 _LINEAR = {"linear": 1, "bilinear": 2, "trilinear": 3}
+
+
+class UpsampleCache(NamedTuple):
+    """One call of Upsample: the interpolation matrix A_a (out_a, in_a) of each axis."""
+    A: list
+    x_shape: tuple            # (N, C, *S)
 
 
 def interpolation_matrix(in_size, out_size, mode="nearest", align_corners=False,
@@ -66,7 +75,6 @@ class Upsample(Module):
         self.scale_factor = scale_factor
         self.mode = mode
         self.align_corners = align_corners
-        self._mats = None
 
     def extra_repr(self):
         what = f"size={self.size}" if self.size is not None else \
@@ -100,20 +108,19 @@ class Upsample(Module):
         out, sf = self._out(x, r)
         if any(o < 1 for o in out):
             raise ValueError(f"{layer_name(self)}: empty output size {out}")
-        self._mats = [interpolation_matrix(L, O, self.mode, bool(self.align_corners), f,
-                                           dtype=x.dtype)
-                      for L, O, f in zip(x.shape[2:], out, sf)]
-        self._shape = x.shape
+        mats = [interpolation_matrix(L, O, self.mode, bool(self.align_corners), f,
+                                     dtype=x.dtype)
+                for L, O, f in zip(x.shape[2:], out, sf)]
+        self.save_for_backward(UpsampleCache(A=mats, x_shape=x.shape))
         y = x
-        for a, A in enumerate(self._mats):
+        for a, A in enumerate(mats):
             y = np.moveaxis(np.tensordot(y, A, axes=([2 + a], [1])), -1, 2 + a)
         return np.ascontiguousarray(y)
 
     def backward(self, grad_out):
-        check_forward_called(self, self._mats)
-        g = check_grad(self, grad_out,
-                       self._shape[:2] + tuple(A.shape[0] for A in self._mats))
-        for a, A in enumerate(self._mats):
+        c = self.pop_saved()
+        g = check_grad(self, grad_out, c.x_shape[:2] + tuple(A.shape[0] for A in c.A))
+        for a, A in enumerate(c.A):
             g = np.moveaxis(np.tensordot(g, A.T, axes=([2 + a], [1])), -1, 2 + a)
         return np.ascontiguousarray(g)
 

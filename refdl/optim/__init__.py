@@ -30,11 +30,11 @@ import math
 
 import numpy as np
 
-from ..nn.module import Parameter, check_caches_consumed
+from ..nn.module import Parameter, _zero_grad, check_caches_consumed
 from ..nn.utils import clip_grad_norm_, clip_grad_value_
 from .penalty import l1_penalty, l2_penalty, prox_l1
 
-__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad",
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "NAdam", "RMSprop", "Adagrad", "Adadelta",
            "clip_grad_norm_", "clip_grad_value_", "l1_penalty", "l2_penalty", "prox_l1",
            "lr_scheduler"]
 
@@ -117,8 +117,7 @@ class Optimizer:
         place rather than set to None; ``set_to_none`` is accepted for compatibility.)
         """
         for p in self._all_params():
-            if p.grad is not None:
-                p.grad[...] = 0
+            _zero_grad(p)
 
     def step(self, closure=None):
         """One update of every trainable parameter; returns ``closure()`` if given."""
@@ -480,6 +479,117 @@ class Adagrad(Optimizer):
         s = state["sum"]
         s += g * g
         p.data -= clr * (g / (np.sqrt(s) + eps))
+
+
+class NAdam(Optimizer):
+    r"""NAdam: Adam with Nesterov momentum (Dozat, 2016), PyTorch's variant.
+
+    PyTorch's pseudo-code (gamma = lr, lambda = weight_decay, psi = momentum_decay),
+    m_0 = v_0 = 0, for t = 1, 2, ...::
+
+        g_t <- grad f_t(theta_{t-1})            (-grad if maximize)
+        if lambda != 0:
+            if decoupled_weight_decay:  theta_{t-1} <- theta_{t-1} - gamma lambda theta_{t-1}
+            else:                       g_t <- g_t + lambda theta_{t-1}
+        mu_t     <- beta1 (1 - 1/2 0.96^(t psi))
+        mu_{t+1} <- beta1 (1 - 1/2 0.96^((t+1) psi))
+        m_t <- beta1 m_{t-1} + (1 - beta1) g_t
+        v_t <- beta2 v_{t-1} + (1 - beta2) g_t^2
+        m^_t <- mu_{t+1} m_t / (1 - prod_{i<=t+1} mu_i) + (1 - mu_t) g_t / (1 - prod_{i<=t} mu_i)
+        v^_t <- v_t / (1 - beta2^t)
+        theta_t <- theta_{t-1} - gamma m^_t / (sqrt(v^_t) + eps)
+
+    The look-ahead: the momentum term uses next step's mu_{t+1}, as Nesterov's method
+    evaluates the momentum one step ahead. State: ``step``, ``mu_product``, ``exp_avg``
+    (m), ``exp_avg_sq`` (v).
+    """
+
+    def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0,
+                 momentum_decay=4e-3, decoupled_weight_decay=False, maximize=False):
+        for name, v in (("lr", lr), ("eps", eps), ("weight_decay", weight_decay),
+                        ("momentum_decay", momentum_decay)):
+            _check_nonneg(name, v, "NAdam")
+        b1, b2 = betas
+        if not 0.0 <= b1 < 1.0 or not 0.0 <= b2 < 1.0:
+            raise ValueError(f"NAdam: invalid betas {betas!r} (each must be in [0, 1))")
+        super().__init__(params, dict(lr=lr, betas=(b1, b2), eps=eps, weight_decay=weight_decay,
+                                      momentum_decay=momentum_decay,
+                                      decoupled_weight_decay=decoupled_weight_decay,
+                                      maximize=maximize))
+
+    def _update(self, p, grad, state, group):
+        lr, eps, wd = float(group["lr"]), float(group["eps"]), float(group["weight_decay"])
+        b1, b2 = (float(b) for b in group["betas"])
+        psi = float(group["momentum_decay"])
+        g = -grad if group["maximize"] else grad
+        if not state:
+            state["step"] = 0
+            state["mu_product"] = 1.0
+            state["exp_avg"] = np.zeros_like(p.data)
+            state["exp_avg_sq"] = np.zeros_like(p.data)
+        state["step"] += 1
+        t = state["step"]
+        if wd != 0:
+            if group["decoupled_weight_decay"]:
+                p.data *= 1 - lr * wd
+            else:
+                g = g + wd * p.data
+        mu = b1 * (1.0 - 0.5 * 0.96 ** (t * psi))
+        mu_next = b1 * (1.0 - 0.5 * 0.96 ** ((t + 1) * psi))
+        state["mu_product"] *= mu
+        mu_product = state["mu_product"]
+        m, v = state["exp_avg"], state["exp_avg_sq"]
+        m *= b1
+        m += (1 - b1) * g
+        v *= b2
+        v += (1 - b2) * (g * g)
+        denom = np.sqrt(v / (1 - b2 ** t)) + eps
+        p.data -= (lr * (1 - mu) / (1 - mu_product)) * (g / denom)
+        p.data -= (lr * mu_next / (1 - mu_product * mu_next)) * (m / denom)
+
+
+class Adadelta(Optimizer):
+    r"""Adadelta (Zeiler, 2012): a step size from the ratio of two running RMS values.
+
+    PyTorch's pseudo-code (gamma = lr, rho, lambda = weight_decay), v_0 = u_0 = 0::
+
+        g_t <- grad f_t(theta_{t-1})            (-grad if maximize)
+        if lambda != 0:  g_t <- g_t + lambda theta_{t-1}
+        v_t <- rho v_{t-1} + (1 - rho) g_t^2
+        Delta_t <- sqrt(u_{t-1} + eps) / sqrt(v_t + eps) * g_t
+        u_t <- rho u_{t-1} + (1 - rho) Delta_t^2
+        theta_t <- theta_{t-1} - gamma Delta_t
+
+    The ratio has the units of theta (Zeiler's argument for needing no learning rate;
+    PyTorch keeps gamma, default 1). State: ``step``, ``square_avg`` (v), ``acc_delta`` (u).
+    """
+
+    def __init__(self, params, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0, maximize=False):
+        for name, v in (("lr", lr), ("eps", eps), ("weight_decay", weight_decay)):
+            _check_nonneg(name, v, "Adadelta")
+        if not 0.0 <= rho <= 1.0:
+            raise ValueError(f"Adadelta: invalid rho {rho!r} (must be in [0, 1])")
+        super().__init__(params, dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay,
+                                      maximize=maximize))
+
+    def _update(self, p, grad, state, group):
+        lr, rho = float(group["lr"]), float(group["rho"])
+        eps, wd = float(group["eps"]), float(group["weight_decay"])
+        g = -grad if group["maximize"] else grad
+        if not state:
+            state["step"] = 0
+            state["square_avg"] = np.zeros_like(p.data)
+            state["acc_delta"] = np.zeros_like(p.data)
+        state["step"] += 1
+        if wd != 0:
+            g = g + wd * p.data
+        v, u = state["square_avg"], state["acc_delta"]
+        v *= rho
+        v += (1 - rho) * (g * g)
+        delta = np.sqrt(u + eps) / np.sqrt(v + eps) * g
+        u *= rho
+        u += (1 - rho) * (delta * delta)
+        p.data -= lr * delta
 
 
 from . import lr_scheduler  # noqa: E402,F401

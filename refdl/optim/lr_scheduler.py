@@ -30,7 +30,7 @@ from bisect import bisect_right
 from collections import Counter
 
 __all__ = ["LRScheduler", "StepLR", "MultiStepLR", "ExponentialLR", "CosineAnnealingLR",
-           "LinearLR", "OneCycleLR", "LambdaLR", "SequentialLR"]
+           "LinearLR", "OneCycleLR", "LambdaLR", "SequentialLR", "ReduceLROnPlateau"]
 
 
 class LRScheduler:
@@ -427,6 +427,83 @@ class SequentialLR(LRScheduler):
         self.__dict__.update(state_dict)
         for sch, sd in zip(self._schedulers, subs):
             sch.load_state_dict(sd)
+
+
+class ReduceLROnPlateau:
+    r"""Divide the learning rate when a monitored metric stops improving (PyTorch's).
+
+    ``step(metric)`` once per epoch, after validation. A value is *better* than the best so
+    far when (mode 'min', threshold_mode 'rel') metric < best (1 - threshold), ('min',
+    'abs') metric < best - threshold, and mirrored for 'max'. After more than ``patience``
+    epochs without a better value each group's lr becomes max(lr factor, min_lr) (changes
+    smaller than ``eps`` are skipped), then ``cooldown`` epochs pass before counting again.
+    """
+
+    def __init__(self, optimizer, mode="min", factor=0.1, patience=10, threshold=1e-4,
+                 threshold_mode="rel", cooldown=0, min_lr=0, eps=1e-8):
+        from . import Optimizer
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(f"ReduceLROnPlateau: {type(optimizer).__name__} is not an "
+                            "Optimizer")
+        if not 0 <= factor < 1.0:
+            raise ValueError(f"ReduceLROnPlateau: factor should be in [0, 1), got {factor}")
+        if mode not in ("min", "max"):
+            raise ValueError(f"ReduceLROnPlateau: mode must be 'min' or 'max', got {mode!r}")
+        if threshold_mode not in ("rel", "abs"):
+            raise ValueError(f"ReduceLROnPlateau: threshold_mode must be 'rel' or 'abs', "
+                             f"got {threshold_mode!r}")
+        if not isinstance(patience, int) or patience < 0 or cooldown < 0:
+            raise ValueError(f"ReduceLROnPlateau: patience and cooldown must be ints >= 0, "
+                             f"got {patience!r}, {cooldown!r}")
+        self.optimizer = optimizer
+        self.min_lrs = [float(v) for v in _per_group(min_lr, len(optimizer.param_groups),
+                                                      "min_lr")]
+        self.mode, self.factor, self.patience = mode, float(factor), patience
+        self.threshold, self.threshold_mode = float(threshold), threshold_mode
+        self.cooldown, self.eps = cooldown, float(eps)
+        self.best = math.inf if mode == "min" else -math.inf
+        self.num_bad_epochs = 0
+        self.cooldown_counter = 0
+        self.last_epoch = 0
+        self._last_lr = [group["lr"] for group in optimizer.param_groups]
+
+    def is_better(self, a, best):
+        if self.mode == "min":
+            return a < (best * (1 - self.threshold) if self.threshold_mode == "rel"
+                        else best - self.threshold)
+        return a > (best * (1 + self.threshold) if self.threshold_mode == "rel"
+                    else best + self.threshold)
+
+    def step(self, metrics):
+        current = float(metrics)
+        if math.isnan(current):
+            raise ValueError("ReduceLROnPlateau.step: the monitored metric is NaN")
+        self.last_epoch += 1
+        if self.is_better(current, self.best):
+            self.best, self.num_bad_epochs = current, 0
+        else:
+            self.num_bad_epochs += 1
+        if self.cooldown_counter > 0:
+            self.cooldown_counter -= 1
+            self.num_bad_epochs = 0
+        if self.num_bad_epochs > self.patience:
+            for group, min_lr in zip(self.optimizer.param_groups, self.min_lrs):
+                old = float(group["lr"])
+                new = max(old * self.factor, min_lr)
+                if old - new > self.eps:
+                    group["lr"] = new
+            self.cooldown_counter = self.cooldown
+            self.num_bad_epochs = 0
+        self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+
+    def get_last_lr(self):
+        return list(self._last_lr)
+
+    def state_dict(self):
+        return {k: v for k, v in self.__dict__.items() if k != "optimizer"}
+
+    def load_state_dict(self, state_dict):
+        self.__dict__.update(state_dict)
 
 
 def _per_group(value, n, name):
