@@ -143,12 +143,6 @@ def test_decoder_is_causal_in_tgt_and_respects_memory_padding():
     assert np.all(dm[2] == 0) and np.all(dm[[0, 1, 3, 4]] != 0)
 
 
-_LAYERNORM_PER_CALL = hasattr(refdl.nn.normalization, "LayerNormCache") and \
-    hasattr(refdl.nn.dropout, "DropoutCache")
-
-
-@pytest.mark.skipif(not _LAYERNORM_PER_CALL, reason="needs LayerNorm and Dropout with "
-                    "per-call caches (issue 13's conversion of normalization.py/dropout.py)")
 def test_decoder_layer_used_twice_gets_per_call_caches():
     """One decoder layer applied twice, y = L(L(x, m), m): two caches, consumed LIFO."""
     class Twice(nn.Module):
