@@ -4,6 +4,13 @@ The kernels are optional by design: when Cython, NumPy headers or a C compiler a
 (or the compilation fails) the build prints one warning and refdl runs on its pure-NumPy
 reference path (``refdl.ext.available()`` is then False). OpenMP is used when a test
 program compiles and links with ``-fopenmp``; otherwise the kernels run serially.
+
+Debug build: ``REFDL_BOUNDSCHECK=1 python setup.py build_ext --inplace`` compiles the same
+kernels with Cython's boundscheck and wraparound checks on and the macro REFDL_BOUNDSCHECK
+defined (explicit checks of every raw-pointer row segment): an index outside an array
+raises IndexError instead of touching memory. ``refdl.ext.compiled_module()
+.bounds_checked()`` tells which build is loaded; tests/test_fuzz_kernels.py builds this
+variant in a temporary directory and runs the fuzz cases through it.
 """
 import os
 import sys
@@ -89,6 +96,30 @@ class OptionalBuildExt(build_ext):
             _warn(f"{type(exc).__name__}: {exc}".splitlines()[0])
 
 
+def _env_flag(name):
+    return os.environ.get(name, "").strip() not in ("", "0", "false", "False", "no")
+
+
+def _checked_source(src):
+    """A copy of ``src`` under build/ whose header turns Cython's bounds checks on.
+
+    The .pyx header says boundscheck=False, wraparound=False, and a file's header wins over
+    cythonize's compiler_directives, so the debug build compiles a rewritten copy.
+    """
+    with open(src) as f:
+        text = f.read()
+    header = "boundscheck=False, wraparound=False"
+    if header not in text.split("\n", 1)[0]:
+        raise RuntimeError(f"{src}: first line must set {header}")
+    text = text.replace(header, "boundscheck=True, wraparound=True", 1)
+    out_dir = os.path.join("build", "refdl_boundscheck")
+    os.makedirs(out_dir, exist_ok=True)
+    dst = os.path.join(out_dir, os.path.basename(src))
+    with open(dst, "w") as f:
+        f.write(text)
+    return dst
+
+
 def ext_modules():
     """The Cython extensions, or [] (with a one-line warning) when they cannot be built."""
     if os.environ.get("REFDL_NO_EXT"):
@@ -101,12 +132,21 @@ def ext_modules():
         _warn(f"{exc.name or 'Cython/numpy'} is not installed")
         return []
     from setuptools import Extension
+    src = "refdl/_ext/_kernels.pyx"
+    macros = [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
+    opt = ["-O3"] if sys.platform != "win32" else ["/O2"]
+    if _env_flag("REFDL_BOUNDSCHECK"):
+        print("refdl: debug build of the kernels with bounds checks (REFDL_BOUNDSCHECK)",
+              file=sys.stderr)
+        src = _checked_source(src)
+        macros.append(("REFDL_BOUNDSCHECK", "1"))
+        opt = ["-O1"] if sys.platform != "win32" else ["/O1"]
     ext = Extension(
         "refdl._ext._kernels",
-        ["refdl/_ext/_kernels.pyx"],
+        [src],
         include_dirs=[numpy.get_include()],
-        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
-        extra_compile_args=["-O3"] if sys.platform != "win32" else ["/O2"],
+        define_macros=macros,
+        extra_compile_args=opt,
         optional=True,
     )
     try:

@@ -15,7 +15,12 @@ from .summary import summary  # noqa: F401
 # imports together; matplotlib and scikit-learn are only imported when used)
 from . import optim, autograd, data, models, interpret  # noqa: E402,F401
 from . import metrics, checkpoint, train, interop  # noqa: E402,F401
+# PyTorch's functional names and tensor-creation helpers on autograd Tensors (the bridge)
+from .nn import functional as _nn_functional  # noqa: E402,F401  (refdl.nn.functional)
+from .autograd import Tensor  # noqa: E402,F401
+from .autograd.creation import *  # noqa: E402,F401,F403  (refdl.tensor, zeros, cat, ...)
+from .autograd import creation as _creation  # noqa: E402
 
 __all__ = ["manual_seed", "no_grad", "enable_grad", "set_grad_enabled", "is_grad_enabled", "summary", "nn", "init", "functional", "gradcheck", "random",
            "optim", "autograd", "data", "models", "interpret", "metrics", "checkpoint",
-           "train"]
+           "train", "Tensor"] + list(_creation.__all__)

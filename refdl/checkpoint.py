@@ -8,15 +8,29 @@ the training history) is stored as JSON with its arrays alongside, never pickled
 
 ``load_checkpoint`` refuses, with a :class:`CheckpointError` naming the file:
 
-* a file that is not a refdl checkpoint, or is corrupt or truncated;
+* a file that is not a refdl checkpoint (an .npy, random bytes), or is corrupt or
+  truncated;
+* malformed contents behind a valid container: metadata that is not the expected JSON
+  structure (array references out of range or of the wrong type, nesting deeper than
+  MAX_DEPTH), arrays whose shape or dtype do not match the saved signature, a
+  non-integer epoch, a non-numeric learning rate;
 * a checkpoint from a different model (other class, missing/extra keys or other shapes).
+
+Loading is transactional: everything is validated first; then the model, optimiser,
+scheduler and loaders are restored, and if any of them still refuses the state, the ones
+already touched are put back as they were before the call.
+
+A save interrupted by a crash leaves its temporary file (``.NAME.*.tmp``) behind; the next
+save of the same checkpoint removes it.
 
 Resuming: restore the model, optimiser, scheduler, refdl's default generator
 (``refdl.random.set_rng_state``) and every DataLoader's own generator; the next epoch then
 draws the same shuffles and dropout masks as an uninterrupted run, so its losses are the
 same bit for bit (tests/test_checkpoint.py).
 """
+import copy
 import json
+import numbers
 import os
 import tempfile
 import zipfile
@@ -34,6 +48,37 @@ VERSION = 1
 
 class CheckpointError(ValueError):
     """A checkpoint cannot be read, or does not fit the model it is loaded into."""
+
+
+MAX_DEPTH = 64          # nesting of the metadata; refdl's own checkpoints use < 10
+
+
+class _Malformed(Exception):
+    """Raised inside the decoder; read_checkpoint turns it into a CheckpointError."""
+
+
+def _depth_ok(text, limit=MAX_DEPTH):
+    """True when the JSON text nests at most ``limit`` levels (checked before parsing, so
+    a crafted file cannot exhaust the recursion of json.loads)."""
+    depth = 0
+    in_str = esc = False
+    for ch in text:
+        if in_str:
+            if esc:
+                esc = False
+            elif ch == "\\":
+                esc = True
+            elif ch == '"':
+                in_str = False
+        elif ch == '"':
+            in_str = True
+        elif ch in "[{":
+            depth += 1
+            if depth > limit:
+                return False
+        elif ch in "]}":
+            depth -= 1
+    return True
 
 
 # -- nested state <-> (JSON skeleton, arrays) ------------------------------------------------
@@ -59,21 +104,99 @@ def _encode(obj, arrays):
     raise TypeError(f"save_checkpoint: cannot store a {type(obj).__name__} ({obj!r:.60})")
 
 
+def _ref(obj, key, arrays):
+    i = obj[key]
+    if not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < len(arrays):
+        raise _Malformed(f"{key} reference {i!r} is not an index into the "
+                         f"{len(arrays)} stored arrays")
+    return arrays[i]
+
+
 def _decode(obj, arrays):
     if isinstance(obj, list):
         return [_decode(v, arrays) for v in obj]
     if isinstance(obj, dict):
         if "__array__" in obj:
-            return arrays[obj["__array__"]]
+            return _ref(obj, "__array__", arrays)
         if "__scalar__" in obj:
-            return arrays[obj["__scalar__"]][()]
+            a = _ref(obj, "__scalar__", arrays)
+            if a.shape != ():
+                raise _Malformed(f"__scalar__ entry refers to an array of shape {a.shape}")
+            return a[()]
         if "__tuple__" in obj:
+            if not isinstance(obj["__tuple__"], list):
+                raise _Malformed("__tuple__ entry is not a list")
             return tuple(_decode(v, arrays) for v in obj["__tuple__"])
         if "__float__" in obj:
+            if obj["__float__"] not in ("inf", "-inf", "nan"):
+                raise _Malformed(f"__float__ entry {obj['__float__']!r} is not inf or nan")
             return float(obj["__float__"])
         if "__dict__" in obj:
-            return {_decode(k, arrays): _decode(v, arrays) for k, v in obj["__dict__"]}
+            items = obj["__dict__"]
+            if not isinstance(items, list) or not all(
+                    isinstance(kv, list) and len(kv) == 2 for kv in items):
+                raise _Malformed("__dict__ entry is not a list of [key, value] pairs")
+            out = {}
+            for k, v in items:
+                k = _decode(k, arrays)
+                if not isinstance(k, (str, int, float, bool, type(None), tuple)):
+                    raise _Malformed(f"dictionary key of type {type(k).__name__}")
+                out[k] = _decode(v, arrays)
+            return out
+        raise _Malformed(f"unknown entry with keys {sorted(obj)[:5]}")
     return obj
+
+
+def _is_real(v):
+    return isinstance(v, (numbers.Real, np.floating, np.integer)) and \
+        not isinstance(v, (bool, np.bool_))
+
+
+def _validate(state):
+    """Raise _Malformed unless ``state`` has the structure save_checkpoint writes."""
+    if not isinstance(state, dict):
+        raise _Malformed("the metadata is not a dictionary")
+    epoch = state.get("epoch")
+    if epoch is not None and (not isinstance(epoch, (int, np.integer))
+                              or isinstance(epoch, bool) or epoch < 0):
+        raise _Malformed(f"epoch must be a non-negative integer or null, got {epoch!r}")
+    sig = state.get("signature")
+    if not (isinstance(sig, dict) and isinstance(sig.get("class"), str)
+            and isinstance(sig.get("shapes"), dict)
+            and all(isinstance(k, str) and isinstance(v, list)
+                    and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
+                            for d in v) for k, v in sig["shapes"].items())):
+        raise _Malformed("the model signature is not {class: str, shapes: {name: [ints]}}")
+    model = state.get("model")
+    if not isinstance(model, dict) or set(model) != set(sig["shapes"]):
+        raise _Malformed("the model state does not list exactly the signature's keys")
+    for k, v in model.items():
+        if not isinstance(v, np.ndarray) or list(v.shape) != sig["shapes"][k]:
+            raise _Malformed(f"model entry {k!r} is "
+                             f"{getattr(v, 'shape', type(v).__name__)}, the signature "
+                             f"says shape {tuple(sig['shapes'][k])}")
+        if v.dtype.kind not in "fiub":
+            raise _Malformed(f"model entry {k!r} has dtype {v.dtype}")
+    opt = state.get("optimizer")
+    if opt is not None:
+        groups = opt.get("param_groups") if isinstance(opt, dict) else None
+        if not isinstance(groups, list) or not all(isinstance(g, dict) for g in groups):
+            raise _Malformed("the optimiser state has no list of param_groups")
+        for i, g in enumerate(groups):
+            for key in ("lr", "momentum", "weight_decay", "eps"):
+                if key in g and not (_is_real(g[key]) and np.isfinite(g[key])):
+                    raise _Malformed(f"optimiser param_groups[{i}][{key!r}] is {g[key]!r}, "
+                                     "not a finite number")
+    for key in ("optimizer_class", "scheduler_class"):
+        if state.get(key) is not None and not isinstance(state[key], str):
+            raise _Malformed(f"{key} is {state[key]!r}, not a name")
+    sched = state.get("scheduler")
+    if sched is not None and not isinstance(sched, dict):
+        raise _Malformed("the scheduler state is not a dictionary")
+    loaders = state.get("loaders", [])
+    if not isinstance(loaders, list) or not all(v is None or isinstance(v, dict)
+                                                for v in loaders):
+        raise _Malformed("the loaders' states are not a list of dictionaries")
 
 
 def _signature(model):
@@ -122,6 +245,11 @@ def save_checkpoint(path, model, optimizer=None, scheduler=None, epoch=None, loa
     payload["__meta__"] = np.frombuffer(meta.encode("utf-8"), dtype=np.uint8)
     folder = path.parent if str(path.parent) else Path(".")
     folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("." + path.name + ".*.tmp"):   # left by an interrupted save
+        try:
+            stale.unlink()
+        except OSError:
+            pass
     fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -145,23 +273,47 @@ def read_checkpoint(path):
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
+        is_zip = zipfile.is_zipfile(path)
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read the checkpoint ({e})") from None
+    if not is_zip:
+        with open(path, "rb") as f:
+            head = f.read(6)
+        if head.startswith(b"PK"):
+            raise CheckpointError(f"{path}: corrupt or truncated checkpoint (the .npz "
+                                  f"archive is incomplete)")
+        what = "an .npy array" if head == b"\x93NUMPY" else "another format or random bytes"
+        raise CheckpointError(f"{path}: not a refdl checkpoint (not an .npz archive but "
+                              f"{what})")
+    try:
         with np.load(path, allow_pickle=False) as z:
             if "__meta__" not in z.files:
                 raise CheckpointError(f"{path}: not a refdl checkpoint (no __meta__ entry)")
-            meta = json.loads(bytes(z["__meta__"]).decode("utf-8"))
+            text = bytes(z["__meta__"]).decode("utf-8")
+            if not _depth_ok(text):
+                raise CheckpointError(f"{path}: malformed checkpoint metadata (nested more "
+                                      f"than {MAX_DEPTH} levels deep)")
+            meta = json.loads(text)
             arrays = [z[f"a{i}"] for i in range(len(z.files) - 1)]
     except CheckpointError:
         raise
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError,
-            UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError, RecursionError,
+            UnicodeDecodeError, json.JSONDecodeError, NotImplementedError) as e:
         raise CheckpointError(f"{path}: corrupt or truncated checkpoint "
                               f"({type(e).__name__}: {e})") from None
-    state = _decode(meta, arrays)
+    try:
+        state = _decode(meta, arrays)
+    except (_Malformed, RecursionError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: malformed checkpoint metadata ({e})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a refdl checkpoint")
     if state.get("version") != VERSION:
         raise CheckpointError(f"{path}: checkpoint format version {state.get('version')}, "
                               f"this refdl reads version {VERSION}")
+    try:
+        _validate(state)
+    except _Malformed as e:
+        raise CheckpointError(f"{path}: malformed checkpoint ({e})") from None
     return state
 
 
@@ -200,18 +352,33 @@ def load_checkpoint(path, model, optimizer=None, scheduler=None, loaders=(), res
         if obj is not None and saved is not None and saved != type(obj).__name__:
             raise CheckpointError(f"{path}: the {what} state is from {saved}, not "
                                   f"{type(obj).__name__}")
-    model.load_state_dict(state["model"])
     if optimizer is not None:
-        try:
+        saved_groups = len(state["optimizer"]["param_groups"])
+        here_groups = len(optimizer.param_groups)
+        if saved_groups != here_groups:
+            raise CheckpointError(f"{path}: the optimiser state has {saved_groups} parameter "
+                                  f"groups, {type(optimizer).__name__} has {here_groups}")
+    # everything is validated; restore, and undo on a late refusal (all or nothing)
+    before = [(obj, copy.deepcopy(obj.state_dict())) for obj in
+              [model, optimizer, scheduler, *loaders]
+              if obj is not None and hasattr(obj, "state_dict")
+              and hasattr(obj, "load_state_dict")]
+    rng_before = _random.get_rng_state()
+    try:
+        model.load_state_dict(state["model"])
+        if optimizer is not None:
             optimizer.load_state_dict(state["optimizer"])
-        except (KeyError, ValueError, TypeError, IndexError) as e:
-            raise CheckpointError(f"{path}: the optimiser state does not fit "
-                                  f"{type(optimizer).__name__}: {e}") from None
-    if scheduler is not None and state["scheduler"] is not None:
-        scheduler.load_state_dict(state["scheduler"])
-    if restore_rng:
-        _random.set_rng_state(state["rng"])
-    for ld, st in zip(loaders, state["loaders"]):
-        if st is not None and hasattr(ld, "load_state_dict"):
-            ld.load_state_dict(st)
+        if scheduler is not None and state["scheduler"] is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        if restore_rng:
+            _random.set_rng_state(state["rng"])
+        for ld, st in zip(loaders, state["loaders"]):
+            if st is not None and hasattr(ld, "load_state_dict"):
+                ld.load_state_dict(st)
+    except (KeyError, ValueError, TypeError, IndexError, AttributeError) as e:
+        for obj, st in before:
+            obj.load_state_dict(st)
+        _random.set_rng_state(rng_before)
+        raise CheckpointError(f"{path}: the checkpoint does not fit "
+                              f"({type(e).__name__}: {e}); nothing was changed") from None
     return state

@@ -14,6 +14,7 @@ import argparse
 import importlib.util
 import json
 import os
+import platform
 import re
 import subprocess
 import sys
@@ -99,6 +100,125 @@ def _pick_out(args):
     return out, False
 
 
+# options that define a run: --resume takes them from the run's config.json
+RUN_OPTIONS = ("model", "dataset", "data_dir", "batch_size", "optimizer", "lr", "momentum",
+               "weight_decay", "scheduler", "clip_grad_norm", "seed")
+
+
+def _check_train_values(args):
+    """Refuse numeric options no training can use, before anything runs."""
+    import math
+
+    def bad(v):
+        return v is not None and (not math.isfinite(v) or v < 0)
+    for opt, v, rule in (("--lr", args.lr, "a non-negative number"),
+                         ("--momentum", args.momentum, "a non-negative number"),
+                         ("--weight-decay", args.weight_decay, "a non-negative number"),
+                         ("--clip-grad-norm", args.clip_grad_norm,
+                          "a non-negative number (a negative norm would reverse the "
+                          "gradients)")):
+        if bad(v):
+            raise UserError(f"{opt} must be {rule}, got {v:g}")
+    if args.seed < 0 or args.seed >= 2 ** 63:
+        raise UserError(f"--seed must be an integer in [0, 2**63), got {args.seed}")
+
+
+def _check_out_writable(out):
+    """--out must be a folder refdl can create and write, checked before any training."""
+    import tempfile
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: exists and is not a folder (a file or device); "
+                        "choose a folder for the run's checkpoint and plots")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as e:
+        raise UserError(f"--out {out}: cannot write there "
+                        f"({e.strerror or type(e).__name__})") from None
+
+
+def _explicit_options(argv):
+    """The dests of the options typed on the command line (defaults not counted)."""
+    p = build_parser()
+    sub = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))
+    for sp in sub.choices.values():
+        for a in sp._actions:
+            a.default = argparse.SUPPRESS
+    try:
+        ns = p.parse_args(argv)
+    except SystemExit:
+        return set()
+    return {k for k in vars(ns) if k not in ("func", "command")}
+
+
+def _apply_run_config(args, out):
+    """--resume: take the run's options from out/config.json; an explicit option that
+    differs from the run is refused with the reason."""
+    cfg_path = out / "config.json"
+    if not cfg_path.is_file():
+        return None
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"--resume: cannot read {cfg_path} ({e})") from None
+    if not isinstance(cfg, dict):
+        raise UserError(f"--resume: {cfg_path} is not a refdl run configuration")
+    explicit = getattr(args, "_explicit", None) or set()
+    for key in RUN_OPTIONS:
+        if key not in cfg:
+            continue
+        mine, theirs = getattr(args, key), cfg[key]
+        if key in explicit and mine != theirs:
+            flag = "--" + key.replace("_", "-")
+            raise UserError(f"--resume: {flag} {mine} conflicts with the run in {out}, "
+                            f"which was trained with {flag} {theirs}; a resumed run keeps "
+                            f"its options (start a new run with another --out to change it)")
+        setattr(args, key, theirs)
+    return cfg
+
+
+def _schedule_extension(args, state, steps_per_epoch):
+    """--resume with more --epochs than the run was planned for: 'cosine' means re-plan
+    the cosine for the new total; a one-cycle schedule cannot be extended (refused)."""
+    sched = (state or {}).get("scheduler") or {}
+    if args.scheduler == "cosine" and isinstance(sched.get("T_max"), int) and \
+            sched["T_max"] != args.epochs:
+        return "cosine", sched["T_max"]
+    if args.scheduler == "onecycle" and isinstance(sched.get("total_steps"), int):
+        planned = sched["total_steps"]
+        if args.epochs * steps_per_epoch != planned:
+            raise UserError(
+                f"--resume: the run's one-cycle schedule was planned for {planned} steps "
+                f"({planned // max(steps_per_epoch, 1)} epochs) and cannot be stretched to "
+                f"{args.epochs} epochs (its learning rate would restart mid-annealing); "
+                f"resume with --epochs {planned // max(steps_per_epoch, 1)}, or start a new "
+                f"run with another --out")
+    return None
+
+
+def _replanned_cosine(opt, total):
+    """CosineAnnealingLR over ``total`` epochs that keeps that plan when a checkpoint's
+    state (planned for fewer epochs) is loaded into it, using the closed form
+    eta_t = eta_min + (eta_0 - eta_min)(1 + cos(pi t / total)) / 2 from then on."""
+    from .optim import lr_scheduler as ls
+
+    class CosineAnnealingLR(ls.CosineAnnealingLR):      # same name: the checkpoint fits
+        def load_state_dict(self, state_dict):
+            super().load_state_dict(state_dict)
+            self.T_max = total
+            # the restored optimiser holds the old plan's lr (0 at its end): re-plan it too
+            for group, lr in zip(self.optimizer.param_groups, self._get_closed_form_lr()):
+                group["lr"] = lr
+            self._last_lr = self._lrs()
+
+        def get_lr(self):
+            if self.last_epoch == 0:
+                return self._lrs()
+            return self._get_closed_form_lr()
+    return CosineAnnealingLR(opt, T_max=total)
+
+
 def _first_feature_maps(model, x):
     """The first (1, C, H, W) output (C > 1) of a leaf module on input ``x``, or None."""
     found = []
@@ -143,18 +263,23 @@ def cmd_train(args):
         raise UserError(f"unknown model {args.model!r}; available: {', '.join(sorted(avail))}")
     if args.epochs < 1 or args.batch_size < 1:
         raise UserError("--epochs and --batch-size must be positive")
+    _check_train_values(args)
     out, explicit = _pick_out(args)
     ck = out / "checkpoint.npz"
+    ck_state = None
     if args.resume:
         if not ck.exists():
             raise UserError(f"--resume: no checkpoint {ck} to continue from")
-        done = read_checkpoint(ck)["epoch"] or 0     # a corrupt file is refused first
+        _apply_run_config(args, out)
+        ck_state = read_checkpoint(ck)              # a corrupt file is refused first
+        done = ck_state["epoch"] or 0
         if done >= args.epochs:
             print(f"refdl train: {ck} is already at epoch {done}; pass --epochs N > {done} "
                   "to train further (evaluating it as it is)")
     elif ck.exists():
         raise UserError(f"{out} already holds a checkpoint; use --resume to continue it "
                         "or choose another --out (nothing was overwritten)")
+    _check_out_writable(out)
     if not hasattr(nn, "CrossEntropyLoss"):
         raise UserError("nn.CrossEntropyLoss is not available in this refdl yet")
 
@@ -166,10 +291,17 @@ def cmd_train(args):
                           args.lr if args.lr is not None else DEFAULT_LR[args.optimizer],
                           args.momentum, args.weight_decay)
     sched, interval = None, "epoch"
+    extension = _schedule_extension(args, ck_state, -(-len(ytr) // args.batch_size)) \
+        if args.resume else None
     if args.scheduler != "none":
         from .optim import lr_scheduler as ls
         if args.scheduler == "step":
             sched = ls.StepLR(opt, step_size=max(1, args.epochs // 3), gamma=0.1)
+        elif extension is not None:
+            sched = _replanned_cosine(opt, args.epochs)
+            if not args.quiet:
+                print(f"refdl train: re-planning the cosine schedule for {args.epochs} "
+                      f"epochs (the run was planned for {extension[1]})")
         elif args.scheduler == "cosine":
             sched = ls.CosineAnnealingLR(opt, T_max=args.epochs)
         else:
@@ -187,7 +319,7 @@ def cmd_train(args):
         f"batch {args.batch_size}, seed {args.seed}")
     out.mkdir(parents=True, exist_ok=True)
     config = {k2: (str(v) if isinstance(v, Path) else v) for k2, v in vars(args).items()
-              if k2 != "func"}
+              if k2 != "func" and not k2.startswith("_")}
     if not args.resume:            # a failed resume must not touch the run's files
         (out / "config.json").write_text(json.dumps(config, indent=1))
     t0 = time.perf_counter()
@@ -827,6 +959,17 @@ def cmd_bench(args):
 
 
 # ---------------------------------------------------------------------------------- parser
+def kernels_description():
+    """Which path runs the convolution and pooling loops, and why (for headers)."""
+    from . import ext
+    if ext.available():
+        return "compiled kernels" + (" with OpenMP" if ext.openmp() else " (serial)")
+    if ext.compiled_module() is not None:
+        return "NumPy reference path (compiled kernels built but switched off)"
+    return ("NumPy reference path (the compiled kernels were not built: "
+            f"{ext.import_error}; reinstall with a C compiler and Cython for speed)")
+
+
 def build_parser():
     from . import __version__
 
@@ -834,7 +977,9 @@ def build_parser():
         prog="refdl", description="refdl: a reference deep-learning library in NumPy. "
         "Train a network, check every backward, inspect models and the exam items.",
         epilog="Run 'refdl COMMAND --help' for a command's options.")
-    p.add_argument("--version", action="version", version=f"refdl {__version__}")
+    p.add_argument("--version", action="version", version=f"refdl {__version__} "
+                   f"({platform.python_implementation()} {platform.python_version()}, "
+                   f"NumPy {np.__version__}): {kernels_description()}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     try:
@@ -968,6 +1113,7 @@ def main(argv=None):
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    args._explicit = _explicit_options(argv)
     try:
         return int(args.func(args) or 0)
     except (UserError, CheckpointError, IDXError, FileNotFoundError) as e:

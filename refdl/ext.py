@@ -24,7 +24,8 @@ from .functional import pooling as _ref_pool
 
 __all__ = ["available", "compiled_module", "openmp", "use_numpy", "use_compiled",
            "numpy_path", "im2col", "col2im", "max_pool_forward", "max_pool_backward",
-           "avg_pool_forward", "avg_pool_backward", "backend", "import_error"]
+           "avg_pool_forward", "avg_pool_backward", "backend", "import_error",
+           "check_geometry"]
 
 try:
     from ._ext import _kernels as _K
@@ -84,21 +85,97 @@ def numpy_path(flag=True):
 
 # -- validation -----------------------------------------------------------------------------
 
-def _check_geometry(name, spatial, ks, ss, ps, ds, out):
+# Every coordinate a kernel computes is a sum of at most four terms each bounded by the
+# padded extent of its axis, and products of extents; keeping every extent and their
+# product below this bound keeps all of them far from the int64 (Py_ssize_t) limit.
+INDEX_LIMIT = 2 ** 60
+
+
+def _is_int(v):
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+def check_geometry(name, spatial, kernel_size, stride, padding, dilation, out_size,
+                   pool_pad_limit=False, every_window_reads_input=False):
+    """Validate a sliding-window geometry before any compiled loop sees it.
+
+    ``spatial``, ``kernel_size``, ``stride``, ``dilation``, ``out_size``: r ints each;
+    ``padding``: r (before, after) pairs. Raises ValueError (TypeError for non-ints) that
+    names ``name`` and the offending value when
+
+    * an entry is not an int, kernel/stride/dilation/out_size are < 1, padding < 0,
+      or the input has an empty spatial axis;
+    * a window starts after the end of the padded input ((o-1)s > L + p_lo + p_hi - 1);
+    * any extent the kernels compute (padded length plus the reach of the last window)
+      or their product reaches 2**60: the index arithmetic could overflow int64;
+    * ``pool_pad_limit``: the padding exceeds half the kernel (PyTorch's pooling rule);
+    * ``every_window_reads_input``: some window lies entirely in the padding (its max
+      would be -inf with no input position to send the gradient to).
+
+    This is the one place the compiled kernels' preconditions are checked; the kernels
+    additionally clamp every index range to its row.
+    """
+    spatial = tuple(spatial)
     r = len(spatial)
-    for what, v in (("kernel_size", ks), ("stride", ss), ("dilation", ds), ("out_size", out)):
-        if len(v) != r or any(int(a) < 1 for a in v):
-            raise ValueError(f"{name}: {what} must be {r} positive ints, got {tuple(v)}")
-    if len(ps) != r or any(lo < 0 or hi < 0 for lo, hi in ps):
+    if not all(_is_int(L) for L in spatial):
+        raise TypeError(f"{name}: spatial size must be ints, got {spatial}")
+    if any(L < 1 for L in spatial):
+        raise ValueError(f"{name}: empty spatial size {spatial}")
+    vals = {"kernel_size": tuple(kernel_size), "stride": tuple(stride),
+            "dilation": tuple(dilation), "out_size": tuple(out_size)}
+    for what, v in vals.items():
+        if len(v) != r or not all(_is_int(a) for a in v):
+            raise TypeError(f"{name}: {what} must be {r} ints, got {v}")
+        if any(int(a) < 1 for a in v):
+            raise ValueError(f"{name}: {what} must be {r} positive ints, got {v}")
+    ps = tuple(tuple(p) for p in padding)
+    if len(ps) != r or not all(len(p) == 2 and _is_int(p[0]) and _is_int(p[1])
+                               for p in ps):
+        raise TypeError(f"{name}: padding must be {r} (before, after) pairs of ints, "
+                        f"got {ps}")
+    if any(lo < 0 or hi < 0 for lo, hi in ps):
         raise ValueError(f"{name}: padding must be {r} non-negative (before, after) pairs, "
                          f"got {ps}")
+    if not all(_is_int(L) for L in spatial):
+        raise TypeError(f"{name}: spatial size must be ints, got {spatial}")
+    if any(L < 1 for L in spatial):
+        raise ValueError(f"{name}: empty spatial size {spatial}")
+    ks, ss, ds, out = (tuple(int(a) for a in vals[k]) for k in
+                       ("kernel_size", "stride", "dilation", "out_size"))
+    total = 1
     for L, k, s, (lo, hi), d, o in zip(spatial, ks, ss, ps, ds, out):
-        if L < 1:
-            raise ValueError(f"{name}: empty spatial size {tuple(spatial)}")
+        extent = int(L) + int(lo) + int(hi) + (o - 1) * s + (k - 1) * d + s + 1
+        total *= extent
+        if extent >= INDEX_LIMIT or total >= INDEX_LIMIT:
+            raise ValueError(f"{name}: geometry too large for int64 index arithmetic "
+                             f"(input {spatial}, kernel {ks}, stride {ss}, padding {ps}, "
+                             f"dilation {ds}, output {out}); every extent must stay "
+                             f"below 2**60")
         # every window must start at or before the end of the padded input
         if (o - 1) * s > L + lo + hi - 1:
             raise ValueError(f"{name}: {o} outputs with stride {s} do not fit an input of "
                              f"length {L} padded by ({lo}, {hi})")
+    if pool_pad_limit and any(2 * lo > k or 2 * hi > k for (lo, hi), k in zip(ps, ks)):
+        raise ValueError(f"{name}: padding {tuple(lo for lo, _ in ps)} must be at most "
+                         f"half the kernel {ks}")
+    if every_window_reads_input:
+        for axis, (L, k, s, (lo, _), d, o) in enumerate(zip(spatial, ks, ss, ps, ds, out)):
+            start = np.arange(o, dtype=np.int64) * s - lo
+            # taps j with 0 <= start + j d < L: j from ceil(-start/d)^+ to ceil((L-start)/d)
+            first = np.maximum(-(start // d), 0)
+            last = np.minimum(-((start - L) // d), k)
+            empty = np.flatnonzero(last <= first)
+            if empty.size:
+                o0 = int(empty[0])
+                raise ValueError(
+                    f"{name}: window {o0} along spatial axis {axis} lies entirely in the "
+                    f"padding (input length {L}, kernel {k}, stride {s}, padding {lo}, "
+                    f"dilation {d}): its taps {int(start[o0])}, "
+                    f"{int(start[o0]) + d}, ... miss the input; reduce the padding or the "
+                    f"dilation")
+
+
+_check_geometry = check_geometry
 
 
 def _as3(t, fill):
@@ -123,9 +200,15 @@ def _parse(x_shape, kernel_size, stride, padding, dilation, out_size):
     ds = _ref_conv.normalize_tuple(dilation, r, "dilation")
     ps = _ref_conv._pairs(padding, r)
     if out_size is None:
-        out_size = _ref_conv.conv_output_size(spatial, ks, ss, ps, ds)
-    out = tuple(int(o) for o in out_size)
-    return spatial, ks, ss, ps, ds, out
+        if any(s < 1 for s in ss) or any(L < 1 for L in spatial):
+            # let check_geometry name the problem (no division by a zero stride here)
+            out_size = (1,) * r
+        else:
+            out_size = _ref_conv.conv_output_size(spatial, ks, ss, ps, ds)
+    out = tuple(out_size)
+    if len(out) != r or not all(_is_int(o) for o in out):
+        raise TypeError(f"out_size must be {r} ints, got {out_size!r}")
+    return spatial, ks, ss, ps, ds, tuple(int(o) for o in out)
 
 
 # -- im2col / col2im ------------------------------------------------------------------------
@@ -197,11 +280,10 @@ def _pool_args(name, x_shape, kernel_size, stride, padding, dilation, out_size):
     ss = _ref_conv.normalize_tuple(stride, r, "stride")
     ps = _ref_conv.normalize_tuple(padding, r, "padding")
     ds = _ref_conv.normalize_tuple(dilation, r, "dilation")
-    osz = tuple(int(o) for o in out_size)
-    _check_geometry(name, spatial, ks, ss, tuple((p, p) for p in ps), ds, osz)
-    if any(2 * p > k for p, k in zip(ps, ks)):
-        raise ValueError(f"{name}: padding {ps} must be at most half the kernel {ks}")
-    return spatial, ks, ss, ps, ds, osz
+    osz = tuple(out_size)
+    check_geometry(name, spatial, ks, ss, tuple((p, p) for p in ps), ds, osz,
+                   pool_pad_limit=True, every_window_reads_input=True)
+    return spatial, ks, ss, ps, ds, tuple(int(o) for o in osz)
 
 
 def max_pool_forward(x, kernel_size, stride, padding, dilation, out_size):
@@ -231,14 +313,15 @@ def max_pool_backward(grad_out, indices, x_shape):
     if grad_out.shape[:2] != x_shape[:2]:
         raise ValueError(f"max_pool_backward: grad_out {grad_out.shape} does not match the "
                          f"input {x_shape}")
+    S = math.prod(x_shape[2:])
+    if indices.size and (indices.min() < 0 or indices.max() >= S):
+        raise ValueError(f"max_pool_backward: an index lies outside the input (indices in "
+                         f"[{indices.min()}, {indices.max()}], input has {S} positions)")
     if not available():
         return _ref_pool.max_pool_backward(grad_out, indices, x_shape)
-    S = math.prod(x_shape[2:])
     P = x_shape[0] * x_shape[1]
-    idx = np.ascontiguousarray(indices).reshape(P, -1)
-    if idx.size and (idx.min() < 0 or idx.max() >= S):
-        raise ValueError("max_pool_backward: an index lies outside the input")
-    g = np.ascontiguousarray(grad_out).reshape(P, -1)
+    idx = np.ascontiguousarray(indices).reshape(P, math.prod(indices.shape[2:]))
+    g = np.ascontiguousarray(grad_out).reshape(P, math.prod(grad_out.shape[2:]))
     dx = np.zeros((P, S), dtype=grad_out.dtype)
     _K.maxpool3d_backward(g, idx, dx)
     return dx.reshape(x_shape)

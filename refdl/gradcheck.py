@@ -423,7 +423,8 @@ def gradgradcheck(func, inputs, grad_outputs=None, eps=EPS, rtol=RTOL, seed=0,
         return sum(float(np.sum(o.data * r)) for o, r in zip(outs_of(with_ts), R))
 
     def G_value():
-        _, _, gs = first(False)
+        with enable_grad():     # G is made of first derivatives: the engine must record
+            _, _, gs = first(False)
         return sum(float(np.sum(g.data * v)) for g, v in zip(gs, V))
 
     ts, F, gs = first(True)

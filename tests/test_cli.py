@@ -53,7 +53,7 @@ def test_resume_and_overwrite_protection(tmp_path, capsys):
     assert json.loads((tmp_path / "r" / "history.json").read_text())["epoch"] == [1, 2, 3]
     rc, _, err = run(capsys, "train", "--epochs", "4", "--out", d, "--resume", "--optimizer",
                      "sgd")
-    assert rc == 2 and "optimizer state is from Adam, not SGD" in err
+    assert rc == 2 and "--optimizer sgd conflicts with the run" in err and "adam" in err
     ck.write_bytes(before[:100])
     rc, _, err = run(capsys, "train", "--epochs", "4", "--out", d, "--resume")
     assert rc == 2 and "corrupt or truncated" in err and len(err.strip().splitlines()) == 1
@@ -68,6 +68,13 @@ def test_resume_with_another_model_is_refused(tmp_path, capsys, monkeypatch):
     from refdl import models
     monkeypatch.setitem(models._REGISTRY, "tiny", ("_test_models", "WideMLP", "flat", "x"))
     files = {p.name: p.read_bytes() for p in (tmp_path / "r").iterdir()}
+    rc, _, err = run(capsys, "train", "--model", "tiny", "--out", d, "--resume")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "r").iterdir()} == files
+    # the run's config.json says mlp: the explicit --model is refused with the reason
+    assert rc == 2 and "--model tiny conflicts with the run" in err and "mlp" in err
+    # without config.json, the checkpoint itself refuses the other model
+    (tmp_path / "r" / "config.json").unlink()
+    files.pop("config.json")
     rc, _, err = run(capsys, "train", "--model", "tiny", "--out", d, "--resume")
     assert {p.name: p.read_bytes() for p in (tmp_path / "r").iterdir()} == files
     assert rc == 2 and "checkpoint is from a different MLP: unexpected keys ['5.weight'" in err

@@ -1,8 +1,16 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
 # cython: initializedcheck=False, nonecheck=False
 """im2col / col2im and max / average pooling on 3-D volumes (1-D and 2-D are views with
-unit axes). Called only through refdl.ext, which validates every shape, dtype and
-contiguity first: bounds checks are off here.
+unit axes). Called only through refdl.ext, which validates every shape, dtype, contiguity
+and geometry first (refdl.ext.check_geometry): bounds checks are off here.
+
+Every index range is clamped to the row it addresses (range_lo/range_hi return
+0 <= lo <= hi <= n_out), so no geometry can make a loop write outside its row. A debug
+build (``REFDL_BOUNDSCHECK=1 python setup.py build_ext --inplace``) compiles Cython's
+boundscheck/wraparound checks in and defines REFDL_BOUNDSCHECK, which turns on the
+explicit checks of every raw-pointer row segment below (check_seg): a violation raises
+IndexError instead of writing out of bounds. tests/test_fuzz_kernels.py builds that
+variant in a temporary directory and runs the fuzz cases through it.
 
 Layout (same as refdl.functional.conv.im2col):
     x     (N, C, D, H, W)            C-contiguous
@@ -27,9 +35,13 @@ cdef inline Py_ssize_t ceil_div(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
     return -((-a) // b)
 
 
-# outputs o in [lo, hi) read the index o*stride + offset inside [0, length)
-cdef inline Py_ssize_t range_lo(Py_ssize_t stride, Py_ssize_t offset) noexcept nogil:
+# outputs o in [lo, hi) read the index o*stride + offset inside [0, length);
+# 0 <= lo <= n_out always (a left padding wider than the whole row gives lo = n_out)
+cdef inline Py_ssize_t range_lo(Py_ssize_t n_out, Py_ssize_t stride,
+                                Py_ssize_t offset) noexcept nogil:
     cdef Py_ssize_t a = ceil_div(-offset, stride)
+    if a > n_out:
+        return n_out
     return a if a > 0 else 0
 
 
@@ -72,6 +84,35 @@ cdef inline int n_threads(Py_ssize_t work, Py_ssize_t outer) noexcept nogil:
 def openmp_enabled():
     """True when this module was compiled with OpenMP."""
     return bool(REFDL_HAVE_OPENMP)
+
+
+cdef extern from *:
+    """
+    #ifdef REFDL_BOUNDSCHECK
+    static const int REFDL_CHECKED = 1;
+    #else
+    static const int REFDL_CHECKED = 0;
+    #endif
+    """
+    const int REFDL_CHECKED
+
+
+def bounds_checked():
+    """True for the debug build (REFDL_BOUNDSCHECK=1): every row segment is checked."""
+    return bool(REFDL_CHECKED)
+
+
+cdef int seg_error(Py_ssize_t lo, Py_ssize_t hi, Py_ssize_t n) except -1 nogil:
+    with gil:
+        raise IndexError(f"refdl kernel: segment [{lo}, {hi}) outside [0, {n})")
+
+
+cdef inline int check_seg(Py_ssize_t lo, Py_ssize_t hi, Py_ssize_t n) except -1 nogil:
+    # debug build only: the half-open segment [lo, hi) must lie inside [0, n)
+    # (an empty segment, lo == hi, must still lie in [0, n])
+    if REFDL_CHECKED and (lo < 0 or hi < lo or hi > n):
+        return seg_error(lo, hi, n)
+    return 0
 
 
 cdef extern from *:
@@ -137,12 +178,28 @@ cdef inline void zero_row(real* d, Py_ssize_t n) noexcept nogil:
         memset(d, 0, <size_t>n * sizeof(real))
 
 
+cdef int check_cols(Py_ssize_t rows, Py_ssize_t ncols, Py_ssize_t N, Py_ssize_t C,
+                    Py_ssize_t KD, Py_ssize_t KH, Py_ssize_t KW,
+                    Py_ssize_t sd, Py_ssize_t sh, Py_ssize_t sw,
+                    Py_ssize_t dd, Py_ssize_t dh, Py_ssize_t dw,
+                    Py_ssize_t OD, Py_ssize_t OH, Py_ssize_t OW) except -1:
+    # once per call, in every build: the loops below trust these
+    if min(KD, KH, KW, sd, sh, sw, dd, dh, dw) < 1 or min(OD, OH, OW) < 0:
+        raise ValueError("refdl kernel: kernel, stride and dilation must be positive")
+    if rows != C * KD * KH * KW or ncols != N * OD * OH * OW:
+        raise ValueError(f"refdl kernel: cols has shape ({rows}, {ncols}), expected "
+                         f"({C * KD * KH * KW}, {N * OD * OH * OW})")
+    return 0
+
+
 def im2col3d(const real[:, :, :, :, ::1] x, real[:, ::1] cols,
              Py_ssize_t KD, Py_ssize_t KH, Py_ssize_t KW,
              Py_ssize_t sd, Py_ssize_t sh, Py_ssize_t sw,
              Py_ssize_t pd, Py_ssize_t ph, Py_ssize_t pw,
              Py_ssize_t dd, Py_ssize_t dh, Py_ssize_t dw,
              Py_ssize_t OD, Py_ssize_t OH, Py_ssize_t OW):
+    check_cols(cols.shape[0], cols.shape[1], x.shape[0], x.shape[1], KD, KH, KW,
+               sd, sh, sw, dd, dh, dw, OD, OH, OW)
     cdef int nt
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1]
     cdef Py_ssize_t D = x.shape[2], H = x.shape[3], W = x.shape[4]
@@ -155,14 +212,14 @@ def im2col3d(const real[:, :, :, :, ::1] x, real[:, ::1] cols,
     for n in prange(N, nogil=True, schedule="static", num_threads=nt):
         for c in range(C):
             for kd in range(KD):
-                od0 = range_lo(sd, kd * dd - pd)
+                od0 = range_lo(OD, sd, kd * dd - pd)
                 od1 = range_hi(OD, D, sd, kd * dd - pd, od0)
                 for kh in range(KH):
-                    oh0 = range_lo(sh, kh * dh - ph)
+                    oh0 = range_lo(OH, sh, kh * dh - ph)
                     oh1 = range_hi(OH, H, sh, kh * dh - ph, oh0)
                     for kw in range(KW):
                         off = kw * dw - pw
-                        ow0 = range_lo(sw, off)
+                        ow0 = range_lo(OW, sw, off)
                         ow1 = range_hi(OW, W, sw, off, ow0)
                         row = ((c * KD + kd) * KH + kh) * KW + kw
                         for od in range(OD):
@@ -174,6 +231,9 @@ def im2col3d(const real[:, :, :, :, ::1] x, real[:, ::1] cols,
                                     continue
                                 ih = oh * sh + kh * dh - ph
                                 src = &x[n, c, idd, ih, 0]
+                                check_seg(ow0, ow1, OW)
+                                if ow1 > ow0:
+                                    check_seg(ow0 * sw + off, (ow1 - 1) * sw + off + 1, W)
                                 zero_row(dst, ow0)
                                 copy_row(dst + ow0, src + ow0 * sw + off, ow1 - ow0, sw)
                                 zero_row(dst + ow1, OW - ow1)
@@ -186,6 +246,8 @@ def col2im3d(const real[:, ::1] cols, real[:, :, :, :, ::1] x,
              Py_ssize_t dd, Py_ssize_t dh, Py_ssize_t dw,
              Py_ssize_t OD, Py_ssize_t OH, Py_ssize_t OW):
     """x += col2im(cols); x must be zeroed by the caller."""
+    check_cols(cols.shape[0], cols.shape[1], x.shape[0], x.shape[1], KD, KH, KW,
+               sd, sh, sw, dd, dh, dw, OD, OH, OW)
     cdef int nt
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1]
     cdef Py_ssize_t D = x.shape[2], H = x.shape[3], W = x.shape[4]
@@ -198,14 +260,14 @@ def col2im3d(const real[:, ::1] cols, real[:, :, :, :, ::1] x,
     for n in prange(N, nogil=True, schedule="static", num_threads=nt):
         for c in range(C):
             for kd in range(KD):
-                od0 = range_lo(sd, kd * dd - pd)
+                od0 = range_lo(OD, sd, kd * dd - pd)
                 od1 = range_hi(OD, D, sd, kd * dd - pd, od0)
                 for kh in range(KH):
-                    oh0 = range_lo(sh, kh * dh - ph)
+                    oh0 = range_lo(OH, sh, kh * dh - ph)
                     oh1 = range_hi(OH, H, sh, kh * dh - ph, oh0)
                     for kw in range(KW):
                         off = kw * dw - pw
-                        ow0 = range_lo(sw, off)
+                        ow0 = range_lo(OW, sw, off)
                         ow1 = range_hi(OW, W, sw, off, ow0)
                         row = ((c * KD + kd) * KH + kh) * KW + kw
                         for od in range(od0, od1):
@@ -214,6 +276,9 @@ def col2im3d(const real[:, ::1] cols, real[:, :, :, :, ::1] x,
                                 ih = oh * sh + kh * dh - ph
                                 src = &cols[row, n * L + (od * OH + oh) * OW]
                                 dst = &x[n, c, idd, ih, 0]
+                                check_seg(ow0, ow1, OW)
+                                if ow1 > ow0:
+                                    check_seg(ow0 * sw + off, (ow1 - 1) * sw + off + 1, W)
                                 add_row(dst + ow0 * sw + off, src + ow0, ow1 - ow0, sw)
 
 
@@ -244,6 +309,10 @@ def maxpool3d_forward(const real[:, :, :, ::1] x, real[:, :, :, ::1] y,
                       Py_ssize_t dd, Py_ssize_t dh, Py_ssize_t dw):
     """y = max over each window (padding never wins), idx = flat input position of the
     first maximum (a NaN wins and propagates, as in PyTorch)."""
+    if y.shape[0] != x.shape[0] or idx.shape[0] != y.shape[0] or \
+            idx.shape[1] != y.shape[1] or idx.shape[2] != y.shape[2] or \
+            idx.shape[3] != y.shape[3] or min(KD, KH, KW, sd, sh, sw, dd, dh, dw) < 1:
+        raise ValueError("maxpool3d_forward: inconsistent shapes or geometry")
     cdef int nt
     cdef Py_ssize_t P = x.shape[0], D = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t OD = y.shape[1], OH = y.shape[2], OW = y.shape[3]
@@ -276,6 +345,7 @@ def maxpool3d_forward(const real[:, :, :, ::1] x, real[:, :, :, ::1] y,
                         for kh in range(kh0, kh1):
                             for kw in range(kw0, kw1):
                                 pos = ((d0 + kd * dd) * H + h0 + kh * dh) * W + w0 + kw * dw
+                                check_seg(pos, pos + 1, D * H * W)
                                 v = plane[pos]
                                 if best < 0 or v > m or (v != v and m == m):
                                     m = v
@@ -286,6 +356,9 @@ def maxpool3d_forward(const real[:, :, :, ::1] x, real[:, :, :, ::1] y,
 
 def maxpool3d_backward(const real[:, ::1] grad, const i64[:, ::1] idx, real[:, ::1] dx):
     """dx[p, idx[p, o]] += grad[p, o]; dx zeroed by the caller. Shapes (P, O) and (P, S)."""
+    if grad.shape[0] != idx.shape[0] or grad.shape[1] != idx.shape[1] or \
+            dx.shape[0] != grad.shape[0]:
+        raise ValueError("maxpool3d_backward: inconsistent shapes")
     cdef int nt
     cdef Py_ssize_t P = grad.shape[0], O = grad.shape[1]
     cdef Py_ssize_t p, o
@@ -298,6 +371,7 @@ def maxpool3d_backward(const real[:, ::1] grad, const i64[:, ::1] idx, real[:, :
         g = &grad[p, 0]
         ip = &idx[p, 0]
         for o in range(O):
+            check_seg(ip[o], ip[o] + 1, dx.shape[1])
             d[ip[o]] += g[o]
 
 
@@ -316,6 +390,9 @@ def avgpool3d_forward(const real[:, :, :, ::1] x, real[:, :, :, ::1] y,
                       Py_ssize_t sd, Py_ssize_t sh, Py_ssize_t sw,
                       Py_ssize_t pd, Py_ssize_t ph, Py_ssize_t pw,
                       bint include_pad, Py_ssize_t override):
+    if y.shape[0] != x.shape[0] or min(KD, KH, KW, sd, sh, sw) < 1 or \
+            min(pd, ph, pw) < 0:
+        raise ValueError("avgpool3d_forward: inconsistent shapes or geometry")
     cdef int nt
     cdef Py_ssize_t P = x.shape[0], D = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t OD = y.shape[1], OH = y.shape[2], OW = y.shape[3]
@@ -362,6 +439,9 @@ def avgpool3d_backward(const real[:, :, :, ::1] grad, real[:, :, :, ::1] dx,
                        Py_ssize_t pd, Py_ssize_t ph, Py_ssize_t pw,
                        bint include_pad, Py_ssize_t override):
     """dx += spread of grad / divisor over each window; dx zeroed by the caller."""
+    if grad.shape[0] != dx.shape[0] or min(KD, KH, KW, sd, sh, sw) < 1 or \
+            min(pd, ph, pw) < 0:
+        raise ValueError("avgpool3d_backward: inconsistent shapes or geometry")
     cdef int nt
     cdef Py_ssize_t P = dx.shape[0], D = dx.shape[1], H = dx.shape[2], W = dx.shape[3]
     cdef Py_ssize_t OD = grad.shape[1], OH = grad.shape[2], OW = grad.shape[3]

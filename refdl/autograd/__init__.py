@@ -9,13 +9,23 @@
 See tensor.py (Tensor, the engine), ops.py (the operations) and functional.py (layers and
 losses written with the ops). Derivation: docs/derivations/autograd.md
 """
-from .tensor import Op, Tensor, grad, is_grad_enabled, no_grad, tensor
+from .tensor import Op, Tensor, as_tensor, grad, is_grad_enabled, no_grad, param_tensor, tensor
 from . import ops
 from . import functional
-from .ops import (broadcast_to, erf, exp, log, logsumexp, matmul, maximum, mean, mse, relu,
-                  reshape, sigmoid, summation, tanh, transpose)
+from . import bridge
+from .bridge import call_module
+from .ops import (broadcast_to, cat, erf, exp, log, logsumexp, matmul, maximum, mean, mse,
+                  relu, reshape, sigmoid, stack, summation, tanh, transpose)
+from ..nn import module as _nn_module
+
+# the bridge: nn modules called on Tensors record one node each (imports point down: nn
+# only holds these hooks, set here)
+_nn_module._TENSOR_TYPES = (Tensor,)
+_nn_module._bridge_hook = bridge._hook
+_nn_module._as_tensor = param_tensor
 
 __all__ = ["Tensor", "Op", "grad", "no_grad", "is_grad_enabled", "tensor", "ops",
            "functional", "exp", "log", "tanh", "sigmoid", "relu", "erf", "maximum",
            "matmul", "summation", "mean", "reshape", "transpose", "broadcast_to",
-           "logsumexp", "mse"]
+           "logsumexp", "mse", "cat", "stack", "as_tensor", "param_tensor", "bridge",
+           "call_module"]

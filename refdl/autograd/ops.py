@@ -32,7 +32,14 @@ LogSumExp       log sum exp over axes        g * exp(a - out)   (softmax)
 MSE             mean((a - b)^2)              g * 2/d (a - b), -g * 2/d (a - b)
 GetItem         a[index]                     scatter g into zeros of a's shape
 Scatter         zeros(shape); [index] += a   g[index]
+MaskedFill      value where mask else a      g * [not mask]  (constant mask)
+Concatenate     cat(a_1, ..., a_k, axis)     the slices of g, one per input
+Cast            a.astype(dtype)              g cast back to a's dtype
+Pad             constant padding of a        the slice of g where a sits
 ==============  ===========================  =========================================
+
+Module calls are nodes too (refdl/autograd/bridge.py): their gradient is the module's
+hand-derived backward, see docs/autograd-modules.md.
 
 Binary operators broadcast like NumPy: the smaller operand is first passed through an
 explicit BroadcastTo node, whose gradient sums over the broadcast axes.
@@ -42,7 +49,10 @@ import math
 import numpy as np
 from scipy import special
 
-from .tensor import Op, Tensor
+from .tensor import Op, Tensor, as_tensor
+from ..nn.module import Parameter
+
+_TENSORLIKE = (Tensor, np.ndarray, Parameter)
 
 __all__ = ["EWiseAdd", "EWiseSub", "AddScalar", "EWiseMul", "MulScalar", "EWiseDiv", "DivScalar",
            "Negate", "PowerScalar", "EWisePow", "Exp", "Log", "Tanh", "Sigmoid", "ReLU",
@@ -50,13 +60,14 @@ __all__ = ["EWiseAdd", "EWiseSub", "AddScalar", "EWiseMul", "MulScalar", "EWiseD
            "LogSumExp", "MSE", "GetItem", "Scatter",
            "add", "sub", "mul", "div", "neg", "power", "matmul", "mean", "maximum", "exp", "log",
            "tanh", "sigmoid", "relu", "erf", "summation", "max", "reshape", "transpose",
-           "broadcast_to", "logsumexp", "mse"]
+           "broadcast_to", "logsumexp", "mse", "MaskedFill", "Concatenate", "Cast",
+           "Pad", "masked_fill", "cat", "stack"]
 
 
 def _pair(a, b):
     """Two Tensors of one shape: wrap arrays, insert BroadcastTo nodes where shapes differ."""
-    a = a if isinstance(a, Tensor) else Tensor(a)
-    b = b if isinstance(b, Tensor) else Tensor(b)
+    a = as_tensor(a)
+    b = as_tensor(b)
     if a.shape != b.shape:
         shape = np.broadcast_shapes(a.shape, b.shape)
         if a.shape != shape:
@@ -378,7 +389,7 @@ class MSE(Op):
 
     def gradient(self, g, node):
         a, b = node.inputs
-        d = (2.0 / a.size) * (a - b) * broadcast_to(g, a.shape)
+        d = (2.0 / a.data.size) * (a - b) * broadcast_to(g, a.shape)
         return d, -d
 
 
@@ -413,31 +424,31 @@ class Scatter(Op):
 
 # -- functions: the user-facing names --------------------------------------------------------
 def add(a, b):
-    if not isinstance(b, (Tensor, np.ndarray)):
+    if not isinstance(b, _TENSORLIKE):
         return AddScalar(b)(a)
-    if not isinstance(a, (Tensor, np.ndarray)):
+    if not isinstance(a, _TENSORLIKE):
         return AddScalar(a)(b)
     return EWiseAdd()(*_pair(a, b))
 
 
 def sub(a, b):
-    if not isinstance(b, (Tensor, np.ndarray)):
+    if not isinstance(b, _TENSORLIKE):
         return AddScalar(-b)(a)
-    if not isinstance(a, (Tensor, np.ndarray)):
+    if not isinstance(a, _TENSORLIKE):
         return AddScalar(a)(Negate()(b))
     return EWiseSub()(*_pair(a, b))
 
 
 def mul(a, b):
-    if not isinstance(b, (Tensor, np.ndarray)):
+    if not isinstance(b, _TENSORLIKE):
         return MulScalar(b)(a)
-    if not isinstance(a, (Tensor, np.ndarray)):
+    if not isinstance(a, _TENSORLIKE):
         return MulScalar(a)(b)
     return EWiseMul()(*_pair(a, b))
 
 
 def div(a, b):
-    if not isinstance(b, (Tensor, np.ndarray)):
+    if not isinstance(b, _TENSORLIKE):
         return DivScalar(b)(a)
     return EWiseDiv()(*_pair(a, b))
 
@@ -447,15 +458,15 @@ def neg(a):
 
 
 def power(a, b):
-    if not isinstance(b, (Tensor, np.ndarray)):
+    if not isinstance(b, _TENSORLIKE):
         return PowerScalar(b)(a)
     return EWisePow()(*_pair(a, b))
 
 
 def matmul(a, b):
     """NumPy's matmul rules, 1-D operands included (promoted with Reshape nodes)."""
-    a = a if isinstance(a, Tensor) else Tensor(a)
-    b = b if isinstance(b, Tensor) else Tensor(b)
+    a = as_tensor(a)
+    b = as_tensor(b)
     if a.ndim == 1 and b.ndim == 1:
         return reshape(MatMul()(reshape(a, (1, -1)), reshape(b, (-1, 1))), ())
     if a.ndim == 1:
@@ -505,7 +516,7 @@ def max(a, axis=-1, keepdims=False):   # noqa: A001  (the op's natural name)
 
 def mean(a, axis=None, keepdims=False):
     """sum over ``axis`` divided by the number of entries summed."""
-    a = a if isinstance(a, Tensor) else Tensor(a)
+    a = as_tensor(a)
     n = int(np.prod([a.shape[i] for i in _axes(axis, a.ndim)]))
     return summation(a, axis, keepdims) / float(n)
 
@@ -514,13 +525,13 @@ def reshape(a, shape):
     shape = tuple(shape)
     if -1 in shape:
         known = int(np.prod([s for s in shape if s != -1]))
-        shape = tuple(a.size // known if s == -1 else s for s in shape)
+        shape = tuple(a.data.size // known if s == -1 else s for s in shape)
     return Reshape(shape)(a)
 
 
 def transpose(a, axes=None):
     """Swap the last two axes (default), or permute by ``axes``."""
-    a = a if isinstance(a, Tensor) else Tensor(a)
+    a = as_tensor(a)
     if axes is None:
         axes = list(range(a.ndim))
         if a.ndim >= 2:
@@ -537,9 +548,108 @@ def logsumexp(a, axis=None, keepdims=False):
 
 
 def mse(a, b):
-    a = a if isinstance(a, Tensor) else Tensor(a)
-    b = b if isinstance(b, Tensor) else Tensor(b)
+    a = as_tensor(a)
+    b = as_tensor(b)
     if a.shape != b.shape:
         raise ValueError(f"mse: input and target must have the same shape, got "
                          f"{a.shape} and {b.shape}")
     return MSE()(a, b)
+
+
+# -- ops for PyTorch-style free-form code ------------------------------------------------------
+class MaskedFill(Op):
+    """out = value where mask else a (mask broadcast to a); the gradient is g where not mask.
+
+    The mask is a constant (PyTorch's ``masked_fill``), so the second derivative is 0."""
+
+    def __init__(self, mask, value):
+        self.mask = np.asarray(mask, dtype=bool)
+        self.value = value
+
+    def compute(self, a):
+        return np.where(self.mask, np.asarray(self.value, dtype=a.dtype), a)
+
+    def gradient(self, g, node):
+        keep = np.broadcast_to(~self.mask, node.inputs[0].shape).astype(g.dtype)
+        return g * Tensor(keep)
+
+
+class Concatenate(Op):
+    """Join tensors along ``axis`` (``torch.cat``); the gradient slices g back into pieces."""
+
+    def __init__(self, axis):
+        self.axis = axis
+
+    def compute(self, *arrays):
+        return np.concatenate(arrays, axis=self.axis)
+
+    def gradient(self, g, node):
+        ax = self.axis % g.ndim
+        parts, start = [], 0
+        for t in node.inputs:
+            n = t.shape[ax]
+            index = (slice(None),) * ax + (slice(start, start + n),)
+            parts.append(GetItem(index)(g))
+            start += n
+        return tuple(parts)
+
+
+class Cast(Op):
+    """Change the floating dtype; the gradient is cast back to the input's dtype."""
+
+    def __init__(self, dtype):
+        self.dtype = np.dtype(dtype)
+
+    def compute(self, a):
+        return a.astype(self.dtype)
+
+    def gradient(self, g, node):
+        return Cast(node.inputs[0].dtype)(g)
+
+
+def masked_fill(a, mask, value):
+    mask = mask.data if isinstance(mask, Tensor) else mask
+    return MaskedFill(mask, value)(a)
+
+
+def cat(tensors, dim=0):
+    """``torch.cat``: join along an existing axis ``dim``."""
+    tensors = [as_tensor(t) for t in tensors]
+    if not tensors:
+        raise ValueError("cat: expected a non-empty sequence of tensors")
+    nd = tensors[0].ndim
+    for i, t in enumerate(tensors):
+        if t.ndim != nd:
+            raise ValueError(f"cat: tensor {i} has {t.ndim} dimensions, tensor 0 has {nd}")
+    return Concatenate(dim % nd)(*tensors)
+
+
+def stack(tensors, dim=0):
+    """``torch.stack``: join along a new axis ``dim``."""
+    tensors = [as_tensor(t) for t in tensors]
+    if not tensors:
+        raise ValueError("stack: expected a non-empty sequence of tensors")
+    shape = tensors[0].shape
+    for i, t in enumerate(tensors):
+        if t.shape != shape:
+            raise ValueError(f"stack: every tensor must have the same shape; tensor 0 has "
+                             f"{shape}, tensor {i} has {t.shape}")
+    d = dim % (len(shape) + 1)
+    new = shape[:d] + (1,) + shape[d:]
+    return Concatenate(d)(*[reshape(t, new) for t in tensors])
+
+
+class Pad(Op):
+    """Constant padding (``F.pad``): out = pad(a, widths, value); the gradient is the slice
+    of g where a sits."""
+
+    def __init__(self, widths, value=0.0):
+        self.widths = tuple(tuple(w) for w in widths)
+        self.value = value
+
+    def compute(self, a):
+        return np.pad(a, self.widths, constant_values=self.value)
+
+    def gradient(self, g, node):
+        index = tuple(slice(lo, g.shape[i] - hi) for i, (lo, hi) in enumerate(self.widths))
+        return GetItem(index)(g)

@@ -23,43 +23,71 @@ from contextlib import contextmanager
 
 import numpy as np
 
-__all__ = ["Tensor", "Op", "grad", "no_grad", "is_grad_enabled", "tensor"]
+from .. import grad_mode as _gm
+from ..grad_mode import is_grad_enabled, no_grad  # one switch for layers and the tape
+from ..nn.module import Parameter
 
-_GRAD_ENABLED = [True]
-
-
-@contextmanager
-def no_grad():
-    """Inside ``with no_grad():`` operations do not record a graph."""
-    old = _GRAD_ENABLED[0]
-    _GRAD_ENABLED[0] = False
-    try:
-        yield
-    finally:
-        _GRAD_ENABLED[0] = old
+__all__ = ["Tensor", "Op", "grad", "no_grad", "is_grad_enabled", "tensor", "as_tensor"]
 
 
 @contextmanager
 def _grad_mode(enabled):
-    old = _GRAD_ENABLED[0]
-    _GRAD_ENABLED[0] = bool(enabled)
+    """Record ops (``enabled``) or not, for the duration of a backward pass."""
+    old = _gm.state.mode
+    _gm.state.mode = (old if old != _gm.OFF else _gm.AUTO) if enabled else _gm.OFF
     try:
         yield
     finally:
-        _GRAD_ENABLED[0] = old
+        _gm.state.mode = old
 
 
-def is_grad_enabled():
-    return _GRAD_ENABLED[0]
+def _recording():
+    return _gm.state.mode != _gm.OFF
+
+
+class _Backprop:
+    """The options of the backward pass under way (module nodes read them)."""
+    retain_graph = False
+    create_graph = False
 
 
 def _as_array(data, dtype=None):
     if isinstance(data, Tensor):
         data = data.data
+    elif isinstance(data, Parameter):
+        data = data.data
     a = np.array(data, dtype=dtype, copy=None)
     if dtype is None and not np.issubdtype(a.dtype, np.floating):
         a = a.astype(np.float64)
     return a
+
+
+def param_tensor(p):
+    """A leaf Tensor viewing Parameter ``p``'s array; its gradient goes to ``p.grad``.
+
+    A new leaf per use: every use's adjoint is added into ``p.grad`` by ``backward``
+    (and summed over uses by :func:`grad` when ``p`` is one of its inputs).
+    """
+    t = Tensor.__new__(Tensor)
+    t.data = p.data
+    t.requires_grad = bool(p.requires_grad)
+    t.grad = None
+    t.op = None
+    t.inputs = ()
+    t._freed = False
+    t.param = p
+    return t
+
+
+def as_tensor(a):
+    """A Tensor for ``a``: itself, a Parameter's leaf (:func:`param_tensor`), or a constant."""
+    if isinstance(a, Tensor):
+        return a
+    if isinstance(a, Parameter):
+        return param_tensor(a)
+    if isinstance(a, np.ndarray) and not np.issubdtype(a.dtype, np.floating):
+        return Tensor(a, dtype=a.dtype)      # integer/bool arrays keep their dtype
+    return Tensor(a)
 
 
 class Op:
@@ -87,6 +115,7 @@ class Tensor:
     """
 
     __array_priority__ = 1000   # ndarray + Tensor -> Tensor.__radd__
+    param = None                # the Parameter a leaf stands for (see param_tensor)
 
     def __init__(self, data, requires_grad=False, dtype=None):
         self.data = _as_array(data, dtype)
@@ -98,12 +127,12 @@ class Tensor:
 
     @classmethod
     def _make(cls, op, args):
-        inputs = tuple(a if isinstance(a, Tensor) else Tensor(a) for a in args)
+        inputs = tuple(as_tensor(a) for a in args)
         out = cls.__new__(cls)
         out.data = np.asarray(op.compute(*[t.data for t in inputs]))
         out.grad = None
         out._freed = False
-        out.requires_grad = _GRAD_ENABLED[0] and any(t.requires_grad for t in inputs)
+        out.requires_grad = _recording() and any(t.requires_grad for t in inputs)
         out.op, out.inputs = (op, inputs) if out.requires_grad else (None, ())
         return out
 
@@ -164,6 +193,11 @@ class Tensor:
             g = adj.get(key)
             if g is None:
                 continue
+            if leaf.param is not None:           # a Parameter's leaf: into p.grad
+                p = leaf.param
+                if p.requires_grad:
+                    p.grad += g.data
+                continue
             if not create_graph:
                 g = g.detach()
             leaf.grad = g if leaf.grad is None else (
@@ -208,7 +242,7 @@ class Tensor:
         return _ops.matmul(other, self)
 
     def __getitem__(self, index):
-        return _ops.GetItem(index)(self)
+        return _ops.GetItem(_plain_index(index))(self)
 
     def __gt__(self, other):   # comparisons give constant (non-differentiable) tensors
         return Tensor((self.data > _as_array(other)).astype(self.dtype))
@@ -231,15 +265,48 @@ class Tensor:
     def relu(self):
         return _ops.ReLU()(self)
 
-    def sum(self, axis=None, keepdims=False):
-        return _ops.Summation(axis, keepdims)(self)
+    def sum(self, dim=None, keepdim=False, axis=None, keepdims=None):
+        """Sum over ``dim`` (PyTorch's names) or ``axis`` (NumPy's)."""
+        axis, keep = _dims(dim, axis, keepdim, keepdims)
+        return _ops.Summation(axis, keep)(self)
 
-    def mean(self, axis=None, keepdims=False):
-        return _ops.mean(self, axis, keepdims)
+    def mean(self, dim=None, keepdim=False, axis=None, keepdims=None):
+        axis, keep = _dims(dim, axis, keepdim, keepdims)
+        return _ops.mean(self, axis, keep)
+
+    def var(self, dim=None, unbiased=True, keepdim=False, correction=None):
+        """Variance over ``dim``; ``unbiased`` (default, as PyTorch) divides by n - 1."""
+        axis, keep = _dims(dim, None, keepdim, None)
+        n = int(np.prod([self.shape[i] for i in _ops._axes(axis, self.ndim)]))
+        ddof = (1 if unbiased else 0) if correction is None else correction
+        d = self - _ops.mean(self, axis, True)
+        return _ops.Summation(axis, keep)(d * d) / float(n - ddof)
+
+    def max(self, dim=None, keepdim=False):
+        """The maximum (dim=None), or PyTorch's (values, indices) along ``dim``."""
+        if dim is None:
+            return _ops.max(_ops.reshape(self, (-1,)), 0)
+        values = _ops.max(self, dim, keepdim)
+        idx = np.argmax(self.data, axis=dim)
+        return values, Tensor(np.expand_dims(idx, dim) if keepdim else idx, dtype=np.int64)
+
+    def argmax(self, dim=None, keepdim=False):
+        idx = np.argmax(self.data, axis=dim)
+        if keepdim and dim is not None:
+            idx = np.expand_dims(idx, dim)
+        return Tensor(idx, dtype=np.int64)
 
     def reshape(self, *shape):
         shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
-        return _ops.Reshape(shape)(self)
+        return _ops.reshape(self, tuple(int(s) for s in shape))
+
+    view = reshape            # arrays here are never views of each other: view = reshape
+
+    def flatten(self, start_dim=0, end_dim=-1):
+        s = self.shape
+        e = end_dim % self.ndim if self.ndim else 0
+        return self.reshape(s[:start_dim] + (-1,) + s[e + 1:]) if self.ndim else \
+            self.reshape(1)
 
     def transpose(self, dim0=-2, dim1=-1):
         """Swap two axes (PyTorch's ``transpose(dim0, dim1)``)."""
@@ -247,15 +314,169 @@ class Tensor:
         axes[dim0], axes[dim1] = axes[dim1], axes[dim0]
         return _ops.Transpose(tuple(axes))(self)
 
-    def permute(self, *axes):
-        return _ops.Transpose(tuple(axes))(self)
-
     @property
     def T(self):
         return _ops.Transpose(tuple(reversed(range(self.ndim))))(self)
 
+    def t(self):
+        return self.transpose(0, 1) if self.ndim == 2 else self
+
+    def permute(self, *axes):
+        axes = axes[0] if len(axes) == 1 and isinstance(axes[0], (tuple, list)) else axes
+        return _ops.Transpose(tuple(a % self.ndim for a in axes))(self)
+
+    def unsqueeze(self, dim):
+        d = dim % (self.ndim + 1)
+        return self.reshape(self.shape[:d] + (1,) + self.shape[d:])
+
+    def squeeze(self, dim=None):
+        if dim is None:
+            return self.reshape(tuple(s for s in self.shape if s != 1))
+        d = dim % self.ndim
+        if self.shape[d] != 1:
+            return self
+        return self.reshape(self.shape[:d] + self.shape[d + 1:])
+
+    def expand(self, *sizes):
+        sizes = sizes[0] if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)) else sizes
+        lead = len(sizes) - self.ndim
+        shape = tuple(self.shape[i - lead] if s == -1 else s for i, s in enumerate(sizes))
+        return _ops.broadcast_to(self, shape)
+
+    def contiguous(self):
+        return self
+
+    def clone(self):
+        return self * 1.0
+
+    def size(self, dim=None):
+        return self.shape if dim is None else self.shape[dim]
+
+    def dim(self):
+        return self.ndim
+
+    def numel(self):
+        return int(self.data.size)
+
+    def masked_fill(self, mask, value):
+        """``value`` where ``mask`` (a boolean array or Tensor broadcast to self) is True."""
+        return _ops.masked_fill(self, mask, value)
+
+    def split(self, split_size, dim=0):
+        """Pieces of ``split_size`` along ``dim`` (or of the sizes in a list)."""
+        n = self.shape[dim]
+        sizes = [split_size] * (n // split_size) + ([n % split_size] if n % split_size else []) \
+            if isinstance(split_size, int) else list(split_size)
+        ax = dim % self.ndim
+        out, start = [], 0
+        for k in sizes:
+            out.append(self[(slice(None),) * ax + (slice(start, start + k),)])
+            start += k
+        return tuple(out)
+
+    def chunk(self, chunks, dim=0):
+        n = self.shape[dim]
+        return self.split(-(-n // chunks), dim)
+
+    def softmax(self, dim=-1):
+        from ..nn import functional as F
+        return F.softmax(self, dim=dim)
+
+    def log_softmax(self, dim=-1):
+        from ..nn import functional as F
+        return F.log_softmax(self, dim=dim)
+
+    def sqrt(self):
+        return self ** 0.5
+
+    def to(self, *args, **kwargs):
+        """``to(dtype)`` casts (differentiably); a device ('cpu') is accepted and ignored."""
+        dtype = kwargs.get("dtype")
+        for a in args:
+            if not isinstance(a, str) and a is not None:
+                dtype = a
+        if dtype is None or np.dtype(dtype) == self.dtype:
+            return self
+        if not np.issubdtype(np.dtype(dtype), np.floating):
+            return Tensor(self.data.astype(dtype), dtype=dtype)
+        return _ops.Cast(dtype)(self)
+
+    def float(self):
+        return self.to(np.float32)
+
+    def double(self):
+        return self.to(np.float64)
+
+    def long(self):
+        return self.to(np.int64)
+
+    def tolist(self):
+        return self.data.tolist()
+
+    def requires_grad_(self, requires_grad=True):
+        self.requires_grad = bool(requires_grad)
+        return self
+
+    def __setitem__(self, index, value):
+        if self.requires_grad:
+            raise RuntimeError("a Tensor that requires grad cannot be modified in place "
+                               "(it may be needed by a backward); build a new one")
+        self.data[index] = _as_array(value, self.dtype)
+
+    def __iter__(self):
+        for i in range(len(self)):
+            yield self[i]
+
+    def __index__(self):
+        return int(self.data)
+
+    def __int__(self):
+        return int(self.data)
+
+    def __float__(self):
+        return float(self.data)
+
+    def __bool__(self):
+        return bool(self.data)
+
+    def __format__(self, spec):
+        return format(self.data.item(), spec) if self.data.size == 1 else format(str(self), spec)
+
+    def __array__(self, dtype=None, copy=None):
+        return self.data if dtype is None else self.data.astype(dtype)
+
+    def __eq__(self, other):   # elementwise, as PyTorch (a constant boolean tensor)
+        return Tensor(self.data == np.asarray(getattr(other, "data", other)), dtype=bool)
+
+    def __ne__(self, other):
+        return Tensor(self.data != np.asarray(getattr(other, "data", other)), dtype=bool)
+
+    def __ge__(self, other):
+        return Tensor((self.data >= _as_array(other)).astype(self.dtype))
+
+    def __le__(self, other):
+        return Tensor((self.data <= _as_array(other)).astype(self.dtype))
+
+    __hash__ = object.__hash__
+
     def broadcast_to(self, shape):
         return _ops.BroadcastTo(tuple(shape))(self)
+
+
+def _plain_index(index):
+    """An index with Tensors (integer or boolean) replaced by their arrays."""
+    if isinstance(index, Tensor):
+        return index.data
+    if isinstance(index, tuple):
+        return tuple(i.data if isinstance(i, Tensor) else i for i in index)
+    return index
+
+
+def _dims(dim, axis, keepdim, keepdims):
+    axis = dim if axis is None else axis
+    if isinstance(axis, list):
+        axis = tuple(axis)
+    return axis, bool(keepdim if keepdims is None else keepdims)
 
 
 def tensor(data, requires_grad=False, dtype=None):
@@ -299,7 +520,7 @@ def _backprop(outputs, out_grads, retain_graph, create_graph, leaves_out=None):
                                "graph (no input had requires_grad=True, or it was made "
                                "under no_grad())")
         if g is None:
-            if out.size != 1:
+            if out.data.size != 1:
                 raise RuntimeError(
                     f"grad can be implicitly created only for scalar outputs: the output "
                     f"has shape {out.shape}; pass out_grad (d loss / d output, same shape) "
@@ -321,6 +542,24 @@ def _backprop(outputs, out_grads, retain_graph, create_graph, leaves_out=None):
                 "Specify retain_graph=True (or create_graph=True) on the first "
                 "backward/grad call if you need to backward twice.")
     summed = {}
+    prev = _Backprop.retain_graph, _Backprop.create_graph
+    _Backprop.retain_graph, _Backprop.create_graph = retain_graph, create_graph
+    try:
+        _reverse(order, adjoints, summed, create_graph, leaves_out)
+    finally:
+        _Backprop.retain_graph, _Backprop.create_graph = prev
+    if not retain_graph:
+        for node in order:
+            if node.op is not None:
+                node._freed = True
+                release = getattr(node.op, "release", None)
+                if release is not None:
+                    release()
+    return summed
+
+
+def _reverse(order, adjoints, summed, create_graph, leaves_out):
+    """Visit ``order`` backwards, summing each node's partial adjoints and sending them on."""
     with _grad_mode(create_graph):
         for node in reversed(order):
             parts = adjoints.pop(id(node), None)
@@ -338,18 +577,13 @@ def _backprop(outputs, out_grads, retain_graph, create_graph, leaves_out=None):
             if isinstance(partials, Tensor):
                 partials = (partials,)
             for inp, p in zip(node.inputs, partials):
-                if not inp.requires_grad:
+                if p is None or not inp.requires_grad:
                     continue
                 if p.shape != inp.shape:
                     raise RuntimeError(f"autograd: {node.op!r}.gradient returned a partial "
                                        f"adjoint of shape {p.shape} for an input of shape "
                                        f"{inp.shape}")
                 adjoints.setdefault(id(inp), []).append(p)
-    if not retain_graph:
-        for node in order:
-            if node.op is not None:
-                node._freed = True
-    return summed
 
 
 def grad(outputs, inputs, grad_outputs=None, create_graph=False, retain_graph=None,
@@ -360,7 +594,7 @@ def grad(outputs, inputs, grad_outputs=None, create_graph=False, retain_graph=No
     ``create_graph=True`` the results are graphs themselves: differentiate them again for
     second and third derivatives.
     """
-    single = isinstance(inputs, Tensor)
+    single = isinstance(inputs, (Tensor, Parameter))
     outputs = [outputs] if isinstance(outputs, Tensor) else list(outputs)
     inputs = [inputs] if single else list(inputs)
     if grad_outputs is None or isinstance(grad_outputs, (Tensor, np.ndarray)):
@@ -369,10 +603,21 @@ def grad(outputs, inputs, grad_outputs=None, create_graph=False, retain_graph=No
         raise ValueError(f"grad: {len(grad_outputs)} grad_outputs for {len(outputs)} outputs")
     if retain_graph is None:
         retain_graph = create_graph
-    adj = _backprop(outputs, grad_outputs, retain_graph, create_graph)
+    leaves = {}
+    adj = _backprop(outputs, grad_outputs, retain_graph, create_graph, leaves_out=leaves)
+    by_param = {}                       # a Parameter's gradient: the sum over its leaves
+    for key, leaf in leaves.items():
+        if leaf.param is not None and key in adj:
+            by_param.setdefault(id(leaf.param), []).append(adj[key])
     result = []
     for i, x in enumerate(inputs):
-        g = adj.get(id(x))
+        if isinstance(x, Parameter):
+            parts = by_param.get(id(x))
+            g = None
+            for part in parts or ():
+                g = part if g is None else g + part
+        else:
+            g = adj.get(id(x))
         if g is None:
             if not allow_unused:
                 raise RuntimeError(f"grad: input {i} (shape {x.shape}) was not used to "

@@ -12,6 +12,7 @@ what is wrong.
 tests.
 """
 import gzip
+import math
 import os
 import struct
 import zlib
@@ -66,8 +67,14 @@ def read_idx(path):
                        f"dimension sizes need {head})")
     shape = struct.unpack(f">{ndim}I", raw[4:head])
     dtype = _TYPES[code]
-    need = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    # Python ints: a crafted header (e.g. four sizes of 2**32 - 1) must not wrap around
+    # in int64 and pass the size check by accident
+    need = math.prod(shape) * dtype.itemsize
     got = len(raw) - head
+    if need >= 2 ** 62:
+        raise IDXError(f"{path}: IDX header sizes {shape} describe {need} bytes of "
+                       f"{dtype.name}, more than any file can hold (corrupt header?); the "
+                       f"file has {got} bytes of data")
     if got < need:
         raise IDXError(f"{path}: truncated IDX data: shape {shape} of {dtype.name} needs "
                        f"{need} bytes, the file has {got}")
@@ -145,6 +152,9 @@ def _load(name, root, train, download):
     if x.ndim != 3 or y.ndim != 1 or x.shape[0] != y.shape[0]:
         raise IDXError(f"{name}: images {img.name} have shape {x.shape} and labels {lab.name} "
                        f"shape {y.shape}; expected (N, H, W) and (N,)")
+    if x.shape[0] == 0:
+        raise IDXError(f"{img}: the file holds 0 images (shape {x.shape}); a data set "
+                       f"needs at least one")
     if x.dtype != np.uint8:
         raise IDXError(f"{img}: expected unsigned-byte pixels, got {x.dtype}")
     if y.size and (y.min() < 0 or y.max() > 9):

@@ -60,17 +60,22 @@ def same_padding(kernel_size, dilation):
 
 def _pairs(padding, n):
     """Padding as n (before, after) pairs, from an int, n ints, or n pairs."""
-    if isinstance(padding, (int, np.integer)):
+    if isinstance(padding, (int, np.integer)) and not isinstance(padding, bool):
         return ((int(padding), int(padding)),) * n
+    if not isinstance(padding, (tuple, list)):
+        raise TypeError(f"padding must be an int, {n} ints or {n} (before, after) pairs of "
+                        f"ints, got {padding!r}")
     padding = tuple(padding)
     if len(padding) != n:
         raise ValueError(f"padding must have {n} entries, got {padding!r}")
     out = []
     for p in padding:
-        if isinstance(p, (tuple, list)):
-            out.append((int(p[0]), int(p[1])))
-        else:
-            out.append((int(p), int(p)))
+        pair = tuple(p) if isinstance(p, (tuple, list)) else (p, p)
+        if len(pair) != 2 or not all(isinstance(v, (int, np.integer)) and
+                                     not isinstance(v, bool) for v in pair):
+            raise TypeError(f"padding entries must be ints or (before, after) pairs of "
+                            f"ints, got {padding!r}")
+        out.append((int(pair[0]), int(pair[1])))
     return tuple(out)
 
 

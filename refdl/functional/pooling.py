@@ -34,7 +34,7 @@ def max_pool_forward(x, kernel_size, stride, padding, dilation, out_size):
     y = np.take_along_axis(cols, win[None], axis=0)[0]
     # window offset -> input coordinate, per axis: o * s - p + k * d
     o = np.unravel_index(np.arange(math.prod(out_size)), out_size)
-    k = np.unravel_index(win.reshape(N * C, -1), kernel_size)
+    k = np.unravel_index(win.reshape(N * C, math.prod(out_size)), kernel_size)
     pos = [o_a * s - p + k_a * d
            for o_a, k_a, s, p, d in zip(o, k, stride, padding, dilation)]
     idx = np.ravel_multi_index(pos, spatial)

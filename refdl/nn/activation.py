@@ -84,6 +84,9 @@ class LeakyReLU(_Elementwise):
     def __init__(self, negative_slope=0.01, inplace=False):
         super().__init__()
         self.negative_slope = float(negative_slope)
+        if not np.isfinite(self.negative_slope):
+            raise ValueError(f"LeakyReLU: negative_slope must be a finite number, got "
+                             f"{negative_slope!r}")
         self.inplace = inplace
 
     def extra_repr(self):
@@ -162,6 +165,10 @@ class Softplus(_Elementwise):
         super().__init__()
         self.beta = float(beta)
         self.threshold = float(threshold)
+        if not (np.isfinite(self.beta) and self.beta != 0) or np.isnan(self.threshold):
+            raise ValueError(f"Softplus: beta must be a finite non-zero number and threshold "
+                             f"a number, got beta={beta!r}, threshold={threshold!r} "
+                             f"(softplus(x) = log(1 + exp(beta x)) / beta)")
 
     def extra_repr(self):
         return f"beta={self.beta}, threshold={self.threshold}"

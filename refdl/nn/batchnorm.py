@@ -48,6 +48,8 @@ def normalize_backward(g_hat, x_hat, inv_std, axes):
     m = 1
     for a in axes:
         m *= x_hat.shape[a]
+    if g_hat.size == 0:                  # an empty batch: nothing flows back
+        return np.zeros_like(g_hat)
     s1 = g_hat.sum(axis=axes, keepdims=True)
     s2 = (g_hat * x_hat).sum(axis=axes, keepdims=True)
     return (inv_std / m) * (m * g_hat - s1 - x_hat * s2)
@@ -127,7 +129,15 @@ class _BatchNorm(_NormBase):
         m = x.size // self.num_features
         use_batch = self.training or not self.track_running_stats
         shape = self._shape(x)
-        if use_batch:
+        if use_batch and x.shape[0] == 0:
+            # an empty batch (PyTorch): an empty output; the running statistics stay as
+            # they are, only num_batches_tracked counts the call
+            mean = np.zeros(self.num_features, dtype=x.dtype)
+            var = np.ones(self.num_features, dtype=x.dtype)
+            xc = x.copy()
+            if self.training and self.track_running_stats:
+                self.num_batches_tracked = self.num_batches_tracked + 1
+        elif use_batch:
             if m <= 1:
                 raise ValueError(f"{layer_name(self)}: Expected more than 1 value per "
                                  f"channel when training, got input size {tuple(x.shape)}")

@@ -116,7 +116,7 @@ class _ConvBase(Module):
         if xb.shape[1] != channels:
             raise ValueError(f"{layer_name(self)}: expected input with {channels} channels "
                              f"{_AXES[r]} with C={channels}, got shape {tuple(x.shape)}")
-        if any(s == 0 for s in xb.shape):
+        if any(s == 0 for s in xb.shape[2:]):     # an empty batch (N = 0) is fine
             raise ValueError(f"{layer_name(self)}: empty input of shape {tuple(x.shape)}")
         return np.ascontiguousarray(xb), batched
 
@@ -210,7 +210,7 @@ class _ConvNd(_ConvBase):
                                      f"{max(lo, hi)} is too large for input of shape "
                                      f"{tuple(x.shape)}")
             self._pad_map = self._pad_index(spatial, pads)
-            xb = xb.reshape(N, C, -1)[:, :, self._pad_map]
+            xb = xb.reshape(N, C, math.prod(spatial))[:, :, self._pad_map]
             pads = ((0, 0),) * self._rank
         out = conv_output_size(xb.shape[2:], self.kernel_size, self.stride, pads,
                                self.dilation)
@@ -249,9 +249,9 @@ class _ConvNd(_ConvBase):
         cols = self._cols
         colsg = cols.reshape(G, cols.shape[0] // G, cols.shape[1])
         gm = np.ascontiguousarray(
-            g.reshape(N, self.out_channels, -1).transpose(1, 0, 2)).astype(cols.dtype,
+            g.reshape(N, self.out_channels, math.prod(self._out)).transpose(1, 0, 2)).astype(cols.dtype,
                                                                           copy=False)
-        gm = gm.reshape(G, self.out_channels // G, -1)    # (G, C_out/G, N*L)
+        gm = gm.reshape(G, self.out_channels // G, gm.shape[1] * gm.shape[2])  # (G, Co/G, N*L)
         W = self._weight(cols.dtype).reshape(G, self.out_channels // G, -1)
         self._add_param_grads(np.matmul(gm, colsg.transpose(0, 2, 1)), g)
         # cols is not needed any more: dcols = W^T g overwrites it (no new big buffer)
@@ -262,7 +262,7 @@ class _ConvNd(_ConvBase):
         if self._pad_map is not None:              # adjoint of the index-map padding
             flat = np.zeros((N * self.in_channels, math.prod(self._spatial)), dtype=dx.dtype)
             np.add.at(flat, (slice(None), self._pad_map.ravel()),
-                      dx.reshape(N * self.in_channels, -1))
+                      dx.reshape(N * self.in_channels, math.prod(dx.shape[2:])))
             dx = flat.reshape((N, self.in_channels) + tuple(self._spatial))
         return dx if self._batched_in else dx[0]
 
@@ -368,8 +368,8 @@ class _ConvTransposeNd(_ConvBase):
                              f"an empty output {out}")
         G = self.groups
         cin_g = self.in_channels // G
-        xg = np.ascontiguousarray(xb.reshape(N, self.in_channels, -1).transpose(1, 0, 2))
-        xg = xg.reshape(G, cin_g, -1)                       # (G, C_in/G, N*L_in)
+        xg = np.ascontiguousarray(xb.reshape(N, self.in_channels, math.prod(spatial)).transpose(1, 0, 2))
+        xg = xg.reshape(G, cin_g, xg.shape[1] * xg.shape[2])  # (G, C_in/G, N*L_in)
         W = self._weight(xb.dtype).reshape(G, cin_g, -1)    # (G, C_in/G, C_out/G*K)
         shape = (G, W.shape[2], xg.shape[2])                # (G, C_out/G*K, N*L_in)
         buf = self._cols
@@ -404,10 +404,10 @@ class _ConvTransposeNd(_ConvBase):
         pads = tuple((p, p) for p in self.padding)
         self._cols = ext.im2col(g, self.kernel_size, self.stride, pads, self.dilation,
                                 spatial, out=self._cols)
-        gcols = self._cols.reshape(G, -1, self._cols.shape[1])   # (G, C_out/G*K, N*L_in)
+        gcols = self._cols.reshape(G, self._cols.shape[0] // G, self._cols.shape[1])
         W = self._weight(g.dtype).reshape(G, cin_g, -1)
         self._add_param_grads(np.matmul(self._xg, gcols.transpose(0, 2, 1)), g)
-        dx = np.matmul(W, gcols).reshape(self.in_channels, N, -1).transpose(1, 0, 2)
+        dx = np.matmul(W, gcols).reshape(self.in_channels, N, math.prod(spatial)).transpose(1, 0, 2)
         dx = np.ascontiguousarray(dx).reshape(self._in_shape)
         return dx if self._batched_in else dx[0]
 

@@ -88,7 +88,7 @@ class GroupNorm(Module):
                              f"channels (axis 1), got shape {tuple(x.shape)} with "
                              f"{x.shape[1]} channels")
         n = x.shape[0]
-        xg = x.reshape(n, self.num_groups, -1)
+        xg = x.reshape(n, self.num_groups, int(np.prod(x.shape[1:])) // self.num_groups)
         mean = xg.mean(axis=2, keepdims=True)
         xc = xg - mean
         var = (xc * xc).mean(axis=2, keepdims=True)
@@ -114,8 +114,9 @@ class GroupNorm(Module):
                 self.bias.grad += g.sum(axis=axes).astype(self.bias.dtype)
             g = g * self.weight.data.reshape(shape)
         n = x_hat.shape[0]
-        gx = normalize_backward(g.reshape(n, self.num_groups, -1),
-                                x_hat.reshape(n, self.num_groups, -1), c.inv_std, (2,))
+        per = int(np.prod(x_hat.shape[1:])) // self.num_groups     # C/G * prod(spatial)
+        gx = normalize_backward(g.reshape(n, self.num_groups, per),
+                                x_hat.reshape(n, self.num_groups, per), c.inv_std, (2,))
         return gx.reshape(x_hat.shape)
 
 
@@ -144,7 +145,7 @@ class _InstanceNorm(_NormBase):
             raise ValueError(f"{layer_name(self)}: expected input with {self.num_features} "
                              f"channels, got shape {tuple(x.shape)} with {x.shape[1]} channels")
         axes = tuple(range(2, x.ndim))
-        K = x.size // (x.shape[0] * x.shape[1])
+        K = int(np.prod(x.shape[2:]))
         shape = (1, self.num_features) + (1,) * k
         use_instance = self.training or not self.track_running_stats
         if use_instance:
@@ -154,7 +155,7 @@ class _InstanceNorm(_NormBase):
             mean = x.mean(axis=axes, keepdims=True)
             xc = x - mean
             var = (xc * xc).mean(axis=axes, keepdims=True)
-            if self.training and self.track_running_stats:
+            if self.training and self.track_running_stats and x.shape[0] > 0:
                 self._update_running(mean.reshape(x.shape[:2]), var.reshape(x.shape[:2]), K)
         else:
             xc = x - self.running_mean.astype(x.dtype).reshape(shape)

@@ -118,7 +118,8 @@ class Flatten(Module):
             raise ValueError(f"{layer_name(self)}: cannot flatten dims {self.start_dim}.."
                              f"{self.end_dim} of an input of shape {tuple(x.shape)}")
         self.save_for_backward(ReshapeCache(shape=x.shape))
-        return x.reshape(x.shape[:s] + (-1,) + x.shape[e + 1:])
+        # the flattened size explicitly: -1 is ambiguous for an empty batch (N = 0)
+        return x.reshape(x.shape[:s] + (int(np.prod(x.shape[s:e + 1])),) + x.shape[e + 1:])
 
     def backward(self, grad_out):
         return np.asarray(grad_out).reshape(self.pop_saved().shape)

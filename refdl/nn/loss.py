@@ -430,6 +430,10 @@ class BCELoss(_Loss):
             raise ValueError(f"{layer_name(self)}: input must be probabilities in [0, 1], "
                              f"got values in [{x.min():.6g}, {x.max():.6g}] (use "
                              "BCEWithLogitsLoss for logits)")
+        if t.size and not (t.min() >= 0 and t.max() <= 1):     # NaN fails too
+            raise ValueError(f"{layer_name(self)}: target must be in [0, 1] (PyTorch: all "
+                             f"elements of target should be between 0 and 1), got values "
+                             f"in [{np.min(t):.6g}, {np.max(t):.6g}]")
         with np.errstate(divide="ignore"):       # log(0) = -inf, clamped to -100 next
             logx = np.maximum(np.log(x), -100)
             log1mx = np.maximum(np.log1p(-x), -100)

@@ -65,6 +65,31 @@ class Parameter:
         return f"Parameter(shape={self.data.shape}, dtype={self.data.dtype})"
 
 
+# A Parameter in free-form code (``x @ self.weight``, ``self.weight.T``) acts as a leaf
+# Tensor of refdl.autograd whose gradient goes to ``Parameter.grad``, as in PyTorch where a
+# Parameter is a Tensor. nn sits below autograd: refdl.autograd registers ``_as_tensor``.
+def _tensor_method(name):
+    def method(self, *args, **kwargs):
+        if _as_tensor is None:
+            raise TypeError(f"Parameter.{name}: import refdl.autograd to compute with "
+                            "Parameters as Tensors (or use p.data)")
+        return getattr(_as_tensor(self), name)(*args, **kwargs)
+    method.__name__ = name
+    return method
+
+
+for _n in ("__add__", "__radd__", "__sub__", "__rsub__", "__mul__", "__rmul__",
+           "__truediv__", "__rtruediv__", "__neg__", "__pow__", "__rpow__", "__matmul__",
+           "__rmatmul__", "__getitem__", "view", "reshape", "transpose", "permute", "t",
+           "sum", "mean", "unsqueeze", "expand"):
+    setattr(Parameter, _n, _tensor_method(_n))
+Parameter.T = property(lambda self: _tensor_method("transpose")(self, -2, -1)
+                       if self.data.ndim == 2 else _tensor_method("permute")(
+                           self, *reversed(range(self.data.ndim))))
+Parameter.__array_ufunc__ = None       # ndarray @ Parameter -> Parameter.__rmatmul__
+del _n
+
+
 def _zero_grad(p):
     """Zero ``p.grad`` in place; a grad that a backward replaced (``p.grad = value`` where
     ``+=`` was meant) by a non-array or an array of another shape is replaced by zeros."""
@@ -111,7 +136,8 @@ def check_caches_consumed(params, who):
     if not _PENDING:
         return
     ids = {id(p) for p in params}
-    bad = [m for m in list(_PENDING) if m._saved and
+    bad = [m for m in list(_PENDING)
+           if any(id(c) not in _TAPE_OWNED for c in m._saved) and
            any(p is not None and id(p) in ids for p in m._parameters.values())]
     if bad:
         names = ", ".join(f"{_name(m)} ({m.num_saved})" for m in bad[:4])
@@ -135,6 +161,22 @@ class StaleCacheWarning(UserWarning):
 
 # modules holding at least one pending cache (the optimisers' check looks here)
 _PENDING = weakref.WeakSet()
+# ids of caches owned by a node of refdl.autograd's tape: the tape knows which call each
+# belongs to, so they are never ambiguous (the optimisers' check skips them)
+_TAPE_OWNED = set()
+# set by refdl.autograd (imports point down: nn never imports autograd)
+_TENSOR_TYPES = ()      # (Tensor,)
+_bridge_hook = None     # hook(module, args, kwargs) -> output, or NotImplemented
+_as_tensor = None       # Parameter -> a leaf Tensor whose gradient goes to Parameter.grad
+
+
+def _holds_tensor(values):
+    for v in values:
+        if isinstance(v, _TENSOR_TYPES):
+            return True
+        if isinstance(v, (tuple, list)) and any(isinstance(u, _TENSOR_TYPES) for u in v):
+            return True
+    return False
 # a module holding this many caches is told once that they pile up
 MANY_SAVED = 4096
 
@@ -309,6 +351,10 @@ class Module:
         raise NotImplementedError(f"{type(self).__name__} does not implement backward")
 
     def __call__(self, *inputs, **kwargs):
+        if _TENSOR_TYPES and (_holds_tensor(inputs) or _holds_tensor(kwargs.values())):
+            out = _bridge_hook(self, inputs, kwargs)     # refdl.autograd.bridge
+            if out is not NotImplemented:
+                return out
         state = _grad_mode.state
         if state.depth == 0:                # an outermost call: warnings may speak again
             state.stale_warned = False

@@ -74,9 +74,9 @@ def _batched(layer, x, r):
     if x.ndim not in (r + 1, r + 2):
         raise ValueError(f"{layer_name(layer)}: expected a {r + 1}-D (unbatched) or "
                          f"{r + 2}-D (batched) input {_AXES[r]}, got shape {tuple(x.shape)}")
-    if any(s == 0 for s in x.shape):
-        raise ValueError(f"{layer_name(layer)}: empty input of shape {tuple(x.shape)}")
     batched = x.ndim == r + 2
+    if any(s == 0 for s in x.shape[int(batched):]):    # an empty batch (N = 0) is fine
+        raise ValueError(f"{layer_name(layer)}: empty input of shape {tuple(x.shape)}")
     return np.ascontiguousarray(x if batched else x[None]), batched
 
 
@@ -106,6 +106,9 @@ class _PoolNd(Module):
             raise ValueError(f"{layer_name(self)}: the output would be empty ({out}) for "
                              f"input of shape {tuple(x.shape)}: the (dilated) kernel is "
                              f"larger than the padded input")
+        ext.check_geometry(layer_name(self), spatial, self.kernel_size, self.stride,
+                           tuple((p, p) for p in self.padding), self.dilation, out,
+                           pool_pad_limit=True, every_window_reads_input=True)
         return out
 
 
@@ -358,7 +361,7 @@ class _AdaptiveMaxPoolNd(Module):
         y = np.empty((N, C) + out, dtype=xb.dtype)
         need_idx = self.return_indices or self.recording      # argmax only for backward
         idx = np.empty((N, C) + out, dtype=np.int64) if need_idx else None
-        flat = xb.reshape(N, C, -1)
+        flat = xb.reshape(N, C, int(np.prod(spatial)))
         for o in np.ndindex(*out):
             sl = tuple(slice(b[0][i], b[1][i]) for b, i in zip(bins, o))
             pos = np.ravel_multi_index(np.meshgrid(*[np.arange(s.start, s.stop) for s in sl],

@@ -82,6 +82,10 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
     grads = _grads(parameters)
     max_norm = float(max_norm)
     norm_type = float(norm_type)
+    if not max_norm >= 0:        # also NaN: a negative factor would flip the gradient
+        raise ValueError(f"clip_grad_norm_: max_norm must be non-negative, got {max_norm} "
+                         "(a negative max_norm would reverse the gradients: training "
+                         "would ascend the loss)")
     total = _total_norm(grads, norm_type)
     if not grads:
         return 0.0

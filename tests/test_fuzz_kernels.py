@@ -1,0 +1,637 @@
+"""Differential fuzzing of the compiled kernels and the layers built on them (issue 14).
+
+For random geometries (1-D, 2-D, 3-D; stride, dilation, groups, padding wider than the
+input, asymmetric padding, ceil_mode, count_include_pad, divisor_override,
+output_padding, tiny inputs and the empty batch N = 0) every case is computed three ways:
+
+    compiled  refdl.ext with the Cython kernels (refdl/_ext/_kernels.pyx)
+    numpy     refdl.ext on the NumPy path (refdl.functional)
+    loops     a direct loop over output positions and kernel taps written here, from
+              the definitions (PyTorch's), sharing no code with refdl
+
+and forward and backward must agree to float64 rounding. A geometry refdl refuses must be
+refused by both paths with a ValueError, and the loop reference must agree that it is
+invalid (an empty output, a window that lies entirely in the padding, ...).
+
+Budget: the "ci" profile (default) is derandomized with 300 examples per test (a test per kernel, a test per layer family);
+``REFDL_FUZZ_PROFILE=long`` runs 5,000 random examples per kernel. The same cases also run
+through a bounds-checked build of the kernels (REFDL_BOUNDSCHECK=1, compiled into a
+temporary directory once per session; skipped when no C compiler is available).
+``REFDL_FUZZ_REPORT=path.json`` writes the number of geometries tried per kernel
+(docs/reliability.md quotes them).
+"""
+import collections
+import importlib.util
+import itertools
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+
+from refdl import ext, nn  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+PROFILE = os.environ.get("REFDL_FUZZ_PROFILE", "ci")
+if PROFILE == "long":
+    EXAMPLES, DERANDOMIZE = 5000, False
+else:
+    EXAMPLES, DERANDOMIZE = 300, True
+CHECKED_EXAMPLES = max(EXAMPLES // 5, 40)      # the bounds-checked build: fewer, same cases
+
+TRIED = collections.Counter()      # (kernel, build, "valid" / "refused") -> count
+
+
+def _settings(n):
+    return settings(max_examples=n, derandomize=DERANDOMIZE, deadline=None,
+                    database=None, suppress_health_check=list(HealthCheck))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _report():
+    yield
+    path = os.environ.get("REFDL_FUZZ_REPORT")
+    if path:
+        table = collections.defaultdict(dict)
+        for (kernel, build, kind), n in sorted(TRIED.items()):
+            table[kernel][f"{build} {kind}"] = n
+        with open(path, "w") as f:
+            json.dump({"profile": PROFILE, "examples_per_test": EXAMPLES,
+                       "tried": table}, f, indent=1, sort_keys=True)
+
+
+# -- the kernels under test: the default build, and the bounds-checked debug build ---------
+
+_CHECKED = {}
+
+
+def _checked_kernels(tmp_root):
+    """Build refdl/_ext/_kernels.pyx with REFDL_BOUNDSCHECK=1 in a temp dir, import it."""
+    if "mod" in _CHECKED:
+        return _CHECKED["mod"]
+    if "skip" in _CHECKED:
+        pytest.skip(_CHECKED["skip"])
+    build = os.path.join(tmp_root, "checked")
+    os.makedirs(os.path.join(build, "refdl", "_ext"))
+    shutil.copy(os.path.join(ROOT, "setup.py"), build)
+    shutil.copy(os.path.join(ROOT, "refdl", "_ext", "_kernels.pyx"),
+                os.path.join(build, "refdl", "_ext"))
+    env = dict(os.environ, REFDL_BOUNDSCHECK="1", REFDL_NO_OPENMP="1")
+    proc = subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace", "-q"],
+                          cwd=build, env=env, capture_output=True, text=True, timeout=600)
+    built = [f for f in os.listdir(os.path.join(build, "refdl", "_ext"))
+             if f.startswith("_kernels") and f.endswith((".so", ".pyd"))]
+    if not built:
+        _CHECKED["skip"] = ("bounds-checked kernels could not be built: "
+                            + (proc.stderr.strip().splitlines() or ["?"])[-1])
+        pytest.skip(_CHECKED["skip"])
+    spec = importlib.util.spec_from_file_location(
+        "_kernels", os.path.join(build, "refdl", "_ext", built[0]))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.bounds_checked(), "REFDL_BOUNDSCHECK did not reach the compiled module"
+    _CHECKED["mod"] = mod
+    return mod
+
+
+@pytest.fixture(params=["compiled", "checked"])
+def kernels(request, tmp_path_factory, monkeypatch):
+    """(build name, number of examples): refdl.ext uses that build during the test."""
+    if ext.compiled_module() is None:
+        pytest.skip("the compiled kernels are not built (NumPy path only)")
+    if request.param == "checked":
+        mod = _checked_kernels(str(tmp_path_factory.getbasetemp()))
+        monkeypatch.setattr(ext, "_K", mod)
+        n = CHECKED_EXAMPLES
+    else:
+        n = EXAMPLES
+    with ext.numpy_path(False):
+        yield request.param, n
+
+
+def _both(fn):
+    """fn() on the compiled path and on the NumPy path: (compiled, numpy), or the two
+    exceptions. A ValueError on one path must be a ValueError on the other."""
+    out = []
+    for numpy_path in (False, True):
+        with ext.numpy_path(numpy_path):
+            try:
+                out.append(fn())
+            except ValueError as exc:
+                out.append(exc)
+    a, b = out
+    assert isinstance(a, ValueError) == isinstance(b, ValueError), (a, b)
+    return a, b
+
+
+def _close(a, b, what):
+    assert not isinstance(a, Exception), f"{what}: refdl raised {a!r}"
+    if isinstance(a, tuple):
+        for i, (u, v) in enumerate(zip(a, b)):
+            _close(u, v, f"{what}[{i}]")
+        return
+    a, b = np.asarray(a), np.asarray(b)
+    assert a.shape == b.shape, f"{what}: shape {a.shape} != {b.shape}"
+    assert a.dtype == b.dtype or a.dtype.kind == b.dtype.kind == "i", \
+        f"{what}: dtype {a.dtype} != {b.dtype}"
+    np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-12, err_msg=what)
+
+
+# -- direct-loop references (definitions, not refdl's code) --------------------------------
+
+def _taps(out_size, kernel_size):
+    return itertools.product(itertools.product(*(range(o) for o in out_size)),
+                             itertools.product(*(range(k) for k in kernel_size)))
+
+
+def _in_pos(o, k, s, lo, d, spatial):
+    """Input coordinate read by output o at tap k, or None when it is padding."""
+    pos = tuple(oi * si + ki * di - li for oi, ki, si, li, di in zip(o, k, s, lo, d))
+    return pos if all(0 <= p < L for p, L in zip(pos, spatial)) else None
+
+
+def loop_im2col(x, ks, ss, lo, ds, out):
+    N, C = x.shape[:2]
+    cols = np.zeros((C,) + ks + (N,) + out, dtype=x.dtype)
+    for o, k in _taps(out, ks):
+        pos = _in_pos(o, k, ss, lo, ds, x.shape[2:])
+        if pos is not None:
+            cols[(slice(None),) + k + (slice(None),) + o] = \
+                x[(slice(None), slice(None)) + pos].T
+    return cols.reshape(C * math.prod(ks), N * math.prod(out))
+
+
+def loop_col2im(cols, x_shape, ks, ss, lo, ds, out):
+    N, C = x_shape[:2]
+    c = cols.reshape((C,) + ks + (N,) + out)
+    x = np.zeros(x_shape, dtype=cols.dtype)
+    for o, k in _taps(out, ks):
+        pos = _in_pos(o, k, ss, lo, ds, x_shape[2:])
+        if pos is not None:
+            x[(slice(None), slice(None)) + pos] += c[(slice(None),) + k + (slice(None),) + o].T
+    return x
+
+
+def loop_conv(x, W, b, ss, ps, ds, groups):
+    """y[n, co, o] = b[co] + sum_{ci in group(co), k} W[co, ci, k] x[n, ci, o s + k d - p],
+    and the gradients of sum(y * G) for a given G: returns (y, backward(G))."""
+    N, C = x.shape[:2]
+    Co, Cg = W.shape[:2]
+    ks = W.shape[2:]
+    spatial = x.shape[2:]
+    out = tuple((L + 2 * p - d * (k - 1) - 1) // s + 1
+                for L, p, d, k, s in zip(spatial, ps, ds, ks, ss))
+    if any(o < 1 for o in out):
+        return None, None
+    cog = Co // groups
+    y = np.zeros((N, Co) + out)
+    taps = []
+    for o, k in _taps(out, ks):
+        pos = _in_pos(o, k, ss, ps, ds, spatial)
+        if pos is not None:
+            taps.append((o, k, pos))
+    for g in range(groups):
+        ci, co = slice(g * Cg, (g + 1) * Cg), slice(g * cog, (g + 1) * cog)
+        for o, k, pos in taps:
+            y[(slice(None), co) + o] += x[(slice(None), ci) + pos] @ W[(co, slice(None)) + k].T
+    y += b.reshape((-1,) + (1,) * len(ks))
+
+    def backward(G):
+        dx, dW = np.zeros_like(x), np.zeros_like(W)
+        for g in range(groups):
+            ci, co = slice(g * Cg, (g + 1) * Cg), slice(g * cog, (g + 1) * cog)
+            for o, k, pos in taps:
+                gy = G[(slice(None), co) + o]                     # (N, cog)
+                dx[(slice(None), ci) + pos] += gy @ W[(co, slice(None)) + k]
+                dW[(co, slice(None)) + k] += gy.T @ x[(slice(None), ci) + pos]
+        return dx, dW, G.sum(axis=(0,) + tuple(range(2, G.ndim)))
+    return y, backward
+
+
+def loop_conv_transpose(x, W, b, ss, ps, ops, ds, groups):
+    """y[n, g*cog + co, i s + k d - p] += x[n, ci, i] W[ci, co, k] (the adjoint of conv)."""
+    N, C = x.shape[:2]
+    Cg_out = W.shape[1]
+    ks = W.shape[2:]
+    cin_g = C // groups
+    spatial = x.shape[2:]
+    out = tuple((L - 1) * s - 2 * p + d * (k - 1) + op + 1
+                for L, s, p, d, k, op in zip(spatial, ss, ps, ds, ks, ops))
+    if any(o < 1 for o in out):
+        return None, None
+    y = np.zeros((N, Cg_out * groups) + out)
+    taps = []
+    for i, k in _taps(spatial, ks):
+        pos = _in_pos(i, k, ss, ps, ds, out)
+        if pos is not None:
+            taps.append((i, k, pos))
+    for g in range(groups):
+        ci, co = slice(g * cin_g, (g + 1) * cin_g), slice(g * Cg_out, (g + 1) * Cg_out)
+        for i, k, pos in taps:
+            y[(slice(None), co) + pos] += x[(slice(None), ci) + i] @ W[(ci, slice(None)) + k]
+    y += b.reshape((-1,) + (1,) * len(ks))
+
+    def backward(G):
+        dx, dW = np.zeros_like(x), np.zeros_like(W)
+        for g in range(groups):
+            ci, co = slice(g * cin_g, (g + 1) * cin_g), slice(g * Cg_out, (g + 1) * Cg_out)
+            for i, k, pos in taps:
+                gy = G[(slice(None), co) + pos]                   # (N, Cg_out)
+                dx[(slice(None), ci) + i] += gy @ W[(ci, slice(None)) + k].T
+                dW[(ci, slice(None)) + k] += x[(slice(None), ci) + i].T @ gy
+        return dx, dW, G.sum(axis=(0,) + tuple(range(2, G.ndim)))
+    return y, backward
+
+
+def torch_pool_out(L, k, s, p, d, ceil_mode):
+    """PyTorch's pooling output length (pooling_output_shape)."""
+    num = L + 2 * p - d * (k - 1) - 1
+    o = (-(-num // s) if ceil_mode else num // s) + 1
+    if ceil_mode and (o - 1) * s >= L + p:
+        o -= 1
+    return o
+
+
+def loop_max_pool(x, ks, ss, ps, ds, out):
+    """(y, flat indices) or None when some window holds no input element."""
+    N, C = x.shape[:2]
+    spatial = x.shape[2:]
+    y = np.zeros((N, C) + out)
+    idx = np.zeros((N, C) + out, dtype=np.int64)
+    for o in itertools.product(*(range(v) for v in out)):
+        best = None
+        for k in itertools.product(*(range(v) for v in ks)):
+            pos = _in_pos(o, k, ss, ps, ds, spatial)
+            if pos is None:
+                continue
+            v = x[(slice(None), slice(None)) + pos]
+            flat = np.ravel_multi_index(pos, spatial)
+            if best is None:
+                best = v.copy()
+                where = np.full(v.shape, flat)
+            else:
+                win = v > best
+                best[win] = v[win]
+                where[win] = flat
+        if best is None:
+            return None
+        y[(slice(None), slice(None)) + o] = best
+        idx[(slice(None), slice(None)) + o] = where
+    return y, idx
+
+
+def loop_max_pool_backward(G, idx, x_shape):
+    """dx[n, c, idx[n, c, o]] += G[n, c, o], one entry at a time."""
+    dx = np.zeros(x_shape)
+    spatial = x_shape[2:]
+    for n, c in itertools.product(range(x_shape[0]), range(x_shape[1])):
+        for o in itertools.product(*(range(v) for v in G.shape[2:])):
+            pos = np.unravel_index(idx[(n, c) + o], spatial)
+            dx[(n, c) + tuple(int(p) for p in pos)] += G[(n, c) + o]
+    return dx
+
+
+def loop_avg_pool(x, ks, ss, ps, out, include_pad, override):
+    """(y, backward(G))."""
+    N, C = x.shape[:2]
+    spatial = x.shape[2:]
+    windows = []
+    for o in itertools.product(*(range(v) for v in out)):
+        lo = [oi * s - p for oi, s, p in zip(o, ss, ps)]
+        hi = [min(a + k, L + p) for a, k, L, p in zip(lo, ks, spatial, ps)]
+        padded = math.prod(h - a for a, h in zip(lo, hi))
+        clo = [max(a, 0) for a in lo]
+        chi = [min(h, L) for h, L in zip(hi, spatial)]
+        inside = math.prod(max(h - a, 0) for a, h in zip(clo, chi))
+        div = override if override else (padded if include_pad else inside)
+        windows.append((o, tuple(slice(a, h) for a, h in zip(clo, chi)), div))
+    y = np.zeros((N, C) + out)
+    for o, sl, div in windows:
+        y[(slice(None), slice(None)) + o] = \
+            x[(slice(None), slice(None)) + sl].sum(axis=tuple(range(2, x.ndim))) / div
+
+    def backward(G):
+        dx = np.zeros_like(x)
+        for o, sl, div in windows:
+            share = G[(slice(None), slice(None)) + o] / div
+            dx[(slice(None), slice(None)) + sl] += share.reshape(share.shape + (1,) * len(ks))
+        return dx
+    return y, backward
+
+
+# -- strategies ---------------------------------------------------------------------------
+
+# per rank: (max spatial length, max kernel, max padding): 3-D stays small (loops are slow)
+LIMITS = {1: (7, 4, 9), 2: (5, 3, 6), 3: (3, 2, 3)}
+
+
+@st.composite
+def window_geometry(draw, max_rank=3):
+    r = draw(st.integers(1, max_rank))
+    Lmax, Kmax, Pmax = LIMITS[r]
+    spatial = tuple(draw(st.integers(1, Lmax)) for _ in range(r))
+    ks = tuple(draw(st.integers(1, Kmax)) for _ in range(r))
+    ss = tuple(draw(st.integers(1, 3)) for _ in range(r))
+    ds = tuple(draw(st.integers(1, 4)) for _ in range(r))
+    return r, spatial, ks, ss, ds
+
+
+def _rand(rng, shape):
+    return rng.standard_normal(shape)
+
+
+# -- kernel-level: im2col / col2im with asymmetric padding and any valid out_size ---------
+
+def _im2col_case(data):
+    r, spatial, ks, ss, ds = data.draw(window_geometry())
+    Pmax = LIMITS[r][2]
+    ps = tuple((data.draw(st.integers(0, Pmax)), data.draw(st.integers(0, Pmax)))
+               for _ in range(r))
+    # any out_size whose windows start inside the padded input (pooling's ceil_mode
+    # overhang included), sometimes one more (must be refused)
+    out = tuple(data.draw(st.integers(1, (L + lo + hi - 1) // s + 1 + (s == 1)))
+                for L, (lo, hi), s in zip(spatial, ps, ss))
+    N = data.draw(st.integers(0, 2))
+    C = data.draw(st.integers(1, 2))
+    seed = data.draw(st.integers(0, 2 ** 16))
+    return r, spatial, ks, ss, ps, ds, out, N, C, seed
+
+
+def test_fuzz_im2col_col2im(kernels):
+    build, n = kernels
+
+    @_settings(n)
+    @given(st.data())
+    def run(data):
+        r, spatial, ks, ss, ps, ds, out, N, C, seed = _im2col_case(data)
+        rng = np.random.default_rng(seed)
+        x = _rand(rng, (N, C) + spatial)
+        valid = all((o - 1) * s <= L + lo + hi - 1
+                    for o, s, L, (lo, hi) in zip(out, ss, spatial, ps))
+        a, b = _both(lambda: ext.im2col(x, ks, ss, ps, ds, out))
+        if not valid:
+            assert isinstance(a, ValueError)
+            TRIED[("im2col3d / col2im3d", build, "refused")] += 1
+            return
+        lo = tuple(p[0] for p in ps)
+        ref = loop_im2col(x, ks, ss, lo, ds, out)
+        _close(a, ref, "im2col compiled vs loops")
+        _close(b, ref, "im2col numpy vs loops")
+        M = _rand(rng, ref.shape)
+        c, d = _both(lambda: ext.col2im(M, x.shape, ks, ss, ps, ds, out))
+        ref2 = loop_col2im(M, x.shape, ks, ss, lo, ds, out)
+        _close(c, ref2, "col2im compiled vs loops")
+        _close(d, ref2, "col2im numpy vs loops")
+        TRIED[("im2col3d / col2im3d", build, "valid")] += 1
+    run()
+
+
+# -- kernel-level: pooling kernels with any out_size -----------------------------------------
+
+def _pool_case(data, dilation=True):
+    r, spatial, ks, ss, ds = data.draw(window_geometry())
+    if not dilation:
+        ds = (1,) * r
+    ps = tuple(data.draw(st.integers(0, k // 2)) for k in ks)
+    ceil_mode = data.draw(st.booleans())
+    N = data.draw(st.integers(0, 2))
+    C = data.draw(st.integers(1, 2))
+    seed = data.draw(st.integers(0, 2 ** 16))
+    out = tuple(torch_pool_out(L, k, s, p, d, ceil_mode)
+                for L, k, s, p, d in zip(spatial, ks, ss, ps, ds))
+    return r, spatial, ks, ss, ps, ds, ceil_mode, N, C, seed, out
+
+
+def test_fuzz_max_pool_kernels(kernels):
+    build, n = kernels
+
+    @_settings(n)
+    @given(st.data())
+    def run(data):
+        r, spatial, ks, ss, ps, ds, ceil_mode, N, C, seed, out = _pool_case(data)
+        rng = np.random.default_rng(seed)
+        x = _rand(rng, (N, C) + spatial)
+        ref = loop_max_pool(x, ks, ss, ps, ds, out) if min(out) >= 1 else None
+        a, b = _both(lambda: ext.max_pool_forward(x, ks, ss, ps, ds, out))
+        if ref is None:
+            assert isinstance(a, ValueError), (spatial, ks, ss, ps, ds, out)
+            TRIED[("maxpool3d_forward / _backward", build, "refused")] += 1
+            return
+        _close(a, ref, "max_pool compiled vs loops")
+        _close(b, ref, "max_pool numpy vs loops")
+        G = _rand(rng, ref[0].shape)
+        c, d = _both(lambda: ext.max_pool_backward(G, ref[1], x.shape))
+        dx = loop_max_pool_backward(G, ref[1], x.shape)
+        _close(c, dx, "max_pool_backward compiled vs loops")
+        _close(d, dx, "max_pool_backward numpy vs loops")
+        TRIED[("maxpool3d_forward / _backward", build, "valid")] += 1
+    run()
+
+
+def test_fuzz_avg_pool_kernels(kernels):
+    build, n = kernels
+
+    @_settings(n)
+    @given(st.data())
+    def run(data):
+        r, spatial, ks, ss, ps, ds, ceil_mode, N, C, seed, out = _pool_case(data, False)
+        include_pad = data.draw(st.booleans())
+        override = data.draw(st.sampled_from([None, None, 1, 3]))
+        rng = np.random.default_rng(seed)
+        x = _rand(rng, (N, C) + spatial)
+        a, b = _both(lambda: ext.avg_pool_forward(x, ks, ss, ps, out, include_pad, override))
+        if min(out) < 1:
+            assert isinstance(a, ValueError)
+            TRIED[("avgpool3d_forward / _backward", build, "refused")] += 1
+            return
+        y, back = loop_avg_pool(x, ks, ss, ps, out, include_pad, override)
+        _close(a, y, "avg_pool compiled vs loops")
+        _close(b, y, "avg_pool numpy vs loops")
+        G = _rand(rng, y.shape)
+        c, d = _both(lambda: ext.avg_pool_backward(G, x.shape, ks, ss, ps, out,
+                                                   include_pad, override))
+        _close(c, back(G), "avg_pool_backward compiled vs loops")
+        _close(d, back(G), "avg_pool_backward numpy vs loops")
+        TRIED[("avgpool3d_forward / _backward", build, "valid")] += 1
+    run()
+
+
+# -- layer-level: Conv1d/2d/3d, ConvTranspose1d/2d/3d, MaxPool, AvgPool -------------------
+
+CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+CONVT = {1: nn.ConvTranspose1d, 2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
+MAXP = {1: nn.MaxPool1d, 2: nn.MaxPool2d, 3: nn.MaxPool3d}
+AVGP = {1: nn.AvgPool1d, 2: nn.AvgPool2d, 3: nn.AvgPool3d}
+
+
+def _layer_both(make, x, G):
+    """Forward and backward of a fresh layer (same weights) on both paths."""
+    def fn():
+        m = make()
+        y = m(x)
+        dx = m.backward(G(y.shape))
+        grads = tuple(p.grad.copy() for p in m.parameters())
+        return (y, dx) + grads
+    return _both(fn)
+
+
+def _conv_case(data):
+    r, spatial, ks, ss, ds = data.draw(window_geometry())
+    Pmax = LIMITS[r][2]
+    ps = tuple(data.draw(st.integers(0, Pmax)) for _ in range(r))
+    groups = data.draw(st.integers(1, 2))
+    cin = groups * data.draw(st.integers(1, 2))
+    cout = groups * data.draw(st.integers(1, 2))
+    N = data.draw(st.integers(0, 2))
+    seed = data.draw(st.integers(0, 2 ** 16))
+    return r, spatial, ks, ss, ps, ds, groups, cin, cout, N, seed
+
+
+def test_fuzz_conv_layers(kernels):
+    build, n = kernels
+
+    @_settings(n)
+    @given(st.data())
+    def run(data):
+        r, spatial, ks, ss, ps, ds, groups, cin, cout, N, seed = _conv_case(data)
+        rng = np.random.default_rng(seed)
+        x = _rand(rng, (N, cin) + spatial)
+        W = _rand(rng, (cout, cin // groups) + ks)
+        bias = _rand(rng, (cout,))
+        Gs = {}
+
+        def G(shape):
+            return Gs.setdefault(shape, _rand(rng, shape))
+
+        def make():
+            m = CONV[r](cin, cout, ks, stride=ss, padding=ps, dilation=ds,
+                        groups=groups).to(np.float64)
+            m.weight.data[...] = W
+            m.bias.data[...] = bias
+            return m
+        a, b = _layer_both(make, x, G)
+        y, back = loop_conv(x, W, bias, ss, ps, ds, groups)
+        if y is None:
+            assert isinstance(a, ValueError)
+            TRIED[(f"Conv{r}d", build, "refused")] += 1
+            return
+        ref = (y,) + back(G(y.shape))
+        _close(a, ref, f"Conv{r}d compiled vs loops (y, dx, dW, db)")
+        _close(b, ref, f"Conv{r}d numpy vs loops (y, dx, dW, db)")
+        TRIED[(f"Conv{r}d", build, "valid")] += 1
+    run()
+
+
+def test_fuzz_conv_transpose_layers(kernels):
+    build, n = kernels
+
+    @_settings(n)
+    @given(st.data())
+    def run(data):
+        r, spatial, ks, ss, ps, ds, groups, cin, cout, N, seed = _conv_case(data)
+        # padding mostly below the reach of the output (a wider one empties it: refused)
+        ps = tuple(min(p, (d * (k - 1) + s * (L - 1)) // 2 + 1)
+                   for p, d, k, s, L in zip(ps, ds, ks, ss, spatial))
+        ops = tuple(data.draw(st.integers(0, max(s, d) - 1)) for s, d in zip(ss, ds))
+        rng = np.random.default_rng(seed)
+        x = _rand(rng, (N, cin) + spatial)
+        W = _rand(rng, (cin, cout // groups) + ks)
+        bias = _rand(rng, (cout,))
+        Gs = {}
+
+        def G(shape):
+            return Gs.setdefault(shape, _rand(rng, shape))
+
+        def make():
+            m = CONVT[r](cin, cout, ks, stride=ss, padding=ps, output_padding=ops,
+                         dilation=ds, groups=groups).to(np.float64)
+            m.weight.data[...] = W
+            m.bias.data[...] = bias
+            return m
+        a, b = _layer_both(make, x, G)
+        y, back = loop_conv_transpose(x, W, bias, ss, ps, ops, ds, groups)
+        if y is None:
+            assert isinstance(a, ValueError)
+            TRIED[(f"ConvTranspose{r}d", build, "refused")] += 1
+            return
+        ref = (y,) + back(G(y.shape))
+        _close(a, ref, f"ConvTranspose{r}d compiled vs loops (y, dx, dW, db)")
+        _close(b, ref, f"ConvTranspose{r}d numpy vs loops (y, dx, dW, db)")
+        TRIED[(f"ConvTranspose{r}d", build, "valid")] += 1
+    run()
+
+
+def test_fuzz_pool_layers(kernels):
+    build, n = kernels
+
+    @_settings(n)
+    @given(st.data())
+    def run(data):
+        kind = data.draw(st.sampled_from(["max", "avg"]))
+        r, spatial, ks, ss, ps, ds, ceil_mode, N, C, seed, out = _pool_case(
+            data, dilation=kind == "max")
+        rng = np.random.default_rng(seed)
+        x = _rand(rng, (N, C) + spatial)
+        Gs = {}
+
+        def G(shape):
+            return Gs.setdefault(shape, _rand(rng, shape))
+        if kind == "max":
+            def make():
+                return MAXP[r](ks, ss, ps, ds, ceil_mode=ceil_mode)
+            ref = loop_max_pool(x, ks, ss, ps, ds, out) if min(out) >= 1 else None
+            name = f"MaxPool{r}d"
+            if ref is not None:
+                y, idx = ref
+                ref = (y, loop_max_pool_backward(G(y.shape), idx, x.shape))
+        else:
+            include_pad = data.draw(st.booleans())
+            # AvgPool1d has no divisor_override (as in PyTorch)
+            override = data.draw(st.sampled_from([None, None, 2])) if r > 1 else None
+
+            def make():
+                extra = {"divisor_override": override} if r > 1 else {}
+                return AVGP[r](ks, ss, ps, ceil_mode=ceil_mode,
+                               count_include_pad=include_pad, **extra)
+            name = f"AvgPool{r}d"
+            ref = None
+            if min(out) >= 1:
+                y, back = loop_avg_pool(x, ks, ss, ps, out, include_pad, override)
+                ref = (y, back(G(y.shape)))
+        a, b = _layer_both(make, x, G)
+        if ref is None:
+            assert isinstance(a, ValueError), (name, spatial, ks, ss, ps, ds, out)
+            assert name[:-2] in str(a)                    # the message names the layer
+            TRIED[(name, build, "refused")] += 1
+            return
+        _close(a, ref, f"{name} compiled vs loops (y, dx)")
+        _close(b, ref, f"{name} numpy vs loops (y, dx)")
+        TRIED[(name, build, "valid")] += 1
+    run()
+
+
+# -- the bounds-checked build really checks -------------------------------------------------
+
+def test_checked_build_raises_instead_of_writing_out_of_bounds(tmp_path_factory):
+    if ext.compiled_module() is None:
+        pytest.skip("the compiled kernels are not built")
+    K = _checked_kernels(str(tmp_path_factory.getbasetemp()))
+    assert K.bounds_checked() and not ext.compiled_module().bounds_checked()
+    g = np.ones((1, 2))
+    dx = np.zeros((1, 3))
+    # an index past the plane: the default build would write outside dx
+    with pytest.raises(IndexError, match=r"segment \[3, 4\) outside \[0, 3\)"):
+        K.maxpool3d_backward(g, np.array([[0, 3]], dtype=np.int64), dx)
+    # cols too small for the claimed output: refused once per call, in every build
+    x = np.ones((1, 1, 1, 1, 4))
+    for mod in (K, ext.compiled_module()):
+        with pytest.raises(ValueError, match=r"cols has shape \(2, 2\), expected \(2, 3\)"):
+            mod.im2col3d(x, np.zeros((2, 2)), 1, 1, 2, 1, 1, 1, 0, 0, 0, 1, 1, 1, 1, 1, 3)
