@@ -413,6 +413,7 @@ def cmd_train_text(args):
                         "positive")
     if args.lr is not None and not args.lr > 0:
         raise UserError(f"--lr must be positive, got {args.lr}")
+    _check_train_values(args)
     try:
         text = load_text(args.text)
     except (FileNotFoundError, ValueError) as e:
@@ -437,6 +438,7 @@ def cmd_train_text(args):
     if ck.exists():
         raise UserError(f"{out} already holds a checkpoint; choose another --out (nothing "
                         "was overwritten)")
+    _check_out_writable(out)
     refdl.manual_seed(args.seed)
     try:
         model = GPT(len(vocab), block_size=block, n_layer=args.n_layer, n_head=args.n_head,
@@ -468,7 +470,7 @@ def cmd_train_text(args):
                                              generator=np.random.default_rng(args.seed))[0])
     out.mkdir(parents=True, exist_ok=True)
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
-              if k != "func"}
+              if k != "func" and not k.startswith("_")}
     (out / "config.json").write_text(json.dumps(config, indent=1))
     save_checkpoint(ck, model, epoch=hist["steps_done"], history=hist, extra={
         "kind": "char-lm", "model": args.model, "gpt_config": model.config(),
