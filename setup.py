@@ -149,8 +149,17 @@ def ext_modules():
         extra_compile_args=opt,
         optional=True,
     )
+    # Winograd F(2x2, 3x3) transforms (refdl/functional/winograd.py), same flags
+    wino = Extension(
+        "refdl._ext._winograd",
+        ["refdl/_ext/_winograd.pyx"],
+        include_dirs=[numpy.get_include()],
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+        extra_compile_args=["-O3"] if sys.platform != "win32" else ["/O2"],
+        optional=True,
+    )
     try:
-        return cythonize([ext], language_level=3, quiet=True)
+        return cythonize([ext, wino], language_level=3, quiet=True)
     except Exception as exc:
         _warn(f"cythonize failed: {exc}".splitlines()[0])
         return []

@@ -22,15 +22,16 @@ parser.add_argument("--rounds", type=int, default=3)
 parser.add_argument("--quick", action="store_true", help="fewer calls per round")
 parser.add_argument("--no-torch", action="store_true")
 args = parser.parse_args()
-os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))   # the kernels' OpenMP threads
 
 import numpy as np  # noqa: E402
-from threadpoolctl import threadpool_info, threadpool_limits  # noqa: E402
+from threadpoolctl import threadpool_info  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import refdl  # noqa: E402
 from refdl import ext, nn  # noqa: E402
 from refdl.functional import log_softmax  # noqa: E402
+
+no_grad = getattr(refdl, "no_grad", None) or __import__("contextlib").nullcontext
 
 torch = None
 if not args.no_torch:
@@ -40,7 +41,7 @@ if not args.no_torch:
     except ImportError:
         torch = None
 
-threadpool_limits(args.threads, user_api="blas")
+refdl.set_num_threads(args.threads)     # the BLAS pool and the kernels' OpenMP team
 
 
 def timeit(fn, min_time=0.2, max_calls=20):
@@ -77,11 +78,13 @@ def refdl_conv_case(spec, shape):
     refdl.manual_seed(0)
     m = cls(cin, cout, k, **kw)
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    y = m(x)
+    with no_grad():
+        y = m(x)
     g = np.ones_like(y)
 
     def fwd():
-        m(x)
+        with no_grad():                       # like torch.no_grad(): records no cache
+            m(x)
 
     def fwdbwd():
         m(x)
@@ -168,6 +171,10 @@ def main():
     for i in info:
         print(f"BLAS: {i.get('internal_api')} {i.get('version')} kernel="
               f"{i.get('architecture')} threads={i.get('num_threads')}")
+    load = os.getloadavg()
+    print(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} cores"
+          + ("  LOAD above the core count: figures measure contention"
+             if load[0] > (os.cpu_count() or 1) else ""))
     cases = {}      # name -> {column: fn}
 
     for name, spec, shape in CONVS:
@@ -208,11 +215,13 @@ def main():
 
     x = rng.standard_normal((64, 32, 32, 32)).astype(np.float32)
     pool = nn.MaxPool2d(2)
-    yp = pool(x)
+    with no_grad():
+        yp = pool(x)
     gp = np.ones_like(yp)
 
     def pool_fwd():
-        pool(x)
+        with no_grad():
+            pool(x)
 
     def pool_fb():
         pool(x)

@@ -40,10 +40,13 @@ import numpy as np
 
 from . import random as _random
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "read_checkpoint"]
+__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "read_checkpoint",
+           "save", "load"]
 
 FORMAT = "refdl-checkpoint"
-VERSION = 1
+SAVE_FORMAT = "refdl-save"
+VERSION = 2            # 2: arrays stored under their names (model/0.weight); 1: a0, a1, ...
+READS = (1, 2)
 
 
 class CheckpointError(ValueError):
@@ -81,34 +84,51 @@ def _depth_ok(text, limit=MAX_DEPTH):
     return True
 
 
-# -- nested state <-> (JSON skeleton, arrays) ------------------------------------------------
-def _encode(obj, arrays):
+# -- nested state <-> (JSON skeleton, named arrays) -------------------------------------------
+def _name(path, arrays):
+    """A unique member name for the array at ``path`` (its keys joined by '/')."""
+    name = "/".join(str(p).replace("/", "_") for p in path) or "array"
+    base, i = name, 1
+    while name in arrays or name == "__meta__":
+        i += 1
+        name = f"{base}#{i}"
+    return name
+
+
+def _encode(obj, arrays, path=()):
+    """The JSON skeleton of ``obj``; its arrays go into the dict ``arrays`` under names
+    that say where they sit (``model/0.weight``, ``optimizer/state/0/exp_avg``)."""
     if isinstance(obj, np.ndarray):
-        arrays.append(obj)
-        return {"__array__": len(arrays) - 1}
+        name = _name(path, arrays)
+        arrays[name] = obj
+        return {"__array__": name}
     if isinstance(obj, np.generic):
         if isinstance(obj, (np.floating, np.complexfloating)):
-            arrays.append(np.asarray(obj))      # keep the exact dtype (float32 lr etc.)
-            return {"__scalar__": len(arrays) - 1}
+            name = _name(path, arrays)
+            arrays[name] = np.asarray(obj)      # keep the exact dtype (float32 lr etc.)
+            return {"__scalar__": name}
         return obj.item()
     if isinstance(obj, dict):
-        return {"__dict__": [[_encode(k, arrays), _encode(v, arrays)] for k, v in obj.items()]}
+        return {"__dict__": [[_encode(k, arrays, path + ("key",)),
+                              _encode(v, arrays, path + (k,))] for k, v in obj.items()]}
     if isinstance(obj, tuple):
-        return {"__tuple__": [_encode(v, arrays) for v in obj]}
+        return {"__tuple__": [_encode(v, arrays, path + (i,)) for i, v in enumerate(obj)]}
     if isinstance(obj, list):
-        return [_encode(v, arrays) for v in obj]
+        return [_encode(v, arrays, path + (i,)) for i, v in enumerate(obj)]
     if obj is None or isinstance(obj, (bool, int, float, str)):
         if isinstance(obj, float) and not np.isfinite(obj):
             return {"__float__": repr(obj)}
         return obj
-    raise TypeError(f"save_checkpoint: cannot store a {type(obj).__name__} ({obj!r:.60})")
+    raise TypeError(f"refdl.save: cannot store a {type(obj).__name__} ({obj!r:.60}) at "
+                    f"{'/'.join(map(str, path)) or 'the top'}; store arrays, numbers, "
+                    "strings and dicts/lists/tuples of them")
 
 
 def _ref(obj, key, arrays):
     i = obj[key]
-    if not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < len(arrays):
-        raise _Malformed(f"{key} reference {i!r} is not an index into the "
-                         f"{len(arrays)} stored arrays")
+    if isinstance(i, bool) or not isinstance(i, (int, str)) or i not in arrays:
+        raise _Malformed(f"{key} reference {i!r} names none of the {len(arrays)} stored "
+                         "arrays")
     return arrays[i]
 
 
@@ -239,9 +259,18 @@ def save_checkpoint(path, model, optimizer=None, scheduler=None, epoch=None, loa
         "loaders": [ld.state_dict() if hasattr(ld, "state_dict") else None for ld in loaders],
         "history": history, "extra": extra,
     }
-    arrays = []
-    meta = json.dumps(_encode(state, arrays))
-    payload = {f"a{i}": a for i, a in enumerate(arrays)}
+    _write_npz(path, state)
+    return path
+
+
+def _write_npz(path, state, arrays=None):
+    """Write ``state`` atomically to ``path``: its JSON skeleton and its arrays by name.
+    (``arrays`` given: ``state`` is a skeleton already encoded into them.)"""
+    if arrays is None:
+        arrays = {}
+        state = _encode(state, arrays)
+    meta = json.dumps(state)
+    payload = dict(arrays)
     payload["__meta__"] = np.frombuffer(meta.encode("utf-8"), dtype=np.uint8)
     folder = path.parent if str(path.parent) else Path(".")
     folder.mkdir(parents=True, exist_ok=True)
@@ -264,52 +293,60 @@ def save_checkpoint(path, model, optimizer=None, scheduler=None, epoch=None, loa
             pass
         raise
     _fsync_dir(folder)
-    return path
+
+
+def _read_npz(path, what="checkpoint"):
+    """The decoded contents of a file written by _write_npz; CheckpointError if unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such {what} file")
+    try:
+        is_zip = zipfile.is_zipfile(path)
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read the {what} ({e})") from None
+    if not is_zip:
+        with open(path, "rb") as f:
+            head = f.read(6)
+        if head.startswith(b"PK"):
+            raise CheckpointError(f"{path}: corrupt or truncated {what} (the .npz "
+                                  f"archive is incomplete)")
+        kind = "an .npy array" if head == b"\x93NUMPY" else "another format or random bytes"
+        raise CheckpointError(f"{path}: not a refdl {what} (not an .npz archive but "
+                              f"{kind})")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if "__meta__" not in z.files:
+                raise CheckpointError(f"{path}: not a refdl {what} (no __meta__ entry)")
+            text = bytes(z["__meta__"]).decode("utf-8")
+            if not _depth_ok(text):
+                raise CheckpointError(f"{path}: malformed {what} metadata (nested more "
+                                      f"than {MAX_DEPTH} levels deep)")
+            meta = json.loads(text)
+            arrays = {n: z[n] for n in z.files if n != "__meta__"}
+            # version 1 named its arrays a0, a1, ... and referred to them by index
+            arrays.update({i: arrays[f"a{i}"] for i in range(len(arrays))
+                           if f"a{i}" in arrays})
+    except CheckpointError:
+        raise
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError, RecursionError,
+            UnicodeDecodeError, json.JSONDecodeError, NotImplementedError) as e:
+        raise CheckpointError(f"{path}: corrupt or truncated {what} "
+                              f"({type(e).__name__}: {e})") from None
+    try:
+        return _decode(meta, arrays)
+    except (_Malformed, RecursionError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: malformed {what} metadata ({e})") from None
 
 
 def read_checkpoint(path):
     """The checkpoint's contents as a dict (no model needed); CheckpointError if unreadable."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
-    try:
-        is_zip = zipfile.is_zipfile(path)
-    except OSError as e:
-        raise CheckpointError(f"{path}: cannot read the checkpoint ({e})") from None
-    if not is_zip:
-        with open(path, "rb") as f:
-            head = f.read(6)
-        if head.startswith(b"PK"):
-            raise CheckpointError(f"{path}: corrupt or truncated checkpoint (the .npz "
-                                  f"archive is incomplete)")
-        what = "an .npy array" if head == b"\x93NUMPY" else "another format or random bytes"
-        raise CheckpointError(f"{path}: not a refdl checkpoint (not an .npz archive but "
-                              f"{what})")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            if "__meta__" not in z.files:
-                raise CheckpointError(f"{path}: not a refdl checkpoint (no __meta__ entry)")
-            text = bytes(z["__meta__"]).decode("utf-8")
-            if not _depth_ok(text):
-                raise CheckpointError(f"{path}: malformed checkpoint metadata (nested more "
-                                      f"than {MAX_DEPTH} levels deep)")
-            meta = json.loads(text)
-            arrays = [z[f"a{i}"] for i in range(len(z.files) - 1)]
-    except CheckpointError:
-        raise
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError, RecursionError,
-            UnicodeDecodeError, json.JSONDecodeError, NotImplementedError) as e:
-        raise CheckpointError(f"{path}: corrupt or truncated checkpoint "
-                              f"({type(e).__name__}: {e})") from None
-    try:
-        state = _decode(meta, arrays)
-    except (_Malformed, RecursionError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{path}: malformed checkpoint metadata ({e})") from None
+    state = _read_npz(path)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a refdl checkpoint")
-    if state.get("version") != VERSION:
+    if state.get("version") not in READS:
         raise CheckpointError(f"{path}: checkpoint format version {state.get('version')}, "
-                              f"this refdl reads version {VERSION}")
+                              f"this refdl reads versions {', '.join(map(str, READS))}")
     try:
         _validate(state)
     except _Malformed as e:
@@ -382,3 +419,34 @@ def load_checkpoint(path, model, optimizer=None, scheduler=None, loaders=(), res
         raise CheckpointError(f"{path}: the checkpoint does not fit "
                               f"({type(e).__name__}: {e}); nothing was changed") from None
     return state
+
+
+# -- refdl.save / refdl.load -----------------------------------------------------------------
+def save(obj, f):
+    """Save ``obj`` (a ``state_dict()``, or any dict/list/tuple of arrays, numbers and
+    strings) to the file ``f`` atomically, as ``torch.save`` does for state dicts.
+
+    The file is an .npz archive: each array is a member named after its place
+    (``0.weight``, ``encoder.1.bias``, ``optimizer/state/0/exp_avg``), readable with
+    ``numpy.load`` alone; the structure is JSON beside it. Nothing is pickled. Returns
+    the path.
+    """
+    path = Path(f)
+    arrays = {}
+    body = _encode(obj, arrays)          # names relative to obj: 0.weight, not object/...
+    _write_npz(path, {"__dict__": [["format", SAVE_FORMAT], ["version", VERSION],
+                                   ["object", body]]}, arrays)
+    return path
+
+
+def load(f):
+    """The object :func:`save` wrote to ``f`` (dicts keep their order: a state dict loads
+    straight into ``model.load_state_dict``). A refdl checkpoint loads as its dict.
+    Raises :class:`CheckpointError` naming the file for anything else."""
+    path = Path(f)
+    state = _read_npz(path, what="file")
+    if isinstance(state, dict) and state.get("format") == SAVE_FORMAT:
+        return state["object"]
+    if isinstance(state, dict) and state.get("format") == FORMAT:
+        return read_checkpoint(path)
+    raise CheckpointError(f"{path}: not a file written by refdl.save")

@@ -121,6 +121,8 @@ def _check_train_values(args):
             raise UserError(f"{opt} must be {rule}, got {v:g}")
     if args.seed < 0 or args.seed >= 2 ** 63:
         raise UserError(f"--seed must be an integer in [0, 2**63), got {args.seed}")
+    if not (0 <= args.val_split < 1):
+        raise UserError(f"--val-split must be a fraction in [0, 1), got {args.val_split:g}")
 
 
 def _check_out_writable(out):
@@ -248,11 +250,27 @@ def _first_feature_maps(model, x):
     return found[0] if found else None
 
 
+def _apply_threads(args):
+    """--threads N (or, without it, the cores nobody else is using): refdl.set_num_threads.
+    Returns a short description for the header."""
+    from .threads import auto_num_threads, set_num_threads
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UserError(f"--threads must be a positive integer, got {args.threads}")
+        set_num_threads(args.threads)
+        return f"{args.threads} thread{'s' * (args.threads > 1)}"
+    n, why = auto_num_threads()
+    set_num_threads(n)
+    return f"{n} thread{'s' * (n > 1)} ({why}; --threads to choose)"
+
+
 def cmd_train(args):
     from . import data, models, nn, plot
     from .checkpoint import read_checkpoint
     from .train import NonFiniteLossError, evaluate, fit
     import refdl
+
+    threads_note = _apply_threads(args)
 
     if args.model is None:
         args.model = "mlp" if args.dataset in POINT_DATASETS else DEFAULT_MODEL
@@ -309,14 +327,18 @@ def cmd_train(args):
             sched = ls.OneCycleLR(opt, max_lr=opt.param_groups[0]["lr"], epochs=args.epochs,
                                   steps_per_epoch=steps)
             interval = "step"
+    (xtr, ytr), val = _validation_split(xtr, ytr, args.val_split, args.seed)
     train = data.DataLoader(data.TensorDataset(xtr, ytr), args.batch_size, shuffle=True)
+    val = None if val is None else data.DataLoader(data.TensorDataset(*val), 256)
     test = data.DataLoader(data.TensorDataset(xte, yte), 256)
     loss = nn.CrossEntropyLoss()
     say = (lambda *a: None) if args.quiet else print
+    n_val = 0 if val is None else len(val.dataset)
     say(f"refdl train: {args.model} ({model.num_parameters():,} parameters) on {args.dataset} "
-        f"({len(ytr)} train / {len(yte)} test, input {tuple(xtr.shape[1:])}), "
-        f"{args.optimizer} lr={opt.param_groups[0]['lr']:g}, {args.epochs} epochs, "
-        f"batch {args.batch_size}, seed {args.seed}")
+        f"({len(ytr)} train / {n_val} validation / {len(yte)} test, input "
+        f"{tuple(xtr.shape[1:])}), {args.optimizer} {_lr_description(args, opt)}, "
+        f"{args.epochs} epochs, batch {args.batch_size}, seed {args.seed}; "
+        f"{kernels_description()}, {threads_note}")
     out.mkdir(parents=True, exist_ok=True)
     config = {k2: (str(v) if isinstance(v, Path) else v) for k2, v in vars(args).items()
               if k2 != "func" and not k2.startswith("_")}
@@ -327,7 +349,7 @@ def cmd_train(args):
         # overflow on the way to a NaN loss is reported once, by fit's guard, not as a
         # stream of NumPy warnings
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            history = fit(model, loss, opt, train, test, epochs=args.epochs,
+            history = fit(model, loss, opt, train, val, epochs=args.epochs,
                           scheduler=sched, scheduler_interval=interval,
                           clip_grad_norm=args.clip_grad_norm, checkpoint_path=ck,
                           resume=args.resume, progress=not args.quiet, num_classes=k)
@@ -337,13 +359,14 @@ def cmd_train(args):
     secs = time.perf_counter() - t0
     if args.resume:
         (out / "config.json").write_text(json.dumps(config, indent=1))
+    diverged = _diverged(history, k)
     ev = evaluate(model, test, loss, num_classes=k)
     (out / "history.json").write_text(json.dumps(history, indent=1))
     files = [ck, out / "history.json"]
     if not args.no_plots:
         files.append(plot.plot_history(history, out / "history.png",
                                        title=f"{args.model} on {args.dataset} "
-                                             "(validation = held-out test split)"))
+                                             "(validation split of the training data)"))
         files.append(plot.plot_confusion_matrix(ev["confusion"], out / "confusion.png"))
         if img is not None:
             n = min(36, len(yte))
@@ -366,8 +389,13 @@ def cmd_train(args):
             files.append(plot.plot_filters(first, out / "filters.png", image_shape=shape))
     correct = int(np.trace(ev["confusion"]))
     say(f"test accuracy: {100 * ev['accuracy']:.2f}% ({correct}/{len(yte)}), "
-        f"macro F1 {ev['f1']:.3f}, {secs:.1f} s")
+        f"macro F1 {ev['f1']:.3f}, {secs:.1f} s (the test split, evaluated once after "
+        "training; nothing was chosen on it)")
     say("wrote " + ", ".join(str(f) for f in files))
+    if diverged:
+        print(f"refdl train: warning: training diverged: {diverged}; lower --lr (or use "
+              "--clip-grad-norm)", file=sys.stderr)
+        return 3
     return 0
 
 
@@ -455,7 +483,9 @@ def cmd_train_text(args):
         f"AdamW lr={lr:g}, {args.steps} steps of batch {args.batch_size}, seed {args.seed}")
     say(f"bigram baseline (counts, add-{alpha:g} smoothing): validation loss {baseline:.4f} "
         "nats/char")
-    threads = getattr(args, "threads", None) or 1     # small matrices: 1 BLAS thread is fastest
+    # --threads N is obeyed; without it 1 BLAS thread: this model's matrices are small, and
+    # on the shared 2-core machine a step took 0.23 s with 1 thread, 1.9 s with 2
+    threads = getattr(args, "threads", None) or 1
     with threadpool_limits(threads), np.errstate(over="ignore"):
         try:
             hist = train_gpt(model, train_ids, val_ids, steps=args.steps,
@@ -523,6 +553,51 @@ def cmd_sample(args):
                          top_k=args.top_k, generator=np.random.default_rng(args.seed))
     sys.stdout.write(vocab.decode(ids[0]) + "\n")
     return 0
+
+
+def _validation_split(x, y, fraction, seed):
+    """((x_train, y_train), (x_val, y_val) or None): a seeded random split of the
+    training data; the validation part has round(fraction N) examples, at least one."""
+    if fraction == 0:
+        return (x, y), None
+    n = len(y)
+    n_val = max(1, int(round(fraction * n)))
+    if n_val >= n:
+        raise UserError(f"--val-split {fraction:g}: {n} training examples are too few to "
+                        "hold out a validation split (use --val-split 0)")
+    perm = np.random.default_rng([seed, 12345]).permutation(n)
+    val_idx, keep = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+    return (x[keep], y[keep]), (x[val_idx], y[val_idx])
+
+
+def _lr_description(args, opt):
+    """The learning rate asked for, and what the schedule does with it."""
+    lr = args.lr if args.lr is not None else DEFAULT_LR[args.optimizer]
+    if args.scheduler == "onecycle":
+        return (f"lr={lr:g} (onecycle peak; it starts at {opt.param_groups[0]['lr']:g} and "
+                "ends near 0)")
+    if args.scheduler == "cosine":
+        return f"lr={lr:g} (cosine to 0)"
+    if args.scheduler == "step":
+        return f"lr={lr:g} (x0.1 every {max(1, args.epochs // 3)} epochs)"
+    return f"lr={lr:g}"
+
+
+def _diverged(history, num_classes):
+    """Why the run counts as diverged (a string), or None. The cross-entropy of a uniform
+    guess is log(num_classes): a final training loss above twice that, or ten times the
+    first epoch's, is not a run that learnt."""
+    losses = [v for v in history.get("loss", []) if v == v]
+    if not losses:
+        return None
+    chance = float(np.log(num_classes))
+    last = losses[-1]
+    if last > 2 * chance:
+        return (f"the final training loss {last:.4g} is above twice the loss of a uniform "
+                f"guess (log {num_classes} = {chance:.3f})")
+    if len(losses) > 1 and last > 10 * losses[0]:
+        return f"the training loss rose from {losses[0]:.4g} to {last:.4g}"
+    return None
 
 
 # ------------------------------------------------------------------------------- gradcheck
@@ -949,15 +1024,34 @@ def cmd_bench(args):
         return 0
     env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE",
                                                              "OPENBLAS_L2_SIZE")}
+    # --quick runs only bench_threads.py's quick table (under a minute) unless names are
+    # given; --threads/--quick are passed to the scripts that take them
+    if args.threads is not None and args.threads < 1:
+        raise UserError(f"--threads must be a positive integer, got {args.threads}")
+    if args.quick and not args.names:
+        scripts = [p for p in scripts if p.stem == "bench_threads"]
     failed = []
     for s in scripts:
         print(f"== {s.name}")
         sys.stdout.flush()
-        if subprocess.call([sys.executable, str(s)], env=env, cwd=str(folder.parent)) != 0:
+        extra = _bench_flags(s, args)
+        if subprocess.call([sys.executable, str(s)] + extra, env=env,
+                           cwd=str(folder.parent)) != 0:
             failed.append(s.name)
     if failed:
         print(f"failed: {', '.join(failed)}")
     return 1 if failed else 0
+
+
+def _bench_flags(script, args):
+    """The --threads/--quick options for a benchmark script that declares them."""
+    text = script.read_text(errors="replace")
+    flags = []
+    if args.threads is not None and '"--threads"' in text:
+        flags += ["--threads", str(args.threads)]
+    if args.quick and '"--quick"' in text:
+        flags.append("--quick")
+    return flags
 
 
 # ---------------------------------------------------------------------------------- parser
@@ -1013,6 +1107,10 @@ def build_parser():
                    "annealing to 0, or one-cycle (per step, peak = --lr) (default cosine)")
     t.add_argument("--clip-grad-norm", type=float, metavar="MAX",
                    help="clip the total gradient norm to MAX before each step")
+    t.add_argument("--val-split", type=float, default=0.1, metavar="F",
+                   help="fraction of the training data held out as the validation split "
+                   "that every choice during training looks at (default 0.1; 0: none). "
+                   "The test split is evaluated once, after training")
     t.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     t.add_argument("--out", help="output folder (default runs/MODEL-DATASET[-N], never "
                    "overwriting a previous run)")
@@ -1020,6 +1118,9 @@ def build_parser():
                    help="continue the run in --out from its checkpoint up to --epochs")
     t.add_argument("--no-plots", action="store_true", help="do not write PNG plots")
     t.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    t.add_argument("--threads", type=int, metavar="N",
+                   help="threads for BLAS and the compiled kernels (default: the cores "
+                   "not busy with other processes, from the load average)")
     t.set_defaults(func=cmd_train)
     tx = t.add_argument_group(
         "text models (--model gpt)", "A character-level language model trains for --steps "
@@ -1095,6 +1196,10 @@ def build_parser():
                        description="Run benchmarks/*.py (or the named ones), each printing "
                        "its timings and ratios against a baseline measured in the same run.")
     b.add_argument("names", nargs="*", help="benchmark script names (default: all)")
+    b.add_argument("--threads", type=int, metavar="N",
+                   help="time at N threads only (default: each script's own, e.g. 1 and 2)")
+    b.add_argument("--quick", action="store_true",
+                   help="only the quick thread/PyTorch table (under a minute)")
     b.set_defaults(func=cmd_bench)
     return p
 

@@ -129,3 +129,51 @@ def test_failed_write_keeps_the_old_checkpoint(tmp_path, monkeypatch):
         save_checkpoint(path, model, opt, epoch=2)
     assert path.read_bytes() == old
     assert os.listdir(tmp_path) == ["a.npz"]
+
+
+# -- refdl.save / refdl.load and named arrays ---------------------------------------------------
+
+def test_save_load_state_dict_with_named_arrays(tmp_path):
+    import refdl
+    from refdl import nn
+    refdl.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
+    sd = model.state_dict()
+    path = refdl.save(sd, tmp_path / "m.npz")
+    with np.load(path, allow_pickle=False) as z:     # readable with NumPy alone, by name
+        np.testing.assert_array_equal(z["0.weight"], sd["0.weight"])
+        assert "1.running_var" in z.files
+    back = refdl.load(path)
+    assert list(back) == list(sd)
+    for k in sd:
+        np.testing.assert_array_equal(back[k], sd[k])
+        assert back[k].dtype == sd[k].dtype
+    other = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
+    other.load_state_dict(refdl.load(path))
+    np.testing.assert_array_equal(other[2].bias.data, model[2].bias.data)
+    nested = {"model": sd, "step": 7, "lr": np.float32(0.1), "names": ("a", "b")}
+    got = refdl.load(refdl.save(nested, tmp_path / "n.npz"))
+    assert got["step"] == 7 and got["lr"].dtype == np.float32 and got["names"] == ("a", "b")
+    with pytest.raises(TypeError, match="cannot store a object .* at model/x"):
+        refdl.save({"model": {"x": object()}}, tmp_path / "bad.npz")
+    assert not (tmp_path / "bad.npz").exists()
+    (tmp_path / "junk.npz").write_bytes(b"junk")
+    with pytest.raises(refdl.checkpoint.CheckpointError, match="junk.npz: not a refdl file"):
+        refdl.load(tmp_path / "junk.npz")
+
+
+def test_checkpoint_arrays_are_named_after_their_place(tmp_path):
+    import refdl
+    from refdl import nn, optim
+    refdl.manual_seed(0)
+    model = nn.Linear(3, 2)
+    opt = optim.Adam(model.parameters())
+    model(np.ones((1, 3), np.float32))
+    model.backward(np.ones((1, 2), np.float32))
+    opt.step()
+    path = save_checkpoint(tmp_path / "ck.npz", model, opt, epoch=1)
+    with np.load(path, allow_pickle=False) as z:
+        names = set(z.files)
+    assert {"model/weight", "model/bias"} <= names
+    assert any(n.startswith("optimizer/state/") and n.endswith("exp_avg") for n in names)
+    assert not any(n.startswith("a") and n[1:].isdigit() for n in names)

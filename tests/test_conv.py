@@ -171,7 +171,8 @@ def test_unbatched_input_and_dtype_follow_pytorch(path):
     refdl.manual_seed(0)
     m = nn.Conv2d(2, 3, 3, padding=1)
     x = small((2, 5, 4)).astype(np.float32)
-    yb = m(x[None])[0]
+    with refdl.no_grad():                       # a reference output: records nothing
+        yb = m(x[None])[0]
     y = m(x)
     assert y.shape == (3, 5, 4) and y.dtype == np.float32
     np.testing.assert_allclose(y, yb, rtol=1e-6)
@@ -219,20 +220,28 @@ def test_non_contiguous_input_is_accepted(path):
 
 
 def test_column_buffer_is_reused_when_shapes_repeat(path):
+    # backward hands the column buffer back, the next forward of the same shape reuses it;
+    # a second forward while one is pending gets its own (each call keeps its cache)
     m = nn.Conv2d(2, 3, 3)
     x = small((2, 2, 6, 6)).astype(np.float32)
+    g = np.ones((2, 3, 4, 4), np.float32)
     m(x)
-    buf = m._cols
-    y2 = m(2 * x)
-    if path == "cython":
-        assert m._cols is buf
-    g = np.ones_like(y2)
-    m.zero_grad()
     m.backward(g)
+    buf = m._cols
+    m.zero_grad()
+    m(2 * x)
+    if path == "cython":
+        assert m._saved[-1].cols is buf
+    m(3 * x)                                    # a second pending call: a new buffer
+    assert m._saved[-1].cols is not m._saved[-2].cols
+    m.backward(g)                               # the 3x call's gradient ...
+    m.backward(g)                               # ... then the 2x call's
     gw = m.weight.grad.copy()
     m2 = nn.Conv2d(2, 3, 3)
     m2.weight.data[...] = m.weight.data
     m2(2 * x)
+    m2.backward(g)
+    m2(3 * x)
     m2.backward(g)
     np.testing.assert_allclose(gw, m2.weight.grad, rtol=1e-6)
 
@@ -286,6 +295,6 @@ def test_backward_checks(path):
     with pytest.raises(ValueError, match=r"expected grad_out of shape \(1, 2, 2, 2\)"):
         m.backward(np.zeros((1, 2, 3, 3), np.float32))
     m.backward(np.zeros((1, 2, 2, 2), np.float32))
-    # backward reuses the column buffer for dL/dcols: a second backward needs a forward
-    with pytest.raises(RuntimeError, match="twice after one forward"):
+    # one backward per forward (each consumes its call's cache)
+    with pytest.raises(nn.CacheError, match="call backward once per forward"):
         m.backward(np.zeros((1, 2, 2, 2), np.float32))

@@ -71,13 +71,28 @@ cdef extern from *:
 # Below this many elements touched, a kernel runs on one thread: waking a team of OpenMP
 # threads costs more than it saves (and far more on a loaded machine).
 cdef Py_ssize_t PARALLEL_GRAIN = 1 << 18
+# The kernels' team size, set by refdl.set_num_threads (refdl/threads.py); 0: OpenMP's own
+cdef int MAX_THREADS = 0
+
+
+def set_threading(int max_threads, Py_ssize_t grain):
+    """Team size (0: OpenMP's default) and the grain (elements) below which kernels run
+    serially. Called by refdl.threads only."""
+    global MAX_THREADS, PARALLEL_GRAIN
+    MAX_THREADS = max_threads if max_threads > 0 else 0
+    PARALLEL_GRAIN = grain if grain > 0 else 1
+
+
+def get_threading():
+    """(team size setting, grain): what set_threading set."""
+    return MAX_THREADS, PARALLEL_GRAIN
 
 
 cdef inline int n_threads(Py_ssize_t work, Py_ssize_t outer) noexcept nogil:
     cdef int t
     if work < PARALLEL_GRAIN or outer < 2:
         return 1
-    t = refdl_max_threads()
+    t = MAX_THREADS if MAX_THREADS > 0 else refdl_max_threads()
     return t if t < outer else <int>outer
 
 

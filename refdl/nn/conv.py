@@ -21,26 +21,72 @@ docs/derivations/conv.md.
 
 im2col/col2im run in the compiled kernels of refdl/_ext when they are built
 (``refdl.ext.available()``), else in the NumPy reference of refdl.functional.conv.
+
+A 3x3, stride-1, undilated, ungrouped Conv2d with zero padding can instead run Winograd's
+F(2x2, 3x3) algorithm (refdl.functional.winograd, docs/derivations/winograd.md): the same
+convolution with 2.25x fewer multiplications. ``layer.algorithm`` chooses: "auto" (the
+default, DEFAULT_ALGORITHM) picks Winograd where it measured faster (compiled kernels, at
+least WINOGRAD_MIN_CHANNELS input and output channels), "winograd" forces it (an error
+where it does not apply), "im2col" forces the GEMM path.
 """
 import math
+from typing import NamedTuple, Optional
 
 import numpy as np
 
 from .. import ext, init
+from ..functional import winograd
 from ..functional.conv import (conv_output_size, conv_transpose_output_size,
                                normalize_tuple, same_padding)
-from ._validate import check_float, check_forward_called, check_grad, layer_name
+from ..threads import serial_below
+from ._validate import check_float, check_grad, layer_name
 from .module import Module, Parameter
 
 __all__ = ["Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d",
            "ConvTranspose3d"]
 
 _NP_PAD_MODE = {"circular": "wrap", "reflect": "reflect", "replicate": "edge"}
+ALGORITHMS = ("auto", "im2col", "winograd")
+DEFAULT_ALGORITHM = "auto"
+# Winograd's 16 GEMMs have K = C_in: with few channels they run far below the GEMM rate
+# and the transforms dominate; measured faster than im2col from 16 in and out channels
+# (benchmarks/bench_threads.py, docs/performance.md)
+WINOGRAD_MIN_CHANNELS = 16
 _AXES = {1: "(N, C, L)", 2: "(N, C, H, W)", 3: "(N, C, D, H, W)"}
 
 
 def _fmt(t):
     return "x".join(str(v) for v in t)
+
+
+class ConvCache(NamedTuple):
+    """One call of Conv1d/2d/3d on the im2col path (symbols of docs/derivations/conv.md)."""
+    cols: np.ndarray            # im2col(x_pad) (C_in*prod(K), N*prod(O)); backward turns it
+    #                             into dL/dcols in place
+    x_shape: tuple              # shape of the (index-map padded) input col2im returns
+    pads: tuple                 # zero padding as (before, after) pairs
+    out: tuple                  # output spatial size O
+    batched: bool               # False for an unbatched (C, *S) input
+    pad_map: Optional[np.ndarray] = None   # index map of a non-zero padding mode
+    spatial: tuple = ()         # the input's own spatial size (before the index map)
+
+
+class WinogradCache(NamedTuple):
+    """One call of Conv2d on the Winograd path (symbols of docs/derivations/winograd.md)."""
+    V: np.ndarray               # B^T d B of every input tile (16, C_in, P); becomes dL/dV
+    U: np.ndarray               # G W G^T (16, C_out, C_in)
+    x_shape: tuple
+    pads: tuple
+    out: tuple
+    batched: bool
+
+
+class ConvTransposeCache(NamedTuple):
+    """One call of ConvTranspose1d/2d/3d: its input x as (G, C_in/G, N*L_in) matrices."""
+    x: np.ndarray
+    x_shape: tuple
+    out: tuple
+    batched: bool
 
 
 class _ConvBase(Module):
@@ -84,9 +130,14 @@ class _ConvBase(Module):
         else:
             self.register_parameter("bias", None)
         self.reset_parameters(generator)
-        self._cols = None      # the column matrix of the last forward (reused buffer)
-        self._fresh = False    # True between a forward and its backward
-        self._xg = None
+        # scratch buffers that no pending cache holds, reused while the shapes repeat (a
+        # fresh 10-70 MB array costs thousands of page faults): the column matrix, and
+        # Winograd's V and M. A cache takes its buffer along; backward hands it back.
+        self._cols = None
+        self._spare = {}
+        self._geom = None      # (input shape, settings) -> geometry of the last forward
+        self.algorithm = DEFAULT_ALGORITHM
+        self.last_algorithm = None   # "im2col" or "winograd": what the last forward ran
 
     def reset_parameters(self, generator=None):
         """PyTorch's default: kaiming_uniform_(W, a=sqrt(5)), b ~ U(+-1/sqrt(fan_in)).
@@ -127,7 +178,13 @@ class _ConvBase(Module):
         if self.weight.requires_grad:
             self.weight.grad += dW.reshape(self.weight.shape)
         if self.bias is not None and self.bias.requires_grad:
-            self.bias.grad += g.sum(axis=(0,) + tuple(range(2, g.ndim)))
+            # sum the contiguous spatial axis first (one streaming pass), then the batch
+            self.bias.grad += g.reshape(g.shape[0], g.shape[1], math.prod(g.shape[2:])).sum(axis=2).sum(axis=0)
+
+    def _pending(self):
+        """The newest pending cache, left in place: a grad_out of the wrong shape is refused
+        without losing the call's cache (pop_saved raises CacheError when none is pending)."""
+        return self._saved[-1] if self._saved else self.pop_saved()
 
 
 class _ConvNd(_ConvBase):
@@ -190,9 +247,14 @@ class _ConvNd(_ConvBase):
         idx = np.arange(math.prod(spatial)).reshape(spatial)
         return np.pad(idx, pads, mode=_NP_PAD_MODE[self.padding_mode])
 
-    def forward(self, x):
-        xb, batched = self._batched(x, self.in_channels)
-        N, C = xb.shape[:2]
+    def _geometry(self, xb, x):
+        """(pads, pad_map, out) for a batched input xb, validated once per input shape and
+        setting (later calls with the same shape reuse it: the layer's own overhead stays
+        small next to the kernels in small layers)."""
+        key = (xb.shape, self.kernel_size, self.stride, self.padding, self.dilation,
+               self.padding_mode, self.groups)
+        if self._geom is not None and self._geom[0] == key:
+            return self._geom[1]
         spatial = xb.shape[2:]
         pads = self._pads()
         padded = tuple(L + lo + hi for L, (lo, hi) in zip(spatial, pads))
@@ -201,7 +263,7 @@ class _ConvNd(_ConvBase):
             raise ValueError(
                 f"{layer_name(self)}: the kernel (dilated size {_fmt(span)}) is larger than "
                 f"the padded input ({_fmt(padded)}) for input of shape {tuple(x.shape)}")
-        self._pad_map = None
+        pad_map = None
         if self.padding_mode != "zeros" and any(lo or hi for lo, hi in pads):
             for L, (lo, hi) in zip(spatial, pads):
                 limit = L - 1 if self.padding_mode == "reflect" else L
@@ -209,13 +271,61 @@ class _ConvNd(_ConvBase):
                     raise ValueError(f"{layer_name(self)}: {self.padding_mode} padding "
                                      f"{max(lo, hi)} is too large for input of shape "
                                      f"{tuple(x.shape)}")
-            self._pad_map = self._pad_index(spatial, pads)
-            xb = xb.reshape(N, C, math.prod(spatial))[:, :, self._pad_map]
+            pad_map = self._pad_index(spatial, pads)
+            padded_shape = pad_map.shape
             pads = ((0, 0),) * self._rank
-        out = conv_output_size(xb.shape[2:], self.kernel_size, self.stride, pads,
+        else:
+            padded_shape = spatial
+        out = conv_output_size(padded_shape, self.kernel_size, self.stride, pads,
                                self.dilation)
+        geom = (pads, pad_map, out)
+        self._geom = (key, geom)
+        return geom
+
+    def _winograd_applies(self, C, out):
+        """True when this call runs Winograd F(2x2, 3x3) (see the module docstring)."""
+        algo = self.algorithm
+        if algo not in ALGORITHMS:
+            raise ValueError(f"{layer_name(self)}: algorithm must be one of {ALGORITHMS}, "
+                             f"got {algo!r}")
+        if algo == "im2col":
+            return False
+        ok = self._rank == 2 and winograd.supported(self.kernel_size, self.stride,
+                                                    self.dilation, self.groups,
+                                                    self.padding_mode)
+        if algo == "winograd":
+            if not ok:
+                raise ValueError(f"{layer_name(self)}: algorithm='winograd' needs a 3x3 "
+                                 f"Conv2d with stride 1, dilation 1, groups 1 and zero "
+                                 f"padding, got {self.extra_repr()}")
+            return True
+        return (ok and ext.available() and winograd._K is not None
+                and min(C, self.out_channels) >= WINOGRAD_MIN_CHANNELS)
+
+    def forward(self, x):
+        xb, batched = self._batched(x, self.in_channels)
+        N, C = xb.shape[:2]
+        spatial = xb.shape[2:]
+        pads, pad_map, out = self._geometry(xb, x)
+        if pad_map is not None:
+            xb = xb.reshape(N, C, math.prod(spatial))[:, :, pad_map]
+        bias = self.bias.data if self.bias is not None else None
+        recording = self.recording
+        if self._winograd_applies(C, out):
+            self.last_algorithm = "winograd"
+            bufs = {"V": self._spare.pop("V", None), "M": self._spare.get("M")}
+            y, V, U = winograd.conv2d(xb, self._weight(xb.dtype), bias, pads, buffers=bufs)
+            self._spare["M"] = bufs["M"]           # M is scratch; V goes with the cache
+            if recording:
+                self.save_for_backward(WinogradCache(V=V, U=U, x_shape=xb.shape, pads=pads,
+                                                     out=out, batched=batched))
+            else:
+                self._spare["V"] = V
+            return y if batched else y[0]
+        self.last_algorithm = "im2col"
         cols = ext.im2col(xb, self.kernel_size, self.stride, pads, self.dilation, out,
                           out=self._cols)
+        self._cols = None                          # the cache holds it until backward
         G = self.groups
         cog = self.out_channels // G
         W = self._weight(xb.dtype).reshape(G, cog, -1)
@@ -224,47 +334,66 @@ class _ConvNd(_ConvBase):
         # in y[:, group] (N, C_out/G, L), without a transposed copy of the output
         colsg = cols.reshape(G, cols.shape[0] // G, N, L).transpose(0, 2, 1, 3)
         y = np.empty((N, G, cog, L), dtype=xb.dtype)
-        np.matmul(W[:, None], colsg, out=y.transpose(1, 0, 2, 3))
+        with serial_below(cols.size * cog):
+            np.matmul(W[:, None], colsg, out=y.transpose(1, 0, 2, 3))
         y = y.reshape((N, self.out_channels) + out)
-        if self.bias is not None:
-            y += self.bias.data.astype(y.dtype, copy=False).reshape(
-                (-1,) + (1,) * self._rank)
-        self._cols = cols                          # reused by the next forward's im2col
-        self._fresh = True                         # backward turns it into dcols
-        self._in_shape = xb.shape                  # padded shape for non-zeros modes
-        self._spatial = spatial
-        self._pads_used = pads
-        self._out = out
-        self._batched_in = batched
+        if bias is not None:
+            y += bias.astype(y.dtype, copy=False).reshape((-1,) + (1,) * self._rank)
+        if recording:
+            self.save_for_backward(ConvCache(cols=cols, x_shape=xb.shape, pads=pads,
+                                             out=out, batched=batched, pad_map=pad_map,
+                                             spatial=spatial))
+        else:
+            self._cols = cols                      # nothing pending uses it: reuse it
         return y if batched else y[0]
 
     def backward(self, grad_out):
-        check_forward_called(self, self._cols if self._fresh else None)
-        N = self._in_shape[0]
-        shape = (N, self.out_channels) + self._out
-        g = check_grad(self, grad_out, shape if self._batched_in else shape[1:])
-        if not self._batched_in:
+        c = self._pending()
+        N = c.x_shape[0]
+        shape = (N, self.out_channels) + c.out
+        g = check_grad(self, grad_out, shape if c.batched else shape[1:])
+        self.pop_saved()
+        if not c.batched:
             g = g[None]
+        wgrad = self.weight.requires_grad
+        if isinstance(c, WinogradCache):
+            g = np.ascontiguousarray(g, dtype=c.V.dtype)
+            bufs = {"M": self._spare.get("M")}
+            dx, dW = winograd.conv2d_backward(g, c.V, c.U, c.x_shape, c.pads,
+                                              need_dw=wgrad, buffers=bufs)
+            self._spare["M"] = bufs["M"]
+            self._spare["V"] = c.V                 # dead now (it held dL/dV)
+            self._add_param_grads(dW, g)
+            return dx if c.batched else dx[0]
         G = self.groups
-        cols = self._cols
-        colsg = cols.reshape(G, cols.shape[0] // G, cols.shape[1])
+        cols = c.cols
+        CKg = cols.shape[0] // G
+        colsg = cols.reshape(G, CKg, cols.shape[1])
+        cog = self.out_channels // G
         gm = np.ascontiguousarray(
-            g.reshape(N, self.out_channels, math.prod(self._out)).transpose(1, 0, 2)).astype(cols.dtype,
+            g.reshape(N, self.out_channels, math.prod(c.out)).transpose(1, 0, 2)).astype(cols.dtype,
                                                                           copy=False)
-        gm = gm.reshape(G, self.out_channels // G, gm.shape[1] * gm.shape[2])  # (G, Co/G, N*L)
-        W = self._weight(cols.dtype).reshape(G, self.out_channels // G, -1)
-        self._add_param_grads(np.matmul(gm, colsg.transpose(0, 2, 1)), g)
-        # cols is not needed any more: dcols = W^T g overwrites it (no new big buffer)
-        np.matmul(W.transpose(0, 2, 1), gm, out=colsg)
-        self._fresh = False
-        dx = ext.col2im(cols, self._in_shape, self.kernel_size, self.stride,
-                        self._pads_used, self.dilation, self._out)
-        if self._pad_map is not None:              # adjoint of the index-map padding
-            flat = np.zeros((N * self.in_channels, math.prod(self._spatial)), dtype=dx.dtype)
-            np.add.at(flat, (slice(None), self._pad_map.ravel()),
+        gm = gm.reshape(G, cog, gm.shape[1] * gm.shape[2])  # (G, C_out/G, N*L)
+        W = self._weight(cols.dtype).reshape(G, cog, -1)
+        with serial_below(cols.size * cog):
+            if wgrad:
+                # dW^T = cols g^T: (C_in/G*K, N*L) @ (N*L, C_out/G); OpenBLAS runs this
+                # orientation of the long-K product faster than g cols^T
+                dWT = np.matmul(colsg, gm.transpose(0, 2, 1))
+                self._add_param_grads(dWT.transpose(0, 2, 1), g)
+            else:
+                self._add_param_grads(None, g)
+            # cols is not needed any more: dcols = W^T g overwrites it (no new big buffer)
+            np.matmul(W.transpose(0, 2, 1), gm, out=colsg)
+        dx = ext.col2im(cols, c.x_shape, self.kernel_size, self.stride, c.pads,
+                        self.dilation, c.out)
+        self._cols = cols                          # free for the next forward's im2col
+        if c.pad_map is not None:                  # adjoint of the index-map padding
+            flat = np.zeros((N * self.in_channels, math.prod(c.spatial)), dtype=dx.dtype)
+            np.add.at(flat, (slice(None), c.pad_map.ravel()),
                       dx.reshape(N * self.in_channels, math.prod(dx.shape[2:])))
-            dx = flat.reshape((N, self.in_channels) + tuple(self._spatial))
-        return dx if self._batched_in else dx[0]
+            dx = flat.reshape((N, self.in_channels) + tuple(c.spatial))
+        return dx if c.batched else dx[0]
 
 
 class Conv1d(_ConvNd):
@@ -384,32 +513,31 @@ class _ConvTransposeNd(_ConvBase):
         if self.bias is not None:
             y += self.bias.data.astype(y.dtype, copy=False).reshape(
                 (-1,) + (1,) * self._rank)
-        self._xg = xg
-        self._in_shape = xb.shape
-        self._out = out
-        self._batched_in = batched
+        self.save_for_backward(ConvTransposeCache(x=xg, x_shape=xb.shape, out=out,
+                                                  batched=batched))
         return y if batched else y[0]
 
     def backward(self, grad_out):
-        check_forward_called(self, self._xg)
-        N = self._in_shape[0]
-        shape = (N, self.out_channels) + self._out
-        g = check_grad(self, grad_out, shape if self._batched_in else shape[1:])
-        if not self._batched_in:
+        c = self._pending()
+        N = c.x_shape[0]
+        shape = (N, self.out_channels) + c.out
+        g = check_grad(self, grad_out, shape if c.batched else shape[1:])
+        self.pop_saved()
+        if not c.batched:
             g = g[None]
-        g = np.ascontiguousarray(g, dtype=self._xg.dtype)
+        g = np.ascontiguousarray(g, dtype=c.x.dtype)
         G = self.groups
         cin_g = self.in_channels // G
-        spatial = self._in_shape[2:]
+        spatial = c.x_shape[2:]
         pads = tuple((p, p) for p in self.padding)
         self._cols = ext.im2col(g, self.kernel_size, self.stride, pads, self.dilation,
                                 spatial, out=self._cols)
         gcols = self._cols.reshape(G, self._cols.shape[0] // G, self._cols.shape[1])
         W = self._weight(g.dtype).reshape(G, cin_g, -1)
-        self._add_param_grads(np.matmul(self._xg, gcols.transpose(0, 2, 1)), g)
+        self._add_param_grads(np.matmul(c.x, gcols.transpose(0, 2, 1)), g)
         dx = np.matmul(W, gcols).reshape(self.in_channels, N, math.prod(spatial)).transpose(1, 0, 2)
-        dx = np.ascontiguousarray(dx).reshape(self._in_shape)
-        return dx if self._batched_in else dx[0]
+        dx = np.ascontiguousarray(dx).reshape(c.x_shape)
+        return dx if c.batched else dx[0]
 
 
 class ConvTranspose1d(_ConvTransposeNd):

@@ -1,0 +1,307 @@
+"""refdl against PyTorch at 1 and 2 threads, in the same run, with the machine's state.
+
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_threads.py
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_threads.py --quick
+    python benchmarks/bench_threads.py --threads 2           # one thread count only
+
+For every case (the table of issue 15 plus the other convolutions of docs/performance.md)
+it times refdl's compiled path and PyTorch CPU (when installed) at each thread count,
+interleaved: every round times every case at every thread count once, so a burst of load
+from other processes hits all of them alike. A round's figure is the median of
+``--calls`` calls; the reported figure is the minimum over ``--rounds`` rounds. Baselines
+in the same run: PyTorch (ratio refdl/PyTorch), the square SGEMM rate (a 2048^3 product
+through NumPy's BLAS; "eff" is a conv's direct FLOPs over refdl's time as a fraction of that
+rate) and, for fwd+bwd rows, refdl's own NumPy path (without --quick).
+
+Thread counts are set with ``refdl.set_num_threads`` (the BLAS pool and the kernels'
+OpenMP team together) and ``torch.set_num_threads``; refdl before issue 15 had no
+set_num_threads, so then threadpoolctl limits every pool. The load average is printed
+before and after; a load above the core count, or a case whose calls cluster at multiples
+of the 4 ms scheduler tick, is flagged ("LOAD", "q"): such a figure measures the
+scheduler, not the code.
+
+``--refdl PATH`` imports refdl from another source tree (a before/after comparison).
+"""
+import argparse
+import os
+import statistics
+import sys
+import time
+
+TICK = 4e-3          # the scheduler tick (CONFIG_HZ=250) at which stalls quantise times
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--threads", type=int, action="append",
+                   help="thread count (repeatable; default: 1 and 2)")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
+    p.add_argument("--calls", type=int, default=7, help="calls per round (median; default 7)")
+    p.add_argument("--quick", action="store_true",
+                   help="one round of 3 calls, no NumPy path, smaller SGEMM (< 1 minute)")
+    p.add_argument("--no-torch", action="store_true", help="do not import PyTorch")
+    p.add_argument("--refdl", help="source tree to import refdl from (default: this one)")
+    p.add_argument("--only", help="run only the cases whose name contains this text")
+    p.add_argument("--json", help="also write the figures (ms) and flags to this file")
+    return p.parse_args(argv)
+
+
+def loadavg():
+    try:
+        return os.getloadavg()
+    except OSError:            # not available on this platform
+        return (float("nan"),) * 3
+
+
+def on_tick(t):
+    """True when t (seconds, >= 1 tick) lies within 0.1 ms of a multiple of the tick."""
+    return t >= TICK * 0.95 and abs(t / TICK - round(t / TICK)) * TICK < 1e-4
+
+
+def quantised(samples):
+    """True when most calls of >= 1 tick sit within 0.15 ms of a multiple of the tick."""
+    long = [s for s in samples if s >= TICK * 0.9]
+    if len(long) < 2:
+        return False
+    near = sum(1 for s in long if abs(s / TICK - round(s / TICK)) * TICK < 1.5e-4)
+    return near >= max(2, (len(long) + 1) // 2)
+
+
+def run(argv=None):
+    args = parse_args(argv)
+    if args.quick:
+        args.rounds, args.calls = 1, 3
+    threads = args.threads or [1, 2]
+    root = args.refdl or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    sys.path.insert(0, os.path.abspath(root))
+
+    import numpy as np
+    import threadpoolctl
+    import refdl
+    from refdl import ext, nn
+    from refdl.functional import log_softmax
+
+    import contextlib
+    # inference records no cache (refdl.no_grad, per-call caches); older trees had neither
+    no_grad = getattr(refdl, "no_grad", contextlib.nullcontext)
+    torch = None
+    if not args.no_torch:
+        try:
+            import torch
+        except ImportError:
+            torch = None
+    ncpu = os.cpu_count() or 1
+    limiter = []
+
+    def set_threads(t):
+        if hasattr(refdl, "set_num_threads"):
+            refdl.set_num_threads(t)
+        else:                                          # refdl before issue 15
+            limiter[:] = [threadpoolctl.threadpool_limits(t)]
+        if torch is not None:
+            torch.set_num_threads(t)
+
+    rng = np.random.default_rng(0)
+    load0 = loadavg()
+    blas = [i for i in threadpoolctl.threadpool_info() if i.get("user_api") == "blas"]
+    print(f"refdl from {os.path.dirname(refdl.__file__)}; compiled kernels "
+          f"{ext.available()} (OpenMP {ext.openmp()}); numpy {np.__version__}; torch "
+          f"{torch.__version__ if torch else 'not installed'}; {ncpu} cores; threads "
+          f"{threads}; rounds {args.rounds} x median of {args.calls} calls (minimum over "
+          f"rounds)")
+    for i in blas:
+        print(f"BLAS: {i.get('internal_api')} {i.get('version')} kernel "
+              f"{i.get('architecture')}")
+    print(f"load average at start: {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}")
+
+    # -- cases: name -> dict(refdl=fn, torch=fn, numpy=fn, flops=...) ---------------------
+    cases = {}
+    convs = [
+        ("LeNet conv1 (64,1,28,28)->6@5x5", nn.Conv2d, 1, 6, 5, {}, (64, 1, 28, 28)),
+        ("LeNet conv2 (64,6,14,14)->16@5x5", nn.Conv2d, 6, 16, 5, {}, (64, 6, 14, 14)),
+        ("(64,32,32,32)->64@3x3 p1", nn.Conv2d, 32, 64, 3, dict(padding=1),
+         (64, 32, 32, 32)),
+        ("(64,3,32,32)->32@3x3 p1 s2", nn.Conv2d, 3, 32, 3, dict(padding=1, stride=2),
+         (64, 3, 32, 32)),
+        ("Conv1d (256,1,40)->32@5 p2", nn.Conv1d, 1, 32, 5, dict(padding=2), (256, 1, 40)),
+        ("Conv3d (8,3,10,32,32)->16@3^3 p1", nn.Conv3d, 3, 16, 3, dict(padding=1),
+         (8, 3, 10, 32, 32)),
+    ]
+    for name, cls, cin, cout, k, kw, shape in convs:
+        refdl.manual_seed(0)
+        m = cls(cin, cout, k, **kw)
+        x = rng.standard_normal(shape).astype(np.float32)
+        with no_grad():
+            y = m(x)
+        g = rng.standard_normal(y.shape).astype(np.float32)
+        flops = 2.0 * y.size * cin * k ** (len(shape) - 2)
+
+        def fwd(m=m, x=x):
+            with no_grad():                    # like torch.no_grad(): records nothing
+                m(x)
+
+        def fwdbwd(m=m, x=x, g=g):
+            m(x)
+            m.backward(g)
+        row_f = {"refdl": fwd, "flops": flops}
+        row_fb = {"refdl": fwdbwd, "flops": 3 * flops}
+        if not args.quick:
+            row_fb["numpy"] = fwdbwd
+        if torch is not None:
+            tcls = {1: torch.nn.Conv1d, 2: torch.nn.Conv2d, 3: torch.nn.Conv3d}[len(shape) - 2]
+            tm = tcls(cin, cout, k, **kw)
+            tx = torch.from_numpy(x).clone().requires_grad_(True)
+            tg = torch.from_numpy(g)
+
+            def tfwd(tm=tm, tx=tx):
+                with torch.no_grad():
+                    tm(tx)
+
+            def tfwdbwd(tm=tm, tx=tx, tg=tg):
+                tx.grad = None
+                tm.zero_grad(set_to_none=False)
+                tm(tx).backward(tg)
+            row_f["torch"], row_fb["torch"] = tfwd, tfwdbwd
+        cases[name + ", fwd"] = row_f
+        cases[name + ", fwd+bwd"] = row_fb
+
+    x = rng.standard_normal((64, 32, 32, 32)).astype(np.float32)
+    pool = nn.MaxPool2d(2)
+    with no_grad():
+        gp = np.ones_like(pool(x))
+
+    def pool_fb():
+        pool(x)
+        pool.backward(gp)
+    row = {"refdl": pool_fb}
+    if not args.quick:
+        row["numpy"] = pool_fb
+    if torch is not None:
+        tx = torch.from_numpy(x).clone().requires_grad_(True)
+        tp = torch.nn.MaxPool2d(2)
+        tgp = torch.from_numpy(gp)
+
+        def tpool_fb():
+            tx.grad = None
+            tp(tx).backward(tgp)
+        row["torch"] = tpool_fb
+    cases["MaxPool2d 2x2 (64,32,32,32), fwd+bwd"] = row
+
+    refdl.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+        nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, 10))
+    xb = rng.standard_normal((64, 1, 28, 28)).astype(np.float32)
+    lb = rng.integers(0, 10, 64)
+
+    def step(lr=0.01):
+        logp = log_softmax(net(xb), axis=1)
+        grad = np.exp(logp)
+        grad[np.arange(64), lb] -= 1
+        net.zero_grad()
+        net.backward(grad / 64)
+        for p in net.parameters():
+            p.data -= lr * p.grad
+    row = {"refdl": step}
+    if not args.quick:
+        row["numpy"] = step
+    if torch is not None:
+        T = torch.nn
+        torch.manual_seed(0)
+        tnet = T.Sequential(
+            T.Conv2d(1, 6, 5, padding=2), T.ReLU(), T.MaxPool2d(2),
+            T.Conv2d(6, 16, 5), T.ReLU(), T.MaxPool2d(2), T.Flatten(),
+            T.Linear(400, 120), T.ReLU(), T.Linear(120, 84), T.ReLU(), T.Linear(84, 10))
+        opt = torch.optim.SGD(tnet.parameters(), lr=0.01)
+        txb, tlb = torch.from_numpy(xb), torch.from_numpy(lb)
+
+        def tstep():
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(tnet(txb), tlb).backward()
+            opt.step()
+        row["torch"] = tstep
+    cases["LeNet-5 SGD step, batch 64"] = row
+
+    if args.only:
+        cases = {k: v for k, v in cases.items() if args.only in k}
+    S = 1024 if args.quick else 2048
+    A = rng.standard_normal((S, S)).astype(np.float32)
+    B = rng.standard_normal((S, S)).astype(np.float32)
+    C = np.empty((S, S), np.float32)
+    cases[f"square SGEMM {S}^3"] = {"refdl": lambda: np.matmul(A, B, out=C),
+                                    "flops": 2.0 * S ** 3}
+
+    # -- interleaved timing -----------------------------------------------------------------
+    samples = {(n, t, who): [] for n, row in cases.items() for t in threads
+               for who in ("refdl", "torch", "numpy") if who in row}
+    fig = {key: [] for key in samples}
+    t_start = time.perf_counter()
+    for r in range(args.rounds):
+        for name, row in cases.items():
+            for t in threads:
+                set_threads(t)
+                for who in ("refdl", "torch", "numpy"):
+                    if who not in row:
+                        continue
+                    fn = row[who]
+                    with ext.numpy_path(who == "numpy"):
+                        fn()                                    # warm-up
+                        ts = []
+                        for _ in range(args.calls if who != "numpy" else min(3, args.calls)):
+                            t0 = time.perf_counter()
+                            fn()
+                            ts.append(time.perf_counter() - t0)
+                    samples[(name, t, who)] += ts
+                    fig[(name, t, who)].append(statistics.median(ts))
+        print(f"round {r + 1}/{args.rounds} done ({time.perf_counter() - t_start:.0f} s, "
+              f"load {loadavg()[0]:.2f})", file=sys.stderr)
+    load1 = loadavg()
+    best = {k: min(v) * 1e3 for k, v in fig.items()}
+    q = {k: quantised(v) or on_tick(best[k] / 1e3) for k, v in samples.items()}
+
+    sq = {t: cases[f"square SGEMM {S}^3"]["flops"] / best[(f"square SGEMM {S}^3", t,
+                                                           "refdl")] / 1e6
+          for t in threads}            # GFLOP/s
+    loaded = max(load0[0], load1[0]) > ncpu
+    print(f"load average at end: {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f}"
+          + (f"  LOAD above {ncpu} cores: figures measure contention" if loaded else ""))
+    print("square SGEMM rate: " + ", ".join(f"{sq[t]:.0f} GFLOP/s at {t} thread(s)"
+                                            for t in threads))
+    print()
+    head = "| work | threads | refdl ms | PyTorch ms | refdl/PyTorch | NumPy path ms | eff |"
+    print(head)
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    out = []
+    for name, row in cases.items():
+        if name.startswith("square SGEMM"):
+            continue
+        for t in threads:
+            r = best[(name, t, "refdl")]
+            tt = best.get((name, t, "torch"))
+            nn_ = best.get((name, t, "numpy"))
+            flag = " q" if q[(name, t, "refdl")] else ""
+            tflag = " q" if q.get((name, t, "torch")) else ""
+            eff = (f"{100 * row['flops'] / (r * 1e6) / sq[t]:.0f}%" if "flops" in row
+                   else "-")
+            print(f"| {name} | {t} | {r:.2f}{flag} | "
+                  f"{f'{tt:.2f}{tflag}' if tt else '-'} | "
+                  f"{f'{r / tt:.2f}' if tt else '-'} | {f'{nn_:.2f}' if nn_ else '-'} | "
+                  f"{eff} |")
+            out.append((name, t, r, tt))
+    nq = sum(q.values())
+    print()
+    print(f"{nq} of {len(q)} timings flagged q (the figure, or most calls, at a multiple "
+          f"of the {TICK * 1e3:.0f} ms scheduler tick)" + ("; LOAD flagged" if loaded else ""))
+    print(f"total {time.perf_counter() - t_start:.0f} s")
+    if args.json:
+        import json
+        with open(args.json, "w") as f:
+            json.dump({"load": [load0[0], load1[0]], "sgemm_gflops": sq,
+                       "figures": [[n, t, who, best[(n, t, who)], q[(n, t, who)]]
+                                   for (n, t, who) in best]}, f)
+    return out
+
+
+if __name__ == "__main__":
+    run()

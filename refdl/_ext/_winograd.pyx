@@ -1,0 +1,252 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+# cython: initializedcheck=False, nonecheck=False
+"""Winograd F(2x2, 3x3) transforms for 3x3 stride-1 convolutions (and their adjoints).
+
+Called only through refdl.functional.winograd, which validates every shape and dtype
+first: bounds checks are off here. The math, the matrices and the layouts are in
+docs/derivations/winograd.md; the NumPy reference in refdl/functional/winograd.py computes
+the same four maps with einsum and is what the tests compare against.
+
+The 16 planes of V and M are 16 write (or read) streams at once: refdl allocates them
+with a plane stride a little longer than a plane (``planes`` in winograd.py), because a
+power-of-two stride maps all 16 streams to the same cache sets and runs 5x slower.
+
+Layouts (P = N*TH*TW tiles, tile p = (n*TH + th)*TW + tw covers input rows 2*th - ph ..
+2*th - ph + 3 and columns 2*tw - pw .. 2*tw - pw + 3, output rows 2*th, 2*th + 1 and
+columns 2*tw, 2*tw + 1; xi = 4*i + j is the (i, j) entry of a 4x4 transformed tile):
+    x  (N, C, H, W)    V  (16, C, P) = B^T d B of every input tile d
+    M  (16, O, P)      y  (N, O, OH, OW) = A^T m A of every tile m (plus the bias)
+with B^T = [[1,0,-1,0],[0,1,1,0],[0,-1,1,0],[0,1,0,-1]] and A^T = [[1,1,1,0],[0,1,-1,-1]].
+The parallel loop runs over (n, channel) planes; each iteration writes its own plane.
+"""
+from cython.parallel cimport prange
+
+ctypedef fused real:
+    float
+    double
+
+cdef extern from *:
+    """
+    #ifdef _OPENMP
+    #include <omp.h>
+    static int refdl_wino_max_threads(void) { return omp_get_max_threads(); }
+    #else
+    static int refdl_wino_max_threads(void) { return 1; }
+    #endif
+    """
+    int refdl_wino_max_threads() noexcept nogil
+
+cdef Py_ssize_t GRAIN = 1 << 18
+cdef int MAX_THREADS = 0
+
+
+def set_threading(int max_threads, Py_ssize_t grain):
+    """Team size (0: OpenMP's default) and the serial grain, as in _kernels."""
+    global MAX_THREADS, GRAIN
+    MAX_THREADS = max_threads if max_threads > 0 else 0
+    GRAIN = grain if grain > 0 else 1
+
+
+cdef inline int n_threads(Py_ssize_t work, Py_ssize_t outer) noexcept nogil:
+    cdef int t
+    if work < GRAIN or outer < 2:
+        return 1
+    t = MAX_THREADS if MAX_THREADS > 0 else refdl_wino_max_threads()
+    return t if t < outer else <int>outer
+
+
+cdef inline void in_tile(const real* xs, Py_ssize_t H, Py_ssize_t W, Py_ssize_t r0,
+                         Py_ssize_t c0, real* v, Py_ssize_t vs) noexcept nogil:
+    # v[xi * vs] = (B^T d B)[xi] for the 4x4 tile d of the plane xs at (r0, c0)
+    cdef real d[4][4]
+    cdef real t[4][4]
+    cdef Py_ssize_t i, j, r, s
+    cdef const real* row
+    if r0 >= 0 and r0 + 4 <= H and c0 >= 0 and c0 + 4 <= W:
+        for i in range(4):
+            row = xs + (r0 + i) * W + c0
+            d[i][0] = row[0]
+            d[i][1] = row[1]
+            d[i][2] = row[2]
+            d[i][3] = row[3]
+    else:
+        for i in range(4):
+            r = r0 + i
+            for j in range(4):
+                s = c0 + j
+                if r >= 0 and r < H and s >= 0 and s < W:
+                    d[i][j] = xs[r * W + s]
+                else:
+                    d[i][j] = 0
+    for j in range(4):                     # rows: t = B^T d
+        t[0][j] = d[0][j] - d[2][j]
+        t[1][j] = d[1][j] + d[2][j]
+        t[2][j] = d[2][j] - d[1][j]
+        t[3][j] = d[1][j] - d[3][j]
+    for i in range(4):                     # columns: V = t B
+        v[(4 * i + 0) * vs] = t[i][0] - t[i][2]
+        v[(4 * i + 1) * vs] = t[i][1] + t[i][2]
+        v[(4 * i + 2) * vs] = t[i][2] - t[i][1]
+        v[(4 * i + 3) * vs] = t[i][1] - t[i][3]
+
+
+cdef inline void in_tile_adj(const real* v, Py_ssize_t vs, real* xs, Py_ssize_t H,
+                             Py_ssize_t W, Py_ssize_t r0, Py_ssize_t c0) noexcept nogil:
+    # xs[tile at (r0, c0)] += B u B^T with u[xi] = v[xi * vs] (parts outside dropped)
+    cdef real u[4][4]
+    cdef real t[4][4]
+    cdef Py_ssize_t i, j, r, s
+    cdef real* row
+    for i in range(4):
+        for j in range(4):
+            u[i][j] = v[(4 * i + j) * vs]
+    for i in range(4):                     # columns: t = u B^T
+        t[i][0] = u[i][0]
+        t[i][1] = u[i][1] - u[i][2] + u[i][3]
+        t[i][2] = u[i][2] + u[i][1] - u[i][0]
+        t[i][3] = -u[i][3]
+    for j in range(4):                     # rows: u = B t
+        u[0][j] = t[0][j]
+        u[1][j] = t[1][j] - t[2][j] + t[3][j]
+        u[2][j] = t[2][j] + t[1][j] - t[0][j]
+        u[3][j] = -t[3][j]
+    if r0 >= 0 and r0 + 4 <= H and c0 >= 0 and c0 + 4 <= W:
+        for i in range(4):
+            row = xs + (r0 + i) * W + c0
+            row[0] += u[i][0]
+            row[1] += u[i][1]
+            row[2] += u[i][2]
+            row[3] += u[i][3]
+    else:
+        for i in range(4):
+            r = r0 + i
+            for j in range(4):
+                s = c0 + j
+                if r >= 0 and r < H and s >= 0 and s < W:
+                    xs[r * W + s] += u[i][j]
+
+
+cdef inline void out_tile(const real* m, Py_ssize_t ms, real b, real* ys, Py_ssize_t OH,
+                          Py_ssize_t OW, Py_ssize_t r0, Py_ssize_t c0) noexcept nogil:
+    # ys[2x2 tile at (r0, c0)] = A^T u A + b with u[xi] = m[xi * ms], cropped
+    cdef real u[4][4]
+    cdef real t[2][4]
+    cdef real y00, y01, y10, y11
+    cdef Py_ssize_t i, j
+    for i in range(4):
+        for j in range(4):
+            u[i][j] = m[(4 * i + j) * ms]
+    for j in range(4):                     # rows: t = A^T u
+        t[0][j] = u[0][j] + u[1][j] + u[2][j]
+        t[1][j] = u[1][j] - u[2][j] - u[3][j]
+    y00 = t[0][0] + t[0][1] + t[0][2] + b  # columns: t A
+    y01 = t[0][1] - t[0][2] - t[0][3] + b
+    y10 = t[1][0] + t[1][1] + t[1][2] + b
+    y11 = t[1][1] - t[1][2] - t[1][3] + b
+    ys[r0 * OW + c0] = y00
+    if c0 + 1 < OW:
+        ys[r0 * OW + c0 + 1] = y01
+    if r0 + 1 < OH:
+        ys[(r0 + 1) * OW + c0] = y10
+        if c0 + 1 < OW:
+            ys[(r0 + 1) * OW + c0 + 1] = y11
+
+
+cdef inline void out_tile_adj(const real* gs, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t r0,
+                              Py_ssize_t c0, real* m, Py_ssize_t ms) noexcept nogil:
+    # m[xi * ms] = (A g A^T)[xi] for the 2x2 tile g of gs at (r0, c0), zeros past the edge
+    cdef real g00, g01 = 0, g10 = 0, g11 = 0
+    cdef real t[4][2]
+    cdef Py_ssize_t i
+    g00 = gs[r0 * OW + c0]
+    if c0 + 1 < OW:
+        g01 = gs[r0 * OW + c0 + 1]
+    if r0 + 1 < OH:
+        g10 = gs[(r0 + 1) * OW + c0]
+        if c0 + 1 < OW:
+            g11 = gs[(r0 + 1) * OW + c0 + 1]
+    t[0][0] = g00                          # rows: t = A g, A's rows [1,0],[1,1],[1,-1],[0,-1]
+    t[0][1] = g01
+    t[1][0] = g00 + g10
+    t[1][1] = g01 + g11
+    t[2][0] = g00 - g10
+    t[2][1] = g01 - g11
+    t[3][0] = -g10
+    t[3][1] = -g11
+    for i in range(4):                     # columns: t A^T
+        m[(4 * i + 0) * ms] = t[i][0]
+        m[(4 * i + 1) * ms] = t[i][0] + t[i][1]
+        m[(4 * i + 2) * ms] = t[i][0] - t[i][1]
+        m[(4 * i + 3) * ms] = -t[i][1]
+
+
+def input_transform(const real[:, :, :, ::1] x, real[:, :, :] V,
+                    Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t TH, Py_ssize_t TW):
+    """V[:, c, p] = B^T d B for the 4x4 input tile d of tile p (zeros outside x)."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t P = N * TH * TW
+    cdef Py_ssize_t q, n, c, th, tw, p
+    cdef Py_ssize_t vs = V.strides[0] // sizeof(real)     # plane stride (may be padded)
+    cdef int nt = n_threads(16 * C * P, N * C)
+    for q in prange(N * C, nogil=True, schedule="static", num_threads=nt):
+        n = q // C
+        c = q % C
+        for th in range(TH):
+            for tw in range(TW):
+                p = (n * TH + th) * TW + tw
+                in_tile(&x[n, c, 0, 0], H, W, 2 * th - ph, 2 * tw - pw, &V[0, c, p], vs)
+
+
+def input_transform_adjoint(const real[:, :, :] dV, real[:, :, :, ::1] dx,
+                            Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t TH, Py_ssize_t TW):
+    """dx += sum over tiles of B dV_p B^T placed at the tile (parts outside dx dropped);
+    dx zeroed by the caller."""
+    cdef Py_ssize_t N = dx.shape[0], C = dx.shape[1], H = dx.shape[2], W = dx.shape[3]
+    cdef Py_ssize_t P = N * TH * TW
+    cdef Py_ssize_t q, n, c, th, tw, p
+    cdef Py_ssize_t vs = dV.strides[0] // sizeof(real)
+    cdef int nt = n_threads(16 * C * P, N * C)
+    for q in prange(N * C, nogil=True, schedule="static", num_threads=nt):
+        n = q // C
+        c = q % C
+        for th in range(TH):
+            for tw in range(TW):
+                p = (n * TH + th) * TW + tw
+                in_tile_adj(&dV[0, c, p], vs, &dx[n, c, 0, 0], H, W, 2 * th - ph,
+                            2 * tw - pw)
+
+
+def output_transform(const real[:, :, :] M, real[:, :, :, ::1] y,
+                     const real[::1] bias, bint has_bias, Py_ssize_t TH, Py_ssize_t TW):
+    """y[n, o] tile p = A^T M_p A (+ bias[o]), cropped to (OH, OW)."""
+    cdef Py_ssize_t N = y.shape[0], O = y.shape[1], OH = y.shape[2], OW = y.shape[3]
+    cdef Py_ssize_t P = N * TH * TW
+    cdef Py_ssize_t q, n, o, th, tw, p
+    cdef real b
+    cdef Py_ssize_t ms = M.strides[0] // sizeof(real)
+    cdef int nt = n_threads(16 * O * P, N * O)
+    for q in prange(N * O, nogil=True, schedule="static", num_threads=nt):
+        n = q // O
+        o = q % O
+        b = bias[o] if has_bias else 0
+        for th in range(TH):
+            for tw in range(TW):
+                p = (n * TH + th) * TW + tw
+                out_tile(&M[0, o, p], ms, b, &y[n, o, 0, 0], OH, OW, 2 * th, 2 * tw)
+
+
+def output_transform_adjoint(const real[:, :, :, ::1] g, real[:, :, :] dM,
+                             Py_ssize_t TH, Py_ssize_t TW):
+    """dM[:, o, p] = A g_p A^T for the 2x2 tile g_p of g (zeros past OH, OW)."""
+    cdef Py_ssize_t N = g.shape[0], O = g.shape[1], OH = g.shape[2], OW = g.shape[3]
+    cdef Py_ssize_t P = N * TH * TW
+    cdef Py_ssize_t q, n, o, th, tw, p
+    cdef Py_ssize_t ms = dM.strides[0] // sizeof(real)
+    cdef int nt = n_threads(16 * O * P, N * O)
+    for q in prange(N * O, nogil=True, schedule="static", num_threads=nt):
+        n = q // O
+        o = q % O
+        for th in range(TH):
+            for tw in range(TW):
+                p = (n * TH + th) * TW + tw
+                out_tile_adj(&g[n, o, 0, 0], OH, OW, 2 * th, 2 * tw, &dM[0, o, p], ms)

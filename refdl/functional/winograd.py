@@ -1,0 +1,337 @@
+r"""Winograd F(2x2, 3x3): a 3x3 stride-1 convolution with 2.25x fewer multiplications.
+
+Derivation: docs/derivations/winograd.md. For one input channel, one output channel and
+one 4x4 input tile d (the receptive field of a 2x2 output tile), with the 3x3 kernel w,
+
+    Y = A^T [ (G w G^T) (.) (B^T d B) ] A                 (.) = elementwise product
+
+        B^T = [[1, 0,-1, 0],     G = [[  1,   0,   0],     A^T = [[1, 1, 1, 0],
+               [0, 1, 1, 0],          [1/2, 1/2, 1/2],            [0, 1,-1,-1]]
+               [0,-1, 1, 0],          [1/2,-1/2, 1/2],
+               [0, 1, 0,-1]]          [  0,   0,   1]]
+
+gives the 2x2 outputs exactly (16 multiplications instead of 36). Summing over input
+channels happens *inside* the brackets, so with many channels the elementwise products
+become 16 matrix products, one per position xi of the 4x4 transformed tile:
+
+    U[xi] = (G w G^T)[xi]           (C_out, C_in)      weight transform
+    V[xi] = (B^T d B)[xi]           (C_in, P)          input transform, P = N*TH*TW tiles
+    M[xi] = U[xi] @ V[xi]           (C_out, P)         16 GEMMs
+    y     = A^T M A per tile        (N, C_out, OH, OW) output transform (cropped)
+
+Every stage is linear, so the backward is the chain of the adjoints, in reverse, with
+g = dL/dy:
+
+    dM[xi] = (A g_tile A^T)[xi]                         adjoint of the output transform
+    dU[xi] = dM[xi] @ V[xi]^T      dW = G^T dU G        (summed over xi)
+    dV[xi] = U[xi]^T @ dM[xi]      dx = sum over tiles of B dV B^T (overlapping tiles add)
+    db     = sum of g over n, rows, columns
+
+The four tile maps run in the compiled kernels of refdl/_ext/_winograd.pyx when they are
+built, else in the NumPy reference below (einsum over tile views); both give the same
+numbers. ``conv2d`` / ``conv2d_backward`` are what nn.Conv2d calls when it selects this
+algorithm (3x3, stride 1, dilation 1, groups 1, zero padding).
+"""
+import math
+
+import numpy as np
+
+from .. import threads
+
+__all__ = ["BT", "G", "AT", "conv2d", "conv2d_backward", "weight_transform",
+           "input_transform", "output_transform", "output_transform_adjoint",
+           "input_transform_adjoint", "tiles", "supported"]
+
+BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], dtype=np.float64)
+G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], dtype=np.float64)
+AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], dtype=np.float64)
+
+try:
+    from .._ext import _winograd as _K
+except ImportError:          # not built: the NumPy reference below runs instead
+    _K = None
+
+
+def _compiled():
+    from .. import ext
+    return _K is not None and ext.available()
+
+
+def supported(kernel_size, stride, dilation, groups, padding_mode="zeros"):
+    """True when F(2x2, 3x3) computes this convolution: 3x3, stride 1, dilation 1, no groups,
+    zero padding."""
+    return (tuple(kernel_size) == (3, 3) and tuple(stride) == (1, 1)
+            and tuple(dilation) == (1, 1) and groups == 1 and padding_mode == "zeros")
+
+
+def tiles(out_hw):
+    """(TH, TW): the number of 2x2 output tiles along each axis, ceil(OH/2), ceil(OW/2)."""
+    return tuple((o + 1) // 2 for o in out_hw)
+
+
+# -- the four tile maps: NumPy reference --------------------------------------------------
+
+def planes(rows, cols, dtype, reuse=None):
+    """An uninitialised (16, rows, cols) array whose 16 planes are C-contiguous but spaced
+    by rows*cols + 48 elements instead of rows*cols: the tile kernels read or write all 16
+    planes at once, and a power-of-two spacing (the usual case: 32 x 16384 floats = 2 MiB)
+    puts the 16 streams in the same cache sets, which makes them 5x slower.
+
+    ``reuse``: an earlier result of ``planes`` returned as it is when it has this shape and
+    dtype (a layer keeps its buffers across calls: a fresh 67 MB array costs thousands of
+    page faults, several milliseconds, on every call)."""
+    if reuse is not None and reuse.shape == (16, rows, cols) and reuse.dtype == dtype:
+        return reuse
+    n = rows * cols
+    buf = np.empty((16, n + 48), dtype=dtype)
+    return buf[:, :n].reshape(16, rows, cols)
+
+
+def _padded(x, pads, TH, TW):
+    """x zero-padded to (N, C, 2TH+2, 2TW+2) with pads[i][0] zeros before each axis."""
+    N, C, H, W = x.shape
+    (pt, _), (pl, _) = pads
+    xp = np.zeros((N, C, 2 * TH + 2, 2 * TW + 2), dtype=x.dtype)
+    h = min(H, 2 * TH + 2 - pt)
+    w = min(W, 2 * TW + 2 - pl)
+    xp[:, :, pt:pt + h, pl:pl + w] = x[:, :, :h, :w]
+    return xp
+
+
+def _tile_view(a, TH, TW, size, step):
+    """(N, C, TH, TW, size, size) view of a's overlapping size x size tiles at stride step."""
+    N, C = a.shape[:2]
+    s = a.strides
+    return np.lib.stride_tricks.as_strided(
+        a, (N, C, TH, TW, size, size), (s[0], s[1], step * s[2], step * s[3], s[2], s[3]),
+        writeable=False)
+
+
+def weight_transform(w):
+    """U (16, C_out, C_in) = G w G^T for every (o, c) 3x3 kernel of w (C_out, C_in, 3, 3)."""
+    Gt = G.astype(w.dtype)
+    U = np.einsum("ik,ockl,jl->ijoc", Gt, w, Gt, optimize=True)
+    return np.ascontiguousarray(U.reshape(16, w.shape[0], w.shape[1]), dtype=w.dtype)
+
+
+def weight_transform_adjoint(dU, shape):
+    """dW (C_out, C_in, 3, 3) = G^T dU G: the adjoint of :func:`weight_transform`."""
+    dU = dU.reshape(4, 4, shape[0], shape[1])
+    Gt = G.astype(dU.dtype)
+    return np.einsum("ik,ijoc,jl->ockl", Gt, dU, Gt, optimize=True)
+
+
+def input_transform(x, pads, TH, TW, out=None):
+    """V (16, C, N*TH*TW) = B^T d B for every 4x4 input tile d of x (N, C, H, W).
+    ``out``: a buffer from :func:`planes` to write into when it fits."""
+    N, C = x.shape[:2]
+    if _compiled():
+        V = planes(C, N * TH * TW, x.dtype, reuse=out)
+        _K.input_transform(np.ascontiguousarray(x), V, pads[0][0], pads[1][0], TH, TW)
+        return V
+    d = _tile_view(_padded(x, pads, TH, TW), TH, TW, 4, 2)      # (N, C, TH, TW, 4, 4)
+    V = np.einsum("ik,nctukl,jl->ijcntu", BT.astype(x.dtype), d, BT.astype(x.dtype),
+                  optimize=True)
+    return np.ascontiguousarray(V).reshape(16, C, N * TH * TW)
+
+
+def input_transform_adjoint(dV, x_shape, pads, TH, TW):
+    """dx (N, C, H, W) = sum over tiles of B dV B^T, added at each tile's place."""
+    N, C, H, W = x_shape
+    if _compiled():
+        dx = np.zeros(x_shape, dtype=dV.dtype)
+        _K.input_transform_adjoint(dV, dx, pads[0][0], pads[1][0],
+                                   TH, TW)
+        return dx
+    B = BT.T.astype(dV.dtype)
+    dd = np.einsum("ik,klcntu,jl->ncijtu", B, dV.reshape(4, 4, C, N, TH, TW), B,
+                   optimize=True)                              # (N, C, 4, 4, TH, TW)
+    dxp = np.zeros((N, C, TH + 1, 2, TW + 1, 2), dtype=dV.dtype)
+    for a in (0, 1):           # the 4x4 tile as 2x2 blocks of 2x2: no overlap within a block
+        for b in (0, 1):
+            blk = dd[:, :, 2 * a:2 * a + 2, 2 * b:2 * b + 2]       # (N, C, 2, 2, TH, TW)
+            dxp[:, :, a:a + TH, :, b:b + TW, :] += blk.transpose(0, 1, 4, 2, 5, 3)
+    dxp = dxp.reshape(N, C, 2 * TH + 2, 2 * TW + 2)
+    (pt, _), (pl, _) = pads
+    dx = np.zeros(x_shape, dtype=dV.dtype)
+    h = min(H, 2 * TH + 2 - pt)
+    w = min(W, 2 * TW + 2 - pl)
+    dx[:, :, :h, :w] = dxp[:, :, pt:pt + h, pl:pl + w]
+    return dx
+
+
+def output_transform(M, out_shape, bias=None, out=None):
+    """y (N, C_out, OH, OW) = A^T m A for every tile m of M (16, C_out, P), plus bias
+    (written into ``out``, a C-contiguous array of that shape, when given)."""
+    N, O, OH, OW = out_shape
+    TH, TW = tiles((OH, OW))
+    if _compiled():
+        y = np.empty(out_shape, dtype=M.dtype) if out is None else out
+        b = (np.ascontiguousarray(bias, dtype=M.dtype) if bias is not None
+             else np.zeros(1, dtype=M.dtype))
+        _K.output_transform(M, y, b, bias is not None, TH, TW)
+        return y
+    A = AT.astype(M.dtype)
+    Y = np.einsum("ik,klontu,jl->noitju", A, M.reshape(4, 4, O, N, TH, TW), A,
+                  optimize=True)                               # (N, O, 2, TH, 2, TW)
+    y = np.ascontiguousarray(Y.transpose(0, 1, 3, 2, 5, 4)).reshape(N, O, 2 * TH, 2 * TW)
+    y = np.ascontiguousarray(y[:, :, :OH, :OW])
+    if bias is not None:
+        y += bias.reshape(1, -1, 1, 1)
+    if out is not None:
+        out[...] = y
+        return out
+    return y
+
+
+def output_transform_adjoint(g, out=None):
+    """dM (16, C_out, P) = A g_tile A^T for every 2x2 tile of g (zeros past the edges)."""
+    N, O, OH, OW = g.shape
+    TH, TW = tiles((OH, OW))
+    if _compiled():
+        dM = planes(O, N * TH * TW, g.dtype, reuse=out)
+        _K.output_transform_adjoint(np.ascontiguousarray(g), dM, TH, TW)
+        return dM
+    gp = np.zeros((N, O, 2 * TH, 2 * TW), dtype=g.dtype)
+    gp[:, :, :OH, :OW] = g
+    gt = _tile_view(gp, TH, TW, 2, 2)                           # (N, O, TH, TW, 2, 2)
+    A = AT.T.astype(g.dtype)
+    dM = np.einsum("ik,notukl,jl->ijontu", A, gt, A, optimize=True)
+    dM = np.ascontiguousarray(dM).reshape(16, O, N * TH * TW)
+    if out is not None and out.shape == dM.shape:
+        out[...] = dM
+        return out
+    return dM
+
+
+# -- the convolution ----------------------------------------------------------------------
+
+# The 16 products run on chunks of whole images whose M block is about this size, so that
+# M is written by the GEMMs and read by the output transform while it is still in cache
+# (whole, the big benchmark case's M is 67 MB: a round trip through memory per call).
+# Measured on (64,32,32,32)->64 at 1 thread (CPU time, fwd+bwd): 84 ms unchunked,
+# 62-75 ms for chunks of 0.5-8 MiB (within the noise of a loaded machine). The largest of
+# these keeps the number of parallel regions (16 BLAS calls and one transform per chunk)
+# small: each is a point where a thread that is not scheduled stalls the rest.
+CHUNK_BYTES = 8 << 20
+
+
+def _chunks(N, T, O, itemsize):
+    """Image ranges (n0, n1) of about CHUNK_BYTES of M each (T tiles per image)."""
+    nb = max(1, CHUNK_BYTES // (16 * O * T * itemsize))
+    return [(n0, min(N, n0 + nb)) for n0 in range(0, N, nb)]
+
+
+def _block(buf, O, k):
+    """A (16, O, k) view of the chunk buffer with contiguous (O, k) planes."""
+    return buf[:, :O * k].reshape(16, O, k)
+
+
+def _m_buffers(bufs, n, O, k, dtype):
+    """n chunk buffers (16, O*k) for M (one per thread), kept in bufs["M"] across calls."""
+    have = bufs.get("M")
+    if not isinstance(have, list):
+        have = []
+    out = [planes(1, O * k, dtype, reuse=have[i] if i < len(have) else None)
+           for i in range(n)]
+    bufs["M"] = out + have[n:]
+    return [b[:, 0, :] for b in out]
+
+
+def _run_chunks(fn, chunks, Mbufs):
+    """fn(chunk, M buffer) over the chunks: in order on one thread, else each worker thread
+    of refdl.threads.parallel_for with its own M buffer (threads.py says why)."""
+    if len(Mbufs) == 1:
+        return [fn(c, Mbufs[0]) for c in chunks]
+    import threading
+    free = list(Mbufs)
+    lock = threading.Lock()
+
+    def run(c):
+        with lock:
+            buf = free.pop()
+        try:
+            return fn(c, buf)
+        finally:
+            with lock:
+                free.append(buf)
+    return threads.parallel_for(run, chunks)
+
+
+def conv2d(x, w, bias=None, pads=((0, 0), (0, 0)), buffers=None):
+    """(y, V, U): y = the 3x3 stride-1 cross-correlation of x (N, C, H, W) with w
+    (C_out, C, 3, 3) plus bias, zero-padded by ``pads`` ((top, bottom), (left, right));
+    V and U are what :func:`conv2d_backward` needs.
+
+    ``buffers``: a dict the caller keeps across calls; V and the M blocks are written into
+    the arrays it holds when their shapes fit (and stored there otherwise)."""
+    N, C, H, W = x.shape
+    O = w.shape[0]
+    OH = H + pads[0][0] + pads[0][1] - 2
+    OW = W + pads[1][0] + pads[1][1] - 2
+    if OH < 1 or OW < 1:
+        raise ValueError(f"winograd.conv2d: input {x.shape} padded by {pads} is smaller "
+                         f"than the 3x3 kernel")
+    bufs = {} if buffers is None else buffers
+    TH, TW = tiles((OH, OW))
+    T = TH * TW
+    U = weight_transform(w.astype(x.dtype, copy=False))
+    V = bufs["V"] = input_transform(x, pads, TH, TW, out=bufs.get("V"))
+    chunks = _chunks(N, T, O, x.dtype.itemsize)
+    k = (chunks[0][1] - chunks[0][0]) * T
+    Mbufs = _m_buffers(bufs, min(threads.get_num_threads(), len(chunks)), O, k, x.dtype)
+    y = np.empty((N, O, OH, OW), dtype=x.dtype)
+    b = None if bias is None else bias.astype(x.dtype, copy=False)
+
+    def chunk(c, Mbuf):
+        n0, n1 = c
+        M = _block(Mbuf, O, (n1 - n0) * T)
+        np.matmul(U, V[:, :, n0 * T:n1 * T], out=M)             # 16 x (O, C) @ (C, P)
+        output_transform(M, (n1 - n0, O, OH, OW), b, out=y[n0:n1])
+    _run_chunks(chunk, chunks, Mbufs)
+    return y, V, U
+
+
+def conv2d_backward(g, V, U, x_shape, pads, need_dx=True, need_dw=True, buffers=None):
+    """(dx, dW): the adjoints of :func:`conv2d`'s stages applied to g = dL/dy.
+
+    V is overwritten (it becomes dV), so call this once per forward. ``buffers``: as in
+    :func:`conv2d` (each chunk's dM is written into an M block)."""
+    N, O, OH, OW = g.shape
+    C = x_shape[1]
+    TH, TW = tiles((OH, OW))
+    T = TH * TW
+    bufs = {} if buffers is None else buffers
+    chunks = _chunks(N, T, O, g.dtype.itemsize)
+    k = (chunks[0][1] - chunks[0][0]) * T
+    Mbufs = _m_buffers(bufs, min(threads.get_num_threads(), len(chunks)), O, k, g.dtype)
+
+    def chunk(c, Mbuf):
+        n0, n1 = c
+        p = slice(n0 * T, n1 * T)
+        dM = _block(Mbuf, O, (n1 - n0) * T)
+        output_transform_adjoint(g[n0:n1], out=dM)              # (16, O, P_chunk)
+        dU = np.matmul(dM, V[:, :, p].transpose(0, 2, 1)) if need_dw else None
+        if need_dx:
+            np.matmul(U.transpose(0, 2, 1), dM, out=V[:, :, p])  # dV, in V's buffer
+        return dU
+    parts = _run_chunks(chunk, chunks, Mbufs)
+    dW = None
+    if need_dw:
+        dU = parts[0]
+        for part in parts[1:]:                                  # in chunk order: the same
+            dU += part                                          # sum at any thread count
+        dW = weight_transform_adjoint(dU, (O, C))
+    dx = input_transform_adjoint(V, x_shape, pads, TH, TW) if need_dx else None
+    return dx, dW
+
+
+def flops(x_shape, out_channels, out_hw):
+    """Multiply-adds of the 16 GEMMs (for benchmarks: compare N*O*C*9*OH*OW direct)."""
+    N, C = x_shape[:2]
+    TH, TW = tiles(out_hw)
+    return 16 * out_channels * C * N * TH * TW
+
+
+def direct_macs(x_shape, out_channels, out_hw):
+    return x_shape[0] * out_channels * x_shape[1] * 9 * math.prod(out_hw)

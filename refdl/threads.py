@@ -1,0 +1,161 @@
+r"""Threads: one pool at a time, parallel only where it pays.
+
+refdl's work runs in two places that can use threads: the BLAS library behind NumPy's
+matmul (OpenBLAS's own pthread pool) and the compiled kernels of refdl/_ext (an OpenMP
+team over the batch). Two pools on the same cores fight: a thread that spins waiting for
+work holds a core the other pool's thread needs, and a parallel region whose second thread
+is not scheduled waits for the next scheduler tick (4 ms on Linux with HZ=250), so times
+come in multiples of 4 ms. The model here:
+
+* ``set_num_threads(n)`` (PyTorch's name) sets the BLAS pool (via threadpoolctl) and the
+  kernels' team to ``n``; ``get_num_threads()`` reads it back. ``refdl train --threads N``
+  and ``refdl bench --threads N`` call it.
+* The pools never run at the same time: Python calls them one after the other, and the
+  kernels' OpenMP team sleeps as soon as a region ends (``OMP_WAIT_POLICY=passive`` is set
+  for refdl's OpenMP runtime when it loads, unless the user set a policy), so it holds no
+  core while BLAS runs.
+* Small work stays serial. A compiled kernel uses its team only above
+  ``KERNEL_GRAIN`` elements; a convolution's GEMM uses the BLAS pool only above
+  ``GEMM_GRAIN`` multiply-adds (``serial_below``), because waking threads costs more than
+  a small product saves, and far more when the machine is busy. Both grains were measured
+  with ``benchmarks/bench_threads.py`` (docs/performance.md).
+
+Results do not depend on the thread count: the kernels partition the batch (each thread
+writes its own samples), and refdl's GEMMs are the same BLAS calls whatever the count
+(tests/test_threads.py checks bit-for-bit equality for the kernels and 1e-6 for GEMMs,
+whose summation order OpenBLAS may split differently).
+"""
+import os
+
+__all__ = ["set_num_threads", "get_num_threads", "serial_below", "parallel_for",
+           "auto_num_threads",
+           "KERNEL_GRAIN", "GEMM_GRAIN"]
+
+# Elements a kernel must touch before it wakes its OpenMP team (im2col's column matrix,
+# pooling's input): below it, one thread is faster even on an idle machine.
+KERNEL_GRAIN = 1 << 18
+# Multiply-adds (M*K*N) below which a convolution's GEMM runs on one BLAS thread.
+GEMM_GRAIN = 1 << 23
+
+_num_threads = None          # None until set_num_threads: the libraries' own defaults
+_blas = None                 # cached threadpoolctl controllers of the loaded BLAS libraries
+
+
+def _blas_controllers():
+    global _blas
+    if _blas is None:
+        from threadpoolctl import ThreadpoolController
+        _blas = ThreadpoolController().select(user_api="blas").lib_controllers
+    return _blas
+
+
+def _kernels():
+    """The compiled modules with an OpenMP team (those that are built)."""
+    from . import ext
+    from .functional import winograd
+    mods = [ext.compiled_module(), winograd._K]
+    return [m for m in mods if m is not None and hasattr(m, "set_threading")]
+
+
+def set_num_threads(n):
+    """Use ``n`` threads for BLAS products and the compiled kernels (PyTorch's name).
+
+    n must be a positive integer. Small work stays on one thread whatever ``n`` is.
+    """
+    if isinstance(n, bool) or not isinstance(n, (int,)) and not hasattr(n, "__index__"):
+        raise TypeError(f"set_num_threads: expected a positive int, got {n!r}")
+    n = int(n)
+    if n < 1:
+        raise ValueError(f"set_num_threads: expected a positive int, got {n}")
+    global _num_threads, _blas
+    _blas = None                         # libraries loaded since the last call count too
+    for lib in _blas_controllers():
+        lib.set_num_threads(n)
+    for K in _kernels():
+        K.set_threading(n, KERNEL_GRAIN)
+    _num_threads = n
+
+
+def get_num_threads():
+    """The thread count set by :func:`set_num_threads` (before any call: the BLAS pool's
+    current size, which OpenBLAS takes from OPENBLAS_NUM_THREADS or the core count)."""
+    if _num_threads is not None:
+        return _num_threads
+    sizes = [lib.num_threads for lib in _blas_controllers()]
+    return max(sizes) if sizes else (os.cpu_count() or 1)
+
+
+def auto_num_threads():
+    """(n, reason): the cores nobody else is using, at least 1.
+
+    n = cores - round(1-minute load average), clipped to [1, cores]. On an idle laptop that
+    is every core; with other busy processes it leaves their cores to them, because a
+    parallel region whose second thread is not scheduled waits a whole scheduler tick
+    (``refdl train`` with two busy competitors ran 27x slower on 2 threads than on 1).
+    """
+    cores = os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except (OSError, AttributeError):          # not available here: assume idle
+        return cores, f"{cores} cores"
+    n = max(1, min(cores, cores - int(load + 0.5)))
+    return n, f"{cores} cores, load average {load:.2f}"
+
+
+_executor = None             # worker threads of parallel_for, created on first use
+
+
+def parallel_for(fn, items):
+    """``[fn(i) for i in items]``, spread over :func:`get_num_threads` threads while the
+    BLAS pool and the kernels' teams are held at one thread each.
+
+    For work made of independent chunks (Winograd's chunks of images): each thread runs
+    whole chunks, its data stays in its core's cache, and the threads meet once at the end
+    instead of at every BLAS call of every chunk (on a busy machine each such meeting can
+    cost a scheduler tick). NumPy's matmul and refdl's kernels release the GIL, so the
+    threads run in parallel; fn must write disjoint outputs."""
+    items = list(items)
+    n = min(get_num_threads(), len(items))
+    if n <= 1:
+        return [fn(i) for i in items]
+    global _executor
+    from concurrent.futures import ThreadPoolExecutor
+    if _executor is None or _executor._max_workers < n:
+        _executor = ThreadPoolExecutor(max_workers=n, thread_name_prefix="refdl")
+    total = get_num_threads()
+    kernels = _kernels()
+    for lib in _blas_controllers():
+        lib.set_num_threads(1)
+    for K in kernels:
+        K.set_threading(1, KERNEL_GRAIN)
+    try:
+        return list(_executor.map(fn, items))
+    finally:
+        for lib in _blas_controllers():
+            lib.set_num_threads(total)
+        for K in kernels:
+            K.set_threading(total, KERNEL_GRAIN)
+
+
+class serial_below:
+    """``with serial_below(macs): np.matmul(...)`` runs the products on one BLAS thread when
+    ``macs`` (M*K*N summed over the block) is below :data:`GEMM_GRAIN`; otherwise it does
+    nothing. Cheap (a C call of about a microsecond each way) and reentrant."""
+
+    __slots__ = ("_on", "_n")
+
+    def __init__(self, macs):
+        self._n = get_num_threads()
+        self._on = macs < GEMM_GRAIN and self._n > 1
+
+    def __enter__(self):
+        if self._on:
+            for lib in _blas_controllers():
+                lib.set_num_threads(1)
+        return self
+
+    def __exit__(self, *exc):
+        if self._on:
+            for lib in _blas_controllers():
+                lib.set_num_threads(self._n)
+        return False

@@ -1,0 +1,223 @@
+"""refdl.set_num_threads / get_num_threads and the threading model (refdl/threads.py).
+
+No timing assertions: these check that the settings reach the BLAS pool (read back
+independently through threadpoolctl) and the kernels' team, and that results do not
+depend on the thread count.
+"""
+import os
+
+import numpy as np
+import pytest
+from threadpoolctl import threadpool_info
+
+import refdl
+from refdl import ext, nn, threads
+from refdl.functional import winograd as wg
+
+
+def blas_threads():
+    return {i["filepath"]: i["num_threads"] for i in threadpool_info()
+            if i["user_api"] == "blas"}
+
+
+@pytest.fixture(autouse=True)
+def restore_threads():
+    before = refdl.get_num_threads()
+    yield
+    refdl.set_num_threads(before)
+
+
+def test_exported_with_pytorch_names():
+    assert refdl.set_num_threads is threads.set_num_threads
+    assert refdl.get_num_threads is threads.get_num_threads
+    assert "set_num_threads" in refdl.__all__ and "get_num_threads" in refdl.__all__
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_set_then_get_and_the_blas_pool_follows(n):
+    refdl.set_num_threads(n)
+    assert refdl.get_num_threads() == n
+    sizes = blas_threads()
+    assert sizes and all(v == n for v in sizes.values())
+
+
+def test_kernels_team_follows():
+    K = ext.compiled_module()
+    if K is None or not hasattr(K, "get_threading"):
+        pytest.skip("compiled kernels not built")
+    refdl.set_num_threads(3)
+    assert K.get_threading() == (3, threads.KERNEL_GRAIN)
+    refdl.set_num_threads(1)
+    assert K.get_threading()[0] == 1
+
+
+@pytest.mark.parametrize("bad,err", [(0, ValueError), (-2, ValueError), (1.5, TypeError),
+                                     ("2", TypeError), (True, TypeError), (None, TypeError)])
+def test_bad_counts_are_refused(bad, err):
+    refdl.set_num_threads(2)
+    with pytest.raises(err, match="set_num_threads"):
+        refdl.set_num_threads(bad)
+    assert refdl.get_num_threads() == 2
+
+
+def test_numpy_integer_is_accepted():
+    refdl.set_num_threads(np.int64(2))
+    assert refdl.get_num_threads() == 2 and isinstance(refdl.get_num_threads(), int)
+
+
+def test_serial_below_runs_small_products_on_one_thread_and_restores():
+    refdl.set_num_threads(2)
+    with threads.serial_below(threads.GEMM_GRAIN - 1):
+        assert set(blas_threads().values()) == {1}
+    assert set(blas_threads().values()) == {2}
+    with threads.serial_below(threads.GEMM_GRAIN):
+        assert set(blas_threads().values()) == {2}
+    refdl.set_num_threads(1)
+    with threads.serial_below(0):
+        assert set(blas_threads().values()) == {1}
+    assert set(blas_threads().values()) == {1}
+
+
+def test_serial_below_restores_after_an_exception():
+    refdl.set_num_threads(2)
+    with pytest.raises(KeyError):
+        with threads.serial_below(1):
+            raise KeyError("x")
+    assert set(blas_threads().values()) == {2}
+
+
+def test_openmp_wait_policy_is_not_left_in_the_environment():
+    # refdl asks its OpenMP runtime for a passive wait only while the kernels load
+    if "OMP_WAIT_POLICY" in os.environ:
+        pytest.skip("the user set OMP_WAIT_POLICY")
+    import refdl._ext  # noqa: F401
+    assert "OMP_WAIT_POLICY" not in os.environ
+
+
+def _run_all(n, use_numpy=False):
+    """Outputs of the threaded pieces at n threads: im2col/col2im and pooling above the
+    parallel grain, a Conv2d on the im2col and on the Winograd path, forward+backward."""
+    refdl.set_num_threads(n)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((8, 16, 24, 24)).astype(np.float32)   # 16*9*8*576 > grain
+    out = []
+    with ext.numpy_path(use_numpy):
+        cols = ext.im2col(x, 3, 1, 1)
+        out += [cols.copy(), ext.col2im(cols, x.shape, 3, 1, 1)]
+        y, idx = ext.max_pool_forward(x, (2, 2), (2, 2), (0, 0), (1, 1), (12, 12))
+        out += [y, idx, ext.max_pool_backward(np.ones_like(y), idx, x.shape)]
+        for algo in ("im2col", "winograd"):
+            refdl.manual_seed(0)
+            m = nn.Conv2d(16, 16, 3, padding=1)
+            m.algorithm = algo
+            y = m(x)
+            dx = m.backward(np.ones_like(y))
+            out += [y, dx, m.weight.grad.copy(), m.bias.grad.copy()]
+    return out
+
+
+@pytest.mark.parametrize("use_numpy", [False, True], ids=["compiled", "numpy"])
+def test_results_do_not_depend_on_the_thread_count(use_numpy):
+    one = _run_all(1, use_numpy)
+    two = _run_all(2, use_numpy)
+    assert len(one) == len(two) == 13
+    for a, b in zip(one, two):
+        # the kernels split the batch: bit-for-bit; BLAS splits rows/columns of the
+        # product, never the sum, so the GEMMs agree exactly as well
+        assert np.array_equal(a, b)
+
+
+def test_winograd_kernels_follow_the_setting():
+    if wg._K is None:
+        pytest.skip("compiled kernels not built")
+    refdl.set_num_threads(2)
+    assert wg._K in threads._kernels()
+
+
+# -- the command line: refdl train --threads N, refdl bench --threads N / --quick ----------
+
+def _cli(capsys, *argv):
+    from refdl.cli import main
+    rc = main(list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_train_threads_option_sets_the_pools(tmp_path, capsys):
+    refdl.set_num_threads(2)
+    rc, out, err = _cli(capsys, "train", "--model", "mlp", "--epochs", "1", "--no-plots",
+                        "--threads", "1", "--out", str(tmp_path / "r"))
+    assert rc == 0, err
+    assert refdl.get_num_threads() == 1
+    assert set(blas_threads().values()) == {1}
+    assert "seed 0; " in out and ", 1 thread\n" in out
+
+
+@pytest.mark.parametrize("cmd", ["train", "bench"])
+def test_bad_threads_option_is_a_clean_error(capsys, cmd, tmp_path):
+    rc, out, err = _cli(capsys, cmd, "--threads", "0")
+    assert rc == 2 and "--threads must be a positive integer, got 0" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("load,expected", [(0.05, 2), (0.6, 1), (1.2, 1), (5.0, 1)])
+def test_auto_threads_leave_busy_cores_alone(monkeypatch, load, expected):
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
+    n, why = threads.auto_num_threads()
+    assert n == expected and "2 cores" in why and f"{load:.2f}" in why
+
+
+def test_bench_passes_threads_and_quick_to_scripts_that_take_them(tmp_path):
+    from argparse import Namespace
+
+    from refdl.cli import _bench_flags
+    takes = tmp_path / "bench_a.py"
+    takes.write_text('p.add_argument("--threads")\np.add_argument("--quick")\n')
+    plain = tmp_path / "bench_b.py"
+    plain.write_text("print(1)\n")
+    args = Namespace(threads=2, quick=True)
+    assert _bench_flags(takes, args) == ["--threads", "2", "--quick"]
+    assert _bench_flags(plain, args) == []
+    assert _bench_flags(takes, Namespace(threads=None, quick=False)) == []
+
+
+def test_winograd_chunks_on_worker_threads_give_identical_results(monkeypatch):
+    # chunks of one image on 1 and on 3 worker threads (parallel_for): the same numbers,
+    # bit for bit (each chunk is computed alike; dW sums the chunks in order)
+    monkeypatch.setattr(wg, "CHUNK_BYTES", 1)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((5, 4, 7, 6)).astype(np.float32)
+    w = rng.standard_normal((3, 4, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(3).astype(np.float32)
+    g = rng.standard_normal((5, 3, 7, 6)).astype(np.float32)
+    pads = ((1, 1), (1, 1))
+    res = []
+    for n in (1, 3, 1):
+        refdl.set_num_threads(n)
+        bufs = {}
+        y, V, U = wg.conv2d(x, w, b, pads, buffers=bufs)
+        assert len(bufs["M"]) >= min(n, 5)
+        dx, dW = wg.conv2d_backward(g, V, U, x.shape, pads, buffers=bufs)
+        res.append((y, dx, dW))
+        assert refdl.get_num_threads() == n and set(blas_threads().values()) == {n}
+    for a, c in zip(res[0], res[1]):
+        assert np.array_equal(a, c)
+    ref = wg.conv2d(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64),
+                    pads)[0]
+    assert np.allclose(res[1][0], ref, rtol=1e-4, atol=1e-4)
+
+
+def test_parallel_for_restores_the_pools_and_keeps_order():
+    refdl.set_num_threads(2)
+    seen = []
+
+    def f(i):
+        seen.append(set(blas_threads().values()))
+        return i * i
+    assert threads.parallel_for(f, range(6)) == [0, 1, 4, 9, 16, 25]
+    assert all(s == {1} for s in seen)               # BLAS held at one thread inside
+    assert set(blas_threads().values()) == {2}
+    K = ext.compiled_module()
+    if K is not None:
+        assert K.get_threading()[0] == 2
