@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # run from a chec
 
 import refdl  # noqa: E402
 from refdl import nn
+from refdl.train import check_finite, run_steps
 
 
 def digits(seed=0, test_size=360):
@@ -65,22 +66,26 @@ def train(name="resnet_small", epochs=15, seed=0, lr=1e-3, batch=32, verbose=Tru
     criterion = nn.CrossEntropyLoss()
     rng = np.random.default_rng(seed)
     steps = epochs * int(np.ceil(len(xtr) / batch))
-    step = 0
+    done = [0]                                  # steps taken, for the cosine decay
     t0 = time.perf_counter()
+
+    def step(i, idx):
+        for group in opt.param_groups:                 # cosine learning-rate decay
+            group["lr"] = lr * 0.5 * (1 + np.cos(np.pi * done[0] / steps))
+        loss = check_finite(criterion(model(xtr[idx]), ytr[idx]), i)
+        opt.zero_grad()
+        model.backward(criterion.backward())
+        opt.step()
+        done[0] += 1
+        return {"loss": loss, "n": len(idx)}
+
     for epoch in range(1, epochs + 1):
         model.train()
         perm = rng.permutation(len(xtr))
+        h = run_steps(step, (perm[i:i + batch] for i in range(0, len(xtr), batch)))
         total = 0.0
-        for i in range(0, len(xtr), batch):
-            idx = perm[i:i + batch]
-            for group in opt.param_groups:                 # cosine learning-rate decay
-                group["lr"] = lr * 0.5 * (1 + np.cos(np.pi * step / steps))
-            loss = criterion(model(xtr[idx]), ytr[idx])
-            opt.zero_grad()
-            model.backward(criterion.backward())
-            opt.step()
-            total += float(loss) * len(idx)
-            step += 1
+        for loss, n in zip(h["loss"], h["n"]):
+            total += loss * n
         if verbose:
             print(f"epoch {epoch:2d}  train loss {total / len(xtr):.4f}  "
                   f"test accuracy {accuracy(model, xte, yte):.4f}  "

@@ -22,6 +22,7 @@ import refdl  # noqa: E402
 from refdl.data.video import moving_shapes
 from refdl.models.unet import video_unet
 from refdl.optim import Adam
+from refdl.train import check_finite, run_steps
 
 
 def main(steps=300, batch=4, base=16, lr=1e-3, n_videos=64, seed=0, target=10.0):
@@ -36,10 +37,12 @@ def main(steps=300, batch=4, base=16, lr=1e-3, n_videos=64, seed=0, target=10.0)
     opt = Adam(model.parameters(), lr=lr)
     rng = np.random.default_rng(seed + 1)
     first, t0, smooth = None, time.perf_counter(), None
-    for step in range(1, steps + 1):
+
+    def train_step(step, _):
+        nonlocal first, smooth
         x = videos[rng.choice(n_videos, batch, replace=False)]
         d = model(x) - x
-        loss = float(np.mean(d * d))
+        loss = check_finite(np.mean(d * d), step)
         opt.zero_grad()
         model.backward((2.0 / d.size) * d)
         opt.step()
@@ -48,10 +51,16 @@ def main(steps=300, batch=4, base=16, lr=1e-3, n_videos=64, seed=0, target=10.0)
         if step == 1 or step % 10 == 0:
             print(f"step {step:4d}  mse {loss:.5f}  (smoothed {smooth:.5f}, first/now "
                   f"{first / smooth:.1f}x)  {time.perf_counter() - t0:.0f} s", flush=True)
-        if step >= 10 and smooth <= first / target:
-            print(f"reconstruction loss fell {first / smooth:.1f}-fold "
-                  f"({first:.5f} -> {smooth:.5f}) in {step} steps")
-            return first, smooth, step
+        return loss
+
+    def fell(step, _):
+        return step >= 10 and smooth <= first / target
+
+    done = len(run_steps(train_step, steps, until=fell).get("loss", []))
+    if done and fell(done, None):
+        print(f"reconstruction loss fell {first / smooth:.1f}-fold "
+              f"({first:.5f} -> {smooth:.5f}) in {done} steps")
+        return first, smooth, done
     print(f"stopped after {steps} steps: {first:.5f} -> {smooth:.5f} "
           f"({first / smooth:.1f}-fold)")
     return first, smooth, steps

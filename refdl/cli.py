@@ -17,6 +17,7 @@ import os
 import platform
 import re
 import subprocess
+import textwrap
 import sys
 import time
 from pathlib import Path
@@ -955,14 +956,46 @@ def _exam_entries(text):
     return entries
 
 
+_VERDICT = re.compile(r"\**\bverdicts?\b\**\s*:\s*", re.I)
+_VERDICT_WORD = re.compile(r"\*\*((?:partly )?(?:agrees|disagrees|ambiguous|conceptual)\b[^*]*)\*\*",
+                           re.I)
+
+
+def _paragraphs(entry):
+    """An entry's paragraphs (blank-line separated; each '- ' bullet its own), without
+    the heading and the quoted question."""
+    entry = re.sub(r"<!-- quote -->.*?<!-- /quote -->", "", entry, flags=re.S)
+    paras, cur = [], []
+    for line in entry.splitlines()[1:]:
+        s = line.strip()
+        if not s or re.match(r"^[-*] ", s) or s.startswith("#"):
+            if cur:
+                paras.append(" ".join(cur))
+            cur = [s[2:]] if re.match(r"^[-*] ", s) else []
+        else:
+            cur.append(s)
+    if cur:
+        paras.append(" ".join(cur))
+    return paras
+
+
 def _verdict(entry):
-    for line in entry.splitlines():
-        if "verdict" in line.lower():
-            return line.replace("**", "").strip().strip("-* ").strip()
-    m = re.search(r"\*\*((?:agrees|disagrees|ambiguous|conceptual)[^*]*)\*\*", entry, re.I)
-    if m:
-        return "Verdict: " + " ".join(m.group(1).split())
-    return "(no verdict line)"
+    """The entry's verdict, whole: from 'Verdict:' to the end of its paragraph."""
+    for para in _paragraphs(entry):
+        m = _VERDICT.search(para)
+        if m:
+            text = para[m.end():]
+            break
+    else:
+        for para in _paragraphs(entry):
+            m = _VERDICT_WORD.search(para)
+            if m:
+                text = para[m.start():]
+                break
+        else:
+            return "(no verdict in docs/exam.md)"
+    text = " ".join(text.replace("**", "").split())
+    return "Verdict: " + (text[:1].lower() + text[1:] if text[:2] != text[:2].upper() else text)
 
 
 def cmd_exam(args):
@@ -977,7 +1010,9 @@ def cmd_exam(args):
     if not ids:
         print(f"{len(entries)} exam items in {path}:")
         for i, e in entries.items():
-            print(f"  {i:<10} {_verdict(e)}")
+            print(textwrap.fill(_verdict(e), width=96, initial_indent=f"  {i:<10} ",
+                                subsequent_indent=" " * 13, break_long_words=False,
+                                break_on_hyphens=False))
         print("give IDs (e.g. refdl exam loss-3) to recompute them with their tests")
         if not args.all:
             return 0

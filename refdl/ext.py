@@ -15,12 +15,12 @@ reaches the kernels.
 """
 import contextlib
 import math
-import os
 
 import numpy as np
 
 from .functional import conv as _ref_conv
 from .functional import pooling as _ref_pool
+from . import _ext as _switch     # the on/off switch of the compiled path
 
 __all__ = ["available", "compiled_module", "openmp", "use_numpy", "use_compiled",
            "numpy_path", "im2col", "col2im", "max_pool_forward", "max_pool_backward",
@@ -34,10 +34,6 @@ except ImportError as exc:           # not built: the NumPy path is a first-clas
     _K = None
     import_error = str(exc)
 
-_enabled = os.environ.get("REFDL_DISABLE_EXT", "").strip() not in ("1", "true", "True",
-                                                                     "yes")
-
-
 def compiled_module():
     """The compiled module (``refdl._ext._kernels``) or None when it is not built."""
     return _K
@@ -45,7 +41,7 @@ def compiled_module():
 
 def available():
     """True when the compiled kernels are built, imported and enabled."""
-    return _K is not None and _enabled
+    return _K is not None and _switch.enabled
 
 
 def backend():
@@ -60,27 +56,24 @@ def openmp():
 
 def use_numpy():
     """Force the NumPy reference path (until :func:`use_compiled`)."""
-    global _enabled
-    _enabled = False
+    _switch.enabled = False
 
 
 def use_compiled():
     """Use the compiled kernels again (if they are built); returns :func:`available`."""
-    global _enabled
-    _enabled = True
+    _switch.enabled = True
     return available()
 
 
 @contextlib.contextmanager
 def numpy_path(flag=True):
     """``with numpy_path(): ...`` runs the block on the NumPy path (flag=False: compiled)."""
-    global _enabled
-    saved = _enabled
-    _enabled = not flag
+    saved = _switch.enabled
+    _switch.enabled = not flag
     try:
         yield
     finally:
-        _enabled = saved
+        _switch.enabled = saved
 
 
 # -- validation -----------------------------------------------------------------------------

@@ -51,10 +51,18 @@ def _blas_controllers():
 
 def _kernels():
     """The compiled modules with an OpenMP team (those that are built)."""
-    from . import ext
-    from .functional import winograd
-    mods = [ext.compiled_module(), winograd._K]
-    return [m for m in mods if m is not None and hasattr(m, "set_threading")]
+    mods = []
+    try:
+        from ._ext import _kernels as kernels
+        mods.append(kernels)
+    except ImportError:       # not built
+        pass
+    try:
+        from ._ext import _winograd as winograd
+        mods.append(winograd)
+    except ImportError:
+        pass
+    return [m for m in mods if hasattr(m, "set_threading")]
 
 
 def set_num_threads(n):

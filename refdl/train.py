@@ -16,35 +16,80 @@ gradient norm before clipping), ``seconds``, ``samples_per_s``.
 """
 import copy
 import math
+import os
 import sys
 import time
 
 import numpy as np
 
 from . import metrics as _metrics
+from .checkpoint import load_checkpoint, save_checkpoint
 from .grad_mode import no_grad
 from .nn.utils import clip_grad_norm_, grad_norm
 
-__all__ = ["fit", "evaluate", "EarlyStopping", "NonFiniteLossError", "clip_grad_norm_"]
+__all__ = ["fit", "run_steps", "check_finite", "evaluate", "EarlyStopping",
+           "NonFiniteLossError", "clip_grad_norm_"]
 
 
 class NonFiniteLossError(FloatingPointError):
-    """Training stopped because the loss became NaN or infinite.
+    """Training stopped because the loss became NaN or infinite (the one error every
+    training loop of refdl raises for a diverging loss).
 
-    Attributes: ``epoch`` and ``step`` (1-based) where it happened, ``value``, ``history``
-    (the completed epochs) and ``checkpoint_path`` (still holding the last good epoch).
+    Attributes: ``epoch`` (None for loops counted in steps only) and ``step`` (1-based)
+    where it happened, ``value``, ``history`` (what was completed) and ``checkpoint_path``
+    (still holding the last good epoch). ``message`` replaces the default text.
     """
 
-    def __init__(self, epoch, step, value, history, checkpoint_path=None, last_good_epoch=None):
+    def __init__(self, epoch, step, value, history=None, checkpoint_path=None,
+                 last_good_epoch=None, message=None):
         self.epoch, self.step, self.value = epoch, step, value
         self.history, self.checkpoint_path = history, checkpoint_path
         self.last_good_epoch = last_good_epoch
-        where = f"epoch {epoch}, step {step}"
-        msg = f"the loss became {value} at {where}; training stopped"
-        if checkpoint_path is not None and last_good_epoch:
-            msg += f" (the checkpoint {checkpoint_path} still holds epoch {last_good_epoch})"
-        msg += ". Try a smaller learning rate or gradient clipping."
-        super().__init__(msg)
+        if message is None:
+            where = f"step {step}" if epoch is None else f"epoch {epoch}, step {step}"
+            message = f"the loss became {value} at {where}; training stopped"
+            if checkpoint_path is not None and last_good_epoch:
+                message += (f" (the checkpoint {checkpoint_path} still holds epoch "
+                            f"{last_good_epoch})")
+            message += ". Try a smaller learning rate or gradient clipping."
+        super().__init__(message)
+
+
+def check_finite(value, step, epoch=None, history=None, message=None, **kwargs):
+    """Return ``float(value)``, or raise :class:`NonFiniteLossError` when it is NaN or
+    infinite (``message`` then replaces the default text; other keywords go to the error)."""
+    value = float(value)
+    if not math.isfinite(value):
+        raise NonFiniteLossError(epoch, step, value, history, message=message, **kwargs)
+    return value
+
+
+def run_steps(step_fn, steps, callback=None, log_every=0, log=None, until=None):
+    """The training loop every other one is built on: ``step_fn(step, item)`` for
+    step = 1, 2, ... over ``steps`` (an int: item is None; or an iterable of batches).
+
+    ``step_fn`` does one step (forward, :func:`check_finite`, backward, update) and returns
+    its losses, a dict {name: float} (or a float, recorded as 'loss'). Returns the history
+    {name: [one value per step]}. ``callback(step, losses)`` runs after every step;
+    ``log(step, history)`` every ``log_every`` steps; the loop stops early after a step
+    where ``until(step, history)`` is true.
+    """
+    history = {}
+    items = ((s, None) for s in range(1, int(steps) + 1)) if isinstance(steps, (int, np.integer)) \
+        else enumerate(steps, 1)
+    for step, item in items:
+        losses = step_fn(step, item)
+        if not isinstance(losses, dict):
+            losses = {"loss": losses}
+        for k, v in losses.items():
+            history.setdefault(k, []).append(v)
+        if callback is not None:
+            callback(step, losses["loss"] if set(losses) == {"loss"} else losses)
+        if log_every and log is not None and step % log_every == 0:
+            log(step, history)
+        if until is not None and until(step, history):
+            break
+    return history
 
 
 class EarlyStopping:
@@ -184,82 +229,31 @@ def fit(model, loss_fn, optimizer, train_loader, val_loader=None, epochs=10, sch
     A NaN or infinite loss raises :class:`NonFiniteLossError` saying at which epoch and
     step; the checkpoint keeps the last good epoch.
     """
-    from .checkpoint import load_checkpoint, save_checkpoint
-
     if scheduler_interval not in ("epoch", "step"):
         raise ValueError(f"fit: scheduler_interval must be 'epoch' or 'step', got "
                          f"{scheduler_interval!r}")
     loaders = [ld for ld in (train_loader, val_loader) if ld is not None]
-    history = {"epoch": [], "loss": [], "accuracy": [], "lr": [], "grad_norm": [],
-               "seconds": [], "samples_per_s": []}
-    if val_loader is not None:
-        history.update(val_loss=[], val_accuracy=[])
-    start = 1
-    if resume and checkpoint_path is not None:
-        import os
-        if os.path.exists(checkpoint_path):
-            state = load_checkpoint(checkpoint_path, model, optimizer, scheduler, loaders)
-            start = int(state["epoch"]) + 1
-            if state.get("history"):
-                history = {k: list(v) for k, v in state["history"].items()}
+    history, start = _start(model, optimizer, scheduler, loaders, checkpoint_path, resume,
+                            val_loader is not None)
     params = [p for p in model.parameters() if p.requires_grad]
     bar = _Progress(progress, stream)
     callbacks = list(callbacks) + ([early_stopping] if early_stopping is not None else [])
+    step_scheduler = scheduler if scheduler_interval == "step" else None
     last_good = start - 1
 
     for epoch in range(start, epochs + 1):
-        model.train()
         t0 = time.perf_counter()
-        seen, loss_sum, correct, counted, norms = 0, 0.0, 0, 0, []
-        n_batches = len(train_loader) if hasattr(train_loader, "__len__") else 0
-        for step, batch in enumerate(train_loader, 1):
-            x, y = _split_batch(batch)
-            out = model(x)
-            # the losses refuse NaN inputs with a ValueError; a diverged model is caught
-            # here first, so the user hears where training broke down
-            value = float(loss_fn(out, y)) if np.all(np.isfinite(out)) else float("nan")
-            if not math.isfinite(value):
-                bar.line("")
-                raise NonFiniteLossError(epoch, step, value, history, checkpoint_path,
-                                         last_good)
-            if hasattr(optimizer, "zero_grad"):
-                optimizer.zero_grad()
-            else:
-                model.zero_grad()
-            model.backward(loss_fn.backward())
-            # the total gradient norm before clipping (clip_grad_norm_ returns it too)
-            norms.append(clip_grad_norm_(params, clip_grad_norm) if clip_grad_norm is not None
-                         else grad_norm(params))
-            optimizer.step()
-            if scheduler is not None and scheduler_interval == "step":
-                scheduler.step()
-            n = len(y)
-            seen += n
-            loss_sum += value * n
-            c = _correct(out, y)
-            if c is not None:
-                correct += c
-                counted += n
-            rate = seen / max(time.perf_counter() - t0, 1e-9)
-            bar.step(epoch, epochs, step, n_batches, loss_sum / seen,
-                     correct / counted if counted else None, rate)
-        secs = time.perf_counter() - t0
-        history["epoch"].append(epoch)
-        history["loss"].append(loss_sum / max(seen, 1))
-        history["accuracy"].append(correct / counted if counted else float("nan"))
-        history["lr"].append(float(optimizer.param_groups[0]["lr"])
-                             if hasattr(optimizer, "param_groups") else float("nan"))
-        history["grad_norm"].append(float(np.mean(norms)) if norms else float("nan"))
-        history["seconds"].append(secs)
-        history["samples_per_s"].append(seen / max(secs, 1e-9))
-        text = (f"epoch {epoch}/{epochs}  loss {history['loss'][-1]:.4f}  "
-                f"acc {100 * history['accuracy'][-1]:5.1f}%")
+        try:
+            stats = _train_epoch(model, loss_fn, optimizer, train_loader, params,
+                                 clip_grad_norm, step_scheduler, bar, epoch, epochs, t0)
+        except NonFiniteLossError as e:
+            bar.line("")
+            raise NonFiniteLossError(epoch, e.step, e.value, history, checkpoint_path,
+                                     last_good) from None
+        text = _record_epoch(history, epoch, epochs, stats, optimizer,
+                             time.perf_counter() - t0)
         if val_loader is not None:
-            ev = evaluate(model, val_loader, loss_fn, num_classes)
-            history["val_loss"].append(ev["loss"])
-            history["val_accuracy"].append(ev.get("accuracy", float("nan")))
-            text += (f"  val_loss {ev['loss']:.4f}  "
-                     f"val_acc {100 * history['val_accuracy'][-1]:5.1f}%")
+            text += _validate(history, model, val_loader, loss_fn, num_classes)
         text += f"  lr {history['lr'][-1]:.3g}  {history['samples_per_s'][-1]:,.0f} samples/s"
         bar.line(text)
         if scheduler is not None and scheduler_interval == "epoch":
@@ -272,3 +266,79 @@ def fit(model, loss_fn, optimizer, train_loader, val_loader=None, epochs=10, sch
             bar.line(f"stopped early after epoch {epoch}")
             break
     return history
+
+
+def _start(model, optimizer, scheduler, loaders, checkpoint_path, resume, with_val):
+    """(empty history, first epoch), or those of the checkpoint when resuming."""
+    history = {"epoch": [], "loss": [], "accuracy": [], "lr": [], "grad_norm": [],
+               "seconds": [], "samples_per_s": []}
+    if with_val:
+        history.update(val_loss=[], val_accuracy=[])
+    start = 1
+    if resume and checkpoint_path is not None and os.path.exists(checkpoint_path):
+        state = load_checkpoint(checkpoint_path, model, optimizer, scheduler, loaders)
+        start = int(state["epoch"]) + 1
+        if state.get("history"):
+            history = {k: list(v) for k, v in state["history"].items()}
+    return history, start
+
+
+def _train_epoch(model, loss_fn, optimizer, loader, params, clip, scheduler, bar, epoch,
+                 epochs, t0):
+    """One epoch of the lecture's step over ``loader`` (via :func:`run_steps`); returns
+    {'seen', 'loss_sum', 'correct', 'counted', 'norms'}."""
+    model.train()
+    st = {"seen": 0, "loss_sum": 0.0, "correct": 0, "counted": 0, "norms": []}
+    n_batches = len(loader) if hasattr(loader, "__len__") else 0
+
+    def step(i, batch):
+        x, y = _split_batch(batch)
+        out = model(x)
+        # the losses refuse NaN inputs with a ValueError; a diverged model is caught
+        # here first, so the user hears where training broke down
+        value = check_finite(loss_fn(out, y) if np.all(np.isfinite(out)) else np.nan, i, epoch)
+        optimizer.zero_grad()
+        model.backward(loss_fn.backward())
+        # the total gradient norm before clipping (clip_grad_norm_ returns it too)
+        st["norms"].append(clip_grad_norm_(params, clip) if clip is not None
+                           else grad_norm(params))
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        n = len(y)
+        st["seen"] += n
+        st["loss_sum"] += value * n
+        c = _correct(out, y)
+        if c is not None:
+            st["correct"] += c
+            st["counted"] += n
+        rate = st["seen"] / max(time.perf_counter() - t0, 1e-9)
+        bar.step(epoch, epochs, i, n_batches, st["loss_sum"] / st["seen"],
+                 st["correct"] / st["counted"] if st["counted"] else None, rate)
+        return value
+
+    run_steps(step, loader)
+    return st
+
+
+def _record_epoch(history, epoch, epochs, st, optimizer, secs):
+    """Append the epoch's figures to ``history``; return the progress line's start."""
+    seen, counted = st["seen"], st["counted"]
+    history["epoch"].append(epoch)
+    history["loss"].append(st["loss_sum"] / max(seen, 1))
+    history["accuracy"].append(st["correct"] / counted if counted else float("nan"))
+    history["lr"].append(float(optimizer.param_groups[0]["lr"])
+                         if hasattr(optimizer, "param_groups") else float("nan"))
+    history["grad_norm"].append(float(np.mean(st["norms"])) if st["norms"] else float("nan"))
+    history["seconds"].append(secs)
+    history["samples_per_s"].append(seen / max(secs, 1e-9))
+    return (f"epoch {epoch}/{epochs}  loss {history['loss'][-1]:.4f}  "
+            f"acc {100 * history['accuracy'][-1]:5.1f}%")
+
+
+def _validate(history, model, val_loader, loss_fn, num_classes):
+    ev = evaluate(model, val_loader, loss_fn, num_classes)
+    history["val_loss"].append(ev["loss"])
+    history["val_accuracy"].append(ev.get("accuracy", float("nan")))
+    return (f"  val_loss {ev['loss']:.4f}  "
+            f"val_acc {100 * history['val_accuracy'][-1]:5.1f}%")

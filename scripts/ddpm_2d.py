@@ -22,8 +22,10 @@ import matplotlib  # noqa: E402
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from refdl.data.synthetic import make_ring, ring_centers  # noqa: E402
+from refdl.metrics import mode_coverage  # noqa: E402
 from refdl.models.diffusion import (GaussianDiffusion, MixtureOracleEps, NoisePredictor,  # noqa: E402
-                                    mode_coverage, ring_centers, ring_mixture, train_ddpm)
+                                    train_ddpm)
 
 
 def main(argv=None):
@@ -50,7 +52,7 @@ def main(argv=None):
     rng = np.random.default_rng(args.seed)
     d = GaussianDiffusion.from_schedule(args.schedule, args.T)
     net = NoisePredictor(2, args.hidden, args.layers, 16, generator=rng)
-    data = lambda n, g: ring_mixture(n, std=args.std, generator=g)  # noqa: E731
+    data = lambda n, g: make_ring(n, std=args.std, generator=g)[0]  # noqa: E731
     centers = ring_centers()
     print(f"{d}; alpha_bar_T = {d.alphas_cumprod[-1]:.3g}; {net}")
     with limit:
@@ -64,7 +66,7 @@ def main(argv=None):
                           generator=rng, dtype=np.float64)
         real = data(args.samples, rng)
         for name, s in (("data", real), ("DDPM", samples), ("oracle eps", oracle)):
-            r = mode_coverage(s, centers, args.std)
+            r = mode_coverage(s, centers, args.std, min_fraction=0.1)
             print(f"{name:>10}: modes covered {r['modes_covered']}/8, within 3 std of a mode "
                   f"{100 * r['high_quality']:.1f}%, per mode {r['counts'].tolist()}")
         x0 = data(500, rng).astype(np.float64)

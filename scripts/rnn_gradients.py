@@ -31,6 +31,7 @@ from refdl import nn  # noqa: E402
 from refdl.data.sequences import adding_problem  # noqa: E402
 from refdl.nn.utils import clip_grad_norm_  # noqa: E402
 from refdl.optim import SGD, Adam  # noqa: E402
+from refdl.train import NonFiniteLossError, check_finite, run_steps  # noqa: E402
 
 W_H = np.array([[-0.64, -0.06, -1.12],
                 [-0.56, 0.28, -0.76],
@@ -124,22 +125,27 @@ def clipping(out_dir, steps=100, T=50):
         params = list(rnn.parameters()) + list(head.parameters())
         opt = SGD(params, lr=0.01)
         losses = []
+
+        def step(i, _):
+            x = rng.standard_normal((T, 16, 1))
+            y = x[-5:].sum(axis=0)
+            out, _ = rnn(x)
+            p = head(out[-1])
+            losses.append(check_finite(np.mean((p - y) ** 2), i))
+            opt.zero_grad()
+            d = np.zeros_like(out)
+            d[-1] = head.backward(2 * (p - y) / p.size)
+            rnn.backward(d)
+            if max_norm:
+                clip_grad_norm_(params, max_norm)
+            opt.step()
+            return losses[-1]
+
         with np.errstate(over="ignore", invalid="ignore"):
-            for _ in range(steps):
-                x = rng.standard_normal((T, 16, 1))
-                y = x[-5:].sum(axis=0)
-                out, _ = rnn(x)
-                p = head(out[-1])
-                losses.append(float(np.mean((p - y) ** 2)))
-                if not np.isfinite(losses[-1]):
-                    break
-                opt.zero_grad()
-                d = np.zeros_like(out)
-                d[-1] = head.backward(2 * (p - y) / p.size)
-                rnn.backward(d)
-                if max_norm:
-                    clip_grad_norm_(params, max_norm)
-                opt.step()
+            try:
+                run_steps(step, steps)
+            except NonFiniteLossError as e:      # no clipping: the loss diverges (shown)
+                losses.append(e.value)
         curves[max_norm] = losses
         say(f"clipping     max_norm={max_norm}: {len(losses)} steps, first loss "
             f"{losses[0]:.3e}, last {losses[-1]:.3e}")
@@ -165,19 +171,22 @@ def adding(out_dir, T, steps, H=32, batch=64):
         rnn, head = make(kind, 2, H, batch_first=True), nn.Linear(H, 1)
         params = list(rnn.parameters()) + list(head.parameters())
         opt = Adam(params, lr=1e-2)
-        losses = []
         t0 = time.time()
-        for _ in range(steps):
+
+        def step(i, _):
             x, y = adding_problem(batch, T, rng)
             out, _ = rnn(x)
             p = head(out[:, -1])
-            losses.append(float(np.mean((p - y) ** 2)))
+            loss = check_finite(np.mean((p - y) ** 2), i)
             opt.zero_grad()
             d = np.zeros_like(out)
             d[:, -1] = head.backward(2 * (p - y) / p.size)
             rnn.backward(d)
             clip_grad_norm_(params, 1.0)
             opt.step()
+            return loss
+
+        losses = run_steps(step, steps)["loss"]
         x, y = adding_problem(1000, T, np.random.default_rng(123))
         test = float(np.mean((head(rnn(x)[0][:, -1]) - y) ** 2))
         say(f"adding T={T:<4d}{kind:5s} test MSE after {steps} steps = {test:.4f} "

@@ -20,6 +20,7 @@ import refdl  # noqa: E402
 from refdl.functional import log_softmax, softmax  # noqa: E402
 from refdl.models.vit import ViT  # noqa: E402
 from refdl.optim import Adam  # noqa: E402
+from refdl.train import run_steps  # noqa: E402
 
 
 def load_digits_split(seed=0, test_fraction=0.25):
@@ -60,17 +61,21 @@ def train(epochs=30, seed=0, batch_size=64, lr=2e-3, dim=64, depth=2, heads=4, d
     opt = Adam(model.parameters(), lr=lr)
     rng = np.random.default_rng(seed)
     history = []
+
+    def step(i, idx):
+        logits = model(Xtr[idx])
+        loss, g = cross_entropy(logits, ytr[idx])
+        opt.zero_grad()
+        model.backward(g.astype(np.float32))
+        opt.step()
+        return {"loss": loss, "n": len(idx)}
+
     for ep in range(epochs):
         perm = rng.permutation(len(ytr))
+        h = run_steps(step, (perm[i:i + batch_size] for i in range(0, len(perm), batch_size)))
         total = 0.0
-        for i in range(0, len(perm), batch_size):
-            idx = perm[i:i + batch_size]
-            logits = model(Xtr[idx])
-            loss, g = cross_entropy(logits, ytr[idx])
-            opt.zero_grad()
-            model.backward(g.astype(np.float32))
-            opt.step()
-            total += loss * len(idx)
+        for loss, n in zip(h["loss"], h["n"]):
+            total += loss * n
         history.append(total / len(perm))
         if verbose:
             print(f"epoch {ep + 1:3d}  train loss {history[-1]:.4f}", flush=True)

@@ -12,7 +12,7 @@ import numpy as np  # noqa: E402
 from sklearn.datasets import load_digits  # noqa: E402
 
 import refdl  # noqa: E402
-from refdl.models.vae import VAE, VAELoss  # noqa: E402
+from refdl.models.vae import VAE, VAELoss, train_vae  # noqa: E402
 from refdl.optim import Adam  # noqa: E402
 
 
@@ -39,18 +39,8 @@ def main(argv=None):
     X, y = (d.data / 16.0).astype(np.float32), d.target
     vae, crit = VAE(64, args.latent, hidden=(256, 128)), VAELoss("bernoulli", beta=args.beta)
     opt = Adam(vae.parameters(), lr=1e-3)
-    rng = np.random.default_rng(0)
-    for epoch in range(1, args.epochs + 1):
-        perm, total = rng.permutation(len(X)), 0.0
-        for i in range(0, len(X), 64):
-            xb = X[perm[i:i + 64]]
-            opt.zero_grad()
-            total += float(crit(*vae(xb), xb)) * len(xb)
-            vae.backward(*crit.backward())
-            opt.step()
-        if epoch % 10 == 0 or epoch == 1:
-            print(f"epoch {epoch}: -ELBO {total / len(X):.3f} nats/image "
-                  f"(reconstruction {crit.last_rec:.3f}, KL {crit.last_kl:.3f})", flush=True)
+    train_vae(vae, crit, opt, X, epochs=args.epochs, batch_size=64,
+              generator=np.random.default_rng(0), print_fn=lambda s: print(s, flush=True))
     vae.eval()
     x_hat, mu, _ = vae(X)
     recon = refdl.functional.sigmoid(x_hat)

@@ -4,4 +4,4 @@ from refdl.models.mlp import MLP
 
 
 def WideMLP(num_classes=10, input_shape=(64,)):
-    return MLP(input_shape, num_classes, hidden=(32,))
+    return MLP(num_classes, input_shape, hidden=(32,))

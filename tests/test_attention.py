@@ -11,7 +11,7 @@ import pytest
 import refdl
 from refdl import nn
 from refdl.gradcheck import check_module
-from refdl.nn.attention import masked_softmax
+from refdl.functional import softmax as masked_softmax
 
 def rng(seed=0):
     return np.random.default_rng(seed)

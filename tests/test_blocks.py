@@ -11,11 +11,6 @@ def rng(s=7):
     return np.random.default_rng(s)
 
 
-def needs(*names):
-    missing = [n for n in names if not hasattr(nn, n)]
-    return pytest.mark.skipif(bool(missing), reason=f"needs nn.{', nn.'.join(missing)}")
-
-
 # -- Add, Concat ---------------------------------------------------------------------------
 def test_add_forward_backward():
     a, b, c = (rng(s).standard_normal((2, 3)) for s in (1, 2, 3))
@@ -105,7 +100,6 @@ def _layer_grad_norms(net):
                      if isinstance(m, nn.Linear)])
 
 
-@needs("ReLU")
 def test_deep_plain_vs_residual_vs_normalised_gradient_norms():
     """30 Linear layers, PyTorch's default init (Var W = 1/(3 fan_in)), a random upstream
     gradient. Plain: every ReLU-Linear pair shrinks the signal (variance gain 1/6 per
@@ -143,7 +137,6 @@ def _sgd_losses(lr, steps=60):
     return np.array(losses)
 
 
-@needs("ReLU")
 def test_too_high_learning_rate_oscillates_lower_does_not():
     """Full-batch gradient descent on a small MLP (seeded). lr = 0.05 (below 2/lambda_max
     of the loss's curvature along the path): the loss falls at every one of 60 steps.

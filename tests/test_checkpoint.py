@@ -70,8 +70,6 @@ def test_resume_gives_the_same_losses_bit_for_bit(tmp_path, own_generator):
 
 
 def test_resume_with_scheduler(tmp_path):
-    if not hasattr(optim, "lr_scheduler"):
-        pytest.skip("refdl.optim.lr_scheduler not merged yet")
     loss = nn.CrossEntropyLoss()
 
     def run(epochs, ck=None, resume=False, seed=0):

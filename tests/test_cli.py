@@ -237,5 +237,12 @@ def test_exam_verdict_parsing():
     entries = cli._exam_entries("## a\n### conv-3\nClaim ... **Agrees.** (`t`)\n### x-1\n"
                                 "- **Verdict: disagrees** (3 != 4)\n## b\ntext\n")
     assert list(entries) == ["conv-3", "x-1"]
-    assert cli._verdict(entries["conv-3"]) == "Verdict: Agrees."
+    # the whole verdict, from the verdict word to the end of its paragraph (never cut)
+    assert cli._verdict(entries["conv-3"]) == "Verdict: agrees. (`t`)"
     assert cli._verdict(entries["x-1"]) == "Verdict: disagrees (3 != 4)"
+    long = cli._exam_entries("### y-2\n\n<!-- quote -->\n> Q?\n<!-- /quote -->\n\nSome text.\n"
+                             "Verdict: **partly agrees**: the answer\nis right, the reason\n"
+                             "is not.\n\nA later paragraph.\n")
+    assert cli._verdict(long["y-2"]) == ("Verdict: partly agrees: the answer is right, the "
+                                         "reason is not.")
+    assert cli._verdict("### z-1\nno verdict here\n") == "(no verdict in docs/exam.md)"

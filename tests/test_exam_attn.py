@@ -95,6 +95,22 @@ def test_attn_3_sinusoidal_encoding_properties():
     for d, period in ((4, 200 * math.pi), (8, 2000 * math.pi)):
         a, b = nn.sinusoidal_encoding([0.0, period], d)
         np.testing.assert_allclose(a, b, atol=1e-11)
+    # ... for these d only. The frequencies w_i = 10000^(-2i/d) = 10^(-8i/d) (read back
+    # from refdl's encoding at p = 1) have rational ratios only when d divides 8; PE(p) =
+    # PE(0) needs p w_0 = p in 2 pi Z, i.e. p = 2 pi k, and then every p w_i in 2 pi Z too.
+    # For d = 16, 64, 512 the ratio w_1 / w_0 = 10^(-8/d) is irrational (8/d is not an
+    # integer), so no real p != 0 gives PE(p) = PE(0) and the encoding IS one-to-one on
+    # the reals: statement 5 is then true. Over the candidates p = 2 pi k the distance to
+    # PE(0) stays far from 0 (it only approaches 0 slowly as k -> infinity, by Kronecker).
+    for d in (4, 8, 16, 64, 512):
+        pe1 = nn.sinusoidal_encoding([1.0], d)[0]
+        w = np.arctan2(pe1[0::2], pe1[1::2])
+        np.testing.assert_allclose(w, 10.0 ** (-8 * np.arange(d // 2) / d), rtol=1e-12)
+    for d, K, floor in ((16, 100_000, 0.5), (64, 100_000, 1.0), (512, 10_000, 1.0)):
+        assert 8 % d != 0
+        dist = np.linalg.norm(nn.sinusoidal_encoding(2 * math.pi * np.arange(1, K + 1), d)
+                              - nn.sinusoidal_encoding([0.0], d), axis=1)
+        assert dist.min() > floor
     # statement 2: the base must suit the largest position. d=4: positions beyond the
     # longest wavelength 2 pi base^(1/2) come close to earlier ones (near-collisions)
     min_dist = {(base, T): pdist(nn.sinusoidal_encoding(np.arange(T), 4, base)).min()
@@ -191,9 +207,10 @@ def test_attn_7_window_attention_equals_block_diagonally_masked_full_attention()
     full.store_attention = True
     layer(x)
     assert full.attn_weights.shape == (2 * 4, 16, 16)
+    windowed_scores = full.attn_weights.size
     full(x.reshape(2, H * W, C))
     assert full.attn_weights.shape == (2, 64, 64)
-    assert (8 * 16 * 16) / (2 * 64 * 64) == ws * ws / (H * W)
+    assert windowed_scores / full.attn_weights.size == ws * ws / (H * W)
 
 
 def test_attn_7_shifted_windows_mix_information_across_windows():

@@ -261,8 +261,9 @@ import refdl  # noqa: E402
 from refdl import nn  # noqa: E402
 from refdl.gradcheck import gradgradcheck  # noqa: E402
 from refdl.interpret import (cam_from_weights, grad_cam, grad_cam_pp, grad_cam_pp_weights,  # noqa: E402
-                             grad_cam_weights, paper000_weights, score_derivatives, to_engine)
-from refdl.interpret.cam import _exp_score  # noqa: E402
+                             grad_cam_weights, score_derivatives, to_engine)
+from refdl.interpret import exp_score_derivatives as _exp_score  # noqa: E402
+from experiments.gradcam_shapes import paper000_weights  # noqa: E402
 
 K, H, W, C = 3, 4, 4, 3
 
@@ -428,8 +429,8 @@ def test_viz_5_diagonal_hessian_of_relu_heads_is_zero(depth, width):
 
 @pytest.fixture(scope="module")
 def trained_shapes_cnn():
-    """A small CNN trained on generated shapes (refdl.interpret.experiment), ~15 s."""
-    from refdl.interpret.experiment import run_shapes_experiment
+    """A small CNN trained on generated shapes (experiments.gradcam_shapes), ~15 s."""
+    from experiments.gradcam_shapes import run_shapes_experiment
     return run_shapes_experiment(n_train=300, n_test=48, epochs=8, seed=0)
 
 

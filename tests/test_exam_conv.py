@@ -75,10 +75,20 @@ def test_conv_5_weight_gradient_of_squared_error(size, kernel, padding):
     # of the (padded) input with the error
     truth = 2 * scipy.signal.correlate2d(xp, e, mode="valid")
     np.testing.assert_allclose(m.weight.grad[0, 0], truth, rtol=1e-12, atol=1e-12)
+    # the key's last line, evaluated as written: 2 sum_ij (yhat[i,j] - y[i,j]) x[i,j] with
+    # i, j over the output (the only indices yhat has) is ONE number, not a kernel-shaped
+    # array; it is the gradient of the single weight W[0, 0] only
+    last_line = 2 * np.sum(e * xp[:e.shape[0], :e.shape[1]])
+    assert np.ndim(last_line) == 0 and m.weight.grad[0, 0].shape == (kernel, kernel)
+    assert last_line == pytest.approx(m.weight.grad[0, 0, 0, 0], rel=1e-12)
+    assert not np.allclose(m.weight.grad[0, 0], last_line)
     if size == kernel:
-        # 1024 weights; the output is 1x1 and the paper's 2 (yhat - y) x is exact
+        # 1024 weights, a 1x1 output: the key's next-to-last line 2 (yhat - y) x, with the
+        # scalar error broadcast over the 32x32 input, is the whole gradient
         assert m.weight.size == 1024 and yhat.shape == (1, 1, 1, 1)
         np.testing.assert_allclose(m.weight.grad[0, 0], 2 * e[0, 0] * x[0, 0], rtol=1e-12)
+        # summing it over i, j "with broadcasting" gives 2 e sum(x): again one number
+        assert 2 * e[0, 0] * x.sum() == pytest.approx(m.weight.grad.sum(), rel=1e-10)
     # and the layer's backward passes the numeric check
     small = nn.Conv2d(1, 1, min(kernel, 4), padding=padding, bias=False)
     check_module(small, x[:, :, :min(size, 6), :min(size, 6)])
@@ -260,17 +270,30 @@ def test_cnn_3_resnet_style_classifier_head():
 
 
 def test_cnn_5_conv_versus_mlp_parameters_and_spatial_structure():
-    # same input (3, 32, 32) and output (16, 32, 32) shapes
-    conv = nn.Conv2d(3, 16, 3, padding=1)
+    """003 Q2(a). The conv layer as a matrix (materialised from refdl's forward on the
+    basis vectors) has the shape of the equivalent Linear layer but few free values:
+    on (3, 8, 8) -> (16, 8, 8) it is 1024 x 192 with 432 distinct weights, against refdl's
+    Linear(192, 1024) with 197,632 parameters. (For 32 x 32 images the counts, 448 against
+    50,348,032, are the same formulas k*k*C_in*C_out + C_out and n_in*n_out + n_out:
+    arithmetic, not allocated.)"""
+    refdl.manual_seed(0)
+    H = W = 8
+    conv = nn.Conv2d(3, 16, 3, padding=1).to(np.float64)
     assert conv.num_parameters() == 16 * 3 * 9 + 16 == 448
-    # the Linear layer (3*32*32 -> 16*32*32) would need in*out + out parameters; it is
-    # counted, not allocated (200 MB in float32)
-    fc = nn.Linear(3 * 32, 16 * 32)
-    assert fc.num_parameters() == 3 * 32 * 16 * 32 + 16 * 32
-    assert (3 * 32 * 32) * (16 * 32 * 32) + 16 * 32 * 32 == 50_348_032 > 100_000 * 448
+    n_in, n_out = 3 * H * W, 16 * H * W
+    bias_out = conv(np.zeros((1, 3, H, W))).ravel()
+    M = np.stack([conv(np.eye(n_in)[i].reshape(1, 3, H, W)).ravel() - bias_out
+                  for i in range(n_in)], 1)
+    assert M.shape == (n_out, n_in)
+    x = np.random.default_rng(0).standard_normal((1, 3, H, W))
+    np.testing.assert_allclose(M @ x.ravel() + bias_out, conv(x).ravel(), rtol=1e-12,
+                               atol=1e-12)
+    fc = nn.Linear(n_in, n_out)
+    assert fc.weight.shape == M.shape and fc.num_parameters() == n_in * n_out + n_out
+    assert len(np.unique(M[M != 0])) == 16 * 3 * 9          # shared: only the kernels
+    assert (M != 0).mean() < 0.15                             # local: mostly zeros
     # an MLP is blind to the pixel order: permuting the pixels (and its weights alike)
     # gives the same outputs, so flattening throws the spatial layout away ...
-    refdl.manual_seed(0)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2, 1, 6, 6))
     perm = rng.permutation(36)

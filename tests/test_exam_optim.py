@@ -305,9 +305,24 @@ def test_opt_1_adam_without_second_moment_is_sgd_momentum(grad_fn, theta0, alpha
         q.grad[...] = grad_fn(q.data)
         sgd.step()
     assert np.max(np.abs(q.data - paper[-1])) > 1e-3
-    # with bias correction (C) the first step is alpha g_1, ten times the paper's
+    # with bias correction (C) the step is alpha m_t / (1 - beta1^t): refdl's Adam with a
+    # huge eps (so sqrt(v) / eps ~ 1e-9 and the second moment drops out) and lr = alpha eps
+    # is that rule; its first step is alpha g_1, ten times the paper's alpha (1 - beta1) g_1
+    eps = 1e9
+    r = Parameter(np.array(theta0))
+    adam = Adam([r], lr=alpha * eps, betas=(b1, 0.999), eps=eps)
+    corrected, m_c = [], np.zeros(2)
+    th = np.array(theta0)
+    for t in range(1, 4):
+        r.grad[...] = grad_fn(r.data)
+        adam.step()
+        corrected.append(r.data.copy())
+        m_c = b1 * m_c + (1 - b1) * grad_fn(th)
+        th = th - alpha * m_c / (1 - b1 ** t)
+        np.testing.assert_allclose(corrected[-1], th, rtol=1e-6)
     g1 = grad_fn(np.array(theta0))
-    np.testing.assert_allclose(paper[0], np.array(theta0) - alpha * (1 - b1) * g1)
+    np.testing.assert_allclose(np.array(theta0) - corrected[0], alpha * g1, rtol=1e-6)
+    np.testing.assert_allclose(np.array(theta0) - ours[0], alpha * (1 - b1) * g1, rtol=1e-12)
 
 
 def test_opt_2_too_high_learning_rate_oscillates():

@@ -49,6 +49,24 @@ def test_rnn_1_linear_rnn_gradient_explodes_at_rate_1_15():
     rate_W = np.exp(np.polyfit(Ts, np.log(gW / (Ts - 1)), 1)[0])
     assert abs(rate_W - rho) < 2e-3 * rho
     assert gW[-1] / gW[0] > 1e5                        # explodes as T grows
+    # the vectors themselves against the closed forms (a rate alone cannot see W_h
+    # transposed in the backward: W_h and W_h^T have the same eigenvalues).
+    # h_t = W_h^{t-1} W_x (input 1 at t = 1), dL/dh_t = (W_h^T)^{T-t} 1,
+    # dL/dh_0 = (W_h^T)^T 1,  dL/dW_h = sum_{t=2..T} dL/dh_t h_{t-1}^T
+    W_x = rnn.weight_ih_l0.data[:, 0]
+    P = np.linalg.matrix_power
+    for T in (5, 30):
+        x = np.zeros((T, 1, 1))
+        x[0] = 1.0
+        rnn.zero_grad()
+        out, h = rnn(x, np.zeros((1, 1, 3)))
+        _, dh0 = rnn.backward(np.zeros_like(out), np.ones_like(h))
+        ones = np.ones(3)
+        np.testing.assert_allclose(dh0[0, 0], P(W_H.T, T) @ ones, rtol=1e-10)
+        dW = sum(np.outer(P(W_H.T, T - t) @ ones, P(W_H, t - 2) @ W_x) for t in range(2, T + 1))
+        np.testing.assert_allclose(rnn.weight_hh_l0.grad, dW, rtol=1e-10)
+        np.testing.assert_allclose(rnn.weight_ih_l0.grad[:, 0], P(W_H.T, T - 1) @ ones,
+                                   rtol=1e-10)
 
 
 def test_rnn_2_which_remedies_help():

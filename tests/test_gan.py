@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 
 from refdl.gradcheck import check_module
+from refdl.metrics import mode_coverage
 from refdl.models.gan import (MLPCritic, GradientPenalty, WassersteinCriticLoss,
-                              clip_weights_, mode_metrics, train_gan)
+                              clip_weights_, train_gan)
 
 
 @pytest.mark.parametrize("act", ["tanh", "leaky_relu", "softplus"])
@@ -55,7 +56,7 @@ def test_mode_metrics_counts():
     s = np.concatenate([centers[0] + 0.1 * rng.standard_normal((90, 2)),
                         centers[1] + 0.1 * rng.standard_normal((10, 2)),
                         np.full((20, 2), 5.0)])
-    m = mode_metrics(s, centers, std=0.1)
+    m = mode_coverage(s, centers, std=0.1)
     assert m["counts"].tolist() == [90, 10, 0]
     assert m["modes_covered"] == 2 and m["high_quality"] == pytest.approx(100 / 120)
 

@@ -6,7 +6,7 @@ import pytest
 from refdl.gradcheck import check_module
 from refdl.autograd import Tensor
 from refdl.interpret import to_engine
-from refdl.interpret.experiment import GlobalAvgPool2d, GlobalMaxPool2d
+from experiments.gradcam_shapes import GlobalAvgPool2d, GlobalMaxPool2d
 
 
 @pytest.mark.parametrize("pool", [GlobalAvgPool2d, GlobalMaxPool2d])

@@ -7,28 +7,11 @@ import refdl
 from refdl import nn
 from refdl.gradcheck import check_module
 
-pytestmark = pytest.mark.skipif(not hasattr(nn, "Conv2d"), reason="needs nn.Conv2d")
+pytestmark = pytest.mark.usefixtures("single_blas_thread")   # tests/conftest.py
 
 
 def rng(s=7):
     return np.random.default_rng(s)
-
-
-def _one_blas_thread():
-    try:
-        from threadpoolctl import threadpool_limits
-        return threadpool_limits(1)
-    except ImportError:                      # pragma: no cover
-        import contextlib
-        return contextlib.nullcontext()
-
-
-@pytest.fixture(autouse=True)
-def _blas_single_thread():
-    """These tests multiply many small matrices; BLAS threads only contend on a shared
-    machine (measured 3-4x slower under load), so every test here runs on one."""
-    with _one_blas_thread():
-        yield
 
 
 def perturb_bn(model, seed=3):
@@ -177,20 +160,19 @@ def test_resnet_small_trains_on_digits_with_refdl_train():
     """ResNetSmall on the 8x8 digits (1,437 train / 360 test) through refdl.train.fit:
     Adam 1e-3 with cosine decay, batch 32, 5 epochs (measured 98.3 % test accuracy; 15
     epochs of examples/train_resnet_digits.py reach 99.2 %)."""
-    with _one_blas_thread():   # small matrices: threads only contend on a shared box
-        from refdl.data import DataLoader, TensorDataset, load_digits
-        from refdl.models.resnet import ResNetSmall
-        from refdl.optim import Adam
-        from refdl.optim.lr_scheduler import CosineAnnealingLR
-        from refdl.train import evaluate, fit
-        xtr, ytr, xte, yte = load_digits()
-        refdl.manual_seed(0)
-        model = ResNetSmall(num_classes=10, input_shape=(1, 8, 8))
-        opt = Adam(model.parameters(), lr=1e-3)
-        train = DataLoader(TensorDataset(xtr, ytr), batch_size=32, shuffle=True,
-                           generator=np.random.default_rng(0))
-        test = DataLoader(TensorDataset(xte, yte), batch_size=360)
-        fit(model, nn.CrossEntropyLoss(), opt, train, epochs=5,
-            scheduler=CosineAnnealingLR(opt, T_max=5), progress=False)
-        acc = evaluate(model, test)["accuracy"]
-        assert acc >= 0.97, acc
+    from refdl.data import DataLoader, TensorDataset, load_digits
+    from refdl.models.resnet import ResNetSmall
+    from refdl.optim import Adam
+    from refdl.optim.lr_scheduler import CosineAnnealingLR
+    from refdl.train import evaluate, fit
+    xtr, ytr, xte, yte = load_digits()
+    refdl.manual_seed(0)
+    model = ResNetSmall(num_classes=10, input_shape=(1, 8, 8))
+    opt = Adam(model.parameters(), lr=1e-3)
+    train = DataLoader(TensorDataset(xtr, ytr), batch_size=32, shuffle=True,
+                       generator=np.random.default_rng(0))
+    test = DataLoader(TensorDataset(xte, yte), batch_size=360)
+    fit(model, nn.CrossEntropyLoss(), opt, train, epochs=5,
+        scheduler=CosineAnnealingLR(opt, T_max=5), progress=False)
+    acc = evaluate(model, test)["accuracy"]
+    assert acc >= 0.97, acc

@@ -7,30 +7,11 @@ import refdl
 from refdl import nn
 from refdl.gradcheck import check_module
 
-pytestmark = pytest.mark.skipif(
-    not all(hasattr(nn, n) for n in ("Conv3d", "ConvTranspose3d", "MaxPool3d", "Upsample")),
-    reason="needs the convolution layers")
+pytestmark = pytest.mark.usefixtures("single_blas_thread")   # tests/conftest.py
 
 
 def rng(s=7):
     return np.random.default_rng(s)
-
-
-def _one_blas_thread():
-    try:
-        from threadpoolctl import threadpool_limits
-        return threadpool_limits(1)
-    except ImportError:                      # pragma: no cover
-        import contextlib
-        return contextlib.nullcontext()
-
-
-@pytest.fixture(autouse=True)
-def _blas_single_thread():
-    """These tests multiply many small matrices; BLAS threads only contend on a shared
-    machine (measured 3-4x slower under load), so every test here runs on one."""
-    with _one_blas_thread():
-        yield
 
 
 def unet(gain=1.0, **kw):
@@ -154,20 +135,19 @@ def test_video_unet_reconstruction_loss_falls_tenfold():
     """A small version of the full run (examples/video_unet.py): a 2-level video U-Net
     on 8 moving-shapes videos of 2 frames of 16x16, Adam (lr 5e-3), 100 steps (measured:
     MSE 0.130 -> 0.0079, 16x)."""
-    with _one_blas_thread():   # small matrices: threads only contend on a shared box
-        from refdl.data.video import moving_shapes
-        from refdl.models.unet import video_unet
-        from refdl.optim import Adam
-        refdl.manual_seed(0)
-        videos = moving_shapes(8, frames=2, size=16, generator=np.random.default_rng(0))
-        m = video_unet(depth=2, convs_per_level=1, base_channels=4)
-        opt = Adam(m.parameters(), lr=5e-3)
-        losses = []
-        for step in range(100):
-            x = videos[(step % 2) * 4:(step % 2) * 4 + 4]
-            d = m(x) - x
-            losses.append(float(np.mean(d ** 2)))
-            opt.zero_grad()
-            m.backward((2.0 / d.size) * d)
-            opt.step()
-        assert losses[-1] < losses[0] / 10, losses
+    from refdl.data.video import moving_shapes
+    from refdl.models.unet import video_unet
+    from refdl.optim import Adam
+    refdl.manual_seed(0)
+    videos = moving_shapes(8, frames=2, size=16, generator=np.random.default_rng(0))
+    m = video_unet(depth=2, convs_per_level=1, base_channels=4)
+    opt = Adam(m.parameters(), lr=5e-3)
+    losses = []
+    for step in range(100):
+        x = videos[(step % 2) * 4:(step % 2) * 4 + 4]
+        d = m(x) - x
+        losses.append(float(np.mean(d ** 2)))
+        opt.zero_grad()
+        m.backward((2.0 / d.size) * d)
+        opt.step()
+    assert losses[-1] < losses[0] / 10, losses

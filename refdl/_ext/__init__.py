@@ -7,6 +7,10 @@ refdl/threads.py). The environment is restored right after the load.
 """
 import os as _os
 
+# the switch between the compiled kernels and the NumPy reference (refdl.ext flips it;
+# the modules that call compiled code read it here, below refdl.ext)
+enabled = _os.environ.get("REFDL_DISABLE_EXT", "").strip() not in ("1", "true", "True", "yes")
+
 _set = not any(k in _os.environ for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT"))
 if _set:
     _os.environ["OMP_WAIT_POLICY"] = "PASSIVE"

@@ -262,8 +262,8 @@ def _unbroadcast(t, shape):
 class MatMul(Op):
     """a @ b for a (..., m, k), b (..., k, n); 1-D operands are handled by ``matmul``.
 
-    d loss/da = g @ b^T,  d loss/db = a^T @ g  (Paper 001 Q5's 'useful facts'),
-    summed over batch axes that were broadcast.
+    d loss/da = g @ b^T,  d loss/db = a^T @ g (the two facts behind every linear layer's
+    backward), summed over batch axes that were broadcast.
     """
 
     def compute(self, a, b):

@@ -9,7 +9,7 @@ operation is a class with two methods:
   ``out_grad @ d node / d input_i``, where ``out_grad`` is the adjoint d loss / d node.
   It is written with **Tensor operations**, not NumPy, so a gradient is itself a graph
   and can be differentiated again (second and third derivatives, Hessian-vector
-  products). Paper 001 Q12(b) is about exactly this.
+  products: a gradient of a gradient is one more backward pass through a graph).
 
 Reverse mode (``backward`` / :func:`grad`): sort the graph topologically (iteratively, so a
 chain of 100,000 nodes works), set the output's adjoint to ``out_grad`` (1 for a scalar),
@@ -379,12 +379,12 @@ class Tensor:
         return self.split(-(-n // chunks), dim)
 
     def softmax(self, dim=-1):
-        from ..nn import functional as F
-        return F.softmax(self, dim=dim)
+        """exp(x - logsumexp(x, dim)): engine ops, so it has derivatives of every order."""
+        return self.log_softmax(dim).exp()
 
     def log_softmax(self, dim=-1):
-        from ..nn import functional as F
-        return F.log_softmax(self, dim=dim)
+        """x - logsumexp(x, dim), stable for any x."""
+        return self - _ops.logsumexp(self, axis=dim, keepdims=True)
 
     def sqrt(self):
         return self ** 0.5

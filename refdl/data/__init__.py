@@ -20,7 +20,8 @@ from .digits import load_digits
 from .idx import IDXError, load_fashion_mnist, load_mnist, read_idx, write_idx
 from .loader import (BatchSampler, DataLoader, RandomSampler, Sampler, SequentialSampler,
                      SubsetRandomSampler, WeightedRandomSampler, default_collate)
-from .synthetic import make_gaussian_mixture, make_grid, make_moons, make_ring, make_spirals
+from .synthetic import (grid_centers, make_gaussian_mixture, make_grid, make_moons, make_ring,
+                        make_spirals, ring_centers)
 from .transforms import Compose, Normalize, RandomCrop, RandomHorizontalFlip
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "WeightedRandomSampler", "BatchSampler",
     "load_digits", "load_mnist", "load_fashion_mnist", "read_idx", "write_idx", "IDXError",
     "make_spirals", "make_moons", "make_gaussian_mixture", "make_ring", "make_grid",
+    "ring_centers", "grid_centers",
     "Compose", "Normalize", "RandomCrop", "RandomHorizontalFlip",
 ]
 

@@ -7,7 +7,8 @@ import numpy as np
 
 from ..random import get_rng
 
-__all__ = ["make_spirals", "make_moons", "make_gaussian_mixture", "make_ring", "make_grid"]
+__all__ = ["make_spirals", "make_moons", "make_gaussian_mixture", "ring_centers",
+           "grid_centers", "make_ring", "make_grid"]
 
 
 def _split(n, k):
@@ -45,24 +46,42 @@ def make_moons(n_samples=200, noise=0.1, generator=None):
     return x.astype(np.float32), y.astype(np.int64)
 
 
-def make_gaussian_mixture(centers, n_samples=1000, std=0.05, generator=None):
-    """Points from an equal-weight mixture of isotropic Gaussians at ``centers`` (K, 2)."""
+def make_gaussian_mixture(centers, n_samples=1000, std=0.05, generator=None,
+                          dtype=np.float32):
+    """(x, y): points from an equal-weight mixture of N(centre_k, std^2 I), ``centers``
+    (K, D); x (n_samples, D) in ``dtype`` (drawn in float64), y the component (int64).
+    Draws the components first, then the noise."""
+    if not std > 0:
+        raise ValueError(f"make_gaussian_mixture: std must be positive, got {std!r}")
     centers = np.asarray(centers, dtype=np.float64)
     rng = get_rng(generator)
+    n_samples = int(n_samples)
     y = rng.integers(0, len(centers), size=n_samples)
     x = centers[y] + std * rng.standard_normal((n_samples, centers.shape[1]))
-    return x.astype(np.float32), y.astype(np.int64)
+    return x.astype(dtype), y.astype(np.int64)
 
 
-def make_ring(n_samples=1000, n_modes=8, radius=2.0, std=0.02, generator=None):
-    """The GAN toy set: ``n_modes`` Gaussians evenly spaced on a circle."""
+def ring_centers(n_modes=8, radius=2.0):
+    """Mode centres (n_modes, 2) at angles 2 pi k / n_modes on a circle of ``radius``."""
     a = 2 * np.pi * np.arange(n_modes) / n_modes
-    return make_gaussian_mixture(radius * np.stack([np.cos(a), np.sin(a)], 1), n_samples,
-                                 std, generator)
+    return radius * np.stack([np.cos(a), np.sin(a)], axis=1)
 
 
-def make_grid(n_samples=1000, size=5, spacing=2.0, std=0.05, generator=None):
-    """The GAN toy set: a size x size grid of Gaussians (25 modes at -4, -2, ..., 4)."""
+def grid_centers(size=5, spacing=2.0):
+    """Mode centres (size^2, 2) of a size x size grid centred at 0 (-4, -2, ..., 4 for 5)."""
     c = spacing * (np.arange(size) - (size - 1) / 2)
-    centers = np.stack(np.meshgrid(c, c, indexing="ij"), -1).reshape(-1, 2)
-    return make_gaussian_mixture(centers, n_samples, std, generator)
+    return np.stack(np.meshgrid(c, c, indexing="ij"), -1).reshape(-1, 2)
+
+
+def make_ring(n_samples=1000, n_modes=8, radius=2.0, std=0.02, generator=None,
+              dtype=np.float32):
+    """The GAN/diffusion toy set: ``n_modes`` Gaussians evenly spaced on a circle."""
+    return make_gaussian_mixture(ring_centers(n_modes, radius), n_samples, std, generator,
+                                 dtype)
+
+
+def make_grid(n_samples=1000, size=5, spacing=2.0, std=0.05, generator=None,
+              dtype=np.float32):
+    """The GAN toy set: a size x size grid of Gaussians (25 modes at -4, -2, ..., 4)."""
+    return make_gaussian_mixture(grid_centers(size, spacing), n_samples, std, generator,
+                                 dtype)

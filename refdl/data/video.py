@@ -1,10 +1,10 @@
-"""Generated videos of moving shapes (no download): the data of the video U-Net (paper 004 Q3).
+"""Generated videos of moving shapes (no download): the data of the video U-Net (refdl.models.unet.video_unet).
 
 Each video shows one to ``max_shapes`` coloured squares and discs on a dark background,
 each moving in a straight line with constant velocity and bouncing off the frame edges.
 The layout is PyTorch's for 3-D convolution, (C, T, H, W): channels, frames, height, width,
-values in [0, 1], float32. The paper's X in R^{f x h x w x c} with f = 10, h = w = 32,
-c = 3 is ``moving_shapes(n)[i].transpose(1, 2, 3, 0)``.
+values in [0, 1], float32. A video as X in R^{f x h x w x c} (frames, height, width,
+channels) with f = 10, h = w = 32, c = 3 is ``moving_shapes(n)[i].transpose(1, 2, 3, 0)``.
 """
 import numpy as np
 

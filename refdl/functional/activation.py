@@ -5,7 +5,8 @@ beyond are fine): exponentials are only ever taken of non-positive numbers.
 """
 import numpy as np
 
-__all__ = ["sigmoid", "log_sigmoid", "softplus", "logsumexp", "softmax", "log_softmax"]
+__all__ = ["sigmoid", "log_sigmoid", "softplus", "logsumexp", "softmax", "softmax_backward",
+           "log_softmax"]
 
 
 def sigmoid(x):
@@ -39,10 +40,24 @@ def logsumexp(x, axis=-1, keepdims=False):
 
 
 def softmax(x, axis=-1):
-    """softmax(x)_i = exp(x_i - m) / sum_j exp(x_j - m)."""
+    """softmax(x)_i = exp(x_i - m) / sum_j exp(x_j - m),  m = max_j x_j.
+
+    Entries equal to -inf (masked) get probability 0; a slice that is entirely -inf gives
+    all zeros (PyTorch gives NaN there). Never warns: exp is only taken of numbers <= 0.
+    """
     x = np.asarray(x)
-    z = np.exp(x - np.max(x, axis=axis, keepdims=True))
-    return z / np.sum(z, axis=axis, keepdims=True)
+    m = np.max(x, axis=axis, keepdims=True)
+    z = np.exp(x - np.where(np.isfinite(m), m, 0))
+    s = np.sum(z, axis=axis, keepdims=True)
+    return np.divide(z, s, out=np.zeros_like(z), where=s > 0)
+
+
+def softmax_backward(y, grad, axis=-1):
+    r"""dL/dx from dL/dy = ``grad`` for y = softmax(x): y * (grad - sum_j grad_j y_j).
+
+    (The Jacobian diag(y) - y y^T applied to grad; it is symmetric.)
+    """
+    return y * (grad - np.sum(grad * y, axis=axis, keepdims=True))
 
 
 def log_softmax(x, axis=-1):

@@ -46,6 +46,8 @@ BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], dtype
 G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], dtype=np.float64)
 AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], dtype=np.float64)
 
+from .. import _ext as _switch    # refdl.ext's switch between compiled and NumPy paths
+
 try:
     from .._ext import _winograd as _K
 except ImportError:          # not built: the NumPy reference below runs instead
@@ -53,8 +55,7 @@ except ImportError:          # not built: the NumPy reference below runs instead
 
 
 def _compiled():
-    from .. import ext
-    return _K is not None and ext.available()
+    return _K is not None and _switch.enabled
 
 
 def supported(kernel_size, stride, dilation, groups, padding_mode="zeros"):

@@ -12,15 +12,12 @@ A_k (h, w) is the k-th feature map of a chosen layer, g_k^ij = dS^c / dA_k^ij.
       w_k = sum_ij alpha_k^ij ReLU(dY/dA_k^ij),      map = ReLU(sum_k w_k A_k),
 
   where dmY_k^ij = d^m Y / (dA_k^ij)^m (the diagonal derivatives). When S is piecewise
-  linear in A (ReLU/max-pool/linear layers after A) the paper's closed form holds:
+  linear in A (ReLU/max-pool/linear layers after A) the published closed form holds:
   dY = e^S g, d2Y = e^S g^2, d3Y = e^S g^3, so alpha = g^2 / (2 g^2 + sum_ab A^ab g^3)
   ('closed' derivatives: first derivatives only). Otherwise the exact second and third
   derivatives are computed with refdl.autograd ('exact': the head after the layer is
   translated into engine ops by :func:`to_engine`). The common factor e^S > 0 of w_k is
   dropped (it scales the map of one image, nothing else).
-* Paper 000 (Intermediate Q1) states a different formula, kept here for comparison
-  (:func:`paper000_weights`): alpha_k = sum_ij w^ij d2f/d(A^ij)^2 with
-  w^ij = g^ij / sum_pq g^pq.
 
 Derivation and comparison: docs/derivations/gradcam.md.
 """
@@ -30,8 +27,8 @@ from ..grad_mode import enable_grad
 from ..nn.module import Module, Sequential
 
 __all__ = ["capture", "saliency", "grad_cam", "grad_cam_pp", "grad_cam_weights",
-           "grad_cam_pp_weights", "cam_from_weights", "paper000_weights",
-           "score_derivatives", "to_engine", "head_after"]
+           "grad_cam_pp_weights", "cam_from_weights", "score_backward",
+           "exp_score_derivatives", "score_derivatives", "to_engine", "head_after"]
 
 
 # -- finding a layer, capturing its activations and d score / d activations -----------------
@@ -138,7 +135,7 @@ class capture:
         return False
 
 
-def _score_backward(model, x, class_idx, layer=None):
+def score_backward(model, x, class_idx, layer=None):
     """Run forward, backward of the one-hot class score; parameter grads and buffers (running
     statistics) are restored afterwards. (Call ``model.eval()`` first for BatchNorm and
     Dropout to act as at test time.)
@@ -181,7 +178,7 @@ def _score_backward(model, x, class_idx, layer=None):
 # -- the three maps --------------------------------------------------------------------------
 def saliency(model, x, class_idx=None):
     """|dS^c/dx| maximised over channels: (N, H, W) for x (N, C_in, H, W)."""
-    _, _, dx, _, _ = _score_backward(model, x, class_idx)
+    _, _, dx, _, _ = score_backward(model, x, class_idx)
     return np.max(np.abs(dx), axis=1)
 
 
@@ -211,20 +208,9 @@ def grad_cam_pp_weights(acts, d1, d2=None, d3=None):
     return np.sum(alpha * np.maximum(d1, 0), axis=(2, 3)), alpha
 
 
-def paper000_weights(d1, d2):
-    """Paper 000's formula: alpha_k = sum_ij (d1^ij / sum_pq d1^pq) d2^ij, (N, K).
-
-    d1, d2: first and second diagonal derivatives of the score f used (raw S or exp S).
-    A map whose gradients sum to 0 gets alpha 0 (the formula divides by that sum).
-    """
-    s = d1.sum(axis=(2, 3), keepdims=True)
-    w = np.where(s != 0, d1 / np.where(s != 0, s, 1.0), 0.0)
-    return np.sum(w * d2, axis=(2, 3))
-
-
 def grad_cam(model, x, layer, class_idx=None, relu=True):
     """Grad-CAM maps (N, h, w) at the resolution of ``layer``'s output."""
-    _, _, _, acts, grads = _score_backward(model, x, class_idx, layer)
+    _, _, _, acts, grads = score_backward(model, x, class_idx, layer)
     return cam_from_weights(acts, grad_cam_weights(grads), relu)
 
 
@@ -236,13 +222,13 @@ def grad_cam_pp(model, x, layer, class_idx=None, derivatives="closed", relu=True
     diagonal derivatives by refdl.autograd through the layers after ``layer`` (which must
     be reachable by Sequential containers and supported by :func:`to_engine`).
     """
-    scores, idx, _, acts, grads = _score_backward(model, x, class_idx, layer)
+    scores, idx, _, acts, grads = score_backward(model, x, class_idx, layer)
     if derivatives == "closed":
         w, _ = grad_cam_pp_weights(acts, grads)
     elif derivatives == "exact":
         head = to_engine(head_after(model, layer))
         s1, s2, s3 = score_derivatives(head, acts, idx)
-        y1, y2, y3 = _exp_score(s1, s2, s3)
+        y1, y2, y3 = exp_score_derivatives(s1, s2, s3)
         w, _ = grad_cam_pp_weights(acts, y1, y2, y3)
     else:
         raise ValueError(f"grad_cam_pp: derivatives must be 'closed' or 'exact', got "
@@ -250,7 +236,7 @@ def grad_cam_pp(model, x, layer, class_idx=None, derivatives="closed", relu=True
     return cam_from_weights(acts, w, relu)
 
 
-def _exp_score(s1, s2, s3):
+def exp_score_derivatives(s1, s2, s3):
     """Diagonal derivatives of Y = exp(S) divided by e^S: S', S'' + S'^2, S''' + 3S'S'' + S'^3."""
     return s1, s2 + s1 ** 2, s3 + 3 * s1 * s2 + s1 ** 3
 

@@ -1,6 +1,6 @@
 r"""A small denoising diffusion probabilistic model (DDPM; Ho, Jain & Abbeel, 2020).
 
-Notation is the paper's. The time step t is an integer 1..T (x_0 is the data, x_T is
+Notation is Ho et al.'s. The time step t is an integer 1..T (x_0 is the data, x_T is
 almost pure noise); the arrays are stored zero-based, so ``betas[t-1]`` is beta_t and
 ``alphas_cumprod[t-1]`` is alpha_bar_t, with alpha_bar_0 = 1.
 
@@ -49,16 +49,20 @@ import numpy as np
 from scipy.linalg import solve_triangular
 
 from .. import random as _random
+from ..functional import softmax
+from ..functional.gaussian import check_variance as _check_var, gaussian_log_prob, normal_kl
 from ..grad_mode import no_grad
 from ..nn._validate import check_float, check_grad, layer_name
 from ..nn.activation import GELU, ReLU, SiLU, Tanh
 from ..nn.linear import Linear
 from ..nn.module import Module, Sequential
+from ..optim import Adam
+from ..optim.lr_scheduler import CosineAnnealingLR
+from ..train import check_finite, run_steps
 
 __all__ = ["make_beta_schedule", "normal_kl", "gaussian_log_prob", "GaussianDiffusion",
            "SinusoidalTimeEmbedding", "NoisePredictor", "train_ddpm",
-           "LinearGaussianReverse", "MixtureOracleEps", "ring_mixture", "ring_centers",
-           "mode_coverage"]
+           "LinearGaussianReverse", "MixtureOracleEps"]
 
 _LOG2PI = math.log(2 * math.pi)
 
@@ -114,38 +118,6 @@ def _check_betas(where, betas):
                          f"{float(betas[i])!r}")
 
 
-def _check_var(where, var, what="variance"):
-    var = np.asarray(var)
-    if np.any(~np.isfinite(var)) or np.any(var <= 0):
-        bad = var[~(np.isfinite(var) & (var > 0))].ravel()[0]
-        raise ValueError(f"{where}: {what} must be positive and finite, got {float(bad)!r}")
-
-
-def normal_kl(mean1, var1, mean2, var2):
-    r"""Elementwise KL(N(mean1, var1) || N(mean2, var2)) of 1-D Gaussians, in nats:
-
-        0.5 [ log(var2/var1) + (var1 + (mean1 - mean2)^2) / var2 - 1 ]
-
-    Sum over coordinates for isotropic/diagonal Gaussians. Variances must be > 0.
-    Evaluated as 0.5 [ (u - log1p(u)) + (mean1 - mean2)^2 / var2 ], u = (var1 - var2)/var2,
-    which keeps its relative accuracy when var1 ~ var2 (the naive form cancels: for the
-    DDPM prior term, var1 = 1 - 4e-5 and var2 = 1, it loses 7 of 16 digits).
-    """
-    _check_var("normal_kl", var1, "var1")
-    _check_var("normal_kl", var2, "var2")
-    mean1, mean2 = np.asarray(mean1), np.asarray(mean2)
-    var1, var2 = np.asarray(var1), np.asarray(var2)
-    u = (var1 - var2) / var2
-    return 0.5 * ((u - np.log1p(u)) + (mean1 - mean2) ** 2 / var2)
-
-
-def gaussian_log_prob(x, mean, var):
-    """Elementwise log N(x; mean, var) (variance > 0)."""
-    _check_var("gaussian_log_prob", var)
-    var = np.asarray(var)
-    return -0.5 * (_LOG2PI + np.log(var) + (np.asarray(x) - mean) ** 2 / var)
-
-
 # ---------------------------------------------------------------------------------------
 # the diffusion process
 # ---------------------------------------------------------------------------------------
@@ -157,7 +129,7 @@ class GaussianDiffusion:
     ``model_var``: the reverse-process variance sigma_t^2, ``"beta"`` (sigma_t^2 = beta_t)
     or ``"beta_tilde"`` (sigma_t^2 = beta~_t, with beta~_1 replaced by beta_1 so it is > 0).
 
-    Every method takes the paper's t: an int in 1..T, or an int array of shape (N,) (one
+    Every method takes t as in the notation above: an int in 1..T, or an int array of shape (N,) (one
     step per example, broadcast over the other axes of x of shape (N, ...)).
     Nothing here has trainable parameters; the model is passed in where needed.
     """
@@ -194,7 +166,7 @@ class GaussianDiffusion:
 
     # -- indexing ------------------------------------------------------------------------
     def _t(self, where, t, x=None, lo=1):
-        """Validate t (paper convention) and return the zero-based index array."""
+        """Validate t (1..T, as in the notation) and return the zero-based index array."""
         t_arr = np.asarray(t)
         if not np.issubdtype(t_arr.dtype, np.integer):
             if t_arr.dtype == bool or not np.issubdtype(t_arr.dtype, np.floating) or \
@@ -558,49 +530,50 @@ def train_ddpm(model, diffusion, data, steps, batch_size=256, optimizer=None, lr
     ``refdl.optim.Adam(model.parameters(), lr=lr)``; with ``cosine_lr`` its learning rate
     is annealed to 0 over the run (``CosineAnnealingLR(T_max=steps)``, stepped every step),
     which removes most of the minibatch noise from the final weights. Returns the losses.
-    A non-finite loss stops training with FloatingPointError naming the step, before any
+    A non-finite loss stops training with refdl.train.NonFiniteLossError (a
+    FloatingPointError) naming the step, before any
     update from it; if the parameters themselves had become non-finite, those used at the
     previous (finite-loss) step are restored.
     """
-    from ..optim import Adam
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
         raise ValueError(f"train_ddpm: steps must be a non-negative integer, got {steps!r}")
     rng = _random.get_rng(generator)
     opt = optimizer if optimizer is not None else Adam(model.parameters(), lr=lr)
     sched = None
     if cosine_lr and steps > 0:
-        from ..optim.lr_scheduler import CosineAnnealingLR
         sched = CosineAnnealingLR(opt, T_max=steps)
     if callable(data):
         draw = data
     else:
         data = check_float("train_ddpm", data, "data")
         draw = lambda n, g: data[g.integers(0, data.shape[0], size=n)]  # noqa: E731
-    losses = []
-    good = copy.deepcopy(model.state_dict())
-    for step in range(1, steps + 1):
+    good = [copy.deepcopy(model.state_dict())]    # the parameters of the last finite step
+
+    def step(i, _):
         x0 = draw(batch_size, rng)
         model.zero_grad()
         loss = diffusion.simple_loss(model, x0, rng)
         if not math.isfinite(loss):
             model.zero_grad()
             if all(np.all(np.isfinite(p.data)) for p in model.parameters()):
-                kept = f"the model keeps its parameters after step {step - 1}"
+                kept = f"the model keeps its parameters after step {i - 1}"
             else:
-                model.load_state_dict(good)
+                model.load_state_dict(good[0])
                 kept = (f"the parameters had become non-finite; restored those used at step "
-                        f"{step - 1}")
-            raise FloatingPointError(f"train_ddpm: non-finite loss {loss} at step {step}; "
-                                     f"{kept}")
-        good = model.state_dict()
+                        f"{i - 1}")
+            check_finite(loss, i, message=f"train_ddpm: non-finite loss {loss} at step {i}; "
+                                          f"{kept}")
+        good[0] = model.state_dict()
         opt.step()
         if sched is not None:
             sched.step()
-        losses.append(loss)
-        if log_every and step % log_every == 0:
-            print(f"step {step:6d}  loss {np.mean(losses[-log_every:]):.4f}")
-        if callback is not None:
-            callback(step, loss)
+        return loss
+
+    def log(i, h):
+        print(f"step {i:6d}  loss {np.mean(h['loss'][-log_every:]):.4f}")
+
+    losses = run_steps(step, steps, callback=callback, log_every=log_every,
+                       log=log).get("loss", [])
     return losses
 
 
@@ -752,49 +725,8 @@ class LinearGaussianReverse:
 
 
 # ---------------------------------------------------------------------------------------
-# 2-D toy data: 8 Gaussians on a ring, and how well samples cover them
+# the exact noise predictor of a Gaussian mixture
 # ---------------------------------------------------------------------------------------
-def ring_centers(n_modes=8, radius=2.0):
-    """Mode centres (n_modes, 2) at angles 2 pi k / n_modes on a circle."""
-    a = 2 * np.pi * np.arange(n_modes) / n_modes
-    return radius * np.stack([np.cos(a), np.sin(a)], axis=1)
-
-
-def ring_mixture(n, n_modes=8, radius=2.0, std=0.05, generator=None, dtype=np.float32):
-    """n points from an equal-weight mixture of N(centre_k, std^2 I) on a ring; (n, 2)."""
-    if not std > 0:
-        raise ValueError(f"ring_mixture: std must be positive, got {std!r}")
-    rng = _random.get_rng(generator)
-    c = ring_centers(n_modes, radius)
-    k = rng.integers(0, n_modes, size=int(n))
-    return (c[k] + std * rng.standard_normal((int(n), 2))).astype(dtype)
-
-
-def mode_coverage(samples, centers, std, n_std=3.0, min_fraction=0.1):
-    r"""How well samples cover a Gaussian mixture with isotropic component std ``std``.
-
-    A sample is *high quality* if it lies within ``n_std`` std of its nearest centre. A
-    mode is *covered* if it receives at least ``min_fraction`` of its fair share of the
-    samples (min_fraction * n / n_modes) as high-quality samples.
-    Returns dict: ``modes_covered`` (int), ``high_quality`` (fraction), ``counts`` (per mode).
-    """
-    samples = np.asarray(samples, dtype=np.float64)
-    centers = np.asarray(centers, dtype=np.float64)
-    if samples.ndim != 2 or samples.shape[1] != centers.shape[1]:
-        raise ValueError(f"mode_coverage: samples must have shape (n, {centers.shape[1]}), "
-                         f"got {tuple(samples.shape)}")
-    if not std > 0:
-        raise ValueError(f"mode_coverage: std must be positive, got {std!r}")
-    d = np.sqrt(((samples[:, None, :] - centers[None]) ** 2).sum(-1))
-    k = d.argmin(axis=1)
-    good = d[np.arange(len(samples)), k] <= n_std * std
-    counts = np.bincount(k[good], minlength=len(centers))
-    need = min_fraction * len(samples) / len(centers)
-    return {"modes_covered": int(np.sum(counts >= max(need, 1))),
-            "high_quality": float(good.mean()) if len(samples) else 0.0,
-            "counts": counts}
-
-
 class MixtureOracleEps:
     r"""The exact minimiser of the simple loss for data from an isotropic Gaussian mixture.
 
@@ -824,8 +756,6 @@ class MixtureOracleEps:
         mu = np.sqrt(ab)[:, :, None] * self.centers.T[None]       # (N, D, K)
         diff = x.astype(np.float64)[:, :, None] - mu
         logr = np.log(self.weights)[None] - 0.5 * (diff ** 2).sum(1) / v
-        logr -= logr.max(axis=1, keepdims=True)
-        r = np.exp(logr)
-        r /= r.sum(axis=1, keepdims=True)
+        r = softmax(logr, axis=1)
         eps = np.sqrt(1 - ab) * np.einsum("ndk,nk->nd", diff, r) / v
         return eps.astype(x.dtype, copy=False)

@@ -9,7 +9,7 @@ Losses on discriminator logits l (D = sigmoid(l)), averaged over the batch:
     generator, non-saturating  L_G = -log D(G(z))           dL/dl = -sigmoid(-l)
 
 When D rejects fakes confidently (l -> -inf, D(G(z)) -> 0) the saturating gradient
--sigmoid(l) vanishes while the non-saturating one tends to -1 (paper 000, Advanced Q2).
+-sigmoid(l) vanishes while the non-saturating one tends to -1.
 
 WGAN: the critic f minimises mean f(fake) - mean f(real) (its weights clipped to
 [-c, c] in the original WGAN); the generator minimises -mean f(fake).
@@ -28,11 +28,13 @@ from ..nn._validate import check_float, check_ndim, layer_name
 from ..nn.linear import Linear
 from ..nn.module import Module, ModuleList
 from ..grad_mode import no_grad
+from ..optim import Adam
 from ..random import get_rng
+from ..train import check_finite, run_steps
 
 __all__ = ["MLPCritic", "GradientPenalty", "DiscriminatorLoss", "GeneratorLoss",
            "WassersteinCriticLoss", "clip_weights_", "mlp_generator", "train_gan",
-           "sample_generator", "mode_metrics"]
+           "sample_generator"]
 
 
 class CriticCache(NamedTuple):
@@ -154,17 +156,22 @@ class GradientPenalty(Module):
     r"""WGAN-GP's penalty P = lam * mean_n (||v_n|| - center)^2, v_n = grad_x f(x_n).
 
     ``center=1`` is Gulrajani et al.'s two-sided penalty; ``center=0`` gives the form
-    lam * ||grad D(x)||^2 of paper 000 (Beginner Q5).
+    lam * ||grad D(x)||^2 (a zero-centred penalty).
     x: (N, d) -> 0-d P. ``backward(grad=1)`` adds dP/dtheta to the critic's parameter
-    gradients and returns dP/dx, by differentiating the critic's backward pass:
+    gradients and returns dP/dx, by differentiating the critic's backward pass. With the
+    critic f = w_L^T h_{L-1} + b_L, h_l = phi(a_l), a_l = W_l h_{l-1} + b_l, h_0 = x:
 
       backward pass (per sample):  g_{L-1} = w_L,  delta_l = g_l * phi'(a_l),
-                                   g_{l-1} = W_l^T delta_l,  v = g_0
-      its adjoint, u = dP/dv:      gbar_0 = u;  for l = 1 .. L-1:
-            deltabar_l = W_l gbar_{l-1},      Wbar_l += deltabar_l... (see derivation)
-            gbar_l = deltabar_l * phi'(a_l),  abar_l = deltabar_l * g_l * phi''(a_l)
-                                   w_L bar += gbar_{L-1}
-      then the forward pass in reverse, with abar_l entering at each a_l.
+                                   g_{l-1} = W_l^T delta_l,  v = g_0   (l = L-1 .. 1)
+      its adjoint, from u = dP/dv = (2 lam / N) (||v|| - center) v / ||v||:
+            gbar_0 = u;  for l = 1 .. L-1:
+              deltabar_l = W_l gbar_{l-1},      Wbar_l += delta_l gbar_{l-1}^T,
+              gbar_l = deltabar_l * phi'(a_l),  abar_l = deltabar_l * g_l * phi''(a_l);
+            w_L bar += gbar_{L-1}
+      then the forward pass in reverse (hbar_{L-1} = 0), for l = L-1 .. 1:
+              ahat_l = abar_l + hbar_l * phi'(a_l),  Wbar_l += ahat_l h_{l-1}^T,
+              bbar_l += ahat_l,  hbar_{l-1} = W_l^T ahat_l;   dP/dx = hbar_0.
+    (The code indexes layers from 0: ``layers[l]`` maps h_l to a_{l+1}.)
     Derivation: docs/derivations/wgan_gp.md
     """
 
@@ -319,11 +326,6 @@ def mlp_generator(latent_dim=2, out_features=2, hidden=(64, 64), cond_dim=0, gen
     return Sequential(*layers)
 
 
-def _adam(params, lr, betas):
-    from ..optim import Adam
-    return Adam(params, lr=lr, betas=betas)
-
-
 def train_gan(sample_real, kind="gan", steps=2000, batch_size=256, latent_dim=2,
               hidden=(64, 64), lr=None, n_critic=None, lam=10.0, clip=0.01,
               critic_activation=None, n_classes=0, generator=None, log_every=0,
@@ -340,100 +342,110 @@ def train_gan(sample_real, kind="gan", steps=2000, batch_size=256, latent_dim=2,
     Conditional GAN (``n_classes`` > 0): ``sample_real(n, rng)`` returns (x, y) with integer
     labels y; the generator sees concat(z, onehot(y)) and the discriminator
     concat(x, onehot(y)), so D estimates p_data(x, y) / (p_data(x, y) + p_theta(x|y) p(y))
-    (paper 002 Q7); fake labels are drawn uniformly.
+    (Mirza & Osindero, 2014); fake labels are drawn uniformly.
     Returns (G, D, history) with history = {'d_loss': [...], 'g_loss': [...]}.
-    A non-finite loss stops training with a FloatingPointError naming the step.
+    A non-finite loss stops training with refdl.train.NonFiniteLossError (a
+    FloatingPointError) naming the step.
     """
     kinds = ("gan", "gan-saturating", "wgan", "wgan-gp")
     if kind not in kinds:
         raise ValueError(f"train_gan: kind must be one of {kinds}, got {kind!r}")
-    rng = get_rng(generator)
-    K = int(n_classes)
+    run = _GanRun(sample_real, kind, batch_size, latent_dim, hidden, lr, lam, clip,
+                  critic_activation, n_classes, get_rng(generator))
+    if n_critic is None:
+        n_critic = 5 if run.wasserstein else 1
 
-    def real_batch(n):
-        out = sample_real(n, rng)
-        if K:
+    def step(i, _):
+        for _ in range(n_critic):
+            d_loss = run.critic_step(i)
+        return {"d_loss": d_loss, "g_loss": run.generator_step(i)}
+
+    def log(i, h):
+        if print_fn is not None:
+            print_fn(f"{kind} step {i}: d_loss {h['d_loss'][-1]:.4f} "
+                     f"g_loss {h['g_loss'][-1]:.4f}")
+
+    history = {"d_loss": [], "g_loss": []}
+    history.update(run_steps(step, steps, log_every=log_every, log=log))
+    return run.G, run.D, history
+
+
+class _GanRun:
+    """The pieces of one train_gan run (networks, optimisers, losses, the random source)
+    and its two steps. Draws from ``rng`` in a fixed order: one real batch of 2 to learn
+    the data's width, G's and D's initial weights, then the steps."""
+
+    def __init__(self, sample_real, kind, batch_size, latent_dim, hidden, lr, lam, clip,
+                 critic_activation, n_classes, rng):
+        self.sample_real, self.kind, self.rng = sample_real, kind, rng
+        self.batch_size, self.latent_dim, self.clip = batch_size, latent_dim, clip
+        self.K = K = int(n_classes)
+        self.d = d = self.real_batch(2)[0].shape[1]
+        self.wasserstein = wasserstein = kind.startswith("wgan")
+        self.G = mlp_generator(latent_dim, d, hidden, cond_dim=K, generator=rng)
+        self.D = MLPCritic(d + K, hidden, activation=critic_activation or "leaky_relu",
+                           generator=rng)
+        if lr is None:
+            lr = 1e-4 if kind == "wgan-gp" else 2e-4
+        betas = (0.5, 0.9) if kind == "wgan-gp" else (0.5, 0.999)
+        self.opt_g = Adam(self.G.parameters(), lr=lr, betas=betas)
+        self.opt_d = Adam(self.D.parameters(), lr=lr, betas=betas)
+        self.d_loss_fn = WassersteinCriticLoss() if wasserstein else DiscriminatorLoss()
+        self.g_loss_fn = GeneratorLoss("wasserstein" if wasserstein else "saturating"
+                                       if kind == "gan-saturating" else "non_saturating")
+        self.gp = GradientPenalty(self.D, lam=lam, center=1.0) if kind == "wgan-gp" else None
+
+    def real_batch(self, n):
+        out = self.sample_real(n, self.rng)
+        if self.K:
             x, y = out
-            return np.asarray(x, np.float32), np.eye(K, dtype=np.float32)[y]
+            return np.asarray(x, np.float32), np.eye(self.K, dtype=np.float32)[y]
         return np.asarray(out, np.float32), np.zeros((n, 0), np.float32)
 
-    def fake_labels(n):
-        return np.eye(K, dtype=np.float32)[rng.integers(0, K, n)] if K else \
-            np.zeros((n, 0), np.float32)
+    def fake_labels(self, n):
+        if not self.K:
+            return np.zeros((n, 0), np.float32)
+        return np.eye(self.K, dtype=np.float32)[self.rng.integers(0, self.K, n)]
 
-    d = real_batch(2)[0].shape[1]
-    wasserstein = kind.startswith("wgan")
-    act = critic_activation or "leaky_relu"
-    G = mlp_generator(latent_dim, d, hidden, cond_dim=K, generator=rng)
-    D = MLPCritic(d + K, hidden, activation=act, generator=rng)
-    if lr is None:
-        lr = 1e-4 if kind == "wgan-gp" else 2e-4
-    betas = (0.5, 0.9) if kind == "wgan-gp" else (0.5, 0.999)
-    if n_critic is None:
-        n_critic = 5 if wasserstein else 1
-    opt_g, opt_d = _adam(G.parameters(), lr, betas), _adam(D.parameters(), lr, betas)
-    d_loss_fn = WassersteinCriticLoss() if wasserstein else DiscriminatorLoss()
-    g_loss_fn = GeneratorLoss("wasserstein" if wasserstein else
-                              "saturating" if kind == "gan-saturating" else "non_saturating")
-    gp = GradientPenalty(D, lam=lam, center=1.0) if kind == "wgan-gp" else None
-    history = {"d_loss": [], "g_loss": []}
+    def generate(self, n):
+        c = self.fake_labels(n)
+        z = self.rng.standard_normal((n, self.latent_dim)).astype(np.float32)
+        return self.G(np.concatenate([z, c], 1)), c
 
-    def generate(n):
-        c = fake_labels(n)
-        z = rng.standard_normal((n, latent_dim)).astype(np.float32)
-        return G(np.concatenate([z, c], 1)), c
+    def critic_step(self, step):
+        """One update of D on a real and a fake batch; returns D's loss."""
+        n, D = self.batch_size, self.D
+        real, c_real = self.real_batch(n)
+        with no_grad():         # the critic's step does not differentiate G
+            fake, c_fake = self.generate(n)
+        real, fake = np.concatenate([real, c_real], 1), np.concatenate([fake, c_fake], 1)
+        self.opt_d.zero_grad()
+        # one pass over real and fake together, so D's cache serves one backward
+        out = D(np.concatenate([real, fake]))
+        d_loss = float(self.d_loss_fn(out[:n], out[n:]))
+        D.backward(np.concatenate(self.d_loss_fn.backward()))
+        if self.gp is not None:
+            e = self.rng.uniform(size=(n, 1)).astype(np.float32)
+            d_loss += float(self.gp(e * real + (1 - e) * fake))
+            self.gp.backward()
+        check_finite(d_loss, step, message=f"train_gan({self.kind}): non-finite critic loss "
+                                           f"at step {step}")
+        self.opt_d.step()
+        if self.kind == "wgan":
+            clip_weights_(D, self.clip)
+        return d_loss
 
-    for step in range(1, steps + 1):
-        for _ in range(n_critic):
-            real, c_real = real_batch(batch_size)
-            with no_grad():         # the critic's step does not differentiate G
-                fake, c_fake = generate(batch_size)
-            real, fake = np.concatenate([real, c_real], 1), np.concatenate([fake, c_fake], 1)
-            opt_d.zero_grad()
-            # one pass over real and fake together, so D's cache serves one backward
-            out = D(np.concatenate([real, fake]))
-            d_loss = float(d_loss_fn(out[:batch_size], out[batch_size:]))
-            D.backward(np.concatenate(d_loss_fn.backward()))
-            if gp is not None:
-                e = rng.uniform(size=(batch_size, 1)).astype(np.float32)
-                d_loss += float(gp(e * real + (1 - e) * fake))
-                gp.backward()
-            if not np.isfinite(d_loss):
-                raise FloatingPointError(f"train_gan({kind}): non-finite critic loss at step {step}")
-            opt_d.step()
-            if kind == "wgan":
-                clip_weights_(D, clip)
-        opt_g.zero_grad()
-        fake, c_fake = generate(batch_size)
-        g_loss = float(g_loss_fn(D(np.concatenate([fake, c_fake], 1))))
-        if not np.isfinite(g_loss):
-            raise FloatingPointError(f"train_gan({kind}): non-finite generator loss at step {step}")
-        dx = D.backward(g_loss_fn.backward())[:, :d]       # the label columns are not G's
-        G.backward(dx)
-        opt_g.step()           # D's gradients from this pass are discarded by opt_d.zero_grad
-        history["d_loss"].append(d_loss)
-        history["g_loss"].append(g_loss)
-        if log_every and step % log_every == 0 and print_fn is not None:
-            print_fn(f"{kind} step {step}: d_loss {d_loss:.4f} g_loss {g_loss:.4f}")
-    return G, D, history
-
-
-def mode_metrics(samples, centers, std):
-    r"""Mode coverage and sample quality for a Gaussian-mixture target (the GAN toys).
-
-    A sample is *high quality* when it lies within 3 std of its nearest mode. A mode is
-    *covered* when it receives at least 20% of the high-quality samples it would get if
-    the samples were spread evenly over the K modes (as the true mixture spreads them).
-    Returns {'modes_covered', 'n_modes', 'high_quality' (fraction), 'counts' (per mode)}.
-    """
-    samples, centers = np.asarray(samples, np.float64), np.asarray(centers, np.float64)
-    d2 = ((samples[:, None, :] - centers[None, :, :]) ** 2).sum(-1)
-    nearest = d2.argmin(1)
-    good = np.sqrt(d2[np.arange(len(samples)), nearest]) <= 3 * std
-    counts = np.bincount(nearest[good], minlength=len(centers))
-    expected = len(samples) / len(centers)
-    return {"modes_covered": int(np.sum(counts >= 0.2 * expected)), "n_modes": len(centers),
-            "high_quality": float(good.mean()), "counts": counts}
+    def generator_step(self, step):
+        """One update of G through D; returns G's loss."""
+        self.opt_g.zero_grad()
+        fake, c_fake = self.generate(self.batch_size)
+        g_loss = check_finite(self.g_loss_fn(self.D(np.concatenate([fake, c_fake], 1))), step,
+                              message=f"train_gan({self.kind}): non-finite generator loss "
+                                      f"at step {step}")
+        dx = self.D.backward(self.g_loss_fn.backward())[:, :self.d]   # not the label columns
+        self.G.backward(dx)
+        self.opt_g.step()      # D's gradients from this pass are discarded by opt_d.zero_grad
+        return g_loss
 
 
 def sample_generator(G, n, latent_dim=2, labels=None, n_classes=0, generator=None):

@@ -1,4 +1,4 @@
-r"""The linear-Gaussian VAE of paper 004 Q2, with its ELBO and gradients in closed form.
+r"""The linear-Gaussian VAE, with its ELBO and gradients in closed form.
 
 Model (x in R^dx, z in R^dz):
     encoder   q(z|x) = N(W x, Sigma),        W (dz, dx), Sigma = L L^T (dz, dz)
@@ -28,7 +28,9 @@ import numpy as np
 from ..functional.gaussian import normal_log_prob
 from ..nn._validate import check_float, check_ndim, layer_name
 from ..nn.module import Module, Parameter
+from ..optim import Adam
 from ..random import get_rng
+from ..train import check_finite, run_steps
 
 __all__ = ["LinearGaussianVAE"]
 
@@ -178,22 +180,19 @@ class LinearGaussianVAE(Module):
         """Maximise the mean closed-form ELBO over W, U, Sigma, eta_d with Adam (full batch).
 
         Returns the history of the loss (-mean ELBO); a non-finite loss raises
-        FloatingPointError naming the step.
+        refdl.train.NonFiniteLossError (a FloatingPointError) naming the step.
         """
-        from ..optim import Adam
         opt = Adam([p for p in self.parameters() if p.requires_grad], lr=lr)
-        history = []
-        for t in range(1, steps + 1):
+
+        def step(t, _):
             opt.zero_grad()
-            loss = float(self(X))
-            if not np.isfinite(loss):
-                raise FloatingPointError(f"LinearGaussianVAE.fit: non-finite loss at step {t}")
-            history.append(loss)
+            loss = check_finite(self(X), t, message=f"LinearGaussianVAE.fit: non-finite "
+                                                    f"loss at step {t}")
             self.backward()
             opt.step()
-            if callback is not None:
-                callback(t, loss)
-        return history
+            return loss
+
+        return run_steps(step, steps, callback=callback).get("loss", [])
 
     @staticmethod
     def ppca_mle(X, dz, eta_e=1.0):

@@ -11,7 +11,7 @@ _ACTIVATIONS = {"relu": "ReLU", "leaky_relu": "LeakyReLU", "elu": "ELU", "tanh":
 
 
 class MLP(nn.Sequential):
-    """``MLP(input_shape=(64,), num_classes=10, hidden=(128, 64), activation='relu', dropout=0.0)``
+    """``MLP(num_classes=10, input_shape=(64,), hidden=(128, 64), activation='relu', dropout=0.0)``
 
     x (N, *input_shape) -> Flatten -> [Linear(d_{i-1}, d_i) -> act -> Dropout(p)]*
     -> Linear(d_last, num_classes) -> logits (N, num_classes).
@@ -19,10 +19,11 @@ class MLP(nn.Sequential):
     Image-shaped input (N, 1, 8, 8) works because the first layer flattens it. Keys of
     ``state_dict()`` follow the layer order (``1.weight`` is the first Linear's weight).
     ``backward(dL/dlogits)`` is Sequential's: the chain rule through the layers in reverse.
+    ``generator`` draws the initial weights and the dropout masks (None: refdl's global RNG).
     """
 
-    def __init__(self, input_shape=(64,), num_classes=10, hidden=(128, 64), activation="relu",
-                 dropout=0.0, dtype=np.float32):
+    def __init__(self, num_classes=10, input_shape=(64,), hidden=(128, 64), activation="relu",
+                 dropout=0.0, dtype=np.float32, generator=None):
         if isinstance(input_shape, (int, np.integer)):
             input_shape = (int(input_shape),)
         input_shape = tuple(int(s) for s in input_shape)
@@ -40,11 +41,11 @@ class MLP(nn.Sequential):
         layers = [nn.Flatten()]
         d = int(np.prod(input_shape))
         for h in hidden:
-            layers += [nn.Linear(d, int(h), dtype=dtype), act()]
+            layers += [nn.Linear(d, int(h), dtype=dtype, generator=generator), act()]
             if dropout > 0:
-                layers.append(nn.Dropout(float(dropout)))
+                layers.append(nn.Dropout(float(dropout), generator=generator))
             d = int(h)
-        layers.append(nn.Linear(d, int(num_classes), dtype=dtype))
+        layers.append(nn.Linear(d, int(num_classes), dtype=dtype, generator=generator))
         super().__init__(*layers)
         self.input_shape = input_shape
         self.num_classes = int(num_classes)

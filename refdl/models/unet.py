@@ -1,4 +1,4 @@
-r"""U-Net (Ronneberger et al., 2015) in 2-D and 3-D, and the video U-Net of paper 004 Q3.
+r"""U-Net (Ronneberger et al., 2015) in 2-D and 3-D, and a video U-Net over (frames, height, width).
 
 With depth N, M convolutions per level and channels c_l = base * 2^l:
 
@@ -198,7 +198,7 @@ def unet_shapes(model, input_shape):
 
 def video_unet(in_channels=3, out_channels=3, depth=3, convs_per_level=2, base_channels=16,
                up_mode="transpose", norm=None):
-    """The video U-Net of paper 004 Q3: input (N, 3, 10, 32, 32) = 10 frames of 32x32 RGB
+    """A video U-Net: input (N, 3, 10, 32, 32) = 10 frames of 32x32 RGB
     in PyTorch's (N, C, D, H, W) layout; 3x3x3 convolutions over (frames, height, width);
     pooling (1, 2, 2) halves height and width and keeps the 10 frames (10 is not divisible
     by 2^3). depth = 3: 32 -> 16 -> 8 -> 4 at the bottleneck and back."""

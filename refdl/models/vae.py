@@ -13,14 +13,17 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ..checkpoint import save_checkpoint
 from ..functional import log_sigmoid, sigmoid
 from ..functional.gaussian import kl_diag_normal, kl_diag_normal_grad
 from ..grad_mode import no_grad
 from ..nn._validate import check_float, check_same_shape, layer_name
 from ..nn.activation import ReLU
-from ..nn.linear import Linear
+from ..nn.conv import Conv2d, ConvTranspose2d
+from ..nn.linear import Flatten, Linear, Unflatten
 from ..nn.module import Module, Sequential
 from ..random import get_rng
+from ..train import NonFiniteLossError, check_finite, run_steps
 
 __all__ = ["Reparameterize", "VAELoss", "VAE", "conv_vae", "train_vae"]
 
@@ -225,7 +228,6 @@ def conv_vae(input_shape=(1, 8, 8), latent_dim=2, channels=(16, 32), dtype=np.fl
              [ConvTranspose2d(k, k', 4, stride 2, padding 1)-ReLU] mirrored, the last one
              to the input's channels without ReLU (each doubles H and W).
     """
-    from ..nn import Conv2d, ConvTranspose2d, Flatten, Unflatten
     C, H, W = input_shape
     f = 2 ** len(channels)
     if H % f or W % f:
@@ -249,6 +251,18 @@ def conv_vae(input_shape=(1, 8, 8), latent_dim=2, channels=(16, 32), dtype=np.fl
                input_shape=input_shape, dtype=dtype)
 
 
+def _vae_step(vae, loss_fn, optimizer, xb, step):
+    """One step on the batch xb: {'loss': the batch's -ELBO, 'n': its size}."""
+    with np.errstate(over="ignore", invalid="ignore"):   # divergence is caught below
+        x_hat, mu, logvar = vae(xb)
+        finite = all(np.all(np.isfinite(a)) for a in (x_hat, mu, logvar))
+        value = check_finite(loss_fn(x_hat, mu, logvar, xb) if finite else np.nan, step)
+    optimizer.zero_grad()
+    vae.backward(*loss_fn.backward())
+    optimizer.step()
+    return {"loss": value, "n": len(xb)}
+
+
 def train_vae(vae, loss_fn, optimizer, X, epochs=10, batch_size=64, checkpoint_path=None,
               generator=None, print_fn=None):
     """Minimise ``loss_fn`` (a VAELoss) over the rows of X with mini-batches.
@@ -258,26 +272,21 @@ def train_vae(vae, loss_fn, optimizer, X, epochs=10, batch_size=64, checkpoint_p
     training with refdl.train.NonFiniteLossError naming the epoch and step; the checkpoint
     then still holds the last good epoch.
     """
-    from ..checkpoint import save_checkpoint
-    from ..train import NonFiniteLossError
     rng = get_rng(generator)
     history = []
     for epoch in range(1, epochs + 1):
         vae.train()
-        perm, total = rng.permutation(len(X)), 0.0
-        for step, i in enumerate(range(0, len(X), batch_size), 1):
-            xb = X[perm[i:i + batch_size]]
-            with np.errstate(over="ignore", invalid="ignore"):   # divergence is caught below
-                x_hat, mu, logvar = vae(xb)
-                finite = all(np.all(np.isfinite(a)) for a in (x_hat, mu, logvar))
-                value = float(loss_fn(x_hat, mu, logvar, xb)) if finite else float("nan")
-            if not np.isfinite(value):
-                raise NonFiniteLossError(epoch, step, value, {"loss": history},
-                                         checkpoint_path, epoch - 1)
-            optimizer.zero_grad()
-            vae.backward(*loss_fn.backward())
-            optimizer.step()
-            total += value * len(xb)
+        perm = rng.permutation(len(X))
+        batches = (X[perm[i:i + batch_size]] for i in range(0, len(X), batch_size))
+        try:
+            sizes = run_steps(lambda step, xb: _vae_step(vae, loss_fn, optimizer, xb, step),
+                              batches)
+        except NonFiniteLossError as e:
+            raise NonFiniteLossError(epoch, e.step, e.value, {"loss": history},
+                                     checkpoint_path, epoch - 1) from None
+        total = 0.0
+        for n, value in zip(sizes["n"], sizes["loss"]):
+            total += value * n
         history.append(total / len(X))
         if checkpoint_path is not None:
             save_checkpoint(checkpoint_path, vae, optimizer, epoch=epoch,

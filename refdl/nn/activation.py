@@ -269,7 +269,7 @@ class Softmax(_AlongDim):
     def backward(self, grad_out):
         c = self.pop_saved()
         g = check_grad(self, grad_out, c.y.shape)
-        return c.y * (g - np.sum(g * c.y, axis=c.axis, keepdims=True))
+        return F.softmax_backward(c.y, g, axis=c.axis)
 
 
 class LogSoftmax(_AlongDim):
@@ -590,4 +590,4 @@ class Softmin(_AlongDim):
     def backward(self, grad_out):
         c = self.pop_saved()
         g = check_grad(self, grad_out, c.y.shape)
-        return -c.y * (g - np.sum(g * c.y, axis=c.axis, keepdims=True))
+        return -F.softmax_backward(c.y, g, axis=c.axis)

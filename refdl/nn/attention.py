@@ -187,7 +187,7 @@ class AttentionCache(NamedTuple):
     v: np.ndarray                   # values (..., S, Ev)
     P: np.ndarray                   # softmax of the scores (..., L, S)
     A: np.ndarray                   # the weights after dropout, A = P * keep / (1 - p)
-    keep: Optional[np.ndarray]      # dropout's keep mask (None without dropout)
+    keep: Optional[np.ndarray]      # dropout's keep mask B of the page (None without dropout)
     p: float                        # dropout probability
     c: float                        # the scale (1/sqrt(E) by default)
 

@@ -27,7 +27,10 @@ from typing import NamedTuple
 import numpy as np
 
 from ._validate import check_float, layer_name
-from .module import Module
+from .activation import ReLU
+from .batchnorm import BatchNorm2d
+from .conv import Conv2d
+from .module import Module, Sequential
 
 __all__ = ["Add", "Concat", "BasicBlock", "Bottleneck"]
 
@@ -123,23 +126,14 @@ class Concat(Module):
         return parts[0] if len(parts) == 1 else tuple(parts)
 
 
-def _layers():
-    """The convolution/activation layers, imported when a block is built."""
-    from .. import nn
-    return nn.Conv2d, nn.ReLU
-
-
 def _norm(norm_layer):
     if norm_layer is None:
-        from .batchnorm import BatchNorm2d
         return BatchNorm2d
     return norm_layer
 
 
 def projection(inplanes, outplanes, stride, norm_layer=None):
     """The projection shortcut: 1x1 convolution with ``stride`` followed by a norm layer."""
-    from .module import Sequential
-    Conv2d, _ = _layers()
     return Sequential(Conv2d(inplanes, outplanes, 1, stride=stride, bias=False),
                       _norm(norm_layer)(outplanes))
 
@@ -165,7 +159,6 @@ class BasicBlock(Module):
     def __init__(self, inplanes, planes, stride=1, downsample=None, norm_layer=None,
                  residual=True):
         super().__init__()
-        Conv2d, ReLU = _layers()
         norm = _norm(norm_layer)
         self.inplanes, self.planes, self.stride = int(inplanes), int(planes), int(stride)
         self.residual = bool(residual)
@@ -219,7 +212,6 @@ class Bottleneck(Module):
     def __init__(self, inplanes, planes, stride=1, downsample=None, norm_layer=None,
                  residual=True):
         super().__init__()
-        Conv2d, ReLU = _layers()
         norm = _norm(norm_layer)
         out = planes * self.expansion
         self.inplanes, self.planes, self.stride = int(inplanes), int(planes), int(stride)

@@ -14,8 +14,7 @@ removed. The full gradient is the truncated one plus exactly those removed paths
 
 (tests/test_recurrent.py checks this identity). Truncation bounds the number of Jacobians
 dh_t/dh_{t-1} in any product by k, so the gradient can neither explode nor vanish over
-more than k steps, at the price of not learning dependencies longer than k (paper 002
-Q10, choice 1). Memory is O(k) instead of O(T): each chunk's forward records one cache
+more than k steps, at the price of not learning dependencies longer than k. Memory is O(k) instead of O(T): each chunk's forward records one cache
 (docs/caches.md) and the chunk's backward consumes it before the next chunk runs.
 """
 import numpy as np

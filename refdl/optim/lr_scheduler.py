@@ -29,6 +29,8 @@ import math
 from bisect import bisect_right
 from collections import Counter
 
+from .optimizer import Optimizer
+
 __all__ = ["LRScheduler", "StepLR", "MultiStepLR", "ExponentialLR", "CosineAnnealingLR",
            "LinearLR", "OneCycleLR", "LambdaLR", "SequentialLR", "ReduceLROnPlateau"]
 
@@ -37,7 +39,6 @@ class LRScheduler:
     """Base class: ``step()``, ``get_last_lr()``, ``state_dict()``/``load_state_dict()``."""
 
     def __init__(self, optimizer, last_epoch=-1):
-        from . import Optimizer
         if not isinstance(optimizer, Optimizer):
             raise TypeError(f"{type(self).__name__}: {type(optimizer).__name__} is not an "
                             "Optimizer")
@@ -441,7 +442,6 @@ class ReduceLROnPlateau:
 
     def __init__(self, optimizer, mode="min", factor=0.1, patience=10, threshold=1e-4,
                  threshold_mode="rel", cooldown=0, min_lr=0, eps=1e-8):
-        from . import Optimizer
         if not isinstance(optimizer, Optimizer):
             raise TypeError(f"ReduceLROnPlateau: {type(optimizer).__name__} is not an "
                             "Optimizer")

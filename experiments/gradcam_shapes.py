@@ -6,12 +6,13 @@ scored by the pointing game and by the IoU of its thresholded map with the objec
 Two baselines calibrate the numbers: a centred Gaussian blob (where objects are on
 average) and a random map.
 
-    python -m refdl.interpret.experiment [out.png]     # prints the table, writes overlays
+    python -m experiments.gradcam_shapes [out.png]     # prints the table, writes overlays
 
 The CNN (``make_cnn``): conv(1->8)-ReLU-maxpool, conv(8->16)-ReLU-maxpool,
 conv(16->32)-ReLU (layer '7', 8x8 maps: the Grad-CAM layer), global max pooling,
 Linear(32, 16)-Tanh-Linear(16, 3). (Global max pooling trains much faster than average
-pooling here: an object covers a few of the 64 positions, and the average dilutes it.) The tanh makes the score non-linear in the maps, so
+pooling here: an object covers a few of the 64 positions, and the average dilutes it.)
+The tanh makes the score non-linear in the maps, so
 Grad-CAM++'s closed form (first derivatives only) and its exact second/third derivatives
 (refdl.autograd through the head) differ and are both measured.
 """
@@ -19,16 +20,30 @@ from typing import NamedTuple, Tuple
 
 import numpy as np
 
-from .. import nn
-from ..nn.module import Module
-from ..data.shapes import make_shapes
-from .cam import (_exp_score, _score_backward, cam_from_weights, grad_cam_pp_weights,
-                  grad_cam_weights, head_after, paper000_weights, score_derivatives,
-                  to_engine)
-from .localization import iou_at_threshold, pointing_game
+from refdl import nn
+from refdl.data.shapes import make_shapes
+from refdl.functional import log_softmax
+from refdl.interpret import (cam_from_weights, exp_score_derivatives, grad_cam_pp_weights,
+                             grad_cam_weights, head_after, iou_at_threshold, pointing_game,
+                             saliency, save_overlays, score_backward, score_derivatives,
+                             to_engine)
+from refdl.nn.module import Module
+from refdl.optim import Adam
+from refdl.train import check_finite, run_steps
 
-__all__ = ["GlobalAvgPool2d", "GlobalMaxPool2d", "make_cnn", "train_cnn", "localisation_table", "pointing_by_class",
-           "run_shapes_experiment"]
+__all__ = ["paper000_weights", "GlobalAvgPool2d", "GlobalMaxPool2d", "make_cnn", "train_cnn",
+           "localisation_table", "pointing_by_class", "run_shapes_experiment"]
+
+
+def paper000_weights(d1, d2):
+    """Paper 000's formula: alpha_k = sum_ij (d1^ij / sum_pq d1^pq) d2^ij, (N, K).
+
+    d1, d2: first and second diagonal derivatives of the score f used (raw S or exp S).
+    A map whose gradients sum to 0 gets alpha 0 (the formula divides by that sum).
+    """
+    s = d1.sum(axis=(2, 3), keepdims=True)
+    w = np.where(s != 0, d1 / np.where(s != 0, s, 1.0), 0.0)
+    return np.sum(w * d2, axis=(2, 3))
 
 
 class PoolCache(NamedTuple):
@@ -41,7 +56,7 @@ class GlobalAvgPool2d(Module):
     r"""y[n, k] = mean_ij x[n, k, i, j]: (N, K, h, w) -> (N, K).
 
     Backward: dL/dx[n, k, i, j] = g[n, k] / (h w) (each input entry has weight 1/hw).
-    Translated to engine ops by :func:`refdl.interpret.to_engine`.
+    Translated to engine ops by :func:`refdl.interpret.to_engine` (by class name).
     """
 
     def forward(self, x):
@@ -90,27 +105,29 @@ def make_cnn(dtype=np.float32, generator=None):
 
 def train_cnn(model, images, labels, epochs=6, batch_size=32, lr=3e-3, generator=None):
     """Adam on the mean cross-entropy; returns the loss of every step."""
-    from ..optim import Adam
-    from ..functional import log_softmax
-
     rng = np.random.default_rng(0) if generator is None else generator
     opt = Adam(model.parameters(), lr=lr)
-    losses = []
     n = len(labels)
-    for _ in range(epochs):
-        order = rng.permutation(n)
-        for s in range(0, n, batch_size):
-            idx = order[s:s + batch_size]
-            x, y = images[idx], labels[idx]
-            logits = model(x)
-            logp = log_softmax(logits, axis=1)
-            losses.append(float(-logp[np.arange(len(y)), y].mean()))
-            d = np.exp(logp)
-            d[np.arange(len(y)), y] -= 1.0
-            opt.zero_grad()
-            model.backward((d / len(y)).astype(logits.dtype))
-            opt.step()
-    return losses
+
+    def batches():
+        for _ in range(epochs):
+            order = rng.permutation(n)
+            for s in range(0, n, batch_size):
+                yield order[s:s + batch_size]
+
+    def step(i, idx):
+        x, y = images[idx], labels[idx]
+        logits = model(x)
+        logp = log_softmax(logits, axis=1)
+        loss = check_finite(-logp[np.arange(len(y)), y].mean(), i)
+        d = np.exp(logp)
+        d[np.arange(len(y)), y] -= 1.0
+        opt.zero_grad()
+        model.backward((d / len(y)).astype(logits.dtype))
+        opt.step()
+        return loss
+
+    return run_steps(step, batches()).get("loss", [])
 
 
 def _center_prior(n, size, h):
@@ -122,16 +139,14 @@ def _center_prior(n, size, h):
 
 def localisation_table(model, ds, layer="7", threshold=0.5, generator=None):
     """{method: (pointing game, IoU@threshold)} for the true class of every image."""
-    from .cam import saliency
-
     rng = np.random.default_rng(1) if generator is None else generator
     x, y, boxes = ds.images, ds.labels, ds.boxes
     size = x.shape[-1]
-    _, idx, _, acts, grads = _score_backward(model, x, y, layer)
+    _, idx, _, acts, grads = score_backward(model, x, y, layer)
     acts64, grads64 = acts.astype(np.float64), grads.astype(np.float64)
     head = to_engine(head_after(model, layer))
     s1, s2, s3 = score_derivatives(head, acts64, idx)
-    y1, y2, y3 = _exp_score(s1, s2, s3)
+    y1, y2, y3 = exp_score_derivatives(s1, s2, s3)
     maps = {
         "saliency": saliency(model, x, y),
         "Grad-CAM": cam_from_weights(acts64, grad_cam_weights(grads64)),
@@ -170,7 +185,6 @@ def run_shapes_experiment(n_train=600, n_test=200, epochs=10, size=32, min_radiu
     acc = float(np.mean(np.argmax(model(test.images), axis=1) == test.labels))
     table, maps = localisation_table(model, test)
     if png is not None:
-        from .overlay import save_overlays
         keep = ["saliency", "Grad-CAM", "Grad-CAM++ (closed form)",
                 "Grad-CAM++ (exact derivatives)", "paper 000 formula, f = exp S"]
         save_overlays(png, test.images[:8], {k: maps[k][:8] for k in keep},
