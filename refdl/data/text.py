@@ -19,6 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
+# the window samplers live with the model that trains on them (refdl.models sits below
+# refdl.data, so the training loop cannot import them from here)
+from ..models.gpt import eval_windows, random_windows  # noqa: F401
+
 __all__ = ["load_text", "bundled_text_files", "CharVocab", "split_ids", "random_windows",
            "eval_windows", "bigram_baseline"]
 
@@ -99,25 +103,6 @@ def split_ids(ids, val_fraction=0.1):
         raise ValueError(f"split_ids: val_fraction={val_fraction} of {len(ids)} ids leaves an "
                          "empty part")
     return ids[:-n_val], ids[-n_val:]
-
-
-def random_windows(ids, block_size, batch_size, rng):
-    """A batch of windows: x (B, T) = ids[s:s+T], y (B, T) = ids[s+1:s+T+1], random s."""
-    ids = np.asarray(ids)
-    T = min(int(block_size), len(ids) - 1)
-    starts = rng.integers(0, len(ids) - T, size=int(batch_size))
-    idx = starts[:, None] + np.arange(T)
-    return ids[idx], ids[idx + 1]
-
-
-def eval_windows(ids, block_size, max_windows=64):
-    """Fixed, evenly spaced windows (x, y) over ``ids`` (the same every call)."""
-    ids = np.asarray(ids)
-    T = min(int(block_size), len(ids) - 1)
-    n = len(ids) - T
-    starts = np.unique(np.linspace(0, n - 1, num=min(int(max_windows), n)).astype(np.int64))
-    idx = starts[:, None] + np.arange(T)
-    return ids[idx], ids[idx + 1]
 
 
 def bigram_baseline(train_ids, val_ids, vocab_size, alphas=(0.01, 0.03, 0.1, 0.3, 1.0)):

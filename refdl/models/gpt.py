@@ -46,7 +46,8 @@ from ..nn import (CrossEntropyLoss, Dropout, Embedding, LayerNorm, LearnedPositi
 from ..nn._validate import check_grad, layer_name
 from ..random import get_rng
 
-__all__ = ["GPT", "GPTCache", "train_gpt", "lm_loss", "evaluate_lm"]
+__all__ = ["GPT", "GPTCache", "train_gpt", "lm_loss", "evaluate_lm", "random_windows",
+           "eval_windows"]
 
 
 class GPTCache(NamedTuple):
@@ -181,6 +182,25 @@ class GPT(Module):
 
 
 # ---------------------------------------------------------------------------- training
+def random_windows(ids, block_size, batch_size, rng):
+    """A batch of windows: x (B, T) = ids[s:s+T], y (B, T) = ids[s+1:s+T+1], random s."""
+    ids = np.asarray(ids)
+    T = min(int(block_size), len(ids) - 1)
+    starts = rng.integers(0, len(ids) - T, size=int(batch_size))
+    idx = starts[:, None] + np.arange(T)
+    return ids[idx], ids[idx + 1]
+
+
+def eval_windows(ids, block_size, max_windows=64):
+    """Fixed, evenly spaced windows (x, y) over ``ids`` (the same every call)."""
+    ids = np.asarray(ids)
+    T = min(int(block_size), len(ids) - 1)
+    n = len(ids) - T
+    starts = np.unique(np.linspace(0, n - 1, num=min(int(max_windows), n)).astype(np.int64))
+    idx = starts[:, None] + np.arange(T)
+    return ids[idx], ids[idx + 1]
+
+
 def lm_loss(model, loss_fn, x, y):
     """Mean next-token cross-entropy of ``model`` on (x, y) (N, T); records caches."""
     logits = model(x)
@@ -223,7 +243,6 @@ def train_gpt(model, train_ids, val_ids, steps=1000, batch_size=32, lr=3e-3,
 
     history: step, train_loss, val_loss (at the evaluations), loss (every step), lr, time.
     """
-    from ..data.text import eval_windows, random_windows
     from ..nn.utils import clip_grad_norm_
     from ..optim import AdamW
 
