@@ -77,11 +77,12 @@ def test_sdpa_causal_equals_tril_mask():
     g = rng(3)
     q, k, v = (g.standard_normal((2, 4, 3)) for _ in range(3))
     a = nn.scaled_dot_product_attention(q, k, v, is_causal=True)
-    b = nn.scaled_dot_product_attention(q, k, v, attn_mask=nn.causal_mask(4))
+    b = nn.scaled_dot_product_attention(q, k, v, attn_mask=nn.causal_attend_mask(4))
     np.testing.assert_array_equal(a, b)
     np.testing.assert_allclose(a[:, 0], v[:, 0], rtol=1e-14)   # row 0 sees only key 0
     with pytest.raises(ValueError, match="either attn_mask or is_causal"):
-        nn.scaled_dot_product_attention(q, k, v, attn_mask=nn.causal_mask(4), is_causal=True)
+        nn.scaled_dot_product_attention(q, k, v, attn_mask=nn.causal_attend_mask(4),
+                                        is_causal=True)
 
 
 def test_fully_masked_row_gives_zeros_without_warnings():
@@ -91,8 +92,13 @@ def test_fully_masked_row_gives_zeros_without_warnings():
     assert np.all(P[1] == 0)
     g = rng(4)
     x = g.standard_normal((2, 3))
-    out = nn.scaled_dot_product_attention(x, x, x, attn_mask=np.array([[True, True], [False, False]]))
+    add = np.array([[0.0, 0.0], [-np.inf, -np.inf]])
+    out = nn.scaled_dot_product_attention(x, x, x, attn_mask=add)
     assert np.all(out[1] == 0) and np.all(np.isfinite(out))
+    # the same rows as a boolean mask are refused: no query may be left with no key
+    with pytest.raises(ValueError, match="masks every key for query row 1.*True = takes part"):
+        nn.scaled_dot_product_attention(x, x, x, attn_mask=np.array([[True, True],
+                                                                     [False, False]]))
 
 
 def test_sdpa_extreme_scores_no_overflow():

@@ -9,6 +9,7 @@ import importlib
 
 from . import (diffusion, gan, lenet, linear_vae, mlp, resnet, rnn,  # noqa: F401
                unet, vae, vgg, vit)
+from . import gpt  # noqa: F401,E402
 
 _REGISTRY = {
     # name: (module, builder, layout, description)
@@ -27,11 +28,14 @@ _REGISTRY = {
              "LSTM over the time steps, then Linear on the last hidden state"),
     "rnn": ("refdl.models.rnn", "ElmanClassifier", "sequence",
             "Elman (tanh) RNN over the time steps, then Linear on the last hidden state"),
+    "gpt": ("refdl.models.gpt", "GPT", "text",
+            "small GPT: character-level decoder-only Transformer (causal self-attention, "
+            "learned positions, tied embedding/head); trains on text, see refdl sample"),
 }
 
 
 def register(name, module, builder, layout, description):
-    """Add a model to the registry (layout: 'flat', 'image' or 'sequence')."""
+    """Add a model to the registry (layout: 'flat', 'image', 'sequence' or 'text')."""
     _REGISTRY[name] = (module, builder, layout, description)
 
 

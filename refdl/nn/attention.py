@@ -27,48 +27,95 @@ Masks -- the two PyTorch conventions, which are opposite for booleans:
   ``attn_mask`` or ``key_padding_mask`` entry **True means "NOT allowed to attend"**
   (masked out); a float mask is added to the scores.
 
-A row whose every entry is masked out gets all-zero attention weights (and a zero output)
-here; PyTorch gives NaN for it. No other difference.
+The causal-mask helpers name their convention: :func:`causal_attend_mask` (True = may
+attend, for scaled_dot_product_attention), :func:`causal_block_mask` (True = blocked, for
+MultiheadAttention and the Transformer layers) and the float
+``Transformer.generate_square_subsequent_mask`` (0 / -inf, right for both). A boolean mask
+passed in the wrong convention is refused when it can be detected: a boolean mask that
+leaves some query row with no key at all (every entry masked) is an error naming the
+convention (the "may attend" causal mask read as "blocked" masks the last query from
+every key, and a token from itself), and so is the exact causal "may attend" pattern
+where "blocked" is expected. The old ``causal_mask`` is a deprecated alias of
+``causal_attend_mask``.
+
+A row whose every entry is masked by a float mask (or by key_padding_mask) gets all-zero
+attention weights (and a zero output) here; PyTorch gives NaN for it. A NaN in the input
+stays NaN in the output (it is never hidden as a zero). No other difference.
 """
 import math
+import warnings
+from typing import NamedTuple, Optional
 
 import numpy as np
 
 from .. import init
 from ..random import get_rng
-from .validate import check_float, check_forward_called, check_grad, layer_name
+from .validate import check_float, check_grad, layer_name
 from .linear import Linear
 from .module import Module, Parameter
 
 __all__ = ["scaled_dot_product_attention", "ScaledDotProductAttention", "MultiheadAttention",
            "SinusoidalPositionalEncoding", "LearnedPositionalEncoding",
-           "sinusoidal_encoding", "causal_mask", "blockwise_attention"]
+           "sinusoidal_encoding", "causal_attend_mask", "causal_block_mask", "causal_mask",
+           "blockwise_attention"]
 
 
 # ---------------------------------------------------------------------------------------
 # the core, on plain arrays
 # ---------------------------------------------------------------------------------------
-def causal_mask(L, S=None):
-    """Boolean (L, S) mask, True where key j may be seen by query i (j <= i).
+def causal_attend_mask(L, S=None):
+    """Boolean (L, S) mask, **True where query i may attend to key j** (j <= i).
 
-    This is SDPA's convention (True = take part); MultiheadAttention wants ``~causal_mask``
-    (PyTorch's ``nn.Transformer.generate_square_subsequent_mask`` is its float form).
+    scaled_dot_product_attention's convention (True = takes part). For MultiheadAttention
+    and the Transformer layers (True = blocked) use :func:`causal_block_mask`, or the float
+    ``nn.Transformer.generate_square_subsequent_mask(L)``, which both accept.
     """
     S = L if S is None else S
-    return np.tril(np.ones((L, S), dtype=bool))
+    return np.tril(np.ones((int(L), int(S)), dtype=bool))
+
+
+def causal_block_mask(L, S=None):
+    """Boolean (L, S) mask, **True where query i may NOT attend to key j** (j > i).
+
+    MultiheadAttention's / the Transformer layers' convention (True = masked out); the
+    negation of :func:`causal_attend_mask`.
+    """
+    return ~causal_attend_mask(L, S)
+
+
+def causal_mask(L, S=None):
+    """Deprecated: :func:`causal_attend_mask` (True = may attend; SDPA's convention).
+
+    The name does not say which boolean convention it follows, and passed as
+    MultiheadAttention's ``attn_mask`` (True = blocked) it would invert the mask. Use
+    ``causal_attend_mask`` for scaled_dot_product_attention and ``causal_block_mask`` (or
+    ``nn.Transformer.generate_square_subsequent_mask``) for MultiheadAttention/Transformer.
+    """
+    warnings.warn("nn.causal_mask is deprecated: its True means 'may attend' (the "
+                  "convention of scaled_dot_product_attention), the opposite of "
+                  "MultiheadAttention's. Use nn.causal_attend_mask (SDPA) or "
+                  "nn.causal_block_mask / nn.Transformer.generate_square_subsequent_mask "
+                  "(MultiheadAttention, Transformer layers).", DeprecationWarning,
+                  stacklevel=2)
+    return causal_attend_mask(L, S)
 
 
 def masked_softmax(scores):
-    """Row softmax along the last axis that tolerates ``-inf`` entries.
+    """Row softmax along the last axis that tolerates ``-inf`` entries (masked scores).
 
     Entries equal to -inf get probability 0; a row that is entirely -inf gives all zeros
-    (PyTorch gives NaN there). Never warns: exp is only taken of non-positive numbers.
+    (PyTorch gives NaN there). A NaN score is not a masked one: its row stays NaN (a NaN
+    in q, k or v is never turned into zeros). Never warns: the row maximum is subtracted
+    only where it is finite.
     """
     m = np.max(scores, axis=-1, keepdims=True)
-    m = np.where(np.isfinite(m), m, 0.0)
-    e = np.exp(scores - m)
+    m = np.where(m == -np.inf, 0.0, m)             # a fully masked row: exp(-inf) = 0
+    with np.errstate(invalid="ignore"):            # inf - inf in a row holding +inf
+        e = np.exp(scores - m)
     s = np.sum(e, axis=-1, keepdims=True)
-    return np.divide(e, s, out=np.zeros_like(e), where=s > 0)
+    # only rows whose sum is exactly 0 (every entry masked) are set to 0; a NaN row
+    # (NaN != 0) is divided, and stays NaN
+    return np.divide(e, s, out=np.zeros_like(e), where=s != 0)
 
 
 def softmax_backward(P, dP):
@@ -76,10 +123,53 @@ def softmax_backward(P, dP):
     return P * (dP - np.sum(dP * P, axis=-1, keepdims=True))
 
 
+def _convention_help(true_means_masked):
+    if true_means_masked:
+        return ("here a boolean attn_mask means True = NOT allowed to attend "
+                "(MultiheadAttention's and the Transformer layers' convention); for a causal "
+                "mask use nn.causal_block_mask(L) or the float "
+                "nn.Transformer.generate_square_subsequent_mask(L), or pass ~mask if the "
+                "mask means 'may attend' (nn.causal_attend_mask, "
+                "scaled_dot_product_attention's convention)")
+    return ("here a boolean attn_mask means True = takes part in attention "
+            "(scaled_dot_product_attention's convention); for a causal mask use "
+            "nn.causal_attend_mask(L) or is_causal=True, or pass ~mask if the mask means "
+            "'blocked' (nn.causal_block_mask, MultiheadAttention's convention)")
+
+
+def _check_bool_convention(mask, true_means_masked, who, what):
+    """Refuse a boolean attn_mask whose convention is detectably the other one.
+
+    Two signs: a query row with every key masked (no valid softmax; the "may attend" causal
+    mask read as "blocked" masks the last query from every key), and the exact causal
+    pattern of the other convention (it masks every token from itself).
+    """
+    if mask.ndim < 2 or mask.size == 0:
+        return
+    masked = mask if true_means_masked else ~mask
+    full = masked.all(axis=-1)
+    if full.any():
+        row = tuple(int(i) for i in np.argwhere(full)[0])
+        raise ValueError(f"{who}: {what} of shape {tuple(mask.shape)} masks every key for "
+                         f"query row {row[-1]} (index {row}), which leaves that query "
+                         f"nothing to attend to; {_convention_help(true_means_masked)}")
+    L, S = mask.shape[-2:]
+    if L > 1:
+        attend = np.tril(np.ones((L, S), dtype=bool))
+        wrong = attend if true_means_masked else ~attend
+        if np.array_equal(mask, np.broadcast_to(wrong, mask.shape)):
+            kind = "'may attend'" if true_means_masked else "'blocked'"
+            raise ValueError(f"{who}: {what} is the causal mask in the {kind} convention, "
+                             f"the opposite of this layer's; "
+                             f"{_convention_help(true_means_masked)}")
+
+
 def _additive_mask(mask, dtype, true_means_masked, who, what):
     """A boolean or float mask as an additive float mask (0 or -inf for booleans)."""
     mask = np.asarray(mask)
     if mask.dtype == np.bool_:
+        if what == "attn_mask":
+            _check_bool_convention(mask, true_means_masked, who, what)
         masked = mask if true_means_masked else ~mask
         return np.where(masked, -np.inf, 0.0).astype(dtype)
     if np.issubdtype(mask.dtype, np.floating):
@@ -90,11 +180,25 @@ def _additive_mask(mask, dtype, true_means_masked, who, what):
                     "float: added to the scores)")
 
 
+class AttentionCache(NamedTuple):
+    """One call of scaled dot-product attention (docs/derivations/attention.md, section 1)."""
+    q: np.ndarray                   # queries (..., L, E)
+    k: np.ndarray                   # keys (..., S, E)
+    v: np.ndarray                   # values (..., S, Ev)
+    P: np.ndarray                   # softmax of the scores (..., L, S)
+    A: np.ndarray                   # the weights after dropout, A = P * keep / (1 - p)
+    keep: Optional[np.ndarray]      # dropout's keep mask B of the page (None without dropout)
+    p: float                        # dropout probability
+    c: float                        # the scale (1/sqrt(E) by default)
+
+
 def _sdpa_forward(q, k, v, add_mask, dropout_p, scale, rng):
-    """Forward on arrays; returns (out, A, cache). ``add_mask`` is additive (or None)."""
+    """Forward on arrays; returns (out, A, AttentionCache). ``add_mask`` is additive."""
     scores = (q @ np.swapaxes(k, -1, -2)) * scale
     if add_mask is not None:
-        scores = scores + add_mask
+        # a masked entry (-inf in the mask) is -inf whatever its score, even NaN: masked
+        # entries get weight exactly 0, and only they
+        scores = np.where(add_mask == -np.inf, -np.inf, scores + add_mask)
     P = masked_softmax(scores)
     keep = None
     if dropout_p >= 1.0:
@@ -106,7 +210,8 @@ def _sdpa_forward(q, k, v, add_mask, dropout_p, scale, rng):
     else:
         A = P
     out = A @ v
-    return out, A, (q, k, v, P, A, keep, float(dropout_p), scale)
+    return out, A, AttentionCache(q=q, k=k, v=v, P=P, A=A, keep=keep, p=float(dropout_p),
+                                  c=scale)
 
 
 def _unbroadcast(g, shape):
@@ -119,21 +224,21 @@ def _unbroadcast(g, shape):
     return g
 
 
-def _sdpa_backward(d_out, d_A, cache):
-    """(dq, dk, dv) from dL/dout and optionally dL/dA (the weights)."""
-    q, k, v, P, A, keep, p, scale = cache
-    dA = d_out @ np.swapaxes(v, -1, -2)
+def _sdpa_backward(d_out, d_A, c):
+    """(dq, dk, dv) from dL/dout and optionally dL/dA (the weights); c: AttentionCache."""
+    dA = d_out @ np.swapaxes(c.v, -1, -2)
     if d_A is not None:
         dA = dA + d_A
-    dv = np.swapaxes(A, -1, -2) @ d_out
-    if keep is not None:
-        dP = dA * keep / (1.0 - p) if p < 1.0 else np.zeros_like(dA)
+    dv = np.swapaxes(c.A, -1, -2) @ d_out
+    if c.keep is not None:
+        dP = dA * c.keep / (1.0 - c.p) if c.p < 1.0 else np.zeros_like(dA)
     else:
         dP = dA
-    dS = softmax_backward(P, dP) * scale
-    dq = dS @ k
-    dk = np.swapaxes(dS, -1, -2) @ q
-    return (_unbroadcast(dq, q.shape), _unbroadcast(dk, k.shape), _unbroadcast(dv, v.shape))
+    dS = softmax_backward(c.P, dP) * c.c
+    dq = dS @ c.k
+    dk = np.swapaxes(dS, -1, -2) @ c.q
+    return (_unbroadcast(dq, c.q.shape), _unbroadcast(dk, c.k.shape),
+            _unbroadcast(dv, c.v.shape))
 
 
 def _check_qkv(who, q, k, v):
@@ -161,7 +266,8 @@ def _sdpa_mask(who, attn_mask, is_causal, q, k):
         raise ValueError(f"{layer_name(who)}: give either attn_mask or is_causal=True, not "
                          "both (as PyTorch)")
     if is_causal:
-        return _additive_mask(causal_mask(L, S), q.dtype, False, layer_name(who), "masks")
+        return _additive_mask(causal_attend_mask(L, S), q.dtype, False, layer_name(who),
+                              "is_causal")
     if attn_mask is None:
         return None
     m = _additive_mask(attn_mask, q.dtype, False, layer_name(who), "attn_mask")
@@ -209,7 +315,9 @@ class ScaledDotProductAttention(Module):
 
     backward(d_out, d_weights=None) -> (dq, dk, dv):
         dA = d_out v^T + d_weights,  dv = A^T d_out,  dP = dA * keep / (1-p),
-        dS = P * (dP - rowsum(dP * P)),  dq = scale dS k,  dk = scale dS^T q.
+        dS = P * (dP - rowsum(dP * P)),  dq = c dS k,  dk = c dS^T q   (c = scale).
+
+    Cache per training-mode call: :class:`AttentionCache` (q, k, v, P, A, keep, p, c).
 
     In self-attention (query is key is value) the three gradients are still returned
     separately; the caller sums them (the input fans out to three uses).
@@ -223,8 +331,6 @@ class ScaledDotProductAttention(Module):
                              f"{dropout}")
         self.dropout = float(dropout)
         self.scale = scale
-        self._cache = None
-        self._shapes = None
 
     def extra_repr(self):
         s = f"dropout={self.dropout}"
@@ -235,22 +341,33 @@ class ScaledDotProductAttention(Module):
         add = _sdpa_mask(self, attn_mask, is_causal, q, k)
         scale = 1.0 / math.sqrt(q.shape[-1]) if self.scale is None else float(self.scale)
         p = self.dropout if self.training else 0.0
-        out, A, self._cache = _sdpa_forward(q, k, v, add, p, scale, get_rng())
-        self._shapes = (out.shape, A.shape)
+        out, A, cache = _sdpa_forward(q, k, v, add, p, scale, get_rng())
+        self.save_for_backward(cache)
         return (out, A) if need_weights else out
 
     def backward(self, d_out, d_weights=None):
-        check_forward_called(self, self._cache)
-        g = check_grad(self, d_out, self._shapes[0])
+        c = self.pop_saved()
+        g = check_grad(self, d_out, c.A.shape[:-1] + c.v.shape[-1:])
         gA = None
         if d_weights is not None and np.ndim(d_weights) > 0:
-            gA = check_grad(self, d_weights, self._shapes[1], "d_weights")
-        return _sdpa_backward(g, gA, self._cache)
+            gA = check_grad(self, d_weights, c.A.shape, "d_weights")
+        return _sdpa_backward(g, gA, c)
 
 
 # ---------------------------------------------------------------------------------------
 # MultiheadAttention
 # ---------------------------------------------------------------------------------------
+class MultiheadAttentionCache(NamedTuple):
+    """One call of MultiheadAttention (docs/derivations/attention.md, section 2)."""
+    query: np.ndarray               # the inputs, as (N, L, E), (N, S, kdim), (N, S, vdim):
+    key: np.ndarray                 # dW_q += dQ^T query, ...
+    value: np.ndarray
+    attn: AttentionCache            # the heads: q, k, v = Q_h, K_h, V_h (N, H, len, D), P, A
+    batched: bool                   # False for an unbatched (L, E) call
+    weights_shape: Optional[tuple]  # shape of the returned attn_weights (None if not asked)
+    average: bool                   # average_attn_weights
+
+
 class MultiheadAttention(Module):
     r"""Multi-head attention, ``torch.nn.MultiheadAttention``'s arguments, names and returns.
 
@@ -271,8 +388,10 @@ class MultiheadAttention(Module):
     with average_attn_weights=False, or None with need_weights=False. In training mode
     with dropout > 0 the returned weights are the dropped-out ones, as in PyTorch.
     key_padding_mask (N, S); attn_mask (L, S) or (N*H, L, S). Boolean masks: **True = NOT
-    allowed to attend** (the opposite of scaled_dot_product_attention's booleans); float
-    masks are added to the scores. is_causal=True without attn_mask applies the causal
+    allowed to attend** (the opposite of scaled_dot_product_attention's booleans; build a
+    causal one with nn.causal_block_mask(L)); float masks are added to the scores. A
+    boolean attn_mask that masks some query from every key is refused (it is almost
+    surely a "may attend" mask, nn.causal_attend_mask, in the wrong convention). is_causal=True without attn_mask applies the causal
     mask (PyTorch requires attn_mask with it; refdl builds it for you); with attn_mask it
     is only a hint, as in PyTorch.
 
@@ -287,6 +406,9 @@ class MultiheadAttention(Module):
     For self-attention (query is key is value) three gradients are still returned; the
     caller sums them (the input fans out to three uses). d_weights must have the shape of
     the returned attn_weights (head-averaged or not).
+    Cache per training-mode call: :class:`MultiheadAttentionCache` (query, key, value and
+    the heads' AttentionCache); out_proj records its own.
+    An empty batch (N = 0) gives empty outputs and gradients, as in PyTorch.
     Derivation: docs/derivations/attention.md
     """
 
@@ -331,7 +453,6 @@ class MultiheadAttention(Module):
             self.register_parameter("in_proj_bias", None)
         self.out_proj = Linear(E, E, bias=bias, dtype=dtype, generator=generator)
         self._reset_parameters(generator)
-        self._cache = None
 
     def _reset_parameters(self, generator=None):
         if self._qkv_same_embed_dim:
@@ -419,7 +540,7 @@ class MultiheadAttention(Module):
         H = self.num_heads
         add = None
         if attn_mask is None and is_causal:
-            attn_mask = ~causal_mask(L, S)
+            attn_mask = causal_block_mask(L, S)
         if attn_mask is not None:
             m = _additive_mask(attn_mask, dtype, True, layer_name(self), "attn_mask")
             want3 = (N * H, L, S) if batched else (H, L, S)
@@ -453,49 +574,50 @@ class MultiheadAttention(Module):
         proj = []
         for i, x in enumerate((q, k, v)):
             W, b = self._proj(i)
-            y = x @ W.T
+            # one (N len, E_in) x (E_in, E) product: a stacked 3-D matmul is far slower
+            # with a multithreaded BLAS
+            y = x.reshape(-1, x.shape[-1]) @ W.T
             if b is not None:
                 y = y + b
-            proj.append(y.reshape(N, -1, H, D).transpose(0, 2, 1, 3))   # (N, H, len, D)
+            # (N, len, E) -> (N, H, len, D); lengths spelled out so that N = 0 works
+            proj.append(y.reshape(N, x.shape[1], H, D).transpose(0, 2, 1, 3))
         p = self.dropout if self.training else 0.0
-        o, A, sdpa_cache = _sdpa_forward(proj[0], proj[1], proj[2], add, p,
-                                         1.0 / math.sqrt(D), get_rng())
-        merged = o.transpose(0, 2, 1, 3).reshape(N, L, self.embed_dim)
-        out = self._from_nle(self.out_proj(merged), batched)
+        o, A, attn = _sdpa_forward(proj[0], proj[1], proj[2], add, p, 1.0 / math.sqrt(D),
+                                   get_rng())
+        merged = o.transpose(0, 2, 1, 3).reshape(N * L, self.embed_dim)
+        out = self._from_nle(self.out_proj(merged).reshape(N, L, self.embed_dim), batched)
         weights = None
         if need_weights:
             weights = A.mean(axis=1) if average_attn_weights else A
             if not batched:
                 weights = weights[0]
-        self._cache = dict(q=q, k=k, v=v, sdpa=sdpa_cache, batched=batched,
-                           out_shape=out.shape, need_weights=need_weights,
-                           average=average_attn_weights,
-                           w_shape=None if weights is None else weights.shape)
+        self.save_for_backward(MultiheadAttentionCache(
+            query=q, key=k, value=v, attn=attn, batched=batched,
+            weights_shape=None if weights is None else weights.shape,
+            average=average_attn_weights))
         return out, weights
 
     def backward(self, d_out, d_weights=None):
-        c = self._cache
-        check_forward_called(self, c)
-        g = check_grad(self, d_out, c["out_shape"], "d_out")
-        batched = c["batched"]
-        H, D, E = self.num_heads, self.head_dim, self.embed_dim
-        g = self._to_nle(g, batched)
-        N, L, _ = g.shape
-        d_merged = self.out_proj.backward(g)
-        d_o = d_merged.reshape(N, L, H, D).transpose(0, 2, 1, 3)
+        c = self.pop_saved()
+        N, L, E = c.query.shape
+        H, D = self.num_heads, self.head_dim
+        g = check_grad(self, d_out, self._from_nle(c.query, c.batched).shape, "d_out")
+        g = self._to_nle(g, c.batched)
+        d_merged = self.out_proj.backward(g.reshape(N * L, E))     # dC = G W_o
+        d_o = d_merged.reshape(N, L, H, D).transpose(0, 2, 1, 3)   # dO_h
         dA = None
-        if c["need_weights"] and d_weights is not None and np.ndim(d_weights) > 0:
-            gw = check_grad(self, d_weights, c["w_shape"], "d_weights")
-            if not batched:
+        if c.weights_shape is not None and d_weights is not None and np.ndim(d_weights) > 0:
+            gw = check_grad(self, d_weights, c.weights_shape, "d_weights")
+            if not c.batched:
                 gw = gw[None]
-            dA = np.repeat(gw[:, None] / H, H, axis=1) if c["average"] else gw
-        dq, dk, dv = _sdpa_backward(d_o, dA, c["sdpa"])
+            dA = np.repeat(gw[:, None] / H, H, axis=1) if c.average else gw
+        dQ, dK, dV = _sdpa_backward(d_o, dA, c.attn)
         grads = []
-        for i, (dY, X) in enumerate(((dq, c["q"]), (dk, c["k"]), (dv, c["v"]))):
-            dY = dY.transpose(0, 2, 1, 3).reshape(N, -1, E)
+        for i, (dY, X) in enumerate(((dQ, c.query), (dK, c.key), (dV, c.value))):
+            dY = dY.transpose(0, 2, 1, 3).reshape(N * X.shape[1], E)
             self._add_proj_grads(i, dY, X)
             W, _ = self._proj(i)
-            grads.append(self._from_nle(dY @ W, batched))
+            grads.append(self._from_nle((dY @ W).reshape(X.shape), c.batched))
         return tuple(grads)
 
 
@@ -522,6 +644,12 @@ def sinusoidal_encoding(positions, d_model, base=10000.0):
     return pe
 
 
+class PositionCache(NamedTuple):
+    """One call of a positional encoding: the input's shape and its sequence axis."""
+    shape: tuple
+    seq_axis: int
+
+
 def _seq_axis(who, x, batch_first, d_model):
     x = check_float(who, x)
     if x.ndim not in (2, 3) or x.shape[-1] != d_model:
@@ -544,7 +672,6 @@ class SinusoidalPositionalEncoding(Module):
         self.d_model, self.max_len, self.base = int(d_model), int(max_len), float(base)
         self.batch_first = bool(batch_first)
         self.pe = sinusoidal_encoding(np.arange(self.max_len), self.d_model, self.base)
-        self._shape = None
 
     def extra_repr(self):
         return f"d_model={self.d_model}, max_len={self.max_len}, base={self.base:g}"
@@ -556,12 +683,12 @@ class SinusoidalPositionalEncoding(Module):
             raise ValueError(f"{layer_name(self)}: sequence length {L} exceeds max_len "
                              f"{self.max_len}")
         pe = self.pe[:L].astype(x.dtype)
-        self._shape = x.shape
+        self.save_for_backward(PositionCache(shape=x.shape, seq_axis=ax))
         return x + (pe[:, None, :] if (x.ndim == 3 and ax == 0) else pe)
 
     def backward(self, grad_out):
-        check_forward_called(self, self._shape)
-        return check_grad(self, grad_out, self._shape)
+        c = self.pop_saved()
+        return check_grad(self, grad_out, c.shape)
 
 
 class LearnedPositionalEncoding(Module):
@@ -578,7 +705,6 @@ class LearnedPositionalEncoding(Module):
         self.batch_first = bool(batch_first)
         self.weight = Parameter(np.empty((self.max_len, self.d_model), dtype=dtype))
         init.trunc_normal_(self.weight, std=0.02, a=-0.04, b=0.04, generator=generator)
-        self._x_info = None
 
     def extra_repr(self):
         return f"max_len={self.max_len}, d_model={self.d_model}"
@@ -589,13 +715,13 @@ class LearnedPositionalEncoding(Module):
         if L > self.max_len:
             raise ValueError(f"{layer_name(self)}: sequence length {L} exceeds max_len "
                              f"{self.max_len}")
-        self._x_info = (x.shape, ax)
+        self.save_for_backward(PositionCache(shape=x.shape, seq_axis=ax))
         P = self.weight.data[:L]
         return x + (P[:, None, :] if (x.ndim == 3 and ax == 0) else P)
 
     def backward(self, grad_out):
-        check_forward_called(self, self._x_info)
-        shape, ax = self._x_info
+        c = self.pop_saved()
+        shape, ax = c.shape, c.seq_axis
         g = check_grad(self, grad_out, shape)
         if self.weight.requires_grad:
             if g.ndim == 2:

@@ -66,9 +66,3 @@ def check_grad(layer, grad, expected_shape, what="grad_out"):
         raise ValueError(f"{layer_name(layer)}.backward: expected {what} of shape "
                          f"{tuple(expected_shape)} (the output's), got {tuple(grad.shape)}")
     return grad
-
-
-def check_forward_called(layer, cached):
-    if cached is None:
-        raise RuntimeError(f"{layer_name(layer)}.backward called before forward "
-                           "(or twice after one forward with a freed cache)")
