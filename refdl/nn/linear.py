@@ -65,7 +65,11 @@ class Linear(Module):
             raise ValueError(f"{layer_name(self)}: expected input of shape (*, "
                              f"{self.in_features}), got {tuple(x.shape)}")
         self.save_for_backward(LinearCache(x=x))
-        y = x @ self.weight.data.T
+        # one (M, in) @ (in, out) product for any number of leading dimensions: NumPy's
+        # matmul on a 3-D x loops over the batch in small products (slow, and it wakes the
+        # BLAS threads for each)
+        y = (x.reshape(-1, self.in_features) @ self.weight.data.T).reshape(
+            x.shape[:-1] + (self.out_features,))
         if self.bias is not None:
             y = y + self.bias.data
         return y
@@ -79,7 +83,7 @@ class Linear(Module):
             self.weight.grad += g2.T @ x2
         if self.bias is not None and self.bias.requires_grad:
             self.bias.grad += g2.sum(axis=0)
-        return g @ self.weight.data
+        return (g2 @ self.weight.data).reshape(x.shape)
 
 
 class Identity(Module):
