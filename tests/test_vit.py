@@ -110,3 +110,10 @@ def test_vit_trains_on_digits_and_plots_attention(tmp_path):
     maps = script.plot_attention(model, Xte, yte, str(path))
     assert path.stat().st_size > 1000 and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     np.testing.assert_allclose(maps[-1].sum(-1), 1.0, rtol=1e-5)
+
+
+def test_patch_merging_dtype_reaches_every_parameter():
+    import numpy as np
+    from refdl import nn
+    pm = nn.PatchMerging(4, dtype=np.float64)
+    assert {p.dtype for p in pm.parameters()} == {np.dtype(np.float64)}

@@ -733,7 +733,7 @@ class LearnedPositionalEncoding(Module):
 
 
 # ---------------------------------------------------------------------------------------
-# memory-bounded attention (exam item attn-4)
+# memory-bounded attention: the same result computed in blocks of keys
 # ---------------------------------------------------------------------------------------
 def blockwise_attention(query, key, value, block_size, scale=None):
     r"""softmax(q k^T * scale) v computed over key blocks with an online softmax.

@@ -760,7 +760,7 @@ class PatchMerging(Module):
     def __init__(self, dim, dtype=np.float32, generator=None):
         super().__init__()
         self.dim = int(dim)
-        self.norm = LayerNorm(4 * self.dim)
+        self.norm = LayerNorm(4 * self.dim, dtype=dtype)
         self.reduction = Linear(4 * self.dim, 2 * self.dim, bias=False, dtype=dtype,
                                 generator=generator)
 
