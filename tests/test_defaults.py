@@ -78,6 +78,8 @@ DOCUMENTED = {
     "MSELoss": dict(reduction="mean"),
     "L1Loss": dict(reduction="mean"),
     "HuberLoss": dict(reduction="mean", delta=1.0),
+    "SmoothL1Loss": dict(reduction="mean", beta=1.0),
+    "KLDivLoss": dict(reduction="mean", log_target=False),
     "BCELoss": dict(weight=None, reduction="mean"),
     "BCEWithLogitsLoss": dict(weight=None, reduction="mean", pos_weight=None),
 }

@@ -40,8 +40,8 @@ from ..functional import activation as F
 from .validate import layer_name
 from .module import Module
 
-__all__ = ["MSELoss", "L1Loss", "HuberLoss", "NLLLoss", "CrossEntropyLoss", "BCELoss",
-           "BCEWithLogitsLoss"]
+__all__ = ["MSELoss", "L1Loss", "HuberLoss", "SmoothL1Loss", "NLLLoss", "CrossEntropyLoss",
+           "BCELoss", "BCEWithLogitsLoss", "KLDivLoss"]
 
 _REDUCTIONS = ("mean", "sum", "none")
 
@@ -172,7 +172,7 @@ class _Loss(Module):
                 raise ValueError(f"{layer_name(self)}.backward: expected a scalar upstream "
                                  f"grad (the loss is a scalar), got shape {np.shape(grad)}")
             u = float(grad)
-        if self.reduction == "mean":
+        if self.reduction in ("mean", "batchmean"):
             u = u / c.D if c.D else 0.0
         return (dl * u).astype(dl.dtype, copy=False)
 
@@ -231,6 +231,78 @@ class HuberLoss(_Loss):
         dt = self.delta
         l = np.where(a < dt, 0.5 * d * d, dt * (a - 0.5 * dt)).astype(x.dtype, copy=False)
         return self._reduce(l, np.clip(d, -dt, dt) if self.recording else None)
+
+
+class SmoothL1Loss(_Loss):
+    r"""Smooth L1  l_i = d^2 / (2 beta) if |d| < beta else |d| - beta/2,  d = x_i - t_i.
+
+    Huber's loss divided by beta (HuberLoss(delta=beta) / beta); beta = 0 is L1Loss.
+    Shapes: input (*), target (*) -> loss () or (*) for 'none'.
+    Backward: dl_i/dx_i = d / beta inside, sign(d) outside (0 at d = 0 when beta = 0).
+    """
+
+    def __init__(self, reduction="mean", beta=1.0):
+        super().__init__(reduction)
+        if not beta >= 0:
+            raise ValueError(f"SmoothL1Loss: beta must be >= 0, got {beta}")
+        self.beta = float(beta)
+
+    def extra_repr(self):
+        return f"reduction={self.reduction!r}, beta={self.beta}"
+
+    def forward(self, input, target):
+        x = self._check_input(input)
+        t = self._check_float_target(x, target)
+        d = x - t
+        a, b = np.abs(d), self.beta
+        if b == 0:
+            return self._reduce(a, np.sign(d) if self.recording else None)
+        l = np.where(a < b, 0.5 * d * d / b, a - 0.5 * b).astype(x.dtype, copy=False)
+        dl = np.where(a < b, d / b, np.sign(d)).astype(x.dtype, copy=False) \
+            if self.recording else None
+        return self._reduce(l, dl)
+
+
+class KLDivLoss(_Loss):
+    r"""KL divergence with the input as log-probabilities, PyTorch's ``KLDivLoss``.
+
+    l_i = t_i (log t_i - x_i)  (0 where t_i = 0), or with ``log_target=True`` (the target
+    given as log-probabilities too) l_i = exp(t_i) (t_i - x_i). Summed over a distribution
+    this is KL(t || exp x). Reductions: 'mean' (over every element, PyTorch's default,
+    which is not the KL), 'batchmean' (the sum over the batch's distributions divided by
+    N = input.shape[0]: the mean KL), 'sum', 'none'.
+    Shapes: input (*), target (*) -> loss () or (*) for 'none'.
+    Backward: dl_i/dx_i = -t_i  (-exp(t_i) with log_target).
+    """
+
+    def __init__(self, reduction="mean", log_target=False):
+        if reduction not in _REDUCTIONS + ("batchmean",):
+            raise ValueError(f"KLDivLoss: reduction must be 'mean', 'batchmean', 'sum' or "
+                             f"'none', got {reduction!r}")
+        super().__init__("none")
+        self.reduction = reduction
+        self.log_target = bool(log_target)
+
+    def extra_repr(self):
+        return f"reduction={self.reduction!r}, log_target={self.log_target}"
+
+    def forward(self, input, target):
+        x = self._check_input(input)
+        t = self._check_float_target(x, target)
+        if self.log_target:
+            p = np.exp(t)
+            l = p * (t - x)
+        else:
+            if np.any(t < 0):
+                raise ValueError(f"{layer_name(self)}: target probabilities must be >= 0 "
+                                 f"(pass log_target=True for log-probabilities), got "
+                                 f"minimum {float(t.min())}")
+            p = t
+            with np.errstate(divide="ignore", invalid="ignore"):
+                l = np.where(t > 0, t * (np.log(np.where(t > 0, t, 1)) - x), 0.0)
+        D = (x.shape[0] if x.ndim else 1) if self.reduction == "batchmean" else None
+        return self._reduce(l.astype(x.dtype, copy=False),
+                            (-p).astype(x.dtype, copy=False) if self.recording else None, D)
 
 
 # -- classification losses on class indices ----------------------------------------------
