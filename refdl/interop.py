@@ -198,6 +198,8 @@ def to_torch(module):
     name = type(module).__name__
     if twin is not None and not isinstance(module, (Sequential, ModuleList, ModuleDict)):
         out = _build_twin(module, twin)
+        # for the way back: torch does not keep every constructor argument as an attribute
+        out.refdl_class, out.refdl_init_args = type(module), _init_args(module)
     elif isinstance(module, Sequential):
         out = torch.nn.Sequential()
         for n, child in module.named_children():

@@ -39,6 +39,9 @@ LAYERS = [
     (lambda: nn.GRU(4, 5, num_layers=2, batch_first=True), (2, 6, 4)),
     (lambda: nn.LSTM(4, 5, bidirectional=True), (6, 2, 4)),
     (lambda: nn.RNN(4, 5, nonlinearity="relu"), (6, 2, 4)),
+    (lambda: nn.TransformerEncoderLayer(8, 2, 16), (5, 3, 8)),
+    (lambda: nn.TransformerEncoderLayer(8, 2, 16, norm_first=True, batch_first=True,
+                                        activation="gelu"), (3, 5, 8)),
 ]
 
 
@@ -135,3 +138,29 @@ def test_no_counterpart_is_a_clear_error():
     lin = nn.Linear(3, 2)
     lin.load_state_dict(sd)
     np.testing.assert_array_equal(lin.weight.data, sd["weight"])
+
+
+def test_decoder_layer_and_attention_through_the_twin():
+    refdl.manual_seed(2)
+    x, mem = rand(5, 3, 8, seed=1), rand(4, 3, 8, seed=2)
+    dec = nn.TransformerDecoderLayer(8, 2, 16).double().eval()
+    mha = nn.MultiheadAttention(8, 2).double().eval()
+    tdec, tmha = interop.to_torch(dec), interop.to_torch(mha)
+    with refdl.no_grad(), torch.no_grad():
+        same(dec(x, mem), tdec(torch.tensor(x), torch.tensor(mem)))
+        same(mha(x, mem, mem)[0], tmha(torch.tensor(x), torch.tensor(mem),
+                                       torch.tensor(mem))[0])
+
+
+def test_native_torch_layers_convert_by_their_attributes():
+    torch.manual_seed(0)
+    for tmod, shape in ((torch.nn.Linear(4, 3, bias=False), (2, 4)),
+                        (torch.nn.Conv2d(2, 3, 3, stride=2, padding=1), (1, 2, 6, 6)),
+                        (torch.nn.BatchNorm1d(3).eval(), (5, 3)),
+                        (torch.nn.LSTM(3, 4, num_layers=2, batch_first=True), (2, 5, 3))):
+        tmod = tmod.double()
+        ours = interop.from_torch(tmod)
+        assert type(ours).__name__ == type(tmod).__name__
+        x = rand(*shape, seed=3)
+        with refdl.no_grad(), torch.no_grad():
+            same(_first(ours(x)), _first(tmod(torch.tensor(x))))
