@@ -82,6 +82,8 @@ def _checked_kernels(tmp_root):
         return _CHECKED["mod"]
     if "skip" in _CHECKED:
         pytest.skip(_CHECKED["skip"])
+    if "fail" in _CHECKED:
+        pytest.fail(_CHECKED["fail"])
     build = os.path.join(tmp_root, "checked")
     os.makedirs(os.path.join(build, "refdl", "_ext"))
     shutil.copy(os.path.join(ROOT, "setup.py"), build)
@@ -97,6 +99,7 @@ def _checked_kernels(tmp_root):
                   + (proc.stderr.strip().splitlines() or ["?"])[-1])
         if refdl.ext.compiled_module() is not None:
             # this machine compiled the kernels: failing to build the checked copy is a bug
+            _CHECKED["fail"] = reason
             pytest.fail(reason)
         _CHECKED["skip"] = reason + " (no compiler here: the NumPy path is tested)"
         pytest.skip(_CHECKED["skip"])
