@@ -1,11 +1,16 @@
 """Train the small ResNet (or LeNet-5 / the small VGG) on the 8x8 digits; print test accuracy.
 
+Each epoch prints the accuracy on a validation split (144 of the 1,437 training images,
+held out); the test images are evaluated once, after training, and nothing is chosen on
+them.
+
     python examples/train_resnet_digits.py [--model resnet_small|lenet5|vgg_small]
                                            [--epochs 15] [--seed 0] [--lr 1e-3]
 
 1,437 training and 360 test images (scikit-learn's digits, bundled, no download; the
 split of refdl.data.load_digits). Adam (lr 1e-3 -> cosine), batch 32, cross-entropy.
-Measured (seed 0, 15 epochs): resnet_small 99.2 %, vgg_small 98.9 %, lenet5 93.3 %
+Measured (seed 0, 15 epochs, training on all 1,437 images before the validation split was
+held out): resnet_small 99.2 %, vgg_small 98.9 %, lenet5 93.3 %
 (96.7 % with --lr 3e-3) test accuracy. The same through the command line:
 ``refdl train --model resnet_small --optimizer adam --lr 1e-3 --scheduler cosine
 --epochs 10`` gives 98.6 %, ``--model lenet5 --lr 3e-3 --epochs 15`` 97.8 %.
@@ -58,9 +63,14 @@ def accuracy(model, x, y, batch=256):
     return float(np.mean(pred == y))
 
 
-def train(name="resnet_small", epochs=15, seed=0, lr=1e-3, batch=32, verbose=True):
+def train(name="resnet_small", epochs=15, seed=0, lr=1e-3, batch=32, verbose=True,
+          val_fraction=0.1):
     from refdl.optim import Adam
     xtr, ytr, xte, yte = digits()
+    hold = np.random.default_rng([seed, 12345]).permutation(len(ytr))
+    n_val = int(round(val_fraction * len(ytr)))
+    xval, yval = xtr[hold[:n_val]], ytr[hold[:n_val]]      # the validation split
+    xtr, ytr = xtr[hold[n_val:]], ytr[hold[n_val:]]
     model = build(name, seed)
     opt = Adam(model.parameters(), lr=lr)
     criterion = nn.CrossEntropyLoss()
@@ -88,7 +98,7 @@ def train(name="resnet_small", epochs=15, seed=0, lr=1e-3, batch=32, verbose=Tru
             total += loss * n
         if verbose:
             print(f"epoch {epoch:2d}  train loss {total / len(xtr):.4f}  "
-                  f"test accuracy {accuracy(model, xte, yte):.4f}  "
+                  f"validation accuracy {accuracy(model, xval, yval):.4f}  "
                   f"({time.perf_counter() - t0:.0f} s)", flush=True)
     return model, accuracy(model, xte, yte)
 
@@ -101,4 +111,5 @@ if __name__ == "__main__":
     ap.add_argument("--lr", type=float, default=1e-3)
     a = ap.parse_args()
     _, acc = train(a.model, a.epochs, a.seed, a.lr)
-    print(f"{a.model}: test accuracy {acc:.4f} on 360 held-out digits")
+    print(f"{a.model}: test accuracy {acc:.4f} on 360 held-out digits (evaluated once, "
+          "after training)")
