@@ -33,7 +33,8 @@
 # ## The code, read from the library
 
 # %%
-from refdl.models.gan import GradientPenalty, MLPCritic, mode_metrics, sample_generator, train_gan
+from refdl.metrics import mode_coverage
+from refdl.models.gan import GradientPenalty, MLPCritic, sample_generator, train_gan
 
 show(GradientPenalty.forward, GradientPenalty.backward)
 
@@ -83,7 +84,7 @@ for ax, kind, steps, lr in zip(axes, ("gan", "wgan-gp"), (1500, 2000), (5e-3, 3e
     G, D, hist = train_gan(ring, kind=kind, steps=steps, batch_size=128, hidden=(64, 64),
                            lr=lr, generator=np.random.default_rng(0), progress=True)
     s = sample_generator(G, 1000, generator=np.random.default_rng(1))
-    m = mode_metrics(s, centers, 0.05)
+    m = mode_coverage(s, centers, 0.05)
     ax.scatter(real[:, 0], real[:, 1], s=2, c="0.7", label="data")
     ax.scatter(s[:, 0], s[:, 1], s=2, c="C3", label=kind)
     ax.set(title=f"{kind}, {steps} steps:\n{m['modes_covered']}/8 modes covered, "

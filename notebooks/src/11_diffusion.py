@@ -34,7 +34,8 @@
 # ## The code, read from the library
 
 # %%
-from refdl.models.diffusion import GaussianDiffusion, NoisePredictor, ring_centers, ring_mixture, train_ddpm
+from refdl.data.synthetic import make_ring, ring_centers
+from refdl.models.diffusion import GaussianDiffusion, NoisePredictor, train_ddpm
 
 show(GaussianDiffusion.q_sample, GaussianDiffusion.simple_loss, GaussianDiffusion.p_mean_from_eps)
 
@@ -73,7 +74,7 @@ refdl.manual_seed(0)
 rng = np.random.default_rng(0)
 d = GaussianDiffusion.from_schedule("linear", 100)
 net = NoisePredictor(2, 64, 3, 16, generator=rng)
-data = lambda n, g: ring_mixture(n, std=0.05, generator=g)
+data = lambda n, g: make_ring(n, std=0.05, generator=g)[0]   # (points, labels)
 losses = train_ddpm(net, d, data, 1200, batch_size=128, lr=2e-3, generator=rng)
 samples, traj = d.sample(net, (1000, 2), generator=rng, return_trajectory=True)
 real = data(1000, np.random.default_rng(1))

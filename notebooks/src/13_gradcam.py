@@ -34,7 +34,10 @@ show(interpret.grad_cam, interpret.grad_cam_weights, interpret.cam_from_weights)
 # ## A tiny example: a linear head over two feature maps
 
 # %%
-from refdl.interpret.experiment import make_cnn, train_cnn
+import sys
+from pathlib import Path
+sys.path.insert(0, str(Path.cwd().parent))   # the repository: experiments/ sits above refdl
+from experiments.gradcam_shapes import make_cnn, train_cnn
 
 A = np.zeros((1, 2, 3, 3))
 A[0, 0, 0, 0] = 3.0          # map 0 fires top-left
