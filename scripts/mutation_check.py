@@ -153,7 +153,7 @@ MUTANTS = [
      '_NP_PAD_MODE = {"circular": "wrap", "reflect": "symmetric", "replicate": "edge"}',
      ["tests/test_padding_modes.py"], "reflect padding computed as np 'symmetric'"),
     # -- the library code the exam tests name --------------------------------------------
-    ("rnn-T", "refdl/nn/recurrent.py", "    return da, da, da @ W_hh, None",
+    ("rnn-T", "refdl/nn/recurrent_cell.py", "    return da, da, da @ W_hh, None",
      "    return da, da, da @ W_hh.T, None", ["tests/test_exam_rnn.py"],
      "RNN backward with W_hh transposed"),
     ("gan-2x", "refdl/models/gan.py",
@@ -165,7 +165,7 @@ MUTANTS = [
      "return 2 * c * -sigmoid(-r) / r.size, 2 * c * sigmoid(f) / f.size",
      ["tests/test_exam_gen.py::test_gan_3_optimal_conditional_discriminator"],
      "discriminator loss gradient doubled, gan-3's test alone"),
-    ("rnn-T-rnn1", "refdl/nn/recurrent.py", "    return da, da, da @ W_hh, None",
+    ("rnn-T-rnn1", "refdl/nn/recurrent_cell.py", "    return da, da, da @ W_hh, None",
      "    return da, da, da @ W_hh.T, None",
      ["tests/test_exam_rnn.py::test_rnn_1_linear_rnn_gradient_explodes_at_rate_1_15"],
      "RNN backward with W_hh transposed, rnn-1's test alone"),

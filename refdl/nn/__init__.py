@@ -15,7 +15,8 @@ from .dropout import *         # Dropout, Dropout1d/2d/3d
 from .conv import *            # Conv1d/2d/3d, ConvTranspose1d/2d/3d
 from .pooling import *         # MaxPool, AvgPool, AdaptiveAvgPool
 from .upsampling import *      # Upsample
-from .recurrent import *       # RNN, LSTM, GRU and their cells
+from .recurrent_cell import *  # RNNCell, LSTMCell, GRUCell: one time step
+from .recurrent import *       # RNN, LSTM, GRU: multi-layer, over a sequence (BPTT)
 from .embedding import *       # Embedding
 from .attention import *       # scaled dot-product attention, MultiheadAttention
 from .transformer import *     # TransformerEncoderLayer, TransformerEncoder
