@@ -3,8 +3,8 @@
 Each topic file lists its public names in ``__all__``; all of them are importable from
 refdl.nn, exactly as from torch.nn.
 """
-from .module import (CacheError, Module, ModuleDict, ModuleList, Parameter,  # noqa: F401
-                     ParameterDict, ParameterList, Sequential, StaleCacheWarning)
+from .module import CacheError, Module, Parameter, StaleCacheWarning  # noqa: F401
+from .container import *       # Sequential, ModuleList, ModuleDict, ParameterList, ParameterDict
 from .linear import *          # Linear, Identity, Flatten, Unflatten
 from .activation import *      # ReLU, Sigmoid, Tanh, GELU, Softmax, ...
 from .loss import *            # MSELoss, CrossEntropyLoss, BCEWithLogitsLoss, ...

@@ -30,7 +30,8 @@ from .validate import check_float, layer_name
 from .activation import ReLU
 from .batchnorm import BatchNorm2d
 from .conv import Conv2d
-from .module import Module, Sequential
+from .container import Sequential
+from .module import Module
 
 __all__ = ["Add", "Concat", "BasicBlock", "Bottleneck"]
 

@@ -1,0 +1,245 @@
+"""The containers: Sequential, ModuleList, ModuleDict, ParameterList, ParameterDict.
+
+Modules that hold other modules (or parameters) and register them, so that
+``named_parameters()`` and ``state_dict()`` give PyTorch's keys (``0.weight``,
+``heads.cls.bias``, ...). Only :class:`Sequential` has a forward and a backward (the chain
+rule in reverse); the others leave it to their owner.
+"""
+from collections import OrderedDict
+
+from .module import Module, Parameter
+
+__all__ = ["Sequential", "ModuleList", "ModuleDict", "ParameterList", "ParameterDict"]
+
+
+class Sequential(Module):
+    """Modules applied in order: ``y = m_n(...m_2(m_1(x)))``.
+
+    Backward is the chain rule in reverse: ``g <- m_k.backward(g)`` for k = n, ..., 1.
+    Accepts modules as arguments or one OrderedDict of name -> module.
+    """
+
+    def __init__(self, *modules):
+        super().__init__()
+        if len(modules) == 1 and isinstance(modules[0], OrderedDict):
+            for name, m in modules[0].items():
+                self.add_module(name, m)
+        else:
+            for i, m in enumerate(modules):
+                if not isinstance(m, Module):
+                    raise TypeError(f"Sequential: argument {i} is a {type(m).__name__}, "
+                                    "not a Module")
+                self.add_module(str(i), m)
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(self._modules.values())
+
+    def __getitem__(self, idx):
+        mods = list(self._modules.values())
+        if isinstance(idx, slice):
+            return Sequential(*mods[idx])
+        return mods[idx]
+
+    def append(self, module):
+        self.add_module(str(len(self)), module)
+        return self
+
+    def forward(self, x):
+        for m in self._modules.values():
+            x = m(x)
+        return x
+
+    def backward(self, grad_out):
+        g = grad_out
+        for m in reversed(list(self._modules.values())):
+            g = m.backward(g)
+        return g
+
+
+class ModuleList(Module):
+    """A list of modules whose parameters are registered (keys ``0.weight``, ...).
+
+    It has no forward of its own: the owner decides how its members are applied.
+    """
+
+    def __init__(self, modules=()):
+        super().__init__()
+        for m in modules:
+            self.append(m)
+
+    def append(self, module):
+        if not isinstance(module, Module):
+            raise TypeError(f"ModuleList.append: expected a Module, got {type(module).__name__}")
+        self.add_module(str(len(self._modules)), module)
+        return self
+
+    def extend(self, modules):
+        for m in modules:
+            self.append(m)
+        return self
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(self._modules.values())
+
+    def __getitem__(self, idx):
+        mods = list(self._modules.values())
+        if isinstance(idx, slice):
+            return ModuleList(mods[idx])
+        return mods[idx]
+
+
+class ModuleDict(Module):
+    """An ordered dict of modules whose parameters are registered (keys ``name.weight``).
+
+    Like ModuleList it has no forward of its own: the owner decides how its members are
+    applied (``self.heads[task](x)``). Supports ``[]``, ``in``, ``len``, iteration over the
+    keys, ``keys()``, ``values()``, ``items()``, ``update()`` and ``pop()``.
+    """
+
+    def __init__(self, modules=None):
+        super().__init__()
+        if modules is not None:
+            self.update(modules)
+
+    def __getitem__(self, key):
+        return self._modules[key]
+
+    def __setitem__(self, key, module):
+        if not isinstance(module, Module):
+            raise TypeError(f"ModuleDict: {key!r} must be a Module, got "
+                            f"{type(module).__name__}")
+        self.add_module(key, module)
+
+    def __delitem__(self, key):
+        del self._modules[key]
+        object.__delattr__(self, key)
+
+    def __contains__(self, key):
+        return key in self._modules
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(self._modules)
+
+    def keys(self):
+        return self._modules.keys()
+
+    def values(self):
+        return self._modules.values()
+
+    def items(self):
+        return self._modules.items()
+
+    def update(self, modules):
+        items = modules.items() if hasattr(modules, "items") else modules
+        for key, module in items:
+            self[key] = module
+
+    def pop(self, key):
+        module = self._modules[key]
+        del self[key]
+        return module
+
+
+class ParameterList(Module):
+    """A list of Parameters registered under the keys ``0``, ``1``, ... (PyTorch's name).
+
+    Arrays are wrapped in a Parameter on the way in. Supports ``[]``, ``len``, iteration,
+    ``append`` and ``extend``.
+    """
+
+    def __init__(self, values=None):
+        super().__init__()
+        for v in values or ():
+            self.append(v)
+
+    def append(self, value):
+        self.register_parameter(str(len(self._parameters)), _as_parameter(value))
+        return self
+
+    def extend(self, values):
+        for v in values:
+            self.append(v)
+        return self
+
+    def __getitem__(self, idx):
+        return list(self._parameters.values())[idx]
+
+    def __setitem__(self, idx, value):
+        key = str(range(len(self._parameters))[idx])
+        self.register_parameter(key, _as_parameter(value))
+
+    def __len__(self):
+        return len(self._parameters)
+
+    def __iter__(self):
+        return iter(self._parameters.values())
+
+    def extra_repr(self):
+        return ", ".join(f"{k}: {tuple(p.shape)}" for k, p in self._parameters.items())
+
+
+class ParameterDict(Module):
+    """An ordered dict of Parameters registered under their keys (PyTorch's name)."""
+
+    def __init__(self, parameters=None):
+        super().__init__()
+        if parameters is not None:
+            self.update(parameters)
+
+    def __getitem__(self, key):
+        return self._parameters[key]
+
+    def __setitem__(self, key, value):
+        if not isinstance(key, str) or not key or "." in key:
+            raise KeyError(f"ParameterDict: keys must be non-empty strings without '.', "
+                           f"got {key!r}")
+        self.register_parameter(key, _as_parameter(value))
+
+    def __contains__(self, key):
+        return key in self._parameters
+
+    def __len__(self):
+        return len(self._parameters)
+
+    def __iter__(self):
+        return iter(self._parameters)
+
+    def keys(self):
+        return self._parameters.keys()
+
+    def values(self):
+        return self._parameters.values()
+
+    def items(self):
+        return self._parameters.items()
+
+    def update(self, parameters):
+        items = parameters.items() if hasattr(parameters, "items") else parameters
+        for key, value in items:
+            self[key] = value
+
+
+def _as_parameter(value):
+    return value if isinstance(value, Parameter) else Parameter(value)
+
+
+# The containers used to live in module.py, and ``from refdl.nn.module import Sequential``
+# (or ModuleList, ...) is still spelled that way in places. module.py cannot import this
+# file (that would close an import cycle), so the names are placed there from here, as
+# refdl.autograd places its hooks; refdl.nn imports this file right after module.py.
+def _register_in_module():
+    from . import module
+    for name in __all__:
+        setattr(module, name, globals()[name])
+
+
+_register_in_module()
