@@ -14,6 +14,7 @@ import refdl
 from refdl import nn
 from refdl.models.vit import attention_cost
 from refdl.nn import attention as attention_module
+from refdl.nn import multihead_attention as mha_module
 
 
 def identity_mha(E):
@@ -36,7 +37,10 @@ class CountingSDPA:
             S = k.shape[-2]
             self.mults += int(np.prod(batch, dtype=np.int64)) * L * S * E
             return orig(q, k, v, *a)
-        monkeypatch.setattr(attention_module, "_sdpa_forward", counted)
+        # the core is looked up where it is called: the SDPA layer's module and
+        # MultiheadAttention's
+        for module in (attention_module, mha_module):
+            monkeypatch.setattr(module, "_sdpa_forward", counted)
 
 
 # --------------------------------------------------------------------------- attn-1

@@ -8,8 +8,8 @@ import refdl
 from refdl import nn
 from refdl.gradcheck import check_module
 from refdl.nn import LayerNorm
-from refdl.nn.transformer import (_PatchProjection, patchify, shifted_window_mask,
-                                  unpatchify, window_partition, window_reverse)
+from refdl.nn.vision_transformer import (_PatchProjection, patchify, shifted_window_mask,
+                                         unpatchify, window_partition, window_reverse)
 
 
 def rng(seed=0):

@@ -18,8 +18,9 @@ from .upsampling import *      # Upsample
 from .recurrent_cell import *  # RNNCell, LSTMCell, GRUCell: one time step
 from .recurrent import *       # RNN, LSTM, GRU: multi-layer, over a sequence (BPTT)
 from .embedding import *       # Embedding
-from .attention import *       # scaled dot-product attention, MultiheadAttention
-from .transformer import *     # TransformerEncoderLayer, TransformerEncoder
+from .attention import *       # scaled dot-product attention, masks, positional encodings
+from .multihead_attention import *  # MultiheadAttention
+from .transformer import *     # nn.Transformer, and (re-exported) the encoder, decoder, ViT pieces
 from .blocks import *          # residual blocks, concatenation, addition
 
 from .. import init  # noqa: E402,F401  (nn.init, as in torch)
