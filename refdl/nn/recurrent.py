@@ -247,6 +247,17 @@ class _RNNBase(Module):
                              f"{tuple(x_shape)}, got {tuple(s.shape)}")
         return s if batched else s[:, None, :]
 
+    # RNN and GRU: one state h (LSTM overrides both with its pair (h, c))
+    def forward(self, input, hx=None):
+        """``out, h_n = layer(x, h0)``."""
+        out, h_n, _ = self._forward(input, hx, None, hx is not None)
+        return out, h_n
+
+    def backward(self, d_out, d_h_n=None):
+        """BPTT: dx, or (dx, dh0) when h0 was passed to forward."""
+        c = self.pop_saved()
+        return self._backward(c, d_out, d_h_n, None)
+
     def _forward(self, input, h0, c0, with_state):
         """Shared forward. Returns out (in the caller's layout), h_n, c_n (or None)."""
         x, batched = self._check_input(input)
@@ -409,14 +420,6 @@ class RNN(_RNNBase):
             s += f", nonlinearity={self.nonlinearity!r}"
         return s
 
-    def forward(self, input, hx=None):
-        out, h_n, _ = self._forward(input, hx, None, hx is not None)
-        return out, h_n
-
-    def backward(self, d_out, d_h_n=None):
-        c = self.pop_saved()
-        return self._backward(c, d_out, d_h_n, None)
-
 
 class LSTM(_RNNBase):
     r"""Multi-layer LSTM (PyTorch's ``nn.LSTM``), gate order i, f, g, o:
@@ -480,11 +483,3 @@ class GRU(_RNNBase):
                  dropout=0.0, bidirectional=False, dtype=np.float32, generator=None):
         super().__init__("GRU", input_size, hidden_size, num_layers, bias, batch_first,
                          dropout, bidirectional, dtype, generator)
-
-    def forward(self, input, hx=None):
-        out, h_n, _ = self._forward(input, hx, None, hx is not None)
-        return out, h_n
-
-    def backward(self, d_out, d_h_n=None):
-        c = self.pop_saved()
-        return self._backward(c, d_out, d_h_n, None)

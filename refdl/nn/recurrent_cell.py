@@ -241,6 +241,12 @@ class _CellBase(Module):
             out = [s[None] for s in out]
         return x, out, batched
 
+    def _record(self, x, h, c, step, batched, hx):
+        """Keep this call's :class:`CellCache` for backward (training mode, grad mode)."""
+        if self.recording:
+            self.save_for_backward(CellCache(x=x, h=h, c=c, step=step, batched=batched,
+                                             has_state=hx is not None))
+
     def _gi(self, x):
         """The input projection gi = x W_ih^T + b_ih, (N, G*H)."""
         gi = x @ self.weight_ih.data.T
@@ -312,9 +318,7 @@ class RNNCell(_CellBase):
         x, (h,), batched = self._prepare(input, [("hx", hx)])
         h1, _, step = _rnn_step(self.nonlinearity, self._gi(x), h, None,
                                 self.weight_hh.data, _data(self.bias_hh))
-        if self.recording:
-            self.save_for_backward(CellCache(x=x, h=h, c=None, step=step, batched=batched,
-                                             has_state=hx is not None))
+        self._record(x, h, None, step, batched, hx)
         return h1 if batched else h1[0]
 
     def backward(self, d_h1):
@@ -357,9 +361,7 @@ class LSTMCell(_CellBase):
             h, c = hx
         x, (h, c), batched = self._prepare(input, [("h", h), ("c", c)])
         h1, c1, step = _lstm_step(self._gi(x), h, c, self.weight_hh.data, _data(self.bias_hh))
-        if self.recording:
-            self.save_for_backward(CellCache(x=x, h=h, c=c, step=step, batched=batched,
-                                             has_state=hx is not None))
+        self._record(x, h, c, step, batched, hx)
         return (h1, c1) if batched else (h1[0], c1[0])
 
     def backward(self, d_h1, d_c1=None):
@@ -396,9 +398,7 @@ class GRUCell(_CellBase):
         x, (h,), batched = self._prepare(input, [("hx", hx)])
         h1, _, step = _gru_step(self._gi(x), h, None, self.weight_hh.data,
                                 _data(self.bias_hh))
-        if self.recording:
-            self.save_for_backward(CellCache(x=x, h=h, c=None, step=step, batched=batched,
-                                             has_state=hx is not None))
+        self._record(x, h, None, step, batched, hx)
         return h1 if batched else h1[0]
 
     def backward(self, d_h1):

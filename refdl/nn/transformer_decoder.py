@@ -8,16 +8,14 @@ per layer of a stack, so its gradients are summed. Masks follow MultiheadAttenti
 convention (boolean True = NOT allowed to attend, float added to the scores).
 Derivation: docs/derivations/decoder.md (decoder, nn.Transformer, masks).
 """
-import copy
 from typing import NamedTuple
 
 import numpy as np
 
 from .validate import check_grad, layer_name
 from .multihead_attention import MultiheadAttention
-from .container import ModuleList
 from .module import Module
-from .transformer_encoder import _ResidualLayer, _check_seq
+from .transformer_encoder import _ResidualLayer, _check_seq, _get_clones
 
 __all__ = ["TransformerDecoderLayer", "TransformerDecoder"]
 
@@ -155,14 +153,9 @@ class TransformerDecoder(Module):
 
     def __init__(self, decoder_layer, num_layers, norm=None):
         super().__init__()
-        if int(num_layers) <= 0:
-            raise ValueError(f"TransformerDecoder: num_layers must be positive, got {num_layers}")
-        self.layers = ModuleList([copy.deepcopy(decoder_layer) for _ in range(int(num_layers))])
+        self.layers = _get_clones(decoder_layer, num_layers, "TransformerDecoder")
         self.num_layers = int(num_layers)
-        if norm is not None:
-            self.norm = norm
-        else:
-            self.norm = None
+        self.norm = norm
 
     def forward(self, tgt, memory, tgt_mask=None, memory_mask=None, tgt_key_padding_mask=None,
                 memory_key_padding_mask=None, tgt_is_causal=None, memory_is_causal=False):

@@ -57,6 +57,13 @@ def _check_seq(layer, x, what, d_model, batch_first):
     return x
 
 
+def _get_clones(layer, num_layers, who):
+    """``num_layers`` deep copies of ``layer`` in a ModuleList (PyTorch's _get_clones)."""
+    if int(num_layers) <= 0:
+        raise ValueError(f"{who}: num_layers must be positive, got {num_layers}")
+    return ModuleList([copy.deepcopy(layer) for _ in range(int(num_layers))])
+
+
 class _ResidualLayer:
     """What the encoder and decoder layers share: the feed-forward sub-layer, the norms
     and dropouts around the sub-layers, and the residual connection in either placement.
@@ -212,14 +219,9 @@ class TransformerEncoder(Module):
     def __init__(self, encoder_layer, num_layers, norm=None, enable_nested_tensor=True,
                  mask_check=True):
         super().__init__()
-        if int(num_layers) <= 0:
-            raise ValueError(f"TransformerEncoder: num_layers must be positive, got {num_layers}")
-        self.layers = ModuleList([copy.deepcopy(encoder_layer) for _ in range(int(num_layers))])
+        self.layers = _get_clones(encoder_layer, num_layers, "TransformerEncoder")
         self.num_layers = int(num_layers)
-        if norm is not None:
-            self.norm = norm
-        else:
-            self.norm = None
+        self.norm = norm
 
     def forward(self, src, mask=None, src_key_padding_mask=None, is_causal=None):
         x = src
