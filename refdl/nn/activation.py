@@ -39,7 +39,8 @@ class _Elementwise(Module):
     def forward(self, x):
         x = check_float(self, x)
         y = self._f(x)
-        self.save_for_backward(ActivationCache(x=x, y=y))
+        if self.recording:
+            self.save_for_backward(ActivationCache(x=x, y=y))
         return y
 
     def backward(self, grad_out):
@@ -263,7 +264,8 @@ class Softmax(_AlongDim):
         x = check_float(self, x)
         axis = self._axis(x)
         y = F.softmax(x, axis=axis)
-        self.save_for_backward(SoftmaxCache(y=y, axis=axis))
+        if self.recording:
+            self.save_for_backward(SoftmaxCache(y=y, axis=axis))
         return y
 
     def backward(self, grad_out):
@@ -284,7 +286,8 @@ class LogSoftmax(_AlongDim):
         x = check_float(self, x)
         axis = self._axis(x)
         y = F.log_softmax(x, axis=axis)
-        self.save_for_backward(SoftmaxCache(y=y, axis=axis))
+        if self.recording:
+            self.save_for_backward(SoftmaxCache(y=y, axis=axis))
         return y
 
     def backward(self, grad_out):
@@ -333,7 +336,8 @@ class PReLU(Module):
     def forward(self, x):
         x = check_float(self, x)
         a = self._slope(x)
-        self.save_for_backward(ActivationCache(x=x, y=None))
+        if self.recording:
+            self.save_for_backward(ActivationCache(x=x, y=None))
         return np.where(x > 0, x, a * x)
 
     def backward(self, grad_out):
@@ -562,7 +566,8 @@ class GLU(_AlongDim):
                              f"have an even size, got shape {tuple(x.shape)}")
         a, b = np.split(x, 2, axis=axis)
         s = F.sigmoid(b).astype(x.dtype, copy=False)
-        self.save_for_backward(GLUCache(a=a, b=b, sigma_b=s, axis=axis))
+        if self.recording:
+            self.save_for_backward(GLUCache(a=a, b=b, sigma_b=s, axis=axis))
         return a * s
 
     def backward(self, grad_out):
@@ -584,7 +589,8 @@ class Softmin(_AlongDim):
         x = check_float(self, x)
         axis = self._axis(x)
         y = F.softmax(-x, axis=axis)
-        self.save_for_backward(SoftmaxCache(y=y, axis=axis))
+        if self.recording:
+            self.save_for_backward(SoftmaxCache(y=y, axis=axis))
         return y
 
     def backward(self, grad_out):

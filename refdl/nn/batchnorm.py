@@ -153,8 +153,9 @@ class _BatchNorm(_NormBase):
         with np.errstate(divide="ignore", invalid="ignore"):   # eps = 0, var = 0: inf/nan
             inv_std = (1.0 / np.sqrt(var + self.eps)).reshape(shape)  # as PyTorch
             x_hat = xc * inv_std
-        self.save_for_backward(BatchNormCache(x_hat=x_hat, inv_std=inv_std,
-                                              batch_stats=use_batch))
+        if self.recording:
+            self.save_for_backward(BatchNormCache(x_hat=x_hat, inv_std=inv_std,
+                                                  batch_stats=use_batch))
         if self.affine:
             return x_hat * self.weight.data.reshape(shape) + self.bias.data.reshape(shape)
         return x_hat

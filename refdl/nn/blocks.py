@@ -64,7 +64,8 @@ class Add(Module):
                 raise ValueError(f"{layer_name(self)}: all inputs must have the same shape, "
                                  f"got input 0 {tuple(xs[0].shape)} and input {i} "
                                  f"{tuple(x.shape)}")
-        self.save_for_backward(AddCache(k=len(xs), y_shape=xs[0].shape))
+        if self.recording:
+            self.save_for_backward(AddCache(k=len(xs), y_shape=xs[0].shape))
         y = xs[0].copy()
         for x in xs[1:]:
             y = y + x
@@ -112,8 +113,9 @@ class Concat(Module):
                                  f"along dim {self.dim}, got input 0 {tuple(xs[0].shape)} and "
                                  f"input {i} {tuple(x.shape)}")
         sizes = [x.shape[d] for x in xs]
-        self.save_for_backward(ConcatCache(
-            sizes=sizes, dim=d, y_shape=xs[0].shape[:d] + (sum(sizes),) + xs[0].shape[d + 1:]))
+        if self.recording:
+            self.save_for_backward(ConcatCache(
+                sizes=sizes, dim=d, y_shape=xs[0].shape[:d] + (sum(sizes),) + xs[0].shape[d + 1:]))
         return np.concatenate(xs, axis=d)
 
     def backward(self, grad_out):

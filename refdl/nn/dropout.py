@@ -67,7 +67,8 @@ class Dropout(Module):
             rng = _random.get_rng(self.generator)
             keep = rng.random(shape) >= self.p
             mask = keep.astype(x.dtype) * x.dtype.type(1.0 / (1.0 - self.p))
-        self.save_for_backward(DropoutCache(mask=mask, x_shape=x.shape))
+        if self.recording:
+            self.save_for_backward(DropoutCache(mask=mask, x_shape=x.shape))
         return x if mask is None else x * mask
 
     def backward(self, grad_out):

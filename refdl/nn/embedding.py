@@ -81,7 +81,8 @@ class Embedding(Module):
             bad = idx.min() if idx.min() < 0 else idx.max()
             raise IndexError(f"{layer_name(self)}: index {int(bad)} is out of range "
                              f"[0, {self.num_embeddings}) (input shape {tuple(idx.shape)})")
-        self.save_for_backward(EmbeddingCache(idx=idx))
+        if self.recording:
+            self.save_for_backward(EmbeddingCache(idx=idx))
         return self.weight.data[idx]
 
     def backward(self, grad_out):

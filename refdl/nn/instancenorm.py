@@ -95,7 +95,8 @@ class GroupNorm(Module):
         with np.errstate(divide="ignore", invalid="ignore"):   # eps = 0, var = 0
             inv_std = 1.0 / np.sqrt(var + self.eps)
             x_hat = (xc * inv_std).reshape(x.shape)
-        self.save_for_backward(GroupNormCache(x_hat=x_hat, inv_std=inv_std))
+        if self.recording:
+            self.save_for_backward(GroupNormCache(x_hat=x_hat, inv_std=inv_std))
         if self.affine:
             shape = (1, self.num_channels) + (1,) * (x.ndim - 2)
             return x_hat * self.weight.data.reshape(shape) + self.bias.data.reshape(shape)
@@ -163,9 +164,10 @@ class _InstanceNorm(_NormBase):
         with np.errstate(divide="ignore", invalid="ignore"):
             inv_std = 1.0 / np.sqrt(var + self.eps)
             x_hat = xc * inv_std
-        self.save_for_backward(InstanceNormCache(x_hat=x_hat, inv_std=inv_std,
-                                                 instance_stats=use_instance,
-                                                 batched=not unbatched))
+        if self.recording:
+            self.save_for_backward(InstanceNormCache(x_hat=x_hat, inv_std=inv_std,
+                                                     instance_stats=use_instance,
+                                                     batched=not unbatched))
         y = x_hat
         if self.affine:
             y = x_hat * self.weight.data.reshape(shape) + self.bias.data.reshape(shape)

@@ -64,7 +64,8 @@ class Linear(Module):
         if x.ndim == 0 or x.shape[-1] != self.in_features:
             raise ValueError(f"{layer_name(self)}: expected input of shape (*, "
                              f"{self.in_features}), got {tuple(x.shape)}")
-        self.save_for_backward(LinearCache(x=x))
+        if self.recording:
+            self.save_for_backward(LinearCache(x=x))
         # one (M, in) @ (in, out) product for any number of leading dimensions: NumPy's
         # matmul on a 3-D x loops over the batch in small products (slow, and it wakes the
         # BLAS threads for each)
@@ -121,7 +122,8 @@ class Flatten(Module):
         if nd == 0 or s > e:
             raise ValueError(f"{layer_name(self)}: cannot flatten dims {self.start_dim}.."
                              f"{self.end_dim} of an input of shape {tuple(x.shape)}")
-        self.save_for_backward(ReshapeCache(shape=x.shape))
+        if self.recording:
+            self.save_for_backward(ReshapeCache(shape=x.shape))
         # the flattened size explicitly: -1 is ambiguous for an empty batch (N = 0)
         return x.reshape(x.shape[:s] + (int(np.prod(x.shape[s:e + 1])),) + x.shape[e + 1:])
 
@@ -149,7 +151,8 @@ class Unflatten(Module):
             raise ValueError(f"{layer_name(self)}: dimension {self.dim} of input "
                              f"{tuple(x.shape)} has size {x.shape[d]}, which is not "
                              f"{self.unflattened_size} flattened")
-        self.save_for_backward(ReshapeCache(shape=x.shape))
+        if self.recording:
+            self.save_for_backward(ReshapeCache(shape=x.shape))
         return x.reshape(x.shape[:d] + self.unflattened_size + x.shape[d + 1:])
 
     def backward(self, grad_out):

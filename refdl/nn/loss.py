@@ -127,8 +127,9 @@ class _Loss(Module):
         ``dl_dx`` is None when the call does not record (nothing computed it).
         """
         D = float(l.size if D is None else D)
-        self.save_for_backward(LossCache(dl_dx=dl_dx, D=D, l_shape=l.shape,
-                                         class_dim=class_dim))
+        if self.recording:
+            self.save_for_backward(LossCache(dl_dx=dl_dx, D=D, l_shape=l.shape,
+                                             class_dim=class_dim))
         if self.reduction == "none":
             return l
         total = np.sum(l, dtype=l.dtype)

@@ -91,7 +91,8 @@ class LayerNorm(Module):
         var = np.mean(xc * xc, axis=axes, keepdims=True)
         inv_sigma = 1.0 / np.sqrt(var + np.asarray(self.eps, dtype=x.dtype))
         x_hat = xc * inv_sigma
-        self.save_for_backward(LayerNormCache(x_hat=x_hat, inv_sigma=inv_sigma, axes=axes))
+        if self.recording:
+            self.save_for_backward(LayerNormCache(x_hat=x_hat, inv_sigma=inv_sigma, axes=axes))
         y = x_hat
         if self.weight is not None:
             y = y * self.weight.data

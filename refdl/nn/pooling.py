@@ -131,7 +131,8 @@ class _MaxPoolNd(_PoolNd):
         # the kernel finds every maximum's position anyway (no cheaper path to skip to)
         y, idx = ext.max_pool_forward(xb, self.kernel_size, self.stride, self.padding,
                                       self.dilation, out)
-        self.save_for_backward(MaxPoolCache(argmax=idx, x_shape=xb.shape, batched=batched))
+        if self.recording:
+            self.save_for_backward(MaxPoolCache(argmax=idx, x_shape=xb.shape, batched=batched))
         if not batched:
             y, idx = y[0], idx[0]
         return (y, idx) if self.return_indices else y
@@ -194,7 +195,8 @@ class _AvgPoolNd(_PoolNd):
         out = self._out_size(x, xb.shape[2:])
         y = ext.avg_pool_forward(xb, self.kernel_size, self.stride, self.padding, out,
                                  self.count_include_pad, self.divisor_override)
-        self.save_for_backward(AvgPoolCache(x_shape=xb.shape, out_size=out, batched=batched))
+        if self.recording:
+            self.save_for_backward(AvgPoolCache(x_shape=xb.shape, out_size=out, batched=batched))
         return y if batched else y[0]
 
     def backward(self, grad_out):
@@ -297,8 +299,9 @@ class _AdaptiveAvgPoolNd(Module):
             for i, (a, b) in enumerate(zip(start, end)):
                 A[i, a:b] = 1.0 / (b - a)
             mats.append(A)
-        self.save_for_backward(AdaptiveAvgPoolCache(A=mats, x_shape=xb.shape,
-                                                    batched=batched))
+        if self.recording:
+            self.save_for_backward(AdaptiveAvgPoolCache(A=mats, x_shape=xb.shape,
+                                                        batched=batched))
         y = np.ascontiguousarray(_apply_axes(xb, mats))
         return y if batched else y[0]
 
@@ -371,7 +374,8 @@ class _AdaptiveMaxPoolNd(Module):
             y[(slice(None), slice(None)) + o] = np.take_along_axis(win, k[..., None], 2)[..., 0]
             if need_idx:
                 idx[(slice(None), slice(None)) + o] = pos[k]
-        self.save_for_backward(MaxPoolCache(argmax=idx, x_shape=xb.shape, batched=batched))
+        if self.recording:
+            self.save_for_backward(MaxPoolCache(argmax=idx, x_shape=xb.shape, batched=batched))
         if not self.return_indices:
             return y if batched else y[0]
         return (y, idx) if batched else (y[0], idx[0])

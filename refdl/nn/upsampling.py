@@ -111,7 +111,8 @@ class Upsample(Module):
         mats = [interpolation_matrix(L, O, self.mode, bool(self.align_corners), f,
                                      dtype=x.dtype)
                 for L, O, f in zip(x.shape[2:], out, sf)]
-        self.save_for_backward(UpsampleCache(A=mats, x_shape=x.shape))
+        if self.recording:
+            self.save_for_backward(UpsampleCache(A=mats, x_shape=x.shape))
         y = x
         for a, A in enumerate(mats):
             y = np.moveaxis(np.tensordot(y, A, axes=([2 + a], [1])), -1, 2 + a)
