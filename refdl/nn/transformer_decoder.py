@@ -6,7 +6,8 @@ with a cross-attention in the middle: queries from the decoder, keys and values 
 encoder's output, the memory. The memory is used twice per layer (key and value) and once
 per layer of a stack, so its gradients are summed. Masks follow MultiheadAttention's
 convention (boolean True = NOT allowed to attend, float added to the scores).
-Derivation: docs/derivations/decoder.md (decoder, nn.Transformer, masks).
+Derivations: docs/derivations/decoder.md (decoder, nn.Transformer, masks), built on
+docs/derivations/transformer.md (the encoder layer).
 """
 from typing import NamedTuple
 
