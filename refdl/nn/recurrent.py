@@ -385,6 +385,7 @@ class _RNNBase(Module):
             dx = dx * c.dropout_masks[layer]
         return dx
 
+
 class RNN(_RNNBase):
     r"""Multi-layer Elman RNN (PyTorch's ``nn.RNN``):
     h_t = act(x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh), act = tanh | relu | identity.

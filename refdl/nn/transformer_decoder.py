@@ -139,6 +139,7 @@ class TransformerDecoderLayer(_ResidualLayer, Module):
         g = self._residual_backward(self.norm2, lambda h: self._mha_block_backward(h, dm), g)
         return self._residual_backward(self.norm1, self._sa_block_backward, g), dm[0]
 
+
 class TransformerDecoder(Module):
     r"""A stack of ``num_layers`` deep copies of ``decoder_layer``, then ``norm`` if given.
 

@@ -205,6 +205,7 @@ class TransformerEncoderLayer(_ResidualLayer, Module):
         g = self._residual_backward(self.norm2, self._ff_block_backward, g)     # dL/dx1
         return self._residual_backward(self.norm1, self._sa_block_backward, g)
 
+
 class TransformerEncoder(Module):
     r"""A stack of ``num_layers`` deep copies of ``encoder_layer``, then ``norm`` if given.
 
