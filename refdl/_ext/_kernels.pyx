@@ -316,6 +316,33 @@ cdef inline Py_ssize_t tap_hi(Py_ssize_t start, Py_ssize_t dil, Py_ssize_t K,
     return b if b < K else K
 
 
+cdef void maxpool2d_interior(const real* plane, real* yp, i64* ip,
+                             Py_ssize_t H, Py_ssize_t W, Py_ssize_t OH, Py_ssize_t OW,
+                             Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t sh,
+                             Py_ssize_t sw) noexcept nogil:
+    # max pooling of one plane whose windows all lie inside it (no padding, dilation 1;
+    # the caller checked (OH-1)*sh + KH <= H and (OW-1)*sw + KW <= W, so every pos < H*W):
+    # the same comparisons as the general loop below (first maximum wins, NaN propagates)
+    cdef Py_ssize_t oh, ow, kh, kw, row, pos, best
+    cdef real m, v
+    cdef bint take
+    for oh in range(OH):
+        for ow in range(OW):
+            best = oh * sh * W + ow * sw
+            m = plane[best]
+            for kh in range(KH):
+                row = (oh * sh + kh) * W + ow * sw
+                for kw in range(KW):
+                    pos = row + kw
+                    v = plane[pos]
+                    # branch-free selects: on real data the comparison is a coin toss
+                    take = (v > m) | ((v != v) & (m == m))
+                    best = pos if take else best
+                    m = v if take else m
+            yp[oh * OW + ow] = m
+            ip[oh * OW + ow] = best
+
+
 def maxpool3d_forward(const real[:, :, :, ::1] x, real[:, :, :, ::1] y,
                       i64[:, :, :, ::1] idx,
                       Py_ssize_t KD, Py_ssize_t KH, Py_ssize_t KW,
@@ -338,6 +365,14 @@ def maxpool3d_forward(const real[:, :, :, ::1] x, real[:, :, :, ::1] y,
     cdef i64* ip
     cdef real m, v
     nt = n_threads(x.shape[0] * x.shape[1] * x.shape[2] * x.shape[3], P)
+    if (D == 1 and KD == 1 and OD == 1 and ph == 0 and pw == 0 and dh == 1 and dw == 1
+            and (OH - 1) * sh + KH <= H and (OW - 1) * sw + KW <= W):
+        # the common 2-D case: every window lies inside the plane, so no tap range needs
+        # clamping (the conditions above are what makes every index below < H*W)
+        for p in prange(P, nogil=True, schedule="static", num_threads=nt):
+            maxpool2d_interior(&x[p, 0, 0, 0], &y[p, 0, 0, 0], &idx[p, 0, 0, 0],
+                               H, W, OH, OW, KH, KW, sh, sw)
+        return
     for p in prange(P, nogil=True, schedule="static", num_threads=nt):
         plane = &x[p, 0, 0, 0]
         yp = &y[p, 0, 0, 0]
