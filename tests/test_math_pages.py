@@ -42,7 +42,7 @@ argmin log ln exp sin cos tan tanh sinh cosh det dim ker Pr operatorname mathrm 
 mathit mathcal mathbb mathsf mathtt boldsymbol bm text textbf textit textrm texttt
 left right big Big bigg Bigg bigl bigr Bigl Bigr biggl biggr middle
 partial nabla infty cdot cdots ldots dots vdots ddots times div pm mp circ odot otimes
-oplus ast star bullet le leq ge geq ne neq approx equiv sim simeq propto ll gg in notin
+oplus ast star bullet le leq ge geq ne neq approx equiv sim simeq propto ll gg in notin ni
 subset subseteq supset cup cap setminus emptyset forall exists neg land lor to
 rightarrow leftarrow Rightarrow Leftarrow leftrightarrow Leftrightarrow mapsto implies
 iff gets uparrow downarrow longrightarrow
