@@ -253,21 +253,11 @@ def train_gpt(model, train_ids, val_ids, steps=1000, batch_size=32, lr=3e-3,
     loss_fn = CrossEntropyLoss()
     opt = _adamw(model, lr, weight_decay)
     warmup = max(1, steps // 20) if warmup is None else int(warmup)
-    xt, yt = eval_windows(train_ids, model.block_size, eval_windows_n)
-    xv, yv = eval_windows(val_ids, model.block_size, eval_windows_n)
+    windows = [eval_windows(ids, model.block_size, eval_windows_n)     # fixed, for the
+               for ids in (train_ids, val_ids)]                        # evaluations
     hist = {"step": [], "train_loss": [], "val_loss": [], "time": [], "loss": [], "lr": []}
     dtype = model.ln_f.weight.data.dtype
     t0 = time.perf_counter()
-
-    def evaluate(step):
-        tl, vl = evaluate_lm(model, xt, yt), evaluate_lm(model, xv, yv)
-        hist["step"].append(step)
-        hist["train_loss"].append(tl)
-        hist["val_loss"].append(vl)
-        hist["time"].append(time.perf_counter() - t0)
-        if log is not None:
-            log(f"step {step:5d}  train {tl:.4f}  val {vl:.4f}  "
-                f"({time.perf_counter() - t0:.0f} s)")
 
     def step_fn(step, _):
         step_lr = lr * _warmup_cosine(step, steps, warmup)
@@ -281,22 +271,33 @@ def train_gpt(model, train_ids, val_ids, steps=1000, batch_size=32, lr=3e-3,
         if clip_grad_norm:
             clip_grad_norm_(model.parameters(), clip_grad_norm)
         opt.step()
-        hist["loss"].append(float(loss))
-        hist["lr"].append(step_lr)
-        return float(loss)
+        return {"loss": float(loss), "lr": step_lr}
 
     def evaluate_and_stop(step, _):      # after each step: evaluate when due; out of time?
         out_of_time = time_limit is not None and time.perf_counter() - t0 > time_limit
         if step % eval_interval == 0 or step == steps or out_of_time:
-            evaluate(step)
+            _record_evaluation(hist, model, windows, step, t0, log)
         return out_of_time
 
     model.train()
-    evaluate(0)
-    hist["steps_done"] = len(run_steps(step_fn, int(steps), until=evaluate_and_stop)
-                             .get("loss", []))
+    _record_evaluation(hist, model, windows, 0, t0, log)
+    done = run_steps(step_fn, int(steps), until=evaluate_and_stop)
+    hist["loss"], hist["lr"] = done.get("loss", []), done.get("lr", [])
+    hist["steps_done"] = len(hist["loss"])
     hist["seconds"] = time.perf_counter() - t0
     return hist
+
+
+def _record_evaluation(hist, model, windows, step, t0, log):
+    """Append the step, the losses on the fixed train and validation windows and the time
+    since ``t0`` to ``hist``; hand ``log`` one line."""
+    tl, vl = (evaluate_lm(model, x, y) for x, y in windows)
+    hist["step"].append(step)
+    hist["train_loss"].append(tl)
+    hist["val_loss"].append(vl)
+    hist["time"].append(time.perf_counter() - t0)
+    if log is not None:
+        log(f"step {step:5d}  train {tl:.4f}  val {vl:.4f}  ({time.perf_counter() - t0:.0f} s)")
 
 
 def _adamw(model, lr, weight_decay):
