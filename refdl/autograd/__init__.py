@@ -7,8 +7,10 @@
     (h,) = grad(g.sum(), x)                  # 6 x
 
 See tensor.py (Tensor, the engine), ops.py (the operations), methods.py (Tensor's operators
-and methods, written with the ops) and functional.py (layers and losses written with the
-ops). Derivation: docs/derivations/autograd.md
+and methods, written with the ops), functional.py (layers and losses written with the ops)
+and bridge.py (module calls are nodes too: a refdl.nn module called on Tensors records one
+node whose gradient is the module's hand-derived backward, docs/autograd-modules.md).
+Derivation: docs/derivations/autograd.md
 """
 from .tensor import Op, Tensor, as_tensor, grad, is_grad_enabled, no_grad, param_tensor, tensor
 from . import ops
