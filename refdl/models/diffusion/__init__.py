@@ -56,9 +56,9 @@ from .linear_gaussian import LinearGaussianReverse
 from .network import (NoisePredictor, SinusoidalTimeEmbedding, TimeEmbeddingCache,  # noqa: F401
                       train_ddpm)
 from .process import GaussianDiffusion
-from .samplers import AncestralSampling, MixtureOracleEps  # noqa: F401
+from .samplers import AncestralSampling, MixtureOracleEps
 from .schedules import make_beta_schedule
 
 __all__ = ["make_beta_schedule", "normal_kl", "gaussian_log_prob", "GaussianDiffusion",
            "SinusoidalTimeEmbedding", "NoisePredictor", "train_ddpm",
-           "LinearGaussianReverse", "MixtureOracleEps"]
+           "AncestralSampling", "LinearGaussianReverse", "MixtureOracleEps"]
