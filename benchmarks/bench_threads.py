@@ -13,6 +13,10 @@ in the same run: PyTorch (ratio refdl/PyTorch), the square SGEMM rate (a 2048^3 
 through NumPy's BLAS; "eff" is a conv's direct FLOPs over refdl's time as a fraction of that
 rate) and, for fwd+bwd rows, refdl's own NumPy path (without --quick).
 
+PyTorch runs alone in a child process (benchmarks/bench_torch.py) unless
+``--torch-in-process``: next to refdl's OpenMP runtime and BLAS pool its threads compete
+with idle ones that no real PyTorch user has.
+
 Thread counts are set with ``refdl.set_num_threads`` (the BLAS pool and the kernels'
 OpenMP team together) and ``torch.set_num_threads``; refdl before issue 15 had no
 set_num_threads, so then threadpoolctl limits every pool. The load average is printed
@@ -28,6 +32,9 @@ import statistics
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _cases import CONVS, LENET_STEP, POOL   # noqa: E402
+
 TICK = 4e-3          # the scheduler tick (CONFIG_HZ=250) at which stalls quantise times
 
 
@@ -39,7 +46,10 @@ def parse_args(argv=None):
     p.add_argument("--calls", type=int, default=7, help="calls per round (median; default 7)")
     p.add_argument("--quick", action="store_true",
                    help="one round of 3 calls, no NumPy path, smaller SGEMM (< 1 minute)")
-    p.add_argument("--no-torch", action="store_true", help="do not import PyTorch")
+    p.add_argument("--no-torch", action="store_true", help="no PyTorch column")
+    p.add_argument("--torch-in-process", action="store_true",
+                   help="time PyTorch in this process, interleaved with refdl (default: "
+                        "alone in a child process, benchmarks/bench_torch.py)")
     p.add_argument("--refdl", help="source tree to import refdl from (default: this one)")
     p.add_argument("--only", help="run only the cases whose name contains this text")
     p.add_argument("--json", help="also write the figures (ms) and flags to this file")
@@ -67,6 +77,33 @@ def quantised(samples):
     return near >= max(2, (len(long) + 1) // 2)
 
 
+def torch_alone(args, threads):
+    """PyTorch's figures from benchmarks/bench_torch.py in a child process ([] without
+    PyTorch): PyTorch alone, not next to refdl's OpenMP runtime and BLAS pool."""
+    import json
+    import subprocess
+    import tempfile
+    here = os.path.dirname(os.path.abspath(__file__))
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "torch.json")
+        cmd = [sys.executable, os.path.join(here, "bench_torch.py"), "--json", out,
+               "--rounds", str(args.rounds), "--calls", str(args.calls)]
+        cmd += [a for t in threads for a in ("--threads", str(t))]
+        if args.only:
+            cmd += ["--only", args.only]
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        if res.returncode != 0:
+            print("bench_torch.py failed:\n" + res.stderr[-1500:], file=sys.stderr)
+            return []
+        if not os.path.exists(out):                   # PyTorch is not installed
+            return []
+        with open(out) as f:
+            data = json.load(f)
+    print(f"PyTorch {data['torch']} timed alone in a child process "
+          f"(load {loadavg()[0]:.2f} after)", file=sys.stderr)
+    return data["figures"]
+
+
 def run(argv=None):
     args = parse_args(argv)
     if args.quick:
@@ -85,7 +122,7 @@ def run(argv=None):
     # inference records no cache (refdl.no_grad, per-call caches); older trees had neither
     no_grad = getattr(refdl, "no_grad", contextlib.nullcontext)
     torch = None
-    if not args.no_torch:
+    if not args.no_torch and args.torch_in_process:
         try:
             import torch
         except ImportError:
@@ -116,18 +153,8 @@ def run(argv=None):
 
     # -- cases: name -> dict(refdl=fn, torch=fn, numpy=fn, flops=...) ---------------------
     cases = {}
-    convs = [
-        ("LeNet conv1 (64,1,28,28)->6@5x5", nn.Conv2d, 1, 6, 5, {}, (64, 1, 28, 28)),
-        ("LeNet conv2 (64,6,14,14)->16@5x5", nn.Conv2d, 6, 16, 5, {}, (64, 6, 14, 14)),
-        ("(64,32,32,32)->64@3x3 p1", nn.Conv2d, 32, 64, 3, dict(padding=1),
-         (64, 32, 32, 32)),
-        ("(64,3,32,32)->32@3x3 p1 s2", nn.Conv2d, 3, 32, 3, dict(padding=1, stride=2),
-         (64, 3, 32, 32)),
-        ("Conv1d (256,1,40)->32@5 p2", nn.Conv1d, 1, 32, 5, dict(padding=2), (256, 1, 40)),
-        ("Conv3d (8,3,10,32,32)->16@3^3 p1", nn.Conv3d, 3, 16, 3, dict(padding=1),
-         (8, 3, 10, 32, 32)),
-    ]
-    for name, cls, cin, cout, k, kw, shape in convs:
+    for name, rank, cin, cout, k, kw, shape in CONVS:
+        cls = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[rank]
         refdl.manual_seed(0)
         m = cls(cin, cout, k, **kw)
         x = rng.standard_normal(shape).astype(np.float32)
@@ -165,7 +192,7 @@ def run(argv=None):
         cases[name + ", fwd"] = row_f
         cases[name + ", fwd+bwd"] = row_fb
 
-    x = rng.standard_normal((64, 32, 32, 32)).astype(np.float32)
+    x = rng.standard_normal(POOL[1]).astype(np.float32)
     pool = nn.MaxPool2d(2)
     with no_grad():
         gp = np.ones_like(pool(x))
@@ -185,7 +212,7 @@ def run(argv=None):
             tx.grad = None
             tp(tx).backward(tgp)
         row["torch"] = tpool_fb
-    cases["MaxPool2d 2x2 (64,32,32,32), fwd+bwd"] = row
+    cases[POOL[0]] = row
 
     refdl.manual_seed(0)
     net = nn.Sequential(
@@ -221,7 +248,7 @@ def run(argv=None):
             torch.nn.functional.cross_entropy(tnet(txb), tlb).backward()
             opt.step()
         row["torch"] = tstep
-    cases["LeNet-5 SGD step, batch 64"] = row
+    cases[LENET_STEP] = row
 
     if args.only:
         cases = {k: v for k, v in cases.items() if args.only in k}
@@ -259,6 +286,11 @@ def run(argv=None):
     load1 = loadavg()
     best = {k: min(v) * 1e3 for k, v in fig.items()}
     q = {k: quantised(v) or on_tick(best[k] / 1e3) for k, v in samples.items()}
+    if not args.no_torch and not args.torch_in_process:
+        for name, t, who, ms, ts in torch_alone(args, threads):
+            if name in cases:
+                best[(name, t, who)] = ms
+                q[(name, t, who)] = quantised(ts) or on_tick(ms / 1e3)
 
     sq = {t: cases[f"square SGEMM {S}^3"]["flops"] / best[(f"square SGEMM {S}^3", t,
                                                            "refdl")] / 1e6

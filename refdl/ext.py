@@ -109,6 +109,19 @@ def check_geometry(name, spatial, kernel_size, stride, padding, dilation, out_si
     additionally clamp every index range to its row.
     """
     spatial = tuple(spatial)
+    ks, ss, ds, out, ps = _check_types(name, spatial, kernel_size, stride, dilation,
+                                       out_size, padding)
+    _check_extents(name, spatial, ks, ss, ps, ds, out)
+    if pool_pad_limit and any(2 * lo > k or 2 * hi > k for (lo, hi), k in zip(ps, ks)):
+        raise ValueError(f"{name}: padding {tuple(lo for lo, _ in ps)} must be at most "
+                         f"half the kernel {ks}")
+    if every_window_reads_input:
+        _check_every_window_reads_input(name, spatial, ks, ss, ps, ds, out)
+
+
+def _check_types(name, spatial, kernel_size, stride, dilation, out_size, padding):
+    """Ints of the right count and sign; returns (kernel, stride, dilation, out, padding)
+    as tuples of ints (padding as (before, after) pairs)."""
     r = len(spatial)
     if not all(_is_int(L) for L in spatial):
         raise TypeError(f"{name}: spatial size must be ints, got {spatial}")
@@ -129,12 +142,13 @@ def check_geometry(name, spatial, kernel_size, stride, padding, dilation, out_si
     if any(lo < 0 or hi < 0 for lo, hi in ps):
         raise ValueError(f"{name}: padding must be {r} non-negative (before, after) pairs, "
                          f"got {ps}")
-    if not all(_is_int(L) for L in spatial):
-        raise TypeError(f"{name}: spatial size must be ints, got {spatial}")
-    if any(L < 1 for L in spatial):
-        raise ValueError(f"{name}: empty spatial size {spatial}")
     ks, ss, ds, out = (tuple(int(a) for a in vals[k]) for k in
                        ("kernel_size", "stride", "dilation", "out_size"))
+    return ks, ss, ds, out, ps
+
+
+def _check_extents(name, spatial, ks, ss, ps, ds, out):
+    """Every extent (and their product) below 2**60; every window starts in the input."""
     total = 1
     for L, k, s, (lo, hi), d, o in zip(spatial, ks, ss, ps, ds, out):
         extent = int(L) + int(lo) + int(hi) + (o - 1) * s + (k - 1) * d + s + 1
@@ -148,24 +162,24 @@ def check_geometry(name, spatial, kernel_size, stride, padding, dilation, out_si
         if (o - 1) * s > L + lo + hi - 1:
             raise ValueError(f"{name}: {o} outputs with stride {s} do not fit an input of "
                              f"length {L} padded by ({lo}, {hi})")
-    if pool_pad_limit and any(2 * lo > k or 2 * hi > k for (lo, hi), k in zip(ps, ks)):
-        raise ValueError(f"{name}: padding {tuple(lo for lo, _ in ps)} must be at most "
-                         f"half the kernel {ks}")
-    if every_window_reads_input:
-        for axis, (L, k, s, (lo, _), d, o) in enumerate(zip(spatial, ks, ss, ps, ds, out)):
-            start = np.arange(o, dtype=np.int64) * s - lo
-            # taps j with 0 <= start + j d < L: j from ceil(-start/d)^+ to ceil((L-start)/d)
-            first = np.maximum(-(start // d), 0)
-            last = np.minimum(-((start - L) // d), k)
-            empty = np.flatnonzero(last <= first)
-            if empty.size:
-                o0 = int(empty[0])
-                raise ValueError(
-                    f"{name}: window {o0} along spatial axis {axis} lies entirely in the "
-                    f"padding (input length {L}, kernel {k}, stride {s}, padding {lo}, "
-                    f"dilation {d}): its taps {int(start[o0])}, "
-                    f"{int(start[o0]) + d}, ... miss the input; reduce the padding or the "
-                    f"dilation")
+
+
+def _check_every_window_reads_input(name, spatial, ks, ss, ps, ds, out):
+    """No window lies entirely in the padding (a max pool's -inf with nowhere to go)."""
+    for axis, (L, k, s, (lo, _), d, o) in enumerate(zip(spatial, ks, ss, ps, ds, out)):
+        start = np.arange(o, dtype=np.int64) * s - lo
+        # taps j with 0 <= start + j d < L: j from ceil(-start/d)^+ to ceil((L-start)/d)
+        first = np.maximum(-(start // d), 0)
+        last = np.minimum(-((start - L) // d), k)
+        empty = np.flatnonzero(last <= first)
+        if empty.size:
+            o0 = int(empty[0])
+            raise ValueError(
+                f"{name}: window {o0} along spatial axis {axis} lies entirely in the "
+                f"padding (input length {L}, kernel {k}, stride {s}, padding {lo}, "
+                f"dilation {d}): its taps {int(start[o0])}, "
+                f"{int(start[o0]) + d}, ... miss the input; reduce the padding or the "
+                f"dilation")
 
 
 _check_geometry = check_geometry

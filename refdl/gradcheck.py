@@ -291,84 +291,99 @@ def check_module(module, *inputs, wrt=None, params=True, eps=EPS, rtol=RTOL, see
     Returns a :class:`GradcheckResult`; raises :class:`GradcheckError` on failure unless
     ``raise_exception=False``.
     """
-    module = copy.deepcopy(module).to(np.float64).discard_saved()
-    kw = dict(forward_kwargs or {})
-    inputs = [_float64(x) for x in inputs]
-    if wrt is None:
-        wrt = [i for i, x in enumerate(inputs)
-               if isinstance(x, np.ndarray) and np.issubdtype(x.dtype, np.floating)]
-    wrt = list(wrt)
-    fwd_seed = int(_stream(seed, "forward").integers(2 ** 31))
-
-    def run():
-        with _random.fork_rng(fwd_seed):
-            return _as_tuple(module(*inputs, **kw))
-
-    def run_no_grad():      # the forwards of the finite differences record nothing
-        with no_grad():
-            return run()
-
-    outs = run_no_grad()
-    rng = _stream(seed, "projection")
-    R = [rng.standard_normal(np.shape(o)) if np.issubdtype(np.asarray(o).dtype, np.floating)
-         else None for o in outs]
-
-    def loss():
-        return sum(float(np.sum(o * r)) for o, r in zip(run_no_grad(), R) if r is not None)
-
-    def analytic(upstream):
-        module.zero_grad()
-        with enable_grad():     # records in eval() mode too: eval-mode models are checked
-            run()
-        ups = [u if u is not None else np.zeros(np.shape(o)) for u, o in zip(upstream, outs)]
-        gin = module.backward(*ups)
-        gin = () if not wrt else (_as_tuple(gin) if len(wrt) > 1 else (gin,))
-        if len(gin) != len(wrt):
-            raise ValueError(f"gradcheck: {type(module).__name__}.backward returned "
-                             f"{len(gin)} input gradients, expected {len(wrt)}")
-        gin = [np.array(g, dtype=np.float64, copy=True) for g in gin]
-        gp = {n: _param_grad(n, p, problems) for n, p in module.named_parameters()
-              if p.requires_grad}
-        return gin, gp
-
-    problems = []
-    gin, gp = analytic(R)
+    probe = _ModuleProbe(module, inputs, wrt, forward_kwargs, seed)
+    gin, gp = probe.analytic(probe.R)
     reports = []
-    for j, i in enumerate(wrt):
-        num = numeric_gradient(loss, inputs[i], eps)
-        reports.append(_compare(f"input {i}", loss, inputs[i], gin[j], num, eps, rtol))
+    for j, i in enumerate(probe.wrt):
+        x = probe.inputs[i]
+        num = numeric_gradient(probe.loss, x, eps)
+        reports.append(_compare(f"input {i}", probe.loss, x, gin[j], num, eps, rtol))
     if params:
-        for n, p in module.named_parameters():
+        for n, p in probe.module.named_parameters():
             if not p.requires_grad:
                 continue
-            num = numeric_gradient(loss, p.data, eps)
-            reports.append(_compare(n, loss, p.data, gp[n], num, eps, rtol))
-
+            num = numeric_gradient(probe.loss, p.data, eps)
+            reports.append(_compare(n, probe.loss, p.data, gp[n], num, eps, rtol))
     if check_consistency:
-        gin2, gp2 = analytic(R)
-        same = all(np.allclose(a, b, rtol=1e-12, atol=0) for a, b in zip(gin, gin2)) and \
-            all(np.allclose(gp[n], gp2[n], rtol=1e-12, atol=0) for n in gp)
-        if not same:
-            problems.append("backward is not repeatable: two identical passes gave "
-                            "different gradients")
-        with enable_grad():
-            run()
-        ups = [r if r is not None else np.zeros(np.shape(o)) for r, o in zip(R, outs)]
-        module.backward(*ups)    # no zero_grad: parameter gradients must accumulate
-        for n, p in module.named_parameters():
-            if p.requires_grad and not np.allclose(p.grad, 2 * gp[n], rtol=1e-10,
-                                                   atol=1e-300):
-                problems.append(f"gradient of {n} does not accumulate: a second backward "
-                                "without zero_grad should double it")
-        zero = [None if r is None else np.zeros_like(r) for r in R]
-        gz, gpz = analytic(zero)
-        if any(np.any(g != 0) for g in gz) or any(np.any(g != 0) for g in gpz.values()):
-            problems.append("a zero upstream gradient gave a non-zero gradient")
-
-    result = GradcheckResult(type(module).__name__, reports, problems)
+        _check_consistency(probe, gin, gp)
+    result = GradcheckResult(type(probe.module).__name__, reports, probe.problems)
     if raise_exception and not result.passed:
         raise GradcheckError(result)
     return result
+
+
+class _ModuleProbe:
+    """A float64 copy of a module with its inputs, the loss <module(inputs), R> and its
+    gradients by backward; ``problems`` collects what is wrong besides the numbers."""
+
+    def __init__(self, module, inputs, wrt, forward_kwargs, seed):
+        self.module = copy.deepcopy(module).to(np.float64).discard_saved()
+        self.kw = dict(forward_kwargs or {})
+        self.inputs = [_float64(x) for x in inputs]
+        if wrt is None:
+            wrt = [i for i, x in enumerate(self.inputs)
+                   if isinstance(x, np.ndarray) and np.issubdtype(x.dtype, np.floating)]
+        self.wrt = list(wrt)
+        self.fwd_seed = int(_stream(seed, "forward").integers(2 ** 31))
+        self.problems = []
+        self.outs = self.run_no_grad()
+        rng = _stream(seed, "projection")
+        self.R = [rng.standard_normal(np.shape(o))
+                  if np.issubdtype(np.asarray(o).dtype, np.floating) else None
+                  for o in self.outs]
+
+    def run(self):
+        with _random.fork_rng(self.fwd_seed):
+            return _as_tuple(self.module(*self.inputs, **self.kw))
+
+    def run_no_grad(self):      # the forwards of the finite differences record nothing
+        with no_grad():
+            return self.run()
+
+    def loss(self):
+        return sum(float(np.sum(o * r)) for o, r in zip(self.run_no_grad(), self.R)
+                   if r is not None)
+
+    def upstream(self, grads):
+        """The output gradients for backward (zeros for a non-float output)."""
+        return [u if u is not None else np.zeros(np.shape(o)) for u, o in zip(grads, self.outs)]
+
+    def analytic(self, upstream):
+        """(input gradients, {parameter name: gradient}) by one forward and backward."""
+        self.module.zero_grad()
+        with enable_grad():     # records in eval() mode too: eval-mode models are checked
+            self.run()
+        gin = self.module.backward(*self.upstream(upstream))
+        gin = () if not self.wrt else (_as_tuple(gin) if len(self.wrt) > 1 else (gin,))
+        if len(gin) != len(self.wrt):
+            raise ValueError(f"gradcheck: {type(self.module).__name__}.backward returned "
+                             f"{len(gin)} input gradients, expected {len(self.wrt)}")
+        gin = [np.array(g, dtype=np.float64, copy=True) for g in gin]
+        gp = {n: _param_grad(n, p, self.problems) for n, p in self.module.named_parameters()
+              if p.requires_grad}
+        return gin, gp
+
+
+def _check_consistency(probe, gin, gp):
+    """Backward is repeatable, accumulates into .grad, and is linear (zero in, zero out)."""
+    problems = probe.problems
+    gin2, gp2 = probe.analytic(probe.R)
+    same = all(np.allclose(a, b, rtol=1e-12, atol=0) for a, b in zip(gin, gin2)) and \
+        all(np.allclose(gp[n], gp2[n], rtol=1e-12, atol=0) for n in gp)
+    if not same:
+        problems.append("backward is not repeatable: two identical passes gave "
+                        "different gradients")
+    with enable_grad():
+        probe.run()
+    probe.module.backward(*probe.upstream(probe.R))  # no zero_grad: gradients must accumulate
+    for n, p in probe.module.named_parameters():
+        if p.requires_grad and not np.allclose(p.grad, 2 * gp[n], rtol=1e-10, atol=1e-300):
+            problems.append(f"gradient of {n} does not accumulate: a second backward "
+                            "without zero_grad should double it")
+    zero = [None if r is None else np.zeros_like(r) for r in probe.R]
+    gz, gpz = probe.analytic(zero)
+    if any(np.any(g != 0) for g in gz) or any(np.any(g != 0) for g in gpz.values()):
+        problems.append("a zero upstream gradient gave a non-zero gradient")
 
 
 def _param_grad(name, p, problems):
@@ -392,6 +407,18 @@ def _param_grad(name, p, problems):
 def check_loss(criterion, input, target, **kwargs):
     """Check a loss's ``backward`` (dL/dinput) with a random upstream scalar or array."""
     return check_module(criterion, input, target, wrt=[0], **kwargs)
+
+
+def _hessian_vector(gs, V, ts):
+    """dG/dx_j for G = sum_i <g_i, V_i>, by the engine's backward through the gradient
+    graph ``gs`` (arrays; zeros where G does not depend on x: second derivatives 0)."""
+    from .autograd import Tensor, grad
+
+    G = sum((g * Tensor(v)).sum() for g, v in zip(gs, V))
+    if not G.requires_grad:
+        return [np.zeros_like(t.data) for t in ts]
+    hv = grad(G, ts, allow_unused=True)
+    return [h.data if h is not None else np.zeros_like(t.data) for h, t in zip(hv, ts)]
 
 
 def gradgradcheck(func, inputs, grad_outputs=None, eps=EPS, rtol=RTOL, seed=0,
@@ -446,12 +473,7 @@ def gradgradcheck(func, inputs, grad_outputs=None, eps=EPS, rtol=RTOL, seed=0,
         return sum(float(np.sum(g.data * v)) for g, v in zip(gs, V))
 
     ts, F, gs = first(True)
-    G = sum((g * Tensor(v)).sum() for g, v in zip(gs, V))
-    if G.requires_grad:
-        hv = grad(G, ts, allow_unused=True)
-        hv = [h.data if h is not None else np.zeros_like(a) for h, a in zip(hv, arrays)]
-    else:                      # the gradient does not depend on x: second derivatives 0
-        hv = [np.zeros_like(a) for a in arrays]
+    hv = _hessian_vector(gs, V, ts)
     reports = []
     for i, a in enumerate(arrays):
         if check_first_order:

@@ -40,21 +40,41 @@ def summary(model, input_size=None, dtype=np.float32, print_fn=print, depth=None
     ``refdl.no_grad()``: the model's caches, mode and parameters are unchanged.
     Prints the table (unless ``print_fn`` is None) and returns a :class:`ModelSummary`.
     """
-    if input_size is None:
-        input_size = input_shape
+    xs, shapes = _inputs(input_size if input_size is not None else input_shape,
+                         input_data, dtype)
+    rows = _record_calls(model, xs, depth)
+    total = sum(p.data.size for p in model.parameters())
+    trainable = sum(p.data.size for p in model.parameters() if p.requires_grad)
+    table = _table(rows, total, trainable)
+    result = ModelSummary(rows=rows, total_params=int(total), trainable_params=int(trainable),
+                          input_shape=[tuple(s) for s in shapes], table=table)
+    if print_fn is not None:
+        for t in table:
+            print_fn(t)
+    return result
+
+
+def _inputs(input_size, input_data, dtype):
+    """(the input arrays, their shapes): ``input_data`` itself, or standard normal arrays
+    of ``input_size`` (one shape, or a list of shapes), drawn from a fixed seed."""
     if input_data is not None:
         xs = list(input_data) if isinstance(input_data, (list, tuple)) else [input_data]
         xs = [np.asarray(x) for x in xs]
-        shapes = [x.shape for x in xs]
-    elif input_size is None:
+        return xs, [x.shape for x in xs]
+    if input_size is None:
         raise TypeError("summary: give input_size (the input's shape with the batch) or "
                         "input_data")
-    else:
-        input_shape = input_size
-        shapes = input_shape if (isinstance(input_shape, list)
-                                 and isinstance(input_shape[0], (tuple, list))) else [input_shape]
-        with fork_rng(0) as g:
-            xs = [g.standard_normal(tuple(s)).astype(dtype) for s in shapes]
+    shapes = input_size if (isinstance(input_size, list)
+                            and isinstance(input_size[0], (tuple, list))) else [input_size]
+    with fork_rng(0) as g:
+        xs = [g.standard_normal(tuple(s)).astype(dtype) for s in shapes]
+    return xs, shapes
+
+
+def _record_calls(model, xs, depth):
+    """Run ``model(*xs)`` under no_grad with every module's forward wrapped to record one
+    row per call (name, type, depth, own trainable parameters, output shape); the
+    forwards are restored afterwards, even on an error."""
     rows = []
     originals = []
     for name, m in model.named_modules():
@@ -83,8 +103,11 @@ def summary(model, input_size=None, dtype=np.float32, print_fn=print, depth=None
                 object.__setattr__(m, "forward", fwd)
             else:
                 del m.__dict__["forward"]
-    total = sum(p.data.size for p in model.parameters())
-    trainable = sum(p.data.size for p in model.parameters() if p.requires_grad)
+    return rows
+
+
+def _table(rows, total, trainable):
+    """The printed table, one string per line."""
     table = []
     w = max([len("  " * r["depth"] + f"{r['name']} ({r['type']})") for r in rows] + [20])
     line = "-" * (w + 40)
@@ -99,9 +122,4 @@ def summary(model, input_size=None, dtype=np.float32, print_fn=print, depth=None
     table.append(f"Trainable params: {trainable:,}")
     table.append(f"Non-trainable params: {total - trainable:,}")
     table.append(line)
-    result = ModelSummary(rows=rows, total_params=int(total), trainable_params=int(trainable),
-                          input_shape=[tuple(s) for s in shapes], table=table)
-    if print_fn is not None:
-        for t in table:
-            print_fn(t)
-    return result
+    return table

@@ -26,6 +26,7 @@ writes its own samples), and refdl's GEMMs are the same BLAS calls whatever the 
 whose summation order OpenBLAS may split differently).
 """
 import os
+import time
 
 __all__ = ["set_num_threads", "get_num_threads", "serial_below", "parallel_for",
            "auto_num_threads",
@@ -93,15 +94,40 @@ def get_num_threads():
     return max(sizes) if sizes else (os.cpu_count() or 1)
 
 
+def busy_cores(interval=0.1):
+    """How many cores other processes keep busy right now: the non-idle share of all cores
+    over ``interval`` seconds (Linux's /proc/stat; this process sleeps meanwhile), or None
+    where /proc/stat cannot be read."""
+    def read():
+        with open("/proc/stat") as f:
+            v = [int(a) for a in f.readline().split()[1:9]]
+        return sum(v), v[3] + v[4]          # all jiffies; idle + iowait
+    try:
+        total0, idle0 = read()
+        time.sleep(interval)
+        total1, idle1 = read()
+    except (OSError, ValueError, IndexError):
+        return None
+    if total1 <= total0:
+        return None
+    return (1.0 - (idle1 - idle0) / (total1 - total0)) * (os.cpu_count() or 1)
+
+
 def auto_num_threads():
     """(n, reason): the cores nobody else is using, at least 1.
 
-    n = cores - round(1-minute load average), clipped to [1, cores]. On an idle laptop that
-    is every core; with other busy processes it leaves their cores to them, because a
-    parallel region whose second thread is not scheduled waits a whole scheduler tick
-    (``refdl train`` with two busy competitors ran 27x slower on 2 threads than on 1).
+    n = cores - round(busy), clipped to [1, cores], where busy is what :func:`busy_cores`
+    measures over 0.1 s (where it cannot, the 1-minute load average, which lags a minute
+    behind a competitor that just started). On an idle laptop that is every core; with
+    other busy processes it leaves their cores to them, because a parallel region whose
+    second thread is not scheduled waits a whole scheduler tick (``refdl train`` with two
+    busy competitors ran 27x slower on 2 threads than on 1).
     """
     cores = os.cpu_count() or 1
+    busy = busy_cores()
+    if busy is not None:
+        n = max(1, min(cores, cores - int(busy + 0.5)))
+        return n, f"{cores} cores, {busy:.1f} busy"
     try:
         load = os.getloadavg()[0]
     except (OSError, AttributeError):          # not available here: assume idle

@@ -214,6 +214,38 @@ def test_gpt_loss_goes_below_the_bigram_baseline_on_a_tiny_text():
     assert hist["val_loss"][-1] < baseline - 0.2, (hist["val_loss"], baseline)
 
 
+def test_train_gpt_steps_lr_schedule_and_a_diverging_loss(monkeypatch):
+    """train_gpt runs on refdl.train.run_steps: the history counts the steps, the learning
+    rate follows the warm-up then the cosine (closed form), and a NaN loss at step 2 stops
+    it with the house's NonFiniteLossError naming step 2, before that step's update."""
+    import math
+
+    import refdl.models.gpt as gpt_module
+    from refdl.train import NonFiniteLossError
+    ids = np.arange(400) % 7
+    refdl.manual_seed(0)
+    m = GPT(7, block_size=8, n_layer=1, n_head=1, n_embd=8)
+    hist = train_gpt(m, ids, ids, steps=6, batch_size=2, lr=1.0, warmup=2, eval_interval=3)
+    assert hist["steps_done"] == 6 and len(hist["loss"]) == 6 and hist["step"] == [0, 3, 6]
+    cosine = [0.1 + 0.45 * (1 + math.cos(math.pi * (s - 2) / 4)) for s in range(3, 7)]
+    np.testing.assert_allclose(hist["lr"], [0.5, 1.0] + cosine, rtol=1e-12)
+
+    real, seen = gpt_module.lm_loss, []
+
+    def nan_at_step_2(model, loss_fn, x, y):
+        loss, shape = real(model, loss_fn, x, y)
+        seen.append([p.data.copy() for p in model.parameters()])
+        return (float("nan") if len(seen) == 2 else loss), shape
+
+    monkeypatch.setattr(gpt_module, "lm_loss", nan_at_step_2)
+    with pytest.raises(NonFiniteLossError, match="at step 2;") as e:
+        train_gpt(m, ids, ids, steps=4, batch_size=2, eval_interval=10)
+    assert e.value.step == 2
+    for p, before in zip(m.parameters(), seen[1]):     # step 2 did not update
+        np.testing.assert_array_equal(p.data, before)
+    m.discard_saved()
+
+
 # ---------------------------------------------------------------------------------- CLI
 @pytest.fixture
 def tiny_text(tmp_path):

@@ -162,10 +162,40 @@ def test_bad_threads_option_is_a_clean_error(capsys, cmd, tmp_path):
 
 @pytest.mark.parametrize("load,expected", [(0.05, 2), (0.6, 1), (1.2, 1), (5.0, 1)])
 def test_auto_threads_leave_busy_cores_alone(monkeypatch, load, expected):
+    """Without /proc/stat: the 1-minute load average decides."""
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(threads, "busy_cores", lambda interval=0.1: None)
     monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
     n, why = threads.auto_num_threads()
     assert n == expected and "2 cores" in why and f"{load:.2f}" in why
+
+
+@pytest.mark.parametrize("busy,expected", [(0.1, 2), (0.7, 1), (1.3, 1), (2.0, 1)])
+def test_auto_threads_follow_the_cores_busy_now(monkeypatch, busy, expected):
+    """With /proc/stat: what other processes use now, not a minute ago."""
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(threads, "busy_cores", lambda interval=0.1: busy)
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    n, why = threads.auto_num_threads()
+    assert n == expected and "2 cores" in why and f"{busy:.1f} busy" in why
+
+
+def test_busy_cores_reads_two_samples_of_proc_stat(monkeypatch):
+    """busy = (1 - idle share of the jiffies between two reads of /proc/stat) x cores, with
+    iowait counted as idle; independent of what this machine is doing."""
+    import builtins
+    import io
+    # cpu  user nice system idle iowait irq softirq steal
+    samples = iter(["cpu  100 0 50 800 50 0 0 0 0 0\n",
+                    "cpu  250 0 100 900 80 0 0 0 0 0\n"])
+    real_open = builtins.open
+    monkeypatch.setattr(builtins, "open", lambda path, *a, **k: io.StringIO(next(samples))
+                        if path == "/proc/stat" else real_open(path, *a, **k))
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    # between the reads: 330 jiffies, of which 100 idle and 30 iowait -> 200/330 busy
+    assert threads.busy_cores(0.0) == pytest.approx(2 * 200 / 330)
+    monkeypatch.setattr(builtins, "open", lambda *a, **k: (_ for _ in ()).throw(OSError()))
+    assert threads.busy_cores(0.0) is None
 
 
 def test_bench_passes_threads_and_quick_to_scripts_that_take_them(tmp_path):

@@ -316,6 +316,33 @@ cdef inline Py_ssize_t tap_hi(Py_ssize_t start, Py_ssize_t dil, Py_ssize_t K,
     return b if b < K else K
 
 
+cdef void maxpool2d_interior(const real* plane, real* yp, i64* ip,
+                             Py_ssize_t H, Py_ssize_t W, Py_ssize_t OH, Py_ssize_t OW,
+                             Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t sh,
+                             Py_ssize_t sw) noexcept nogil:
+    # max pooling of one plane whose windows all lie inside it (no padding, dilation 1;
+    # the caller checked (OH-1)*sh + KH <= H and (OW-1)*sw + KW <= W, so every pos < H*W):
+    # the same comparisons as the general loop below (first maximum wins, NaN propagates)
+    cdef Py_ssize_t oh, ow, kh, kw, row, pos, best
+    cdef real m, v
+    cdef bint take
+    for oh in range(OH):
+        for ow in range(OW):
+            best = oh * sh * W + ow * sw
+            m = plane[best]
+            for kh in range(KH):
+                row = (oh * sh + kh) * W + ow * sw
+                for kw in range(KW):
+                    pos = row + kw
+                    v = plane[pos]
+                    # branch-free selects: on real data the comparison is a coin toss
+                    take = (v > m) | ((v != v) & (m == m))
+                    best = pos if take else best
+                    m = v if take else m
+            yp[oh * OW + ow] = m
+            ip[oh * OW + ow] = best
+
+
 def maxpool3d_forward(const real[:, :, :, ::1] x, real[:, :, :, ::1] y,
                       i64[:, :, :, ::1] idx,
                       Py_ssize_t KD, Py_ssize_t KH, Py_ssize_t KW,
@@ -338,6 +365,14 @@ def maxpool3d_forward(const real[:, :, :, ::1] x, real[:, :, :, ::1] y,
     cdef i64* ip
     cdef real m, v
     nt = n_threads(x.shape[0] * x.shape[1] * x.shape[2] * x.shape[3], P)
+    if (D == 1 and KD == 1 and OD == 1 and ph == 0 and pw == 0 and dh == 1 and dw == 1
+            and (OH - 1) * sh + KH <= H and (OW - 1) * sw + KW <= W):
+        # the common 2-D case: every window lies inside the plane, so no tap range needs
+        # clamping (the conditions above are what makes every index below < H*W)
+        for p in prange(P, nogil=True, schedule="static", num_threads=nt):
+            maxpool2d_interior(&x[p, 0, 0, 0], &y[p, 0, 0, 0], &idx[p, 0, 0, 0],
+                               H, W, OH, OW, KH, KW, sh, sw)
+        return
     for p in prange(P, nogil=True, schedule="static", num_threads=nt):
         plane = &x[p, 0, 0, 0]
         yp = &y[p, 0, 0, 0]
@@ -400,6 +435,42 @@ cdef inline Py_ssize_t clip(Py_ssize_t v, Py_ssize_t lo, Py_ssize_t hi) noexcept
     return lo if v < lo else (hi if v > hi else v)
 
 
+cdef struct AvgWindow:
+    # one output's pooling window clipped to the input, [ds, de) x [hs, he) x [ws, we),
+    # and the number its sum is divided by
+    Py_ssize_t ds, de, hs, he, ws, we, divisor
+
+
+cdef inline AvgWindow avg_window(Py_ssize_t ds, Py_ssize_t hs, Py_ssize_t ws,
+                                 Py_ssize_t KD, Py_ssize_t KH, Py_ssize_t KW,
+                                 Py_ssize_t D, Py_ssize_t H, Py_ssize_t W,
+                                 Py_ssize_t pd, Py_ssize_t ph, Py_ssize_t pw,
+                                 bint include_pad, Py_ssize_t override) noexcept nogil:
+    # the window starting at (ds, hs, ws) in unpadded coordinates (may be negative) and
+    # PyTorch's divisor: divisor_override when given, else the padded window
+    # [start, min(start + k, L + p)) when count_include_pad, else its part inside [0, L).
+    # One function for the forward and the backward, so they divide by the same number.
+    cdef AvgWindow w
+    cdef Py_ssize_t npad
+    w.de = win_end(ds, KD, D, pd)
+    w.he = win_end(hs, KH, H, ph)
+    w.we = win_end(ws, KW, W, pw)
+    npad = (w.de - ds) * (w.he - hs) * (w.we - ws)
+    w.ds = clip(ds, 0, D)
+    w.de = clip(w.de, 0, D)
+    w.hs = clip(hs, 0, H)
+    w.he = clip(w.he, 0, H)
+    w.ws = clip(ws, 0, W)
+    w.we = clip(w.we, 0, W)
+    if override > 0:
+        w.divisor = override
+    elif include_pad:
+        w.divisor = npad
+    else:
+        w.divisor = (w.de - w.ds) * (w.he - w.hs) * (w.we - w.ws)
+    return w
+
+
 def avgpool3d_forward(const real[:, :, :, ::1] x, real[:, :, :, ::1] y,
                       Py_ssize_t KD, Py_ssize_t KH, Py_ssize_t KW,
                       Py_ssize_t sd, Py_ssize_t sh, Py_ssize_t sw,
@@ -412,38 +483,20 @@ def avgpool3d_forward(const real[:, :, :, ::1] x, real[:, :, :, ::1] y,
     cdef Py_ssize_t P = x.shape[0], D = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t OD = y.shape[1], OH = y.shape[2], OW = y.shape[3]
     cdef Py_ssize_t p, od, oh, ow, i, j, l
-    cdef Py_ssize_t ds, de, hs, he, ws, we, npad
+    cdef AvgWindow w
     cdef real div, acc
     nt = n_threads(x.shape[0] * x.shape[1] * x.shape[2] * x.shape[3], P)
     for p in prange(P, nogil=True, schedule="static", num_threads=nt):
         for od in range(OD):
             for oh in range(OH):
                 for ow in range(OW):
-                    # PyTorch's divisor: the padded window [start, min(start+k, L+p))
-                    # when count_include_pad, else its part inside [0, L)
-                    ds = od * sd - pd
-                    hs = oh * sh - ph
-                    ws = ow * sw - pw
-                    de = win_end(ds, KD, D, pd)
-                    he = win_end(hs, KH, H, ph)
-                    we = win_end(ws, KW, W, pw)
-                    npad = (de - ds) * (he - hs) * (we - ws)
-                    ds = clip(ds, 0, D)
-                    de = clip(de, 0, D)
-                    hs = clip(hs, 0, H)
-                    he = clip(he, 0, H)
-                    ws = clip(ws, 0, W)
-                    we = clip(we, 0, W)
-                    if override > 0:
-                        div = <real>override
-                    elif include_pad:
-                        div = <real>npad
-                    else:
-                        div = <real>((de - ds) * (he - hs) * (we - ws))
+                    w = avg_window(od * sd - pd, oh * sh - ph, ow * sw - pw, KD, KH, KW,
+                                   D, H, W, pd, ph, pw, include_pad, override)
+                    div = <real>w.divisor
                     acc = 0
-                    for i in range(ds, de):
-                        for j in range(hs, he):
-                            for l in range(ws, we):
+                    for i in range(w.ds, w.de):
+                        for j in range(w.hs, w.he):
+                            for l in range(w.ws, w.we):
                                 acc = acc + x[p, i, j, l]
                     y[p, od, oh, ow] = acc / div
 
@@ -461,36 +514,18 @@ def avgpool3d_backward(const real[:, :, :, ::1] grad, real[:, :, :, ::1] dx,
     cdef Py_ssize_t P = dx.shape[0], D = dx.shape[1], H = dx.shape[2], W = dx.shape[3]
     cdef Py_ssize_t OD = grad.shape[1], OH = grad.shape[2], OW = grad.shape[3]
     cdef Py_ssize_t p, od, oh, ow, i, j, l
-    cdef Py_ssize_t ds, de, hs, he, ws, we, npad
+    cdef AvgWindow w
     cdef real div, share
     nt = n_threads(dx.shape[0] * dx.shape[1] * dx.shape[2] * dx.shape[3], P)
     for p in prange(P, nogil=True, schedule="static", num_threads=nt):
         for od in range(OD):
             for oh in range(OH):
                 for ow in range(OW):
-                    # PyTorch's divisor: the padded window [start, min(start+k, L+p))
-                    # when count_include_pad, else its part inside [0, L)
-                    ds = od * sd - pd
-                    hs = oh * sh - ph
-                    ws = ow * sw - pw
-                    de = win_end(ds, KD, D, pd)
-                    he = win_end(hs, KH, H, ph)
-                    we = win_end(ws, KW, W, pw)
-                    npad = (de - ds) * (he - hs) * (we - ws)
-                    ds = clip(ds, 0, D)
-                    de = clip(de, 0, D)
-                    hs = clip(hs, 0, H)
-                    he = clip(he, 0, H)
-                    ws = clip(ws, 0, W)
-                    we = clip(we, 0, W)
-                    if override > 0:
-                        div = <real>override
-                    elif include_pad:
-                        div = <real>npad
-                    else:
-                        div = <real>((de - ds) * (he - hs) * (we - ws))
+                    w = avg_window(od * sd - pd, oh * sh - ph, ow * sw - pw, KD, KH, KW,
+                                   D, H, W, pd, ph, pw, include_pad, override)
+                    div = <real>w.divisor
                     share = grad[p, od, oh, ow] / div
-                    for i in range(ds, de):
-                        for j in range(hs, he):
-                            for l in range(ws, we):
+                    for i in range(w.ds, w.de):
+                        for j in range(w.hs, w.he):
+                            for l in range(w.ws, w.we):
                                 dx[p, i, j, l] += share

@@ -6,11 +6,15 @@
     (g,) = grad(y, x, create_graph=True)     # 3 x^2, itself a graph
     (h,) = grad(g.sum(), x)                  # 6 x
 
-See tensor.py (Tensor, the engine), ops.py (the operations) and functional.py (layers and
-losses written with the ops). Derivation: docs/derivations/autograd.md
+See tensor.py (Tensor, the engine), ops.py (the operations), methods.py (Tensor's operators
+and methods, written with the ops), functional.py (layers and losses written with the ops)
+and bridge.py (module calls are nodes too: a refdl.nn module called on Tensors records one
+node whose gradient is the module's hand-derived backward, docs/autograd-modules.md).
+Derivation: docs/derivations/autograd.md
 """
 from .tensor import Op, Tensor, as_tensor, grad, is_grad_enabled, no_grad, param_tensor, tensor
 from . import ops
+from . import methods  # installs Tensor's operators and methods (x + y, x.sum(), ...)
 from . import functional
 from . import bridge
 from .bridge import call_module

@@ -302,16 +302,7 @@ def call_module(module, args, kwargs, sources=None):
     """
     flat_in = _flatten(args, [])
     arrays = _unwrap(args)
-    kw = {}
-    for k, v in kwargs.items():
-        for leaf in _flatten(v, []):
-            if isinstance(leaf, Tensor) and leaf.requires_grad and \
-                    np.issubdtype(leaf.dtype, np.floating):
-                raise TypeError(
-                    f"{type(module).__name__}: keyword argument {k!r} requires grad, but "
-                    "only positional inputs are differentiated by a module's backward; pass "
-                    "it positionally or detach() it")
-        kw[k] = _unwrap(v)
+    kw = _unwrap_kwargs(module, kwargs)
     diff_in = [as_tensor(a) for a, arr in zip(flat_in, _flatten(arrays, []))
                if _is_float(np.asarray(arr)) and isinstance(a, (Tensor, Parameter,
                                                                 np.ndarray))]
@@ -324,10 +315,41 @@ def call_module(module, args, kwargs, sources=None):
         with _gm.no_grad():
             out = module(*arrays, **kw)
         return _constants(out)
+    snapshot = _snapshot(module)
+    out, collected = _run_collecting(module, arrays, kw)
+    leaves = _flatten(out, [])
+    specs = [(np.shape(o), np.asarray(o).dtype) if _is_float(np.asarray(o))
+             and o is not None else None for o in leaves]
+    from ..nn.loss import _Loss
+    op = ModuleCall(module, collected, len(diff_in), specs, params, isinstance(module, _Loss),
+                    _single_caches(snapshot, collected))
+    return _node_outputs(out, leaves, specs, op, tuple(diff_in) + tuple(param_in))
+
+
+def _unwrap_kwargs(module, kwargs):
+    """The keyword arguments as arrays; one that requires grad is an error (not differentiated)."""
+    kw = {}
+    for k, v in kwargs.items():
+        for leaf in _flatten(v, []):
+            if isinstance(leaf, Tensor) and leaf.requires_grad and \
+                    np.issubdtype(leaf.dtype, np.floating):
+                raise TypeError(
+                    f"{type(module).__name__}: keyword argument {k!r} requires grad, but "
+                    "only positional inputs are differentiated by a module's backward; pass "
+                    "it positionally or detach() it")
+        kw[k] = _unwrap(v)
+    return kw
+
+
+def _run_collecting(module, arrays, kw):
+    """Run the module in recording mode (even in eval()), collecting the caches it saves.
+
+    Returns (output, the modules' caches recorded by this call); an enclosing call's
+    collector also receives them. On an error the call's caches are dropped.
+    """
     collected = []
     state = _gm.state
     prev_collector, prev_mode = state.collector, state.mode
-    snapshot = _snapshot(module)
     state.collector, state.mode = collected, _gm.ON     # record even in eval() mode
     try:
         out = module(*arrays, **kw)
@@ -338,16 +360,16 @@ def call_module(module, args, kwargs, sources=None):
     state.collector, state.mode = prev_collector, prev_mode
     if prev_collector is not None:
         prev_collector.extend(collected)
-    leaves = _flatten(out, [])
-    specs = [(np.shape(o), np.asarray(o).dtype) if _is_float(np.asarray(o))
-             and o is not None else None for o in leaves]
+    return out, collected
+
+
+def _node_outputs(out, leaves, specs, op, inputs):
+    """The call's outputs as Tensors: one node of ``op``; each float output is the node
+    itself (one output) or a slice of it (several, stored flattened one after another)."""
     floats = [np.asarray(o) for o, s in zip(leaves, specs) if s is not None]
-    from ..nn.loss import _Loss
-    op = ModuleCall(module, collected, len(diff_in), specs, params, isinstance(module, _Loss),
-                    _single_caches(snapshot, collected))
     node = Tensor.__new__(Tensor)
     node.grad, node._freed, node.requires_grad = None, False, True
-    node.op, node.inputs = op, tuple(diff_in) + tuple(param_in)
+    node.op, node.inputs = op, inputs
     if not floats:
         return _constants(out)
     if len(floats) == 1:                  # one differentiable output: the node itself
@@ -355,8 +377,7 @@ def call_module(module, args, kwargs, sources=None):
         return _rebuild(out, iter([node if s is not None else _constant(o)
                                    for o, s in zip(leaves, specs)]))
     # several outputs: the node holds them all, flattened; each output is a slice of it
-    node.data = np.concatenate([f.reshape(-1) for f in floats]) if len(floats) > 1 \
-        else floats[0].reshape(-1)
+    node.data = np.concatenate([f.reshape(-1) for f in floats])
     outs, start = [], 0
     for o, spec in zip(leaves, specs):
         if spec is None:

@@ -38,9 +38,6 @@ Cast            a.astype(dtype)              g cast back to a's dtype
 Pad             constant padding of a        the slice of g where a sits
 ==============  ===========================  =========================================
 
-Module calls are nodes too (refdl/autograd/bridge.py): their gradient is the module's
-hand-derived backward, see docs/autograd-modules.md.
-
 Binary operators broadcast like NumPy: the smaller operand is first passed through an
 explicit BroadcastTo node, whose gradient sums over the broadcast axes.
 """
@@ -94,10 +91,14 @@ class EWiseSub(Op):
         return g, -g
 
 
-class AddScalar(Op):
+class _ScalarOp(Op):
+    """An op with one constant operand ``scalar`` (a number, not a node of the graph)."""
+
     def __init__(self, scalar):
         self.scalar = scalar
 
+
+class AddScalar(_ScalarOp):
     def compute(self, a):
         return a + self.scalar
 
@@ -114,10 +115,7 @@ class EWiseMul(Op):
         return g * b, g * a
 
 
-class MulScalar(Op):
-    def __init__(self, scalar):
-        self.scalar = scalar
-
+class MulScalar(_ScalarOp):
     def compute(self, a):
         return a * self.scalar
 
@@ -134,10 +132,7 @@ class EWiseDiv(Op):
         return g / b, -g * a / (b * b)
 
 
-class DivScalar(Op):
-    def __init__(self, scalar):
-        self.scalar = scalar
-
+class DivScalar(_ScalarOp):
     def compute(self, a):
         return a / self.scalar
 

@@ -17,6 +17,10 @@ and visit the nodes from the output back to the leaves; each node's adjoint is t
 the partial adjoints sent by all its consumers, ``v_bar_i = sum_{j consumes i}
 v_bar_j @ dv_j/dv_i``, and it sends ``op.gradient(v_bar_i, node)`` on to its inputs.
 
+The arithmetic operators and the differentiable methods (``x + y``, ``x.sum()``,
+``x.reshape(...)``) build their nodes with the ops of ops.py; they live in methods.py,
+which installs them on Tensor, so that this module imports neither (ops.py imports it).
+
 Derivation: docs/derivations/autograd.md
 """
 from contextlib import contextmanager
@@ -203,92 +207,12 @@ class Tensor:
             leaf.grad = g if leaf.grad is None else (
                 leaf.grad + g if create_graph else Tensor(leaf.grad.data + g.data))
 
-    # -- operator overloading (ops are defined in ops.py) ---------------------------------
-    def __add__(self, other):
-        return _ops.add(self, other)
-
-    __radd__ = __add__
-
-    def __sub__(self, other):
-        return _ops.sub(self, other)
-
-    def __rsub__(self, other):
-        return _ops.sub(other, self)
-
-    def __mul__(self, other):
-        return _ops.mul(self, other)
-
-    __rmul__ = __mul__
-
-    def __truediv__(self, other):
-        return _ops.div(self, other)
-
-    def __rtruediv__(self, other):
-        return _ops.div(other, self)
-
-    def __neg__(self):
-        return _ops.neg(self)
-
-    def __pow__(self, other):
-        return _ops.power(self, other)
-
-    def __rpow__(self, other):
-        return _ops.power(other, self)
-
-    def __matmul__(self, other):
-        return _ops.matmul(self, other)
-
-    def __rmatmul__(self, other):
-        return _ops.matmul(other, self)
-
-    def __getitem__(self, index):
-        return _ops.GetItem(_plain_index(index))(self)
-
+    # -- constant results: comparisons, indices, conversions (no graph) ------------------
     def __gt__(self, other):   # comparisons give constant (non-differentiable) tensors
         return Tensor((self.data > _as_array(other)).astype(self.dtype))
 
     def __lt__(self, other):
         return Tensor((self.data < _as_array(other)).astype(self.dtype))
-
-    def exp(self):
-        return _ops.Exp()(self)
-
-    def log(self):
-        return _ops.Log()(self)
-
-    def tanh(self):
-        return _ops.Tanh()(self)
-
-    def sigmoid(self):
-        return _ops.Sigmoid()(self)
-
-    def relu(self):
-        return _ops.ReLU()(self)
-
-    def sum(self, dim=None, keepdim=False, axis=None, keepdims=None):
-        """Sum over ``dim`` (PyTorch's names) or ``axis`` (NumPy's)."""
-        axis, keep = _dims(dim, axis, keepdim, keepdims)
-        return _ops.Summation(axis, keep)(self)
-
-    def mean(self, dim=None, keepdim=False, axis=None, keepdims=None):
-        axis, keep = _dims(dim, axis, keepdim, keepdims)
-        return _ops.mean(self, axis, keep)
-
-    def var(self, dim=None, unbiased=True, keepdim=False, correction=None):
-        """Variance over ``dim``; ``unbiased`` (default, as PyTorch) divides by n - 1."""
-        axis, keep = _dims(dim, None, keepdim, None)
-        n = int(np.prod([self.shape[i] for i in _ops._axes(axis, self.ndim)]))
-        ddof = (1 if unbiased else 0) if correction is None else correction
-        d = self - _ops.mean(self, axis, True)
-        return _ops.Summation(axis, keep)(d * d) / float(n - ddof)
-
-    def max(self, dim=None, keepdim=False):
-        """The maximum (dim=None), or PyTorch's (values, indices) along ``dim``."""
-        if dim is None:
-            return _ops.max(_ops.reshape(self, (-1,)), 0)
-        values = _ops.max(self, dim, keepdim)
-        idx = np.argmax(self.data, axis=dim)
-        return values, Tensor(np.expand_dims(idx, dim) if keepdim else idx, dtype=np.int64)
 
     def argmax(self, dim=None, keepdim=False):
         idx = np.argmax(self.data, axis=dim)
@@ -296,58 +220,8 @@ class Tensor:
             idx = np.expand_dims(idx, dim)
         return Tensor(idx, dtype=np.int64)
 
-    def reshape(self, *shape):
-        shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
-        return _ops.reshape(self, tuple(int(s) for s in shape))
-
-    view = reshape            # arrays here are never views of each other: view = reshape
-
-    def flatten(self, start_dim=0, end_dim=-1):
-        s = self.shape
-        e = end_dim % self.ndim if self.ndim else 0
-        return self.reshape(s[:start_dim] + (-1,) + s[e + 1:]) if self.ndim else \
-            self.reshape(1)
-
-    def transpose(self, dim0=-2, dim1=-1):
-        """Swap two axes (PyTorch's ``transpose(dim0, dim1)``)."""
-        axes = list(range(self.ndim))
-        axes[dim0], axes[dim1] = axes[dim1], axes[dim0]
-        return _ops.Transpose(tuple(axes))(self)
-
-    @property
-    def T(self):
-        return _ops.Transpose(tuple(reversed(range(self.ndim))))(self)
-
-    def t(self):
-        return self.transpose(0, 1) if self.ndim == 2 else self
-
-    def permute(self, *axes):
-        axes = axes[0] if len(axes) == 1 and isinstance(axes[0], (tuple, list)) else axes
-        return _ops.Transpose(tuple(a % self.ndim for a in axes))(self)
-
-    def unsqueeze(self, dim):
-        d = dim % (self.ndim + 1)
-        return self.reshape(self.shape[:d] + (1,) + self.shape[d:])
-
-    def squeeze(self, dim=None):
-        if dim is None:
-            return self.reshape(tuple(s for s in self.shape if s != 1))
-        d = dim % self.ndim
-        if self.shape[d] != 1:
-            return self
-        return self.reshape(self.shape[:d] + self.shape[d + 1:])
-
-    def expand(self, *sizes):
-        sizes = sizes[0] if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)) else sizes
-        lead = len(sizes) - self.ndim
-        shape = tuple(self.shape[i - lead] if s == -1 else s for i, s in enumerate(sizes))
-        return _ops.broadcast_to(self, shape)
-
     def contiguous(self):
         return self
-
-    def clone(self):
-        return self * 1.0
 
     def size(self, dim=None):
         return self.shape if dim is None else self.shape[dim]
@@ -357,58 +231,6 @@ class Tensor:
 
     def numel(self):
         return int(self.data.size)
-
-    def masked_fill(self, mask, value):
-        """``value`` where ``mask`` (a boolean array or Tensor broadcast to self) is True."""
-        return _ops.masked_fill(self, mask, value)
-
-    def split(self, split_size, dim=0):
-        """Pieces of ``split_size`` along ``dim`` (or of the sizes in a list)."""
-        n = self.shape[dim]
-        sizes = [split_size] * (n // split_size) + ([n % split_size] if n % split_size else []) \
-            if isinstance(split_size, int) else list(split_size)
-        ax = dim % self.ndim
-        out, start = [], 0
-        for k in sizes:
-            out.append(self[(slice(None),) * ax + (slice(start, start + k),)])
-            start += k
-        return tuple(out)
-
-    def chunk(self, chunks, dim=0):
-        n = self.shape[dim]
-        return self.split(-(-n // chunks), dim)
-
-    def softmax(self, dim=-1):
-        """exp(x - logsumexp(x, dim)): engine ops, so it has derivatives of every order."""
-        return self.log_softmax(dim).exp()
-
-    def log_softmax(self, dim=-1):
-        """x - logsumexp(x, dim), stable for any x."""
-        return self - _ops.logsumexp(self, axis=dim, keepdims=True)
-
-    def sqrt(self):
-        return self ** 0.5
-
-    def to(self, *args, **kwargs):
-        """``to(dtype)`` casts (differentiably); a device ('cpu') is accepted and ignored."""
-        dtype = kwargs.get("dtype")
-        for a in args:
-            if not isinstance(a, str) and a is not None:
-                dtype = a
-        if dtype is None or np.dtype(dtype) == self.dtype:
-            return self
-        if not np.issubdtype(np.dtype(dtype), np.floating):
-            return Tensor(self.data.astype(dtype), dtype=dtype)
-        return _ops.Cast(dtype)(self)
-
-    def float(self):
-        return self.to(np.float32)
-
-    def double(self):
-        return self.to(np.float64)
-
-    def long(self):
-        return self.to(np.int64)
 
     def tolist(self):
         return self.data.tolist()
@@ -458,25 +280,6 @@ class Tensor:
         return Tensor((self.data <= _as_array(other)).astype(self.dtype))
 
     __hash__ = object.__hash__
-
-    def broadcast_to(self, shape):
-        return _ops.BroadcastTo(tuple(shape))(self)
-
-
-def _plain_index(index):
-    """An index with Tensors (integer or boolean) replaced by their arrays."""
-    if isinstance(index, Tensor):
-        return index.data
-    if isinstance(index, tuple):
-        return tuple(i.data if isinstance(i, Tensor) else i for i in index)
-    return index
-
-
-def _dims(dim, axis, keepdim, keepdims):
-    axis = dim if axis is None else axis
-    if isinstance(axis, list):
-        axis = tuple(axis)
-    return axis, bool(keepdim if keepdims is None else keepdims)
 
 
 def tensor(data, requires_grad=False, dtype=None):
@@ -628,5 +431,3 @@ def grad(outputs, inputs, grad_outputs=None, create_graph=False, retain_graph=No
         result.append(g)
     return tuple(result)
 
-
-from . import ops as _ops  # noqa: E402  (ops need Tensor; Tensor's methods need ops)

@@ -45,6 +45,7 @@ from ..nn import (CrossEntropyLoss, Dropout, Embedding, LayerNorm, LearnedPositi
                   Linear, Module, ModuleList, TransformerEncoderLayer)
 from ..nn.validate import check_grad, layer_name
 from ..random import get_rng
+from ..train import check_finite, run_steps
 
 __all__ = ["GPT", "GPTCache", "train_gpt", "lm_loss", "evaluate_lm", "random_windows",
            "eval_windows"]
@@ -242,60 +243,76 @@ def train_gpt(model, train_ids, val_ids, steps=1000, batch_size=32, lr=3e-3,
     line per evaluation.
 
     history: step, train_loss, val_loss (at the evaluations), loss (every step), lr, time.
+    The loop is refdl.train.run_steps; a non-finite loss stops it with
+    refdl.train.NonFiniteLossError (a FloatingPointError) naming the step, before the
+    backward and the update of that step.
     """
     from ..nn.utils import clip_grad_norm_
-    from ..optim import AdamW
 
     rng = np.random.default_rng(seed)
     loss_fn = CrossEntropyLoss()
-    decay = [p for n, p in model.named_parameters() if p.data.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.data.ndim < 2]
-    opt = AdamW([{"params": decay, "weight_decay": weight_decay},
-                 {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.99))
+    opt = _adamw(model, lr, weight_decay)
     warmup = max(1, steps // 20) if warmup is None else int(warmup)
-    xt, yt = eval_windows(train_ids, model.block_size, eval_windows_n)
-    xv, yv = eval_windows(val_ids, model.block_size, eval_windows_n)
+    windows = [eval_windows(ids, model.block_size, eval_windows_n)     # fixed, for the
+               for ids in (train_ids, val_ids)]                        # evaluations
     hist = {"step": [], "train_loss": [], "val_loss": [], "time": [], "loss": [], "lr": []}
     dtype = model.ln_f.weight.data.dtype
     t0 = time.perf_counter()
 
-    def evaluate(step):
-        tl, vl = evaluate_lm(model, xt, yt), evaluate_lm(model, xv, yv)
-        hist["step"].append(step)
-        hist["train_loss"].append(tl)
-        hist["val_loss"].append(vl)
-        hist["time"].append(time.perf_counter() - t0)
-        if log is not None:
-            log(f"step {step:5d}  train {tl:.4f}  val {vl:.4f}  "
-                f"({time.perf_counter() - t0:.0f} s)")
-
-    model.train()
-    evaluate(0)
-    step = 0
-    for step in range(1, int(steps) + 1):
-        if step <= warmup:
-            f = step / warmup
-        else:
-            f = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - warmup) /
-                                                 max(1, steps - warmup)))
+    def step_fn(step, _):
+        step_lr = lr * _warmup_cosine(step, steps, warmup)
         for gr in opt.param_groups:
-            gr["lr"] = lr * f
+            gr["lr"] = step_lr
         x, y = random_windows(train_ids, model.block_size, batch_size, rng)
         opt.zero_grad()
         loss, shape = lm_loss(model, loss_fn, x, y)
-        if not np.isfinite(loss):
-            raise FloatingPointError(f"train_gpt: the loss became {float(loss)} at step {step}")
+        check_finite(loss, step)
         model.backward(loss_fn.backward().reshape(shape).astype(dtype, copy=False))
         if clip_grad_norm:
             clip_grad_norm_(model.parameters(), clip_grad_norm)
         opt.step()
-        hist["loss"].append(float(loss))
-        hist["lr"].append(lr * f)
+        return {"loss": float(loss), "lr": step_lr}
+
+    def evaluate_and_stop(step, _):      # after each step: evaluate when due; out of time?
         out_of_time = time_limit is not None and time.perf_counter() - t0 > time_limit
         if step % eval_interval == 0 or step == steps or out_of_time:
-            evaluate(step)
-        if out_of_time:
-            break
-    hist["steps_done"] = step
+            _record_evaluation(hist, model, windows, step, t0, log)
+        return out_of_time
+
+    model.train()
+    _record_evaluation(hist, model, windows, 0, t0, log)
+    done = run_steps(step_fn, int(steps), until=evaluate_and_stop)
+    hist["loss"], hist["lr"] = done.get("loss", []), done.get("lr", [])
+    hist["steps_done"] = len(hist["loss"])
     hist["seconds"] = time.perf_counter() - t0
     return hist
+
+
+def _record_evaluation(hist, model, windows, step, t0, log):
+    """Append the step, the losses on the fixed train and validation windows and the time
+    since ``t0`` to ``hist``; hand ``log`` one line."""
+    tl, vl = (evaluate_lm(model, x, y) for x, y in windows)
+    hist["step"].append(step)
+    hist["train_loss"].append(tl)
+    hist["val_loss"].append(vl)
+    hist["time"].append(time.perf_counter() - t0)
+    if log is not None:
+        log(f"step {step:5d}  train {tl:.4f}  val {vl:.4f}  ({time.perf_counter() - t0:.0f} s)")
+
+
+def _adamw(model, lr, weight_decay):
+    """AdamW with weight decay on the matrices only (not on biases, norms' gains)."""
+    from ..optim import AdamW
+
+    decay = [p for n, p in model.named_parameters() if p.data.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.data.ndim < 2]
+    return AdamW([{"params": decay, "weight_decay": weight_decay},
+                  {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.99))
+
+
+def _warmup_cosine(step, steps, warmup):
+    """The learning-rate factor: linear warm-up to 1 over ``warmup`` steps, then a cosine
+    down to 0.1 at ``steps``."""
+    if step <= warmup:
+        return step / warmup
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))

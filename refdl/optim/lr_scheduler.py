@@ -244,6 +244,43 @@ class LinearLR(LRScheduler):
         return [b * (s + (e - s) * min(T, t) / T) for b in self.base_lrs]
 
 
+def _one_cycle_total_steps(total_steps, epochs, steps_per_epoch):
+    """N: ``total_steps``, or ``epochs * steps_per_epoch``."""
+    if total_steps is not None:
+        if int(total_steps) != total_steps or total_steps <= 0:
+            raise ValueError(f"OneCycleLR: expected positive integer total_steps, got "
+                             f"{total_steps}")
+        return int(total_steps)
+    if epochs is not None and steps_per_epoch is not None:
+        if epochs <= 0 or steps_per_epoch <= 0:
+            raise ValueError(f"OneCycleLR: expected positive epochs and steps_per_epoch, "
+                             f"got {epochs}, {steps_per_epoch}")
+        return int(epochs) * int(steps_per_epoch)
+    raise ValueError("OneCycleLR: you must define either total_steps OR "
+                     "(epochs AND steps_per_epoch)")
+
+
+def _one_cycle_phases(N, pct_start, three_phase):
+    """The phases of 1cycle: each ends at ``end_step`` and names the group keys of its
+    start and end learning rate and momentum (PyTorch's table)."""
+    if three_phase:
+        return [
+            dict(end_step=float(pct_start * N) - 1, start_lr="initial_lr", end_lr="max_lr",
+                 start_momentum="max_momentum", end_momentum="base_momentum"),
+            dict(end_step=float(2 * pct_start * N) - 2, start_lr="max_lr",
+                 end_lr="initial_lr", start_momentum="base_momentum",
+                 end_momentum="max_momentum"),
+            dict(end_step=N - 1, start_lr="initial_lr", end_lr="min_lr",
+                 start_momentum="max_momentum", end_momentum="max_momentum"),
+        ]
+    return [
+        dict(end_step=float(pct_start * N) - 1, start_lr="initial_lr", end_lr="max_lr",
+             start_momentum="max_momentum", end_momentum="base_momentum"),
+        dict(end_step=N - 1, start_lr="max_lr", end_lr="min_lr",
+             start_momentum="base_momentum", end_momentum="max_momentum"),
+    ]
+
+
 class OneCycleLR(LRScheduler):
     r"""The 1cycle policy (Smith & Topin, 2018), PyTorch's phases.
 
@@ -269,19 +306,7 @@ class OneCycleLR(LRScheduler):
                  pct_start=0.3, anneal_strategy="cos", cycle_momentum=True,
                  base_momentum=0.85, max_momentum=0.95, div_factor=25.0,
                  final_div_factor=1e4, three_phase=False, last_epoch=-1):
-        if total_steps is not None:
-            if int(total_steps) != total_steps or total_steps <= 0:
-                raise ValueError(f"OneCycleLR: expected positive integer total_steps, got "
-                                 f"{total_steps}")
-            self.total_steps = int(total_steps)
-        elif epochs is not None and steps_per_epoch is not None:
-            if epochs <= 0 or steps_per_epoch <= 0:
-                raise ValueError(f"OneCycleLR: expected positive epochs and steps_per_epoch, "
-                                 f"got {epochs}, {steps_per_epoch}")
-            self.total_steps = int(epochs) * int(steps_per_epoch)
-        else:
-            raise ValueError("OneCycleLR: you must define either total_steps OR "
-                             "(epochs AND steps_per_epoch)")
+        self.total_steps = _one_cycle_total_steps(total_steps, epochs, steps_per_epoch)
         if not 0 <= pct_start <= 1 or not isinstance(pct_start, (int, float)):
             raise ValueError(f"OneCycleLR: expected float between 0 and 1 pct_start, got "
                              f"{pct_start}")
@@ -289,24 +314,7 @@ class OneCycleLR(LRScheduler):
             raise ValueError("OneCycleLR: anneal_strategy must be one of 'cos' or 'linear', "
                              f"got {anneal_strategy!r}")
         self.anneal_strategy = anneal_strategy
-        N = self.total_steps
-        if three_phase:
-            self._schedule_phases = [
-                dict(end_step=float(pct_start * N) - 1, start_lr="initial_lr", end_lr="max_lr",
-                     start_momentum="max_momentum", end_momentum="base_momentum"),
-                dict(end_step=float(2 * pct_start * N) - 2, start_lr="max_lr",
-                     end_lr="initial_lr", start_momentum="base_momentum",
-                     end_momentum="max_momentum"),
-                dict(end_step=N - 1, start_lr="initial_lr", end_lr="min_lr",
-                     start_momentum="max_momentum", end_momentum="max_momentum"),
-            ]
-        else:
-            self._schedule_phases = [
-                dict(end_step=float(pct_start * N) - 1, start_lr="initial_lr", end_lr="max_lr",
-                     start_momentum="max_momentum", end_momentum="base_momentum"),
-                dict(end_step=N - 1, start_lr="max_lr", end_lr="min_lr",
-                     start_momentum="base_momentum", end_momentum="max_momentum"),
-            ]
+        self._schedule_phases = _one_cycle_phases(self.total_steps, pct_start, three_phase)
         groups = optimizer.param_groups
         max_lrs = _per_group(max_lr, len(groups), "max_lr")
         if last_epoch == -1:
@@ -316,21 +324,27 @@ class OneCycleLR(LRScheduler):
                 group["min_lr"] = group["initial_lr"] / final_div_factor
         self.cycle_momentum = cycle_momentum
         if cycle_momentum:
-            if "momentum" not in optimizer.defaults and "betas" not in optimizer.defaults:
-                raise ValueError("OneCycleLR: optimizer must support momentum or beta1 with "
-                                 "`cycle_momentum` option enabled")
-            self.use_beta1 = "betas" in optimizer.defaults
-            max_moms = _per_group(max_momentum, len(groups), "max_momentum")
-            base_moms = _per_group(base_momentum, len(groups), "base_momentum")
-            if last_epoch == -1:
-                for m_mom, b_mom, group in zip(max_moms, base_moms, groups):
-                    if self.use_beta1:
-                        group["betas"] = (m_mom, *group["betas"][1:])
-                    else:
-                        group["momentum"] = m_mom
-                    group["max_momentum"] = m_mom
-                    group["base_momentum"] = b_mom
+            self._init_momentum(optimizer, base_momentum, max_momentum, last_epoch)
         super().__init__(optimizer, last_epoch)
+
+    def _init_momentum(self, optimizer, base_momentum, max_momentum, last_epoch):
+        """Record each group's momentum range; a fresh schedule starts at max_momentum."""
+        if "momentum" not in optimizer.defaults and "betas" not in optimizer.defaults:
+            raise ValueError("OneCycleLR: optimizer must support momentum or beta1 with "
+                             "`cycle_momentum` option enabled")
+        self.use_beta1 = "betas" in optimizer.defaults
+        groups = optimizer.param_groups
+        max_moms = _per_group(max_momentum, len(groups), "max_momentum")
+        base_moms = _per_group(base_momentum, len(groups), "base_momentum")
+        if last_epoch != -1:
+            return
+        for m_mom, b_mom, group in zip(max_moms, base_moms, groups):
+            if self.use_beta1:
+                group["betas"] = (m_mom, *group["betas"][1:])
+            else:
+                group["momentum"] = m_mom
+            group["max_momentum"] = m_mom
+            group["base_momentum"] = b_mom
 
     @staticmethod
     def _annealing_cos(start, end, pct):

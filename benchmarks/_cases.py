@@ -1,0 +1,14 @@
+"""The cases of issue 15's table, shared by bench_threads.py (refdl, and PyTorch in the same
+process on request) and bench_torch.py (PyTorch alone in its own process)."""
+
+# name, spatial rank, C_in, C_out, kernel, keyword arguments, input shape
+CONVS = [
+    ("LeNet conv1 (64,1,28,28)->6@5x5", 2, 1, 6, 5, {}, (64, 1, 28, 28)),
+    ("LeNet conv2 (64,6,14,14)->16@5x5", 2, 6, 16, 5, {}, (64, 6, 14, 14)),
+    ("(64,32,32,32)->64@3x3 p1", 2, 32, 64, 3, dict(padding=1), (64, 32, 32, 32)),
+    ("(64,3,32,32)->32@3x3 p1 s2", 2, 3, 32, 3, dict(padding=1, stride=2), (64, 3, 32, 32)),
+    ("Conv1d (256,1,40)->32@5 p2", 1, 1, 32, 5, dict(padding=2), (256, 1, 40)),
+    ("Conv3d (8,3,10,32,32)->16@3^3 p1", 3, 3, 16, 3, dict(padding=1), (8, 3, 10, 32, 32)),
+]
+POOL = ("MaxPool2d 2x2 (64,32,32,32), fwd+bwd", (64, 32, 32, 32))
+LENET_STEP = "LeNet-5 SGD step, batch 64"
