@@ -25,7 +25,8 @@ import inspect
 
 import numpy as np
 
-from .nn.module import Module, ModuleDict, ModuleList, Sequential
+from .nn.container import ModuleDict, ModuleList, Sequential
+from .nn.module import Module
 
 __all__ = ["to_torch", "from_torch", "state_dict_to_torch", "state_dict_from_torch",
            "InteropError"]

@@ -410,7 +410,7 @@ def _hook(module, args, kwargs):
 # -- engine formulas (double backward through module nodes) ----------------------------------
 def _register_formulas():
     from ..nn import activation as A, linear as Lin
-    from ..nn.module import Sequential
+    from ..nn.container import Sequential
     from . import functional as EF
 
     def one(f):

@@ -24,7 +24,8 @@ Derivation and comparison: docs/derivations/gradcam.md.
 import numpy as np
 
 from ..grad_mode import enable_grad
-from ..nn.module import Module, Sequential
+from ..nn.container import Sequential
+from ..nn.module import Module
 
 __all__ = ["capture", "saliency", "grad_cam", "grad_cam_pp", "grad_cam_weights",
            "grad_cam_pp_weights", "cam_from_weights", "score_backward",

@@ -26,7 +26,8 @@ from .. import init
 from ..functional import log_sigmoid, sigmoid
 from ..nn.validate import check_float, check_ndim, layer_name
 from ..nn.linear import Linear
-from ..nn.module import Module, ModuleList
+from ..nn.container import ModuleList
+from ..nn.module import Module
 from ..grad_mode import no_grad
 from ..optim import Adam
 from ..random import get_rng
@@ -317,7 +318,7 @@ def mlp_generator(latent_dim=2, out_features=2, hidden=(64, 64), cond_dim=0, gen
                   dtype=np.float32):
     """G: z (N, latent_dim [+ cond_dim]) -> x (N, out_features), Linear-ReLU-...-Linear."""
     from ..nn.activation import ReLU
-    from ..nn.module import Sequential
+    from ..nn.container import Sequential
     layers, d = [], latent_dim + cond_dim
     for h in hidden:
         layers += [Linear(d, h, dtype=dtype, generator=generator), ReLU()]

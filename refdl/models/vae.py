@@ -21,7 +21,8 @@ from ..nn.validate import check_float, check_same_shape, layer_name
 from ..nn.activation import ReLU
 from ..nn.conv import Conv2d, ConvTranspose2d
 from ..nn.linear import Flatten, Linear, Unflatten
-from ..nn.module import Module, Sequential
+from ..nn.container import Sequential
+from ..nn.module import Module
 from ..random import get_rng
 from ..train import NonFiniteLossError, check_finite, run_steps
 

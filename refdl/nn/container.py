@@ -231,15 +231,3 @@ class ParameterDict(Module):
 def _as_parameter(value):
     return value if isinstance(value, Parameter) else Parameter(value)
 
-
-# The containers used to live in module.py, and ``from refdl.nn.module import Sequential``
-# (or ModuleList, ...) is still spelled that way in places. module.py cannot import this
-# file (that would close an import cycle), so the names are placed there from here, as
-# refdl.autograd places its hooks; refdl.nn imports this file right after module.py.
-def _register_in_module():
-    from . import module
-    for name in __all__:
-        setattr(module, name, globals()[name])
-
-
-_register_in_module()

@@ -14,7 +14,8 @@ import numpy as np
 from ... import random as _random
 from ...nn.activation import GELU, ReLU, SiLU, Tanh
 from ...nn.linear import Linear
-from ...nn.module import Module, Sequential
+from ...nn.container import Sequential
+from ...nn.module import Module
 from ...nn.validate import check_float, check_grad, layer_name
 from ...optim import Adam
 from ...optim.lr_scheduler import CosineAnnealingLR
