@@ -21,6 +21,7 @@ import numpy as np
 from .. import init
 from .validate import check_float, check_grad, layer_name
 from .container import ModuleList
+from .conv import Conv2d
 from .linear import Linear
 from .module import Module, Parameter
 from .normalization import LayerNorm
@@ -118,14 +119,6 @@ class _PatchProjection(Module):
         return unpatchify(dT, self.p, C, H, W)
 
 
-def _conv2d_class():
-    try:
-        from .conv import Conv2d
-        return Conv2d
-    except ImportError:
-        return None
-
-
 class PatchEmbed(Module):
     r"""Image to patch tokens: a strided convolution, kernel = stride = patch size.
 
@@ -134,7 +127,8 @@ class PatchEmbed(Module):
     (N, E, H/p, W/p) (flatten=False). H and W must be multiples of p.
     ``proj`` is ``Conv2d(C, E, kernel_size=p, stride=p)`` (keys proj.weight (E, C, p, p),
     proj.bias (E,)); the same thing as patchify + a matrix product (``use_conv=False``
-    selects that path, _PatchProjection; both give the same output and gradients).
+    selects that path, _PatchProjection; both give the same output and gradients;
+    ``use_conv=None``, the default, means True).
     Backward: reshape g to (N, E, H/p, W/p), then proj.backward.
     """
 
@@ -144,10 +138,7 @@ class PatchEmbed(Module):
         self.patch_size = int(patch_size)
         self.in_chans, self.embed_dim = int(in_chans), int(embed_dim)
         self.flatten = bool(flatten)
-        Conv2d = _conv2d_class() if use_conv in (None, True) else None
-        if use_conv and Conv2d is None:
-            raise ImportError("PatchEmbed: refdl.nn.Conv2d is not available")
-        if Conv2d is not None:
+        if use_conv is None or use_conv:
             self.proj = Conv2d(self.in_chans, self.embed_dim, self.patch_size,
                                stride=self.patch_size, bias=bias, dtype=dtype,
                                generator=generator)
