@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 import refdl
-from refdl.cli import _validation_split, main
+from refdl.cli import main
+from refdl.cli.train_run import validation_split
 
 
 def run(tmp_path, capsys, *extra, name="run"):
@@ -36,12 +37,12 @@ def test_no_validation_split_on_request(tmp_path, capsys):
 def test_split_is_seeded_disjoint_and_complete():
     x = np.arange(100.0)[:, None]
     y = np.arange(100) % 10
-    (xt, yt), (xv, yv) = _validation_split(x, y, 0.2, seed=3)
+    (xt, yt), (xv, yv) = validation_split(x, y, 0.2, seed=3)
     assert len(xv) == 20 and len(xt) == 80
     assert sorted(np.concatenate([xt[:, 0], xv[:, 0]]).tolist()) == list(range(100))
-    (_, _), (xv2, _) = _validation_split(x, y, 0.2, seed=3)
+    (_, _), (xv2, _) = validation_split(x, y, 0.2, seed=3)
     np.testing.assert_array_equal(xv, xv2)
-    (_, _), (xv3, _) = _validation_split(x, y, 0.2, seed=4)
+    (_, _), (xv3, _) = validation_split(x, y, 0.2, seed=4)
     assert not np.array_equal(xv, xv3)
 
 
