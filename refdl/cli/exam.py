@@ -9,8 +9,8 @@ import textwrap
 from .common import UserError, find
 
 _VERDICT = re.compile(r"\**\bverdicts?\b\**\s*:\s*", re.I)
-_VERDICT_WORD = re.compile(r"\*\*((?:partly )?(?:agrees|disagrees|ambiguous|conceptual)\b[^*]*)\*\*",
-                           re.I)
+_VERDICT_WORD = re.compile(
+    r"\*\*((?:partly )?(?:agrees|disagrees|ambiguous|conceptual)\b[^*]*)\*\*", re.I)
 
 
 def cmd_exam(args):

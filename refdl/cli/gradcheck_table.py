@@ -14,14 +14,17 @@ def _away(r, shape, margin=0.1):
 
 
 def _n(shape):
+    """One standard-normal input of ``shape``."""
     return lambda r: [r.standard_normal(shape)]
 
 
 def _int_target(n, k):
+    """(logits of n examples over k classes, integer targets): a classification loss's inputs."""
     return lambda r: [r.standard_normal((n, k)), r.integers(0, k, n)]
 
 
 def _sig(x):
+    """The logistic sigmoid, for probabilities in (0, 1)."""
     return 1 / (1 + np.exp(-x))
 
 
@@ -130,7 +133,8 @@ def _block_rows():
         ("PatchMerging", "PatchMerging", ((4,), {}), _n((1, 2, 2, 4)), {}),
         ("WindowedEncoderLayer", "WindowedEncoderLayer", ((4, 2), {"window_size": 2}),
          _n((1, 4, 4, 4)), {}),
-        ("Add", "Add", ((), {}), lambda r: [r.standard_normal((2, 3)), r.standard_normal((2, 3))], {}),
+        ("Add", "Add", ((), {}),
+         lambda r: [r.standard_normal((2, 3)), r.standard_normal((2, 3))], {}),
         ("Concat", "Concat", ((), {"dim": 1}),
          lambda r: [r.standard_normal((2, 3)), r.standard_normal((2, 2))], {}),
         ("BasicBlock", "BasicBlock", ((2, 2), {}), _n((2, 2, 3, 3)), {}),

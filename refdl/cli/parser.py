@@ -53,10 +53,12 @@ def explicit_options(argv):
 
 
 def _add_train(sub, model_help):
+    """``refdl train``: the options of every run; the text models' in a group of their own."""
     t = sub.add_parser("train", help="train a model; print progress, write plots + checkpoint",
                        description="Train a model and report its test accuracy. With no "
                        f"options: {DEFAULT_MODEL} (LeNet-5) on scikit-learn's 8x8 digits (no "
-                       "download) in a few seconds. Writes a checkpoint, history.json and PNG plots to --out.")
+                       "download) in a few seconds. Writes a checkpoint, history.json and PNG "
+                       "plots to --out.")
     t.add_argument("--model", default=None, help=f"model name: {model_help} "
                    f"(default {DEFAULT_MODEL}; mlp for {' and '.join(POINT_DATASETS)})")
     t.add_argument("--dataset", default="digits", choices=DATASETS,
@@ -67,7 +69,8 @@ def _add_train(sub, model_help):
     t.add_argument("--batch-size", type=int, default=32, help="mini-batch size (default 32)")
     t.add_argument("--optimizer", default="adam", choices=OPTIMIZERS,
                    help="optimiser (default adam)")
-    t.add_argument("--lr", type=float, help="learning rate (default: sgd 0.05, adam/adamw 3e-3, rmsprop 1e-3)")
+    t.add_argument("--lr", type=float, help="learning rate (default: sgd 0.05, adam/adamw "
+                   "3e-3, rmsprop 1e-3)")
     t.add_argument("--momentum", type=float, default=0.9,
                    help="momentum for sgd/rmsprop (default 0.9)")
     t.add_argument("--weight-decay", type=float, default=0.0, help="weight decay (default 0)")
@@ -95,6 +98,7 @@ def _add_train(sub, model_help):
 
 
 def _add_text_model_options(t):
+    """``refdl train --model gpt``: the options only a character-level language model uses."""
     tx = t.add_argument_group(
         "text models (--model gpt)", "A character-level language model trains for --steps "
         "steps (not --epochs) with AdamW on --text FILE, or on the data-set descriptions "
@@ -117,6 +121,7 @@ def _add_text_model_options(t):
 
 
 def _add_sample(sub):
+    """``refdl sample CHECKPOINT``."""
     sm = sub.add_parser("sample", help="generate text from a trained text model (gpt)",
                         description="Continue a prompt with characters sampled from a "
                         "checkpoint written by 'refdl train --model gpt'.")
@@ -133,6 +138,7 @@ def _add_sample(sub):
 
 
 def _add_gradcheck(sub):
+    """``refdl gradcheck [LAYER ...]``, including the options for the user's own layer."""
     g = sub.add_parser("gradcheck", help="check every layer's backward numerically",
                        description="Gradient-check every layer and loss refdl.nn has (float64 "
                        "central differences against a random projection of the output; "
@@ -153,6 +159,7 @@ def _add_gradcheck(sub):
 
 
 def _add_summary(sub, model_help):
+    """``refdl summary MODEL``."""
     s = sub.add_parser("summary", help="layer-by-layer output shapes and parameter counts",
                        description="Build a registered model and print, layer by layer, its "
                        "output shape and trainable parameter count.")
@@ -165,6 +172,7 @@ def _add_summary(sub, model_help):
 
 
 def _add_exam(sub):
+    """``refdl exam [ID ...]``."""
     e = sub.add_parser("exam", help="the exam items: paper's claim, refdl's result, verdict",
                        description="Print exam items from docs/exam.md (the paper's claim, "
                        "what refdl computed, the verdict) and recompute them by running the "
@@ -175,6 +183,7 @@ def _add_exam(sub):
 
 
 def _add_bench(sub):
+    """``refdl bench [NAME ...]``."""
     b = sub.add_parser("bench", help="run the benchmark scripts in benchmarks/",
                        description="Run benchmarks/*.py (or the named ones), each printing "
                        "its timings and ratios against a baseline measured in the same run.")
@@ -187,6 +196,7 @@ def _add_bench(sub):
 
 
 def _add_explain(sub):
+    """``refdl explain LAYER``."""
     x = sub.add_parser("explain", help="a layer's formulas, derivation page and source lines",
                        description="Print a layer's docstring (shapes, forward and backward "
                        "formulas), the file and line of its forward and backward, and its "

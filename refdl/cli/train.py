@@ -207,7 +207,8 @@ def _fit(args, model, loss, opt, schedule, train, val, out, num_classes):
 
 def _report(args, model, history, ev, out, test_data, secs):
     """Write history.json and the plots, print the test result; exit status 3 when the
-    run diverged, else 0."""
+    run diverged, else 0. ``test_data`` is (x_test, y_test, image shape or None, number
+    of classes); ``ev`` is refdl.train.evaluate's result on it."""
     xte, yte, img, num_classes = test_data
     say = (lambda *a: None) if args.quiet else print
     diverged = _diverged(history, num_classes)

@@ -82,6 +82,7 @@ def _load_corpus(path):
 
 
 def _text_name(path):
+    """The text's short name for the run folder: the file's stem, or sklearn-descr."""
     return "sklearn-descr" if path is None else (Path(path).stem or "text")
 
 
