@@ -43,8 +43,9 @@ def cmd_train(args):
     xtr, ytr, xte, yte, k, img = _load_dataset(args.dataset, models.model_layout(args.model),
                                                args.data_dir, args.seed)
     model, opt = _build_model(args, tuple(xtr.shape[1:]), k)
-    sched, interval = _make_scheduler(args, opt, ck_state, -(-len(ytr) // args.batch_size))
     (xtr, ytr), val = validation_split(xtr, ytr, args.val_split, args.seed)
+    # planned on the examples it trains on (a one-cycle plan ends where the run ends)
+    sched, interval = _make_scheduler(args, opt, ck_state, -(-len(ytr) // args.batch_size))
     train = data.DataLoader(data.TensorDataset(xtr, ytr), args.batch_size, shuffle=True)
     val = None if val is None else data.DataLoader(data.TensorDataset(*val), 256)
     test = data.DataLoader(data.TensorDataset(xte, yte), 256)
