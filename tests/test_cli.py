@@ -4,8 +4,8 @@ import json
 import numpy as np
 import pytest
 
-from refdl import cli, nn
-from refdl.cli import main
+from refdl import nn
+from refdl.cli import common, exam, main
 from refdl.data import write_idx
 
 def run(capsys, *argv):
@@ -164,7 +164,7 @@ def test_gradcheck_table_and_failure(tmp_path, capsys, monkeypatch):
 
 def test_exam_and_bench(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(cli, "REPO", tmp_path)
+    monkeypatch.setattr(common, "REPO", tmp_path)
     rc, _, err = run(capsys, "exam")
     assert rc == 2 and "docs/exam.md not found" in err
     rc, _, err = run(capsys, "bench")
@@ -182,7 +182,7 @@ def test_exam_and_bench(tmp_path, capsys, monkeypatch):
     out = capsys.readouterr().out
     assert rc == 0 and "refdl: 0.5" in out and "exam tests passed" in out
     with monkeypatch.context() as m:
-        m.setattr(cli.subprocess, "call", lambda cmd, **k: 5)   # pytest: none collected
+        m.setattr(exam.subprocess, "call", lambda cmd, **k: 5)   # pytest: none collected
         assert main(["exam", "loss-9"]) == 1           # no such test
     capsys.readouterr()
     rc, _, err = run(capsys, "exam", "bogus")
@@ -234,15 +234,15 @@ def test_python_dash_m_refdl():
 
 
 def test_exam_verdict_parsing():
-    entries = cli._exam_entries("## a\n### conv-3\nClaim ... **Agrees.** (`t`)\n### x-1\n"
+    entries = exam._exam_entries("## a\n### conv-3\nClaim ... **Agrees.** (`t`)\n### x-1\n"
                                 "- **Verdict: disagrees** (3 != 4)\n## b\ntext\n")
     assert list(entries) == ["conv-3", "x-1"]
     # the whole verdict, from the verdict word to the end of its paragraph (never cut)
-    assert cli._verdict(entries["conv-3"]) == "Verdict: agrees. (`t`)"
-    assert cli._verdict(entries["x-1"]) == "Verdict: disagrees (3 != 4)"
-    long = cli._exam_entries("### y-2\n\n<!-- quote -->\n> Q?\n<!-- /quote -->\n\nSome text.\n"
+    assert exam._verdict(entries["conv-3"]) == "Verdict: agrees. (`t`)"
+    assert exam._verdict(entries["x-1"]) == "Verdict: disagrees (3 != 4)"
+    long = exam._exam_entries("### y-2\n\n<!-- quote -->\n> Q?\n<!-- /quote -->\n\nSome text.\n"
                              "Verdict: **partly agrees**: the answer\nis right, the reason\n"
                              "is not.\n\nA later paragraph.\n")
-    assert cli._verdict(long["y-2"]) == ("Verdict: partly agrees: the answer is right, the "
+    assert exam._verdict(long["y-2"]) == ("Verdict: partly agrees: the answer is right, the "
                                          "reason is not.")
-    assert cli._verdict("### z-1\nno verdict here\n") == "(no verdict in docs/exam.md)"
+    assert exam._verdict("### z-1\nno verdict here\n") == "(no verdict in docs/exam.md)"

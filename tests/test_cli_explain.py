@@ -4,8 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from refdl import cli
-from refdl.cli import main
+from refdl.cli import common, main, train
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -56,9 +55,9 @@ def test_explain_unknown_layer_is_a_one_line_error(capsys):
 def test_exam_and_explain_read_the_shipped_copies(tmp_path, capsys, monkeypatch):
     """After `pip install .` there is no source tree: the wheel's refdl/_shipped/ is read."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(cli, "REPO", tmp_path / "nowhere")
+    monkeypatch.setattr(common, "REPO", tmp_path / "nowhere")
     shipped = tmp_path / "_shipped"
-    monkeypatch.setattr(cli, "SHIPPED", shipped)
+    monkeypatch.setattr(common, "SHIPPED", shipped)
     rc, _, err = run(capsys, "exam")
     assert rc == 2 and "not found" in err
     (shipped / "docs" / "derivations").mkdir(parents=True)
@@ -89,4 +88,4 @@ def test_train_help_names_the_default_model(capsys):
     rc, out, _ = run(capsys, "train", "--help")
     assert rc == 0
     text = " ".join(out.split())
-    assert f"options: {cli.DEFAULT_MODEL} (LeNet-5)" in text and "the MLP" not in text
+    assert f"options: {train.DEFAULT_MODEL} (LeNet-5)" in text and "the MLP" not in text

@@ -2,12 +2,15 @@
 data, the test split evaluated once, a diverged run reported with a non-zero exit, the
 header saying which learning rate was asked for and which path runs the kernels."""
 import json
+import math
+import re
 
 import numpy as np
 import pytest
 
 import refdl
-from refdl.cli import _validation_split, main
+from refdl.cli import main
+from refdl.cli.train_run import validation_split
 
 
 def run(tmp_path, capsys, *extra, name="run"):
@@ -36,12 +39,12 @@ def test_no_validation_split_on_request(tmp_path, capsys):
 def test_split_is_seeded_disjoint_and_complete():
     x = np.arange(100.0)[:, None]
     y = np.arange(100) % 10
-    (xt, yt), (xv, yv) = _validation_split(x, y, 0.2, seed=3)
+    (xt, yt), (xv, yv) = validation_split(x, y, 0.2, seed=3)
     assert len(xv) == 20 and len(xt) == 80
     assert sorted(np.concatenate([xt[:, 0], xv[:, 0]]).tolist()) == list(range(100))
-    (_, _), (xv2, _) = _validation_split(x, y, 0.2, seed=3)
+    (_, _), (xv2, _) = validation_split(x, y, 0.2, seed=3)
     np.testing.assert_array_equal(xv, xv2)
-    (_, _), (xv3, _) = _validation_split(x, y, 0.2, seed=4)
+    (_, _), (xv3, _) = validation_split(x, y, 0.2, seed=4)
     assert not np.array_equal(xv, xv3)
 
 
@@ -66,3 +69,18 @@ def test_header_reports_the_lr_asked_for_and_the_kernel_path(tmp_path, capsys):
     assert "sgd lr=0.2 (onecycle peak; it starts at 0.008" in out.out
     path = "compiled kernels" if refdl.ext.available() else "NumPy reference path"
     assert path in out.out.splitlines()[0]
+
+
+def test_onecycle_is_planned_for_the_steps_the_run_takes(tmp_path, capsys):
+    """The one-cycle schedule is planned on the training part left after the validation
+    split, so the run uses up exactly its plan and ends where the header says (near 0)."""
+    from refdl.checkpoint import read_checkpoint
+
+    rc, out = run(tmp_path, capsys, "--scheduler", "onecycle", "--val-split", "0.2")
+    assert rc == 0, out.err
+    n_train = int(re.search(r"\((\d+) train / \d+ validation", out.out).group(1))
+    assert n_train == 1437 - round(0.2 * 1437)
+    steps = 2 * math.ceil(n_train / 32)                 # 2 epochs of batch 32
+    sched = read_checkpoint(tmp_path / "run" / "checkpoint.npz")["scheduler"]
+    assert sched["total_steps"] == steps
+    assert sched["last_epoch"] == steps

@@ -6,16 +6,17 @@ from pathlib import Path
 import pytest
 
 from refdl import cli
+from refdl.cli.exam import _exam_entries, _verdict
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = (ROOT / "docs" / "exam.md").read_text(encoding="utf-8")
-ENTRIES = cli._exam_entries(DOC)
+ENTRIES = _exam_entries(DOC)
 WORDS = ("partly agrees", "agrees", "disagrees", "ambiguous", "conceptual")
 CONCEPTUAL_ONLY = {"cnn-4", "attn-6", "gan-6", "reg-4"}
 
 
 def verdict_word(item):
-    v = cli._verdict(ENTRIES[item])[len("Verdict: "):].lower()
+    v = _verdict(ENTRIES[item])[len("Verdict: "):].lower()
     return next(w for w in WORDS if v.startswith(w))
 
 
@@ -27,7 +28,7 @@ def test_94_entries_each_with_a_quoted_question():
 
 @pytest.mark.parametrize("item", sorted(ENTRIES))
 def test_every_verdict_is_whole(item):
-    v = cli._verdict(ENTRIES[item])
+    v = _verdict(ENTRIES[item])
     assert v.startswith("Verdict: ") and "(no verdict" not in v
     body = v[len("Verdict: "):]
     assert any(body.lower().startswith(w) for w in WORDS), v

@@ -201,7 +201,7 @@ def test_busy_cores_reads_two_samples_of_proc_stat(monkeypatch):
 def test_bench_passes_threads_and_quick_to_scripts_that_take_them(tmp_path):
     from argparse import Namespace
 
-    from refdl.cli import _bench_flags
+    from refdl.cli.bench import _bench_flags
     takes = tmp_path / "bench_a.py"
     takes.write_text('p.add_argument("--threads")\np.add_argument("--quick")\n')
     plain = tmp_path / "bench_b.py"
