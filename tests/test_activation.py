@@ -182,3 +182,27 @@ def test_no_parameters_and_repr():
         assert layer.num_parameters() == 0
     assert repr(nn.LeakyReLU(0.2)) == "LeakyReLU(negative_slope=0.2)"
     assert repr(nn.Softmax(dim=1)) == "Softmax(dim=1)"
+
+
+def test_softmax_never_turns_bad_numbers_into_probabilities():
+    """One softmax for Softmax, attention and the oracles (refdl.functional.softmax): a
+    masked (-inf) entry gets 0 and a fully masked row zeros, but a NaN or +inf score is
+    not a mask: its row is NaN, as the definition exp(x_i) / sum_j exp(x_j) gives (and as
+    PyTorch gives). Finite rows match the definition computed entry by entry."""
+    import math
+    import warnings
+
+    from refdl.functional import softmax
+    x = np.array([[1.0, 2.0, -np.inf],
+                  [-np.inf, -np.inf, -np.inf],
+                  [1.0, np.nan, 0.0],
+                  [np.inf, 1.0, 0.0]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        p = softmax(x, axis=-1)
+    e = [math.exp(1.0), math.exp(2.0)]
+    np.testing.assert_allclose(p[0], [e[0] / sum(e), e[1] / sum(e), 0.0], rtol=1e-15)
+    assert np.array_equal(p[1], np.zeros(3))
+    assert np.isnan(p[2]).all() and np.isnan(p[3]).all()
+    # the same along another axis
+    np.testing.assert_array_equal(softmax(x.T, axis=0), p.T)

@@ -42,14 +42,20 @@ def logsumexp(x, axis=-1, keepdims=False):
 def softmax(x, axis=-1):
     """softmax(x)_i = exp(x_i - m) / sum_j exp(x_j - m),  m = max_j x_j.
 
-    Entries equal to -inf (masked) get probability 0; a slice that is entirely -inf gives
-    all zeros (PyTorch gives NaN there). Never warns: exp is only taken of numbers <= 0.
+    Entries equal to -inf (masked scores) get probability 0; a slice that is entirely -inf
+    gives all zeros (PyTorch gives NaN there). A NaN is not a masked entry: its slice stays
+    NaN, as does a slice holding +inf (as in PyTorch), so bad numbers are never turned into
+    zeros. Never warns.
     """
     x = np.asarray(x)
     m = np.max(x, axis=axis, keepdims=True)
-    z = np.exp(x - np.where(np.isfinite(m), m, 0))
+    m = np.where(m == -np.inf, 0, m)               # a fully masked slice: exp(-inf) = 0
+    with np.errstate(invalid="ignore"):            # inf - inf in a slice holding +inf
+        z = np.exp(x - m)
     s = np.sum(z, axis=axis, keepdims=True)
-    return np.divide(z, s, out=np.zeros_like(z), where=s > 0)
+    # only slices whose sum is exactly 0 (every entry masked) are set to 0; a NaN slice
+    # (NaN != 0) is divided, and stays NaN
+    return np.divide(z, s, out=np.zeros_like(z), where=s != 0)
 
 
 def softmax_backward(y, grad, axis=-1):

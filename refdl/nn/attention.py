@@ -50,6 +50,7 @@ from typing import NamedTuple, Optional
 import numpy as np
 
 from .. import init
+from ..functional import softmax, softmax_backward
 from ..random import get_rng
 from .validate import check_float, check_grad, layer_name
 from .module import Module, Parameter
@@ -98,29 +99,6 @@ def causal_mask(L, S=None):
                   "(MultiheadAttention, Transformer layers).", DeprecationWarning,
                   stacklevel=2)
     return causal_attend_mask(L, S)
-
-
-def masked_softmax(scores):
-    """Row softmax along the last axis that tolerates ``-inf`` entries (masked scores).
-
-    Entries equal to -inf get probability 0; a row that is entirely -inf gives all zeros
-    (PyTorch gives NaN there). A NaN score is not a masked one: its row stays NaN (a NaN
-    in q, k or v is never turned into zeros). Never warns: the row maximum is subtracted
-    only where it is finite.
-    """
-    m = np.max(scores, axis=-1, keepdims=True)
-    m = np.where(m == -np.inf, 0.0, m)             # a fully masked row: exp(-inf) = 0
-    with np.errstate(invalid="ignore"):            # inf - inf in a row holding +inf
-        e = np.exp(scores - m)
-    s = np.sum(e, axis=-1, keepdims=True)
-    # only rows whose sum is exactly 0 (every entry masked) are set to 0; a NaN row
-    # (NaN != 0) is divided, and stays NaN
-    return np.divide(e, s, out=np.zeros_like(e), where=s != 0)
-
-
-def softmax_backward(P, dP):
-    r"""dS from dP for P = softmax(S) along the last axis: P * (dP - sum_j dP_j P_j)."""
-    return P * (dP - np.sum(dP * P, axis=-1, keepdims=True))
 
 
 def _convention_help(true_means_masked):
@@ -199,7 +177,7 @@ def _sdpa_forward(q, k, v, add_mask, dropout_p, scale, rng):
         # a masked entry (-inf in the mask) is -inf whatever its score, even NaN: masked
         # entries get weight exactly 0, and only they
         scores = np.where(add_mask == -np.inf, -np.inf, scores + add_mask)
-    P = masked_softmax(scores)
+    P = softmax(scores)
     keep = None
     if dropout_p >= 1.0:
         keep = np.zeros(P.shape, dtype=bool)
