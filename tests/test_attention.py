@@ -375,3 +375,29 @@ def test_sdpa_gradcheck_keys_broadcast_over_the_batch():
     out = att(q, k, v)
     np.testing.assert_allclose(out[1], naive_attention(q[1], k, v)[0], rtol=1e-12)
     check_module(att, q, k, v)
+
+
+def test_attention_dropout_masks_come_from_the_layers_generator():
+    """The house rule for ``generator`` (docs/architecture.md): it is the source of
+    everything random the layer does, the dropout masks included. Two layers built with
+    generators of the same seed drop the same weights in training mode, whatever the
+    global RNG does in between; the global RNG is left untouched."""
+    import refdl
+    from refdl.random import get_rng_state
+    x = np.random.default_rng(1).standard_normal((2, 5, 8)).astype(np.float64)
+    outs = []
+    for seed_global in (0, 123):
+        refdl.manual_seed(seed_global)
+        state = get_rng_state()
+        sdpa = nn.ScaledDotProductAttention(dropout=0.5,
+                                            generator=np.random.default_rng(7))
+        mha = nn.MultiheadAttention(8, 2, dropout=0.5, batch_first=True,
+                                    dtype=np.float64, generator=np.random.default_rng(7))
+        a = sdpa(x, x, x, need_weights=True)[1]
+        b = mha(x, x, x)[1]
+        sdpa.discard_saved(), mha.discard_saved()
+        assert get_rng_state() == state          # the global RNG drew nothing
+        outs.append((a, b))
+    np.testing.assert_array_equal(outs[0][0], outs[1][0])
+    np.testing.assert_array_equal(outs[0][1], outs[1][1])
+    assert (outs[0][0] == 0).any()                # dropout did drop something

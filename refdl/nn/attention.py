@@ -287,7 +287,8 @@ class ScaledDotProductAttention(Module):
         query (..., L, E), key (..., S, E), value (..., S, Ev) -> out (..., L, Ev),
         and the weights A (..., L, S) too when ``need_weights`` (returns (out, A)).
         ``attn_mask``: boolean (True = takes part, SDPA's convention) or float (added).
-        Dropout with probability ``dropout`` on the weights, in training mode only.
+        Dropout with probability ``dropout`` on the weights, in training mode only; the
+        masks come from ``generator`` (None: refdl's global RNG).
 
         S = scale q k^T + M,  P = softmax_rows(S),  A = dropout(P),  out = A v
 
@@ -302,13 +303,15 @@ class ScaledDotProductAttention(Module):
     Derivation: docs/derivations/attention.md
     """
 
-    def __init__(self, dropout=0.0, scale=None):
+    def __init__(self, dropout=0.0, scale=None, generator=None):
         super().__init__()
         if not 0.0 <= dropout <= 1.0:
             raise ValueError(f"ScaledDotProductAttention: dropout must be in [0, 1], got "
                              f"{dropout}")
         self.dropout = float(dropout)
         self.scale = scale
+        get_rng(generator)                  # refuse a bad generator now, not mid-training
+        self.generator = generator          # the source of the dropout masks
 
     def extra_repr(self):
         s = f"dropout={self.dropout}"
@@ -319,7 +322,7 @@ class ScaledDotProductAttention(Module):
         add = _sdpa_mask(self, attn_mask, is_causal, q, k)
         scale = 1.0 / math.sqrt(q.shape[-1]) if self.scale is None else float(self.scale)
         p = self.dropout if self.training else 0.0
-        out, A, cache = _sdpa_forward(q, k, v, add, p, scale, get_rng())
+        out, A, cache = _sdpa_forward(q, k, v, add, p, scale, get_rng(self.generator))
         self.save_for_backward(cache)
         return (out, A) if need_weights else out
 

@@ -58,13 +58,15 @@ class MultiheadAttention(Module):
     inputs drop N): query (L, N, E), key (S, N, kdim), value (S, N, vdim)
     -> attn_output (L, N, E); attn_weights (N, L, S) averaged over heads, or (N, H, L, S)
     with average_attn_weights=False, or None with need_weights=False. In training mode
-    with dropout > 0 the returned weights are the dropped-out ones, as in PyTorch.
+    with dropout > 0 the returned weights are the dropped-out ones, as in PyTorch;
+    ``generator`` draws the initial weights and then the dropout masks (None: refdl's
+    global RNG).
     key_padding_mask (N, S); attn_mask (L, S) or (N*H, L, S). Boolean masks: **True = NOT
     allowed to attend** (the opposite of scaled_dot_product_attention's booleans; build a
     causal one with nn.causal_block_mask(L)); float masks are added to the scores. A
     boolean attn_mask that masks some query from every key is refused (it is almost
-    surely a "may attend" mask, nn.causal_attend_mask, in the wrong convention). is_causal=True without attn_mask applies the causal
-    mask (PyTorch requires attn_mask with it; refdl builds it for you); with attn_mask it
+    surely a "may attend" mask, nn.causal_attend_mask, in the wrong convention).
+    is_causal=True without attn_mask applies the causal mask (PyTorch requires attn_mask with it; refdl builds it for you); with attn_mask it
     is only a hint, as in PyTorch.
 
     Forward, with D = E/H and head h using rows hD..(h+1)D of each projection:
@@ -125,6 +127,7 @@ class MultiheadAttention(Module):
             self.register_parameter("in_proj_bias", None)
         self.out_proj = Linear(E, E, bias=bias, dtype=dtype, generator=generator)
         self._reset_parameters(generator)
+        self.generator = generator      # and the source of the attention-dropout masks
 
     def _reset_parameters(self, generator=None):
         if self._qkv_same_embed_dim:
@@ -255,7 +258,7 @@ class MultiheadAttention(Module):
             proj.append(y.reshape(N, x.shape[1], H, D).transpose(0, 2, 1, 3))
         p = self.dropout if self.training else 0.0
         o, A, attn = _sdpa_forward(proj[0], proj[1], proj[2], add, p, 1.0 / math.sqrt(D),
-                                   get_rng())
+                                   get_rng(self.generator))
         merged = o.transpose(0, 2, 1, 3).reshape(N * L, self.embed_dim)
         out = self._from_nle(self.out_proj(merged).reshape(N, L, self.embed_dim), batched)
         weights = None
