@@ -124,7 +124,7 @@ def test_channel_dropout_gradcheck_and_whole_channels(cls, shape, p):
     refdl.manual_seed(0)
     d = cls(p)
     y = d(x)
-    spatial = d._spatial
+    spatial = d._rank
     per_channel = (y == 0).reshape(shape[:len(shape) - spatial] + (-1,))
     assert np.all(per_channel.all(-1) | ~per_channel.any(-1))     # all or nothing
     kept = ~per_channel.any(-1)

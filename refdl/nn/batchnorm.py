@@ -99,7 +99,7 @@ class _NormBase(Module):
 
 
 class _BatchNorm(_NormBase):
-    _ndims = ()            # accepted input ranks
+    _input_ndims = ()      # the input ranks it accepts (x.ndim), not the spatial rank
     _shape_hint = ""
 
     def reset_parameters(self):
@@ -117,8 +117,8 @@ class _BatchNorm(_NormBase):
 
     def forward(self, x):
         x = check_float(self, x)
-        if x.ndim not in self._ndims:
-            want = " or ".join(f"{n}-D" for n in self._ndims)
+        if x.ndim not in self._input_ndims:
+            want = " or ".join(f"{n}-D" for n in self._input_ndims)
             raise ValueError(f"{layer_name(self)}: expected a {want} input "
                              f"{self._shape_hint}, got shape {tuple(x.shape)}")
         if x.shape[1] != self.num_features:
@@ -192,17 +192,17 @@ class _BatchNorm(_NormBase):
 
 class BatchNorm1d(_BatchNorm):
     """Batch normalisation of (N, C) or (N, C, L) input over N (and L). See the module doc."""
-    _ndims = (2, 3)
+    _input_ndims = (2, 3)
     _shape_hint = "(N, C) or (N, C, L)"
 
 
 class BatchNorm2d(_BatchNorm):
     """Batch normalisation of (N, C, H, W) input over N, H, W. See the module doc."""
-    _ndims = (4,)
+    _input_ndims = (4,)
     _shape_hint = "(N, C, H, W)"
 
 
 class BatchNorm3d(_BatchNorm):
     """Batch normalisation of (N, C, D, H, W) input over N, D, H, W. See the module doc."""
-    _ndims = (5,)
+    _input_ndims = (5,)
     _shape_hint = "(N, C, D, H, W)"

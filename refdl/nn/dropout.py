@@ -38,7 +38,7 @@ class Dropout(Module):
     library's default source of randomness.
     """
 
-    _spatial = None          # entry-wise dropout; Dropout1d/2d/3d set 1/2/3
+    _rank = None             # entry-wise dropout; Dropout1d/2d/3d set 1/2/3
 
     def __init__(self, p=0.5, inplace=False, generator=None):
         super().__init__()
@@ -82,7 +82,7 @@ class _DropoutNd(Dropout):
     dropped. Batched (N, C, *spatial) or unbatched (C, *spatial) input."""
 
     def _mask_shape(self, x):
-        s = self._spatial
+        s = self._rank
         if x.ndim not in (s + 1, s + 2):
             dims = {1: "L", 2: "H, W", 3: "D, H, W"}[s]
             raise ValueError(f"{layer_name(self)}: expected a {s + 2}-D input (N, C, {dims}) "
@@ -98,7 +98,7 @@ class Dropout1d(_DropoutNd):
     Backward: dL/dx_{n,c,:} = g_{n,c,:} m_{n,c} / (1 - p). Eval mode: the identity.
     """
 
-    _spatial = 1
+    _rank = 1
 
 
 class Dropout2d(_DropoutNd):
@@ -111,7 +111,7 @@ class Dropout2d(_DropoutNd):
     reading for a future release; use Dropout1d for channel dropout of (N, C, L).)
     """
 
-    _spatial = 2
+    _rank = 2
 
 
 class Dropout3d(_DropoutNd):
@@ -121,4 +121,4 @@ class Dropout3d(_DropoutNd):
     Backward: dL/dx_{n,c} = g_{n,c} m_{n,c} / (1 - p). Eval mode: the identity.
     """
 
-    _spatial = 3
+    _rank = 3

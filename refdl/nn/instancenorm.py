@@ -122,7 +122,7 @@ class GroupNorm(Module):
 
 
 class _InstanceNorm(_NormBase):
-    _spatial = 1
+    _rank = 1
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=False,
                  track_running_stats=False, dtype=np.float32):
@@ -134,7 +134,7 @@ class _InstanceNorm(_NormBase):
 
     def forward(self, x):
         x = check_float(self, x)
-        k = self._spatial
+        k = self._rank
         if x.ndim not in (k + 1, k + 2):
             dims = ("L", "H, W", "D, H, W")[k - 1]
             raise ValueError(f"{layer_name(self)}: expected an input of shape (N, C, {dims})"
@@ -191,7 +191,7 @@ class _InstanceNorm(_NormBase):
             g = g[None]
         axes = tuple(range(2, x_hat.ndim))
         if self.affine:
-            shape = (1, self.num_features) + (1,) * self._spatial
+            shape = (1, self.num_features) + (1,) * self._rank
             if self.weight.requires_grad:
                 self.weight.grad += (g * x_hat).sum(axis=(0,) + axes).astype(self.weight.dtype)
             if self.bias.requires_grad:
@@ -206,14 +206,14 @@ class _InstanceNorm(_NormBase):
 
 class InstanceNorm1d(_InstanceNorm):
     """Instance normalisation of (N, C, L) or (C, L) input over L. See the module doc."""
-    _spatial = 1
+    _rank = 1
 
 
 class InstanceNorm2d(_InstanceNorm):
     """Instance normalisation of (N, C, H, W) or (C, H, W) input over H, W."""
-    _spatial = 2
+    _rank = 2
 
 
 class InstanceNorm3d(_InstanceNorm):
     """Instance normalisation of (N, C, D, H, W) or (C, D, H, W) input over D, H, W."""
-    _spatial = 3
+    _rank = 3
