@@ -411,7 +411,9 @@ class LearnedPositionalEncoding(Module):
 
     x (N, L, d) with batch_first=True (default), (L, N, d) otherwise, or (L, d).
     Backward: dL/dx = g;  dL/dP[l] += sum over the batch of g[:, l].
-    Init: N(0, 0.02^2) truncated to +-2 std... (timm's trunc_normal_(std=0.02)).
+    Init: N(0, 0.02^2) truncated to [-0.04, 0.04] (+-2 std). (timm's
+    trunc_normal_(std=0.02) keeps its default bounds +-2, i.e. +-100 std: in effect no
+    truncation.)
     """
 
     def __init__(self, max_len, d_model, batch_first=True, dtype=np.float32, generator=None):
