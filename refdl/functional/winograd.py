@@ -207,20 +207,35 @@ def output_transform_adjoint(g, out=None):
 
 # -- the convolution ----------------------------------------------------------------------
 
-# The 16 products run on chunks of whole images whose M block is about this size, so that
-# M is written by the GEMMs and read by the output transform while it is still in cache
-# (whole, the big benchmark case's M is 67 MB: a round trip through memory per call).
-# Measured on (64,32,32,32)->64 at 1 thread (CPU time, fwd+bwd): 84 ms unchunked,
-# 62-75 ms for chunks of 0.5-8 MiB (within the noise of a loaded machine). The largest of
-# these keeps the number of parallel regions (16 BLAS calls and one transform per chunk)
-# small: each is a point where a thread that is not scheduled stalls the rest.
+# Work is split twice. Groups of whole images (about CHUNK_BYTES of M each) are the units
+# that worker threads take (refdl.threads.parallel_for): whole images, so that two threads
+# never add into the same part of dx, and a fixed split, so that dW (summed over the
+# groups in order) does not depend on the thread count. Inside a group the compiled path
+# runs ranges of about RANGE_BYTES of V and M at a time through input transform, the 16
+# products and output transform, so that V and M never leave the core's L2 cache (1-2 MiB
+# on current x86 cores): measured on (64,32,32,32)->64 at 1 thread, CPU time, the products
+# run at 150-175 GFLOP/s on such ranges against 60-80 GFLOP/s on the whole arrays, and the
+# transforms no longer stream V (33 MB) and M (67 MB) through memory
+# (benchmarks/_winograd_profile.py, docs/performance.md).
 CHUNK_BYTES = 8 << 20
+RANGE_BYTES = 1 << 20
 
 
 def _chunks(N, T, O, itemsize):
     """Image ranges (n0, n1) of about CHUNK_BYTES of M each (T tiles per image)."""
     nb = max(1, CHUNK_BYTES // (16 * O * T * itemsize))
     return [(n0, min(N, n0 + nb)) for n0 in range(0, N, nb)]
+
+
+def _range_tiles(C, O, itemsize):
+    """Tiles per range: V and M of a range fill about RANGE_BYTES (at least 16 tiles)."""
+    return max(16, RANGE_BYTES // (16 * (C + O) * itemsize))
+
+
+def _ranges(chunk, T, k):
+    """Tile ranges (p0, p1) of at most k tiles covering the images of chunk."""
+    p0, p1 = chunk[0] * T, chunk[1] * T
+    return [(p, min(p1, p + k)) for p in range(p0, p1, k)]
 
 
 def _block(buf, O, k):
@@ -233,10 +248,27 @@ def _m_buffers(bufs, n, O, k, dtype):
     have = bufs.get("M")
     if not isinstance(have, list):
         have = []
+    have = [h if isinstance(h, np.ndarray) else None for h in have]
     out = [planes(1, O * k, dtype, reuse=have[i] if i < len(have) else None)
            for i in range(n)]
     bufs["M"] = out + have[n:]
     return [b[:, 0, :] for b in out]
+
+
+def _scratch(bufs, n, k, C, O, dtype):
+    """n per-thread scratch sets (Vt (16, k, C), Mt (16, k, O), dU (16, O, C)) for the
+    compiled path, kept in bufs["M"] across calls (M is scratch either way)."""
+    have = bufs.get("M")
+    if not isinstance(have, list):
+        have = []
+    out = []
+    for i in range(n):
+        h = have[i] if i < len(have) and isinstance(have[i], tuple) else (None,) * 3
+        dU = h[2] if (h[2] is not None and h[2].shape == (16, O, C)
+                      and h[2].dtype == dtype) else np.empty((16, O, C), dtype)
+        out.append((planes(k, C, dtype, reuse=h[0]), planes(k, O, dtype, reuse=h[1]), dU))
+    bufs["M"] = out + have[n:]
+    return out
 
 
 def _run_chunks(fn, chunks, Mbufs):
@@ -259,30 +291,56 @@ def _run_chunks(fn, chunks, Mbufs):
     return threads.parallel_for(run, chunks)
 
 
-def conv2d(x, w, bias=None, pads=((0, 0), (0, 0)), buffers=None):
-    """(y, V, U): y = the 3x3 stride-1 cross-correlation of x (N, C, H, W) with w
-    (C_out, C, 3, 3) plus bias, zero-padded by ``pads`` ((top, bottom), (left, right));
-    V and U are what :func:`conv2d_backward` needs.
-
-    ``buffers``: a dict the caller keeps across calls; V and the M blocks are written into
-    the arrays it holds when their shapes fit (and stored there otherwise)."""
-    N, C, H, W = x.shape
-    O = w.shape[0]
+def _geometry(x_shape, pads):
+    N, C, H, W = x_shape
     OH = H + pads[0][0] + pads[0][1] - 2
     OW = W + pads[1][0] + pads[1][1] - 2
     if OH < 1 or OW < 1:
-        raise ValueError(f"winograd.conv2d: input {x.shape} padded by {pads} is smaller "
-                         f"than the 3x3 kernel")
+        raise ValueError(f"winograd.conv2d: input {tuple(x_shape)} padded by {pads} is "
+                         f"smaller than the 3x3 kernel")
+    return OH, OW
+
+
+def conv2d(x, w, bias=None, pads=((0, 0), (0, 0)), buffers=None):
+    """(y, x, U): y = the 3x3 stride-1 cross-correlation of x (N, C, H, W) with w
+    (C_out, C, 3, 3) plus bias, zero-padded by ``pads`` ((top, bottom), (left, right));
+    x (C-contiguous, in x's dtype) and U are what :func:`conv2d_backward` needs: the
+    backward recomputes V from x range by range, which is cheaper than writing V (4x the
+    size of x) to memory here and reading it back there.
+
+    ``buffers``: a dict the caller keeps across calls; the scratch arrays (M, and V on the
+    compiled path) are kept in it."""
+    N, C, H, W = x.shape
+    O = w.shape[0]
+    OH, OW = _geometry(x.shape, pads)
     bufs = {} if buffers is None else buffers
     TH, TW = tiles((OH, OW))
     T = TH * TW
+    x = np.ascontiguousarray(x)
     U = weight_transform(w.astype(x.dtype, copy=False))
-    V = bufs["V"] = input_transform(x, pads, TH, TW, out=bufs.get("V"))
     chunks = _chunks(N, T, O, x.dtype.itemsize)
-    k = (chunks[0][1] - chunks[0][0]) * T
-    Mbufs = _m_buffers(bufs, min(threads.get_num_threads(), len(chunks)), O, k, x.dtype)
+    nthreads = min(threads.get_num_threads(), len(chunks))
     y = np.empty((N, O, OH, OW), dtype=x.dtype)
     b = None if bias is None else bias.astype(x.dtype, copy=False)
+    if _compiled():
+        k = _range_tiles(C, O, x.dtype.itemsize)
+        scratch = _scratch(bufs, nthreads, k, C, O, x.dtype)
+        Ut = np.ascontiguousarray(U.transpose(0, 2, 1))               # (16, C, O)
+        bb = (np.ascontiguousarray(b) if b is not None else np.zeros(1, dtype=x.dtype))
+        (ph, _), (pw, _) = pads
+
+        def chunk(c, s):
+            Vt, Mt, _ = s
+            for p0, p1 in _ranges(c, T, k):
+                v, m = Vt[:, :p1 - p0], Mt[:, :p1 - p0]
+                _K.input_tiles(x, v, ph, pw, TH, TW, p0, p1)
+                np.matmul(v, Ut, out=m)                           # 16 x (k, C) @ (C, O)
+                _K.output_tiles(m, y, bb, b is not None, TH, TW, p0, p1)
+        _run_chunks(chunk, chunks, scratch)
+        return y, x, U
+    V = input_transform(x, pads, TH, TW)
+    k = (chunks[0][1] - chunks[0][0]) * T
+    Mbufs = _m_buffers(bufs, nthreads, O, k, x.dtype)
 
     def chunk(c, Mbuf):
         n0, n1 = c
@@ -290,40 +348,67 @@ def conv2d(x, w, bias=None, pads=((0, 0), (0, 0)), buffers=None):
         np.matmul(U, V[:, :, n0 * T:n1 * T], out=M)             # 16 x (O, C) @ (C, P)
         output_transform(M, (n1 - n0, O, OH, OW), b, out=y[n0:n1])
     _run_chunks(chunk, chunks, Mbufs)
-    return y, V, U
+    return y, x, U
 
 
-def conv2d_backward(g, V, U, x_shape, pads, need_dx=True, need_dw=True, buffers=None):
-    """(dx, dW): the adjoints of :func:`conv2d`'s stages applied to g = dL/dy.
-
-    V is overwritten (it becomes dV), so call this once per forward. ``buffers``: as in
-    :func:`conv2d` (each chunk's dM is written into an M block)."""
+def conv2d_backward(g, x, U, x_shape, pads, need_dx=True, need_dw=True, buffers=None):
+    """(dx, dW): the adjoints of :func:`conv2d`'s stages applied to g = dL/dy, with x and
+    U as :func:`conv2d` returned them (V is recomputed from x). ``buffers``: as in
+    :func:`conv2d`."""
     N, O, OH, OW = g.shape
     C = x_shape[1]
     TH, TW = tiles((OH, OW))
     T = TH * TW
     bufs = {} if buffers is None else buffers
+    g = np.ascontiguousarray(g)
     chunks = _chunks(N, T, O, g.dtype.itemsize)
-    k = (chunks[0][1] - chunks[0][0]) * T
-    Mbufs = _m_buffers(bufs, min(threads.get_num_threads(), len(chunks)), O, k, g.dtype)
+    nthreads = min(threads.get_num_threads(), len(chunks))
+    if _compiled():
+        k = _range_tiles(C, O, g.dtype.itemsize)
+        scratch = _scratch(bufs, nthreads, k, C, O, g.dtype)
+        dx = np.zeros(x_shape, dtype=g.dtype) if need_dx else None
+        (ph, _), (pw, _) = pads
 
-    def chunk(c, Mbuf):
-        n0, n1 = c
-        p = slice(n0 * T, n1 * T)
-        dM = _block(Mbuf, O, (n1 - n0) * T)
-        output_transform_adjoint(g[n0:n1], out=dM)              # (16, O, P_chunk)
-        dU = np.matmul(dM, V[:, :, p].transpose(0, 2, 1)) if need_dw else None
-        if need_dx:
-            np.matmul(U.transpose(0, 2, 1), dM, out=V[:, :, p])  # dV, in V's buffer
-        return dU
-    parts = _run_chunks(chunk, chunks, Mbufs)
+        def chunk(c, s):
+            Vt, Mt, tmp = s
+            dU = None
+            for p0, p1 in _ranges(c, T, k):
+                v, m = Vt[:, :p1 - p0], Mt[:, :p1 - p0]
+                _K.output_tiles_adjoint(g, m, TH, TW, p0, p1)         # dM (16, k, O)
+                if need_dw:
+                    _K.input_tiles(x, v, ph, pw, TH, TW, p0, p1)      # V (16, k, C)
+                    if dU is None:                                   # dU = sum dM^T V
+                        dU = np.matmul(m.transpose(0, 2, 1), v)
+                    else:
+                        np.matmul(m.transpose(0, 2, 1), v, out=tmp)
+                        dU += tmp
+                if need_dx:
+                    np.matmul(m, U, out=v)                           # dV = dM U
+                    _K.input_tiles_adjoint(v, dx, ph, pw, TH, TW, p0, p1)
+            return dU
+        parts = _run_chunks(chunk, chunks, scratch)
+    else:
+        V = input_transform(x, pads, TH, TW)
+        k = (chunks[0][1] - chunks[0][0]) * T
+        Mbufs = _m_buffers(bufs, nthreads, O, k, g.dtype)
+
+        def chunk(c, Mbuf):
+            n0, n1 = c
+            p = slice(n0 * T, n1 * T)
+            dM = _block(Mbuf, O, (n1 - n0) * T)
+            output_transform_adjoint(g[n0:n1], out=dM)              # (16, O, P_chunk)
+            dU = np.matmul(dM, V[:, :, p].transpose(0, 2, 1)) if need_dw else None
+            if need_dx:
+                np.matmul(U.transpose(0, 2, 1), dM, out=V[:, :, p])  # dV, in V's buffer
+            return dU
+        parts = _run_chunks(chunk, chunks, Mbufs)
+        dx = input_transform_adjoint(V, x_shape, pads, TH, TW) if need_dx else None
     dW = None
     if need_dw:
         dU = parts[0]
         for part in parts[1:]:                                  # in chunk order: the same
             dU += part                                          # sum at any thread count
         dW = weight_transform_adjoint(dU, (O, C))
-    dx = input_transform_adjoint(V, x_shape, pads, TH, TW) if need_dx else None
     return dx, dW
 
 
