@@ -101,9 +101,9 @@ def main(argv=None):
 
 def stages_f23(x, w, b, pads, g):
     """The stages of F(2x2, 3x3) as refdl.functional.winograd's compiled path runs them
-    (ranges of tiles whose V and M stay in cache), each stage as a separate callable that
-    runs over all ranges. Timed alone, a stage's data come from L2 as in the fused loop
-    (each stage re-uses one range's buffers)."""
+    (ranges of tile rows whose V and M stay in cache), each stage as a separate callable
+    that runs over all ranges with one range's buffers (so its data come from L2 as in
+    the fused loop)."""
     N, C, H, W = x.shape
     O = w.shape[0]
     OH, OW = g.shape[2:]
@@ -114,41 +114,46 @@ def stages_f23(x, w, b, pads, g):
     U = wg.weight_transform(w)
     Ut = np.ascontiguousarray(U.transpose(0, 2, 1))
     k = wg._range_tiles(C, O, 4)
-    rng = wg._ranges((0, N), T, k)
-    Vt, Mt, tmp = wg._scratch({}, 1, k, C, O, np.float32)[0]
+    R = wg._rows_per_range(TH, TW, k)
+    rng = wg._row_ranges((0, N), TH, TW, k)
+    Vb, Mb, tmp, rb = wg._scratch({}, 1, R * TW, C, O, TW, np.float32)[0]
     y = np.empty(g.shape, np.float32)
     dx = np.zeros(x.shape, np.float32)
     bb = b.astype(np.float32)
 
     def each(f):
         def run():
-            for p0, p1 in rng:
-                f(p0, p1, Vt[:, :p1 - p0], Mt[:, :p1 - p0])
+            for n, t0, t1 in rng:
+                kk = (t1 - t0) * TW
+                f(n, t0, t1, kk, Vb[:, :, :kk], Mb[:, :, :kk])
         return run
 
     P = N * T
     cases = {
         "fwd weight transform U": lambda: wg.weight_transform(w),
-        "fwd input transform V": each(lambda p0, p1, v, m: K.input_tiles(
-            x, v, ph, pw, TH, TW, p0, p1)),
-        "fwd 16 GEMMs M = V U^T": each(lambda p0, p1, v, m: np.matmul(v, Ut, out=m)),
-        "fwd output transform y": each(lambda p0, p1, v, m: K.output_tiles(
-            m, y, bb, True, TH, TW, p0, p1)),
-        "bwd output adjoint dM": each(lambda p0, p1, v, m: K.output_tiles_adjoint(
-            g, m, TH, TW, p0, p1)),
-        "bwd input transform V (again)": each(lambda p0, p1, v, m: K.input_tiles(
-            x, v, ph, pw, TH, TW, p0, p1)),
-        "bwd 16 GEMMs dU = dM^T V": each(lambda p0, p1, v, m: np.matmul(
-            m.transpose(0, 2, 1), v, out=tmp)),
-        "bwd 16 GEMMs dV = dM U": each(lambda p0, p1, v, m: np.matmul(m, U, out=v)),
-        "bwd input adjoint dx": each(lambda p0, p1, v, m: K.input_tiles_adjoint(
-            v, dx, ph, pw, TH, TW, p0, p1)),
+        "fwd input transform V": each(lambda n, t0, t1, kk, v, m: K.input_rows(
+            x, v, rb, ph, pw, TW, n, t0, t1)),
+        "fwd 16 GEMMs M = U V": each(lambda n, t0, t1, kk, v, m: np.matmul(U, v, out=m)),
+        "fwd output transform y": each(lambda n, t0, t1, kk, v, m: K.output_rows(
+            m, y, bb, True, rb, TW, n, t0, t1)),
+        "bwd output adjoint dM": each(lambda n, t0, t1, kk, v, m: K.output_rows_adjoint(
+            g, m, rb, TW, n, t0, t1)),
+        "bwd input transform V (tile-major)": each(lambda n, t0, t1, kk, v, m: K.input_tiles(
+            x, wg._tile_major(Vb, kk, C), ph, pw, TH, TW, n * T + t0 * TW,
+            n * T + t1 * TW)),
+        "bwd 16 GEMMs dU = dM V": each(lambda n, t0, t1, kk, v, m: np.matmul(
+            m, wg._tile_major(Vb, kk, C), out=tmp)),
+        "bwd 16 GEMMs dV = U^T dM": each(lambda n, t0, t1, kk, v, m: np.matmul(
+            Ut, m, out=v)),
+        "bwd input adjoint dx": each(lambda n, t0, t1, kk, v, m: K.input_rows_adjoint(
+            v, dx, rb, ph, pw, TW, n, t0, t1)),
         "bwd weight adjoint dW": lambda: wg.weight_transform_adjoint(tmp, (O, C)),
     }
     fl = 2.0 * 16 * O * C * P
-    return {"name": f"F(2x2,3x3), ranges of {k} tiles", "cases": cases,
-            "gemm_flops": {"fwd 16 GEMMs M = V U^T": fl, "bwd 16 GEMMs dU = dM^T V": fl,
-                           "bwd 16 GEMMs dV = dM U": fl}}
+    return {"name": f"F(2x2,3x3), ranges of {R} tile rows ({R * TW} tiles)",
+            "cases": cases,
+            "gemm_flops": {"fwd 16 GEMMs M = U V": fl, "bwd 16 GEMMs dU = dM V": fl,
+                           "bwd 16 GEMMs dV = U^T dM": fl}}
 
 
 def _fwd(m, x):

@@ -326,3 +326,225 @@ def output_tiles_adjoint(const real[:, :, :, ::1] g, real[:, :, :] dMt, Py_ssize
             tile_pos(p, TH, TW, &n, &th, &tw)
             for o in range(O):
                 out_tile_adj(&g[n, o, 0, 0], OH, OW, 2 * th, 2 * tw, &dMt[0, p - p0, o], ms)
+
+
+# -- tile rows in channel-major layout: vectorisable transforms -----------------------------
+#
+# The same four maps on a range of whole tile rows th0 <= th < th1 of one image n, with V
+# and M stored channel-major, (16, C, k) and (16, C_out, k), column (th - th0)*TW + tw.
+# Each transform is written as loops over a whole row of tiles (tw) with one output stream
+# per loop, which the C compiler vectorises: the row sums shared by horizontally
+# neighbouring tiles are formed once on whole padded rows, and the per-tile step reads
+# them at stride 2 and writes a contiguous run of a plane. ``buf``: scratch of at least
+# 16 * (2*TW + 4) elements.
+
+cdef inline void pad_row(const real* src, Py_ssize_t W, Py_ssize_t pw, real* dst,
+                         Py_ssize_t Wp) noexcept nogil:
+    # dst[j] = src[j - pw] where 0 <= j - pw < W, else 0, for 0 <= j < Wp
+    cdef Py_ssize_t j
+    for j in range(Wp):
+        dst[j] = 0
+    cdef Py_ssize_t lo = pw if pw > 0 else 0
+    cdef Py_ssize_t hi = W + pw if W + pw < Wp else Wp
+    for j in range(lo, hi):
+        dst[j] = src[j - pw]
+
+
+def input_rows(const real[:, :, :, ::1] x, real[:, :, :] V, real[::1] buf, Py_ssize_t ph,
+               Py_ssize_t pw, Py_ssize_t TW, Py_ssize_t n, Py_ssize_t th0, Py_ssize_t th1):
+    """V[:, c, (th - th0)*TW + tw] = B^T d B for the input tiles of rows th0..th1-1 of
+    image n."""
+    cdef Py_ssize_t C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t Wp = 2 * TW + 2
+    cdef Py_ssize_t vs = V.strides[0] // sizeof(real)
+    cdef Py_ssize_t c, th, i, r, tw, q
+    cdef real* d = &buf[0]                  # 4 padded input rows
+    cdef real* s = &buf[4 * Wp]             # their combinations B^T d, row by row
+    cdef real* s0
+    cdef real* s1
+    cdef real* s2
+    cdef real* s3
+    cdef real* v
+    with nogil:
+        for c in range(C):
+            for th in range(th0, th1):
+                for i in range(4):
+                    r = 2 * th - ph + i
+                    if r >= 0 and r < H:
+                        pad_row(&x[n, c, r, 0], W, pw, d + i * Wp, Wp)
+                    else:
+                        pad_row(&x[n, c, 0, 0], 0, pw, d + i * Wp, Wp)
+                s0 = s
+                s1 = s + Wp
+                s2 = s + 2 * Wp
+                s3 = s + 3 * Wp
+                for tw in range(Wp):
+                    s0[tw] = d[tw] - d[2 * Wp + tw]
+                for tw in range(Wp):
+                    s1[tw] = d[Wp + tw] + d[2 * Wp + tw]
+                for tw in range(Wp):
+                    s2[tw] = d[2 * Wp + tw] - d[Wp + tw]
+                for tw in range(Wp):
+                    s3[tw] = d[Wp + tw] - d[3 * Wp + tw]
+                q = (th - th0) * TW
+                for i in range(4):
+                    s0 = s + i * Wp
+                    v = &V[4 * i, c, q]
+                    for tw in range(TW):
+                        v[tw] = s0[2 * tw] - s0[2 * tw + 2]
+                    v = &V[4 * i + 1, c, q]
+                    for tw in range(TW):
+                        v[tw] = s0[2 * tw + 1] + s0[2 * tw + 2]
+                    v = &V[4 * i + 2, c, q]
+                    for tw in range(TW):
+                        v[tw] = s0[2 * tw + 2] - s0[2 * tw + 1]
+                    v = &V[4 * i + 3, c, q]
+                    for tw in range(TW):
+                        v[tw] = s0[2 * tw + 1] - s0[2 * tw + 3]
+
+
+def output_rows(const real[:, :, :] M, real[:, :, :, ::1] y, const real[::1] bias,
+                bint has_bias, real[::1] buf, Py_ssize_t TW, Py_ssize_t n, Py_ssize_t th0,
+                Py_ssize_t th1):
+    """y[n, o] at the tiles of rows th0..th1-1 = A^T M A (+ bias[o]), cropped."""
+    cdef Py_ssize_t O = y.shape[1], OH = y.shape[2], OW = y.shape[3]
+    cdef Py_ssize_t o, th, tw, j, q, r
+    cdef real b
+    cdef real* t = &buf[0]                  # 8 rows of TW: t[a*4 + j] = (A^T m)[a][j]
+    cdef real* e = &buf[8 * TW]             # one output row of 2*TW
+    cdef real* dst
+    cdef const real* m0
+    cdef const real* m1
+    cdef const real* m2
+    cdef const real* m3
+    cdef real* ta
+    with nogil:
+        for o in range(O):
+            b = bias[o] if has_bias else 0
+            for th in range(th0, th1):
+                q = (th - th0) * TW
+                for j in range(4):
+                    m0 = &M[j, o, q]
+                    m1 = &M[4 + j, o, q]
+                    m2 = &M[8 + j, o, q]
+                    m3 = &M[12 + j, o, q]
+                    ta = t + j * TW
+                    for tw in range(TW):
+                        ta[tw] = m0[tw] + m1[tw] + m2[tw]
+                    ta = t + (4 + j) * TW
+                    for tw in range(TW):
+                        ta[tw] = m1[tw] - m2[tw] - m3[tw]
+                for r in range(2):
+                    if 2 * th + r >= OH:
+                        break
+                    ta = t + 4 * r * TW
+                    dst = &y[n, o, 2 * th + r, 0] if 2 * TW == OW else e
+                    for tw in range(TW):
+                        dst[2 * tw] = ta[tw] + ta[TW + tw] + ta[2 * TW + tw] + b
+                        dst[2 * tw + 1] = ta[TW + tw] - ta[2 * TW + tw] - ta[3 * TW + tw] + b
+                    if 2 * TW != OW:
+                        dst = &y[n, o, 2 * th + r, 0]
+                        for tw in range(OW):
+                            dst[tw] = e[tw]
+
+
+def output_rows_adjoint(const real[:, :, :, ::1] g, real[:, :, :] dM, real[::1] buf,
+                        Py_ssize_t TW, Py_ssize_t n, Py_ssize_t th0, Py_ssize_t th1):
+    """dM[:, o, (th - th0)*TW + tw] = A g_tile A^T for the 2x2 tiles of g in rows
+    th0..th1-1 of image n (zeros past the edges)."""
+    cdef Py_ssize_t O = g.shape[1], OH = g.shape[2], OW = g.shape[3]
+    cdef Py_ssize_t Wg = 2 * TW
+    cdef Py_ssize_t o, th, tw, i, q, r
+    cdef real* a = &buf[0]                  # the 2 rows of g, padded to 2*TW
+    cdef real* t = &buf[2 * Wg]             # 4 rows A g
+    cdef real* ti
+    cdef real* m
+    with nogil:
+        for o in range(O):
+            for th in range(th0, th1):
+                for r in range(2):
+                    if 2 * th + r < OH:
+                        pad_row(&g[n, o, 2 * th + r, 0], OW, 0, a + r * Wg, Wg)
+                    else:
+                        pad_row(&g[n, o, 0, 0], 0, 0, a + r * Wg, Wg)
+                for tw in range(Wg):
+                    t[tw] = a[tw]
+                for tw in range(Wg):
+                    t[Wg + tw] = a[tw] + a[Wg + tw]
+                for tw in range(Wg):
+                    t[2 * Wg + tw] = a[tw] - a[Wg + tw]
+                for tw in range(Wg):
+                    t[3 * Wg + tw] = -a[Wg + tw]
+                q = (th - th0) * TW
+                for i in range(4):
+                    ti = t + i * Wg
+                    m = &dM[4 * i, o, q]
+                    for tw in range(TW):
+                        m[tw] = ti[2 * tw]
+                    m = &dM[4 * i + 1, o, q]
+                    for tw in range(TW):
+                        m[tw] = ti[2 * tw] + ti[2 * tw + 1]
+                    m = &dM[4 * i + 2, o, q]
+                    for tw in range(TW):
+                        m[tw] = ti[2 * tw] - ti[2 * tw + 1]
+                    m = &dM[4 * i + 3, o, q]
+                    for tw in range(TW):
+                        m[tw] = -ti[2 * tw + 1]
+
+
+def input_rows_adjoint(const real[:, :, :] dV, real[:, :, :, ::1] dx, real[::1] buf,
+                       Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t TW, Py_ssize_t n,
+                       Py_ssize_t th0, Py_ssize_t th1):
+    """dx[n] += B dV_tile B^T placed at every tile of rows th0..th1-1 (parts outside dx
+    dropped); overlapping tiles add, in order of th and tw."""
+    cdef Py_ssize_t C = dx.shape[1], H = dx.shape[2], W = dx.shape[3]
+    cdef Py_ssize_t Wp = 2 * TW + 2
+    cdef Py_ssize_t c, th, tw, i, q, r, j, lo, hi
+    cdef real* tt = &buf[0]                 # 4 rows of TW: the column step of one tile row
+    cdef real* R = &buf[4 * TW]             # 4 overlap-added rows of Wp
+    cdef real* Ri
+    cdef real* row
+    cdef const real* u0
+    cdef const real* u1
+    cdef const real* u2
+    cdef const real* u3
+    lo = pw if pw > 0 else 0                # padded columns that fall on dx
+    hi = W + pw if W + pw < Wp else Wp
+    with nogil:
+        for c in range(C):
+            for th in range(th0, th1):
+                q = (th - th0) * TW
+                for i in range(4):
+                    u0 = &dV[4 * i, c, q]
+                    u1 = &dV[4 * i + 1, c, q]
+                    u2 = &dV[4 * i + 2, c, q]
+                    u3 = &dV[4 * i + 3, c, q]
+                    for tw in range(TW):            # t0 = u0, t1 = u1 - u2 + u3
+                        tt[tw] = u1[tw] - u2[tw] + u3[tw]
+                    for tw in range(TW):            # t2 = u2 + u1 - u0
+                        tt[TW + tw] = u2[tw] + u1[tw] - u0[tw]
+                    Ri = R + i * Wp
+                    Ri[0] = u0[0]
+                    Ri[1] = tt[0]
+                    for tw in range(1, TW):         # overlap-add: tile tw at 2tw..2tw+3
+                        Ri[2 * tw] = u0[tw] + tt[TW + tw - 1]
+                        Ri[2 * tw + 1] = tt[tw] - u3[tw - 1]
+                    Ri[2 * TW] = tt[2 * TW - 1]
+                    Ri[2 * TW + 1] = -u3[TW - 1]
+                for i in range(4):                  # rows: B applied to the 4 rows
+                    r = 2 * th - ph + i
+                    if r < 0 or r >= H:
+                        continue
+                    row = &dx[n, c, r, 0] - pw
+                    if i == 0:
+                        for j in range(lo, hi):
+                            row[j] += R[j]
+                    elif i == 1:
+                        for j in range(lo, hi):
+                            row[j] += R[Wp + j] - R[2 * Wp + j] + R[3 * Wp + j]
+                    elif i == 2:
+                        for j in range(lo, hi):
+                            row[j] += R[2 * Wp + j] + R[Wp + j] - R[j]
+                    else:
+                        for j in range(lo, hi):
+                            row[j] -= R[3 * Wp + j]

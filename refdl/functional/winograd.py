@@ -31,6 +31,20 @@ The four tile maps run in the compiled kernels of refdl/_ext/_winograd.pyx when 
 built, else in the NumPy reference below (einsum over tile views); both give the same
 numbers. ``conv2d`` / ``conv2d_backward`` are what nn.Conv2d calls when it selects this
 algorithm (3x3, stride 1, dilation 1, groups 1, zero padding).
+
+How the compiled path runs (the order of the sums is the same at any thread count):
+
+    for each group of whole images (a worker thread each, refdl.threads.parallel_for):
+        for each range of tile rows of one image (V and M of a range fit in L2):
+            forward:  V = input transform (16, C, k) -> M = U V (16 GEMMs) -> y
+            backward: dM = output adjoint (16, O, k); V again, tile-major (16, k, C);
+                      dU += dM V; dV = U^T dM (16, C, k) -> dx += input adjoint
+
+V is never stored whole: the forward returns x, and the backward recomputes each range's
+V from it (an input transform costs less than writing V, 4x the size of x, to memory and
+reading it back). Written whole, V and M (33 MB and 67 MB for (64,32,32,32)->64) went
+through memory between the stages and the GEMMs ran at half the square-SGEMM rate; on
+ranges that stay in cache they run near it (benchmarks/_winograd_profile.py).
 """
 import math
 
@@ -218,7 +232,7 @@ def output_transform_adjoint(g, out=None):
 # transforms no longer stream V (33 MB) and M (67 MB) through memory
 # (benchmarks/_winograd_profile.py, docs/performance.md).
 CHUNK_BYTES = 8 << 20
-RANGE_BYTES = 1 << 20
+RANGE_BYTES = 3 << 19
 
 
 def _chunks(N, T, O, itemsize):
@@ -232,10 +246,18 @@ def _range_tiles(C, O, itemsize):
     return max(16, RANGE_BYTES // (16 * (C + O) * itemsize))
 
 
-def _ranges(chunk, T, k):
-    """Tile ranges (p0, p1) of at most k tiles covering the images of chunk."""
-    p0, p1 = chunk[0] * T, chunk[1] * T
-    return [(p, min(p1, p + k)) for p in range(p0, p1, k)]
+def _row_ranges(chunk, TH, TW, k):
+    """(n, th0, th1): ranges of whole tile rows of one image, at most max(1, k // TW) rows
+    each, covering the images of chunk."""
+    R = _rows_per_range(TH, TW, k)
+    return [(n, t, min(TH, t + R)) for n in range(chunk[0], chunk[1])
+            for t in range(0, TH, R)]
+
+
+def _rows_per_range(TH, TW, k):
+    """Tile rows per range: at most max(1, k // TW), the ranges of an image made even."""
+    R = max(1, min(TH, k // TW))
+    return -(-TH // -(-TH // R))
 
 
 def _block(buf, O, k):
@@ -255,20 +277,30 @@ def _m_buffers(bufs, n, O, k, dtype):
     return [b[:, 0, :] for b in out]
 
 
-def _scratch(bufs, n, k, C, O, dtype):
-    """n per-thread scratch sets (Vt (16, k, C), Mt (16, k, O), dU (16, O, C)) for the
-    compiled path, kept in bufs["M"] across calls (M is scratch either way)."""
+def _scratch(bufs, n, k, C, O, TW, dtype):
+    """n per-thread scratch sets for the compiled path, kept in bufs["M"] across calls:
+    V (16, C, k) (in the backward also viewed as tile-major (16, k, C)), M (16, O, k),
+    dU (16, O, C) and the transforms' row buffer."""
     have = bufs.get("M")
     if not isinstance(have, list):
         have = []
     out = []
     for i in range(n):
-        h = have[i] if i < len(have) and isinstance(have[i], tuple) else (None,) * 3
+        h = have[i] if i < len(have) and isinstance(have[i], tuple) else (None,) * 4
         dU = h[2] if (h[2] is not None and h[2].shape == (16, O, C)
                       and h[2].dtype == dtype) else np.empty((16, O, C), dtype)
-        out.append((planes(k, C, dtype, reuse=h[0]), planes(k, O, dtype, reuse=h[1]), dU))
+        rb = h[3] if (h[3] is not None and h[3].size >= 16 * (2 * TW + 4)
+                      and h[3].dtype == dtype) else np.empty(16 * (2 * TW + 4), dtype)
+        out.append((planes(C, k, dtype, reuse=h[0]), planes(O, k, dtype, reuse=h[1]), dU,
+                    rb))
     bufs["M"] = out + have[n:]
     return out
+
+
+def _tile_major(Vb, k, C):
+    """The (16, C, k_max) buffer Vb's planes viewed as tile-major (16, k, C) blocks."""
+    return np.lib.stride_tricks.as_strided(Vb, (16, k, C), (Vb.strides[0],
+                                                           C * Vb.itemsize, Vb.itemsize))
 
 
 def _run_chunks(fn, chunks, Mbufs):
@@ -324,18 +356,19 @@ def conv2d(x, w, bias=None, pads=((0, 0), (0, 0)), buffers=None):
     b = None if bias is None else bias.astype(x.dtype, copy=False)
     if _compiled():
         k = _range_tiles(C, O, x.dtype.itemsize)
-        scratch = _scratch(bufs, nthreads, k, C, O, x.dtype)
-        Ut = np.ascontiguousarray(U.transpose(0, 2, 1))               # (16, C, O)
+        R = _rows_per_range(TH, TW, k)
+        scratch = _scratch(bufs, nthreads, R * TW, C, O, TW, x.dtype)
         bb = (np.ascontiguousarray(b) if b is not None else np.zeros(1, dtype=x.dtype))
         (ph, _), (pw, _) = pads
 
         def chunk(c, s):
-            Vt, Mt, _ = s
-            for p0, p1 in _ranges(c, T, k):
-                v, m = Vt[:, :p1 - p0], Mt[:, :p1 - p0]
-                _K.input_tiles(x, v, ph, pw, TH, TW, p0, p1)
-                np.matmul(v, Ut, out=m)                           # 16 x (k, C) @ (C, O)
-                _K.output_tiles(m, y, bb, b is not None, TH, TW, p0, p1)
+            Vb, Mb, _, rb = s
+            for n, t0, t1 in _row_ranges(c, TH, TW, k):
+                kk = (t1 - t0) * TW
+                v, m = Vb[:, :, :kk], Mb[:, :, :kk]
+                _K.input_rows(x, v, rb, ph, pw, TW, n, t0, t1)     # V (16, C, kk)
+                np.matmul(U, v, out=m)                           # 16 x (O, C) @ (C, kk)
+                _K.output_rows(m, y, bb, b is not None, rb, TW, n, t0, t1)
         _run_chunks(chunk, chunks, scratch)
         return y, x, U
     V = input_transform(x, pads, TH, TW)
@@ -365,26 +398,34 @@ def conv2d_backward(g, x, U, x_shape, pads, need_dx=True, need_dw=True, buffers=
     nthreads = min(threads.get_num_threads(), len(chunks))
     if _compiled():
         k = _range_tiles(C, O, g.dtype.itemsize)
-        scratch = _scratch(bufs, nthreads, k, C, O, g.dtype)
+        R = _rows_per_range(TH, TW, k)
+        scratch = _scratch(bufs, nthreads, R * TW, C, O, TW, g.dtype)
         dx = np.zeros(x_shape, dtype=g.dtype) if need_dx else None
+        Ut = np.ascontiguousarray(U.transpose(0, 2, 1))               # (16, C, O)
         (ph, _), (pw, _) = pads
 
         def chunk(c, s):
-            Vt, Mt, tmp = s
+            Vb, Mb, tmp, rb = s
             dU = None
-            for p0, p1 in _ranges(c, T, k):
-                v, m = Vt[:, :p1 - p0], Mt[:, :p1 - p0]
-                _K.output_tiles_adjoint(g, m, TH, TW, p0, p1)         # dM (16, k, O)
+            for n, t0, t1 in _row_ranges(c, TH, TW, k):
+                kk = (t1 - t0) * TW
+                m = Mb[:, :, :kk]
+                _K.output_rows_adjoint(g, m, rb, TW, n, t0, t1)      # dM (16, O, kk)
                 if need_dw:
-                    _K.input_tiles(x, v, ph, pw, TH, TW, p0, p1)      # V (16, k, C)
-                    if dU is None:                                   # dU = sum dM^T V
-                        dU = np.matmul(m.transpose(0, 2, 1), v)
+                    # V tile-major (16, kk, C): dM @ V then runs at the full GEMM rate
+                    # (dM @ V^T with channel-major V at half of it)
+                    vt = _tile_major(Vb, kk, C)
+                    p0 = n * T + t0 * TW
+                    _K.input_tiles(x, vt, ph, pw, TH, TW, p0, p0 + kk)
+                    if dU is None:                                   # dU = sum dM V
+                        dU = np.matmul(m, vt)
                     else:
-                        np.matmul(m.transpose(0, 2, 1), v, out=tmp)
+                        np.matmul(m, vt, out=tmp)
                         dU += tmp
                 if need_dx:
-                    np.matmul(m, U, out=v)                           # dV = dM U
-                    _K.input_tiles_adjoint(v, dx, ph, pw, TH, TW, p0, p1)
+                    v = Vb[:, :, :kk]
+                    np.matmul(Ut, m, out=v)                          # dV = U^T dM
+                    _K.input_rows_adjoint(v, dx, rb, ph, pw, TW, n, t0, t1)
             return dU
         parts = _run_chunks(chunk, chunks, scratch)
     else:
