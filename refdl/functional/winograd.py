@@ -242,8 +242,9 @@ def _chunks(N, T, O, itemsize):
 
 
 def _range_tiles(C, O, itemsize):
-    """Tiles per range: V and M of a range fill about RANGE_BYTES (at least 16 tiles)."""
-    return max(16, RANGE_BYTES // (16 * (C + O) * itemsize))
+    """Tiles per range: V and M of a range fill about RANGE_BYTES (a range holds at least
+    one row of tiles whatever this says)."""
+    return max(1, RANGE_BYTES // (16 * (C + O) * itemsize))
 
 
 def _row_ranges(chunk, TH, TW, k):
