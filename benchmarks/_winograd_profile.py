@@ -115,7 +115,7 @@ def stages_f23(x, w, b, pads, g):
     Ut = np.ascontiguousarray(U.transpose(0, 2, 1))
     k = wg._range_tiles(C, O, 4)
     R = wg._rows_per_range(TH, TW, k)
-    rng = wg._row_ranges((0, N), TH, TW, k)
+    rng = [seg for segs in wg._row_ranges((0, N), TH, TW, k) for seg in segs]
     Vb, Mb, tmp, rb = wg._scratch({}, 1, R * TW, C, O, TW, np.float32)[0]
     y = np.empty(g.shape, np.float32)
     dx = np.zeros(x.shape, np.float32)

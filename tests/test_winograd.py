@@ -309,11 +309,12 @@ def test_inference_records_nothing_and_a_bad_grad_keeps_the_cache(algo):
     assert m.backward(np.ones_like(y)).shape == x.shape
 
 
-@pytest.mark.parametrize("rows", [1, 2, 3])
+@pytest.mark.parametrize("rows", [1, 2, 3, 10])
 def test_ranges_of_tile_rows_with_an_uneven_last_range(rows, monkeypatch):
     # the compiled path runs ranges of whole tile rows (RANGE_BYTES); forced small here so
-    # that an image is split into several ranges, the last one shorter, odd output sizes
-    # (cropped tiles) and asymmetric padding; reference: im2col + GEMM + col2im
+    # that an image is split into several ranges, the last one shorter (rows 1-3), or
+    # that a range holds two whole images and the last one image (rows 10); odd output
+    # sizes (cropped tiles) and asymmetric padding; reference: im2col + GEMM + col2im
     _skip_if_absent(False)
     rng = np.random.default_rng(13)
     N, C, O, H, W = 3, 3, 5, 9, 8
@@ -322,10 +323,15 @@ def test_ranges_of_tile_rows_with_an_uneven_last_range(rows, monkeypatch):
     TH, TW = wg.tiles((OH, OW))                      # 5 x 4 tiles
     monkeypatch.setattr(wg, "RANGE_BYTES", 16 * (C + O) * 8 * rows * TW)
     k = wg._range_tiles(C, O, 8)
-    R = wg._rows_per_range(TH, TW, k)
     ranges = wg._row_ranges((0, N), TH, TW, k)
-    assert R == {1: 1, 2: 2, 3: 3}[rows] and len(ranges) == N * -(-TH // R)
-    assert any(t1 - t0 < R for _, t0, t1 in ranges) or TH % R == 0
+    if rows < TH:
+        R = wg._rows_per_range(TH, TW, k)
+        assert R == rows and len(ranges) == N * -(-TH // R)
+        assert all(len(segs) == 1 for segs in ranges)
+        assert any(t1 - t0 < R for [(_, t0, t1)] in ranges) or TH % R == 0
+    else:
+        assert ranges == [[(0, 0, TH), (1, 0, TH)], [(2, 0, TH)]]
+    assert wg._range_capacity(TH, TW, k) == min(rows, 2 * TH) * TW
     x, w = rng.standard_normal((N, C, H, W)), rng.standard_normal((O, C, 3, 3))
     b = rng.standard_normal(O)
     bufs = {}

@@ -248,11 +248,23 @@ def _range_tiles(C, O, itemsize):
 
 
 def _row_ranges(chunk, TH, TW, k):
-    """(n, th0, th1): ranges of whole tile rows of one image, at most max(1, k // TW) rows
-    each, covering the images of chunk."""
+    """The ranges covering the images of chunk, each a list of segments (n, th0, th1) of
+    tile rows with consecutive tiles: one segment of at most max(1, k // TW) rows when an
+    image holds more than k tiles (its ranges made even), else as many whole images as
+    fit in k tiles (at least one)."""
     R = _rows_per_range(TH, TW, k)
-    return [(n, t, min(TH, t + R)) for n in range(chunk[0], chunk[1])
-            for t in range(0, TH, R)]
+    if R < TH:
+        return [[(n, t, min(TH, t + R))] for n in range(chunk[0], chunk[1])
+                for t in range(0, TH, R)]
+    m = max(1, k // (TH * TW))
+    return [[(n, 0, TH) for n in range(n0, min(chunk[1], n0 + m))]
+            for n0 in range(chunk[0], chunk[1], m)]
+
+
+def _range_capacity(TH, TW, k):
+    """Tiles of the largest range of :func:`_row_ranges` (the scratch buffers' width)."""
+    R = _rows_per_range(TH, TW, k)
+    return R * TW if R < TH else max(1, k // (TH * TW)) * TH * TW
 
 
 def _rows_per_range(TH, TW, k):
@@ -357,19 +369,24 @@ def conv2d(x, w, bias=None, pads=((0, 0), (0, 0)), buffers=None):
     b = None if bias is None else bias.astype(x.dtype, copy=False)
     if _compiled():
         k = _range_tiles(C, O, x.dtype.itemsize)
-        R = _rows_per_range(TH, TW, k)
-        scratch = _scratch(bufs, nthreads, R * TW, C, O, TW, x.dtype)
+        scratch = _scratch(bufs, nthreads, _range_capacity(TH, TW, k), C, O, TW, x.dtype)
         bb = (np.ascontiguousarray(b) if b is not None else np.zeros(1, dtype=x.dtype))
         (ph, _), (pw, _) = pads
 
         def chunk(c, s):
             Vb, Mb, _, rb = s
-            for n, t0, t1 in _row_ranges(c, TH, TW, k):
-                kk = (t1 - t0) * TW
-                v, m = Vb[:, :, :kk], Mb[:, :, :kk]
-                _K.input_rows(x, v, rb, ph, pw, TW, n, t0, t1)     # V (16, C, kk)
-                np.matmul(U, v, out=m)                           # 16 x (O, C) @ (C, kk)
-                _K.output_rows(m, y, bb, b is not None, rb, TW, n, t0, t1)
+            for segs in _row_ranges(c, TH, TW, k):
+                q = 0
+                for n, t0, t1 in segs:                           # V (16, C, kk)
+                    q1 = q + (t1 - t0) * TW
+                    _K.input_rows(x, Vb[:, :, q:q1], rb, ph, pw, TW, n, t0, t1)
+                    q = q1
+                np.matmul(U, Vb[:, :, :q], out=Mb[:, :, :q])     # 16 x (O, C) @ (C, kk)
+                q = 0
+                for n, t0, t1 in segs:
+                    q1 = q + (t1 - t0) * TW
+                    _K.output_rows(Mb[:, :, q:q1], y, bb, b is not None, rb, TW, n, t0, t1)
+                    q = q1
         _run_chunks(chunk, chunks, scratch)
         return y, x, U
     V = input_transform(x, pads, TH, TW)
@@ -399,8 +416,7 @@ def conv2d_backward(g, x, U, x_shape, pads, need_dx=True, need_dw=True, buffers=
     nthreads = min(threads.get_num_threads(), len(chunks))
     if _compiled():
         k = _range_tiles(C, O, g.dtype.itemsize)
-        R = _rows_per_range(TH, TW, k)
-        scratch = _scratch(bufs, nthreads, R * TW, C, O, TW, g.dtype)
+        scratch = _scratch(bufs, nthreads, _range_capacity(TH, TW, k), C, O, TW, g.dtype)
         dx = np.zeros(x_shape, dtype=g.dtype) if need_dx else None
         Ut = np.ascontiguousarray(U.transpose(0, 2, 1))               # (16, C, O)
         (ph, _), (pw, _) = pads
@@ -408,25 +424,31 @@ def conv2d_backward(g, x, U, x_shape, pads, need_dx=True, need_dw=True, buffers=
         def chunk(c, s):
             Vb, Mb, tmp, rb = s
             dU = None
-            for n, t0, t1 in _row_ranges(c, TH, TW, k):
-                kk = (t1 - t0) * TW
-                m = Mb[:, :, :kk]
-                _K.output_rows_adjoint(g, m, rb, TW, n, t0, t1)      # dM (16, O, kk)
+            for segs in _row_ranges(c, TH, TW, k):
+                q = 0
+                for n, t0, t1 in segs:                           # dM (16, O, kk)
+                    q1 = q + (t1 - t0) * TW
+                    _K.output_rows_adjoint(g, Mb[:, :, q:q1], rb, TW, n, t0, t1)
+                    q = q1
+                m = Mb[:, :, :q]
                 if need_dw:
                     # V tile-major (16, kk, C): dM @ V then runs at the full GEMM rate
                     # (dM @ V^T with channel-major V at half of it)
-                    vt = _tile_major(Vb, kk, C)
-                    p0 = n * T + t0 * TW
-                    _K.input_tiles(x, vt, ph, pw, TH, TW, p0, p0 + kk)
+                    vt = _tile_major(Vb, q, C)
+                    p0 = segs[0][0] * T + segs[0][1] * TW           # consecutive tiles
+                    _K.input_tiles(x, vt, ph, pw, TH, TW, p0, p0 + q)
                     if dU is None:                                   # dU = sum dM V
                         dU = np.matmul(m, vt)
                     else:
                         np.matmul(m, vt, out=tmp)
                         dU += tmp
                 if need_dx:
-                    v = Vb[:, :, :kk]
-                    np.matmul(Ut, m, out=v)                          # dV = U^T dM
-                    _K.input_rows_adjoint(v, dx, rb, ph, pw, TW, n, t0, t1)
+                    np.matmul(Ut, m, out=Vb[:, :, :q])               # dV = U^T dM
+                    q = 0
+                    for n, t0, t1 in segs:
+                        q1 = q + (t1 - t0) * TW
+                        _K.input_rows_adjoint(Vb[:, :, q:q1], dx, rb, ph, pw, TW, n, t0, t1)
+                        q = q1
             return dU
         parts = _run_chunks(chunk, chunks, scratch)
     else:
