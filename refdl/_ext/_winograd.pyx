@@ -18,6 +18,13 @@ columns 2*tw, 2*tw + 1; xi = 4*i + j is the (i, j) entry of a 4x4 transformed ti
     M  (16, O, P)      y  (N, O, OH, OW) = A^T m A of every tile m (plus the bias)
 with B^T = [[1,0,-1,0],[0,1,1,0],[0,-1,1,0],[0,1,0,-1]] and A^T = [[1,1,1,0],[0,1,-1,-1]].
 The parallel loop runs over (n, channel) planes; each iteration writes its own plane.
+
+These whole-array maps are the compiled counterparts of the NumPy reference (tested
+against it). nn.Conv2d's path, refdl.functional.winograd.conv2d, runs the serial range
+kernels at the end of this file instead (input_rows, output_rows, output_rows_adjoint,
+input_rows_adjoint on channel-major V and M; input_tiles for the tile-major V of dW),
+on ranges of tile rows small enough that V and M stay in L2, several ranges at once on
+worker threads (refdl.threads.parallel_for); they release the GIL.
 """
 from cython.parallel cimport prange
 
