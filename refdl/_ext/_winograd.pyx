@@ -365,34 +365,46 @@ def input_rows(const real[:, :, :, ::1] x, real[:, :, :] V, real[::1] buf, Py_ss
     cdef Py_ssize_t Wp = 2 * TW + 2
     cdef Py_ssize_t vs = V.strides[0] // sizeof(real)
     cdef Py_ssize_t c, th, i, r, tw, q
-    cdef real* d = &buf[0]                  # 4 padded input rows
-    cdef real* s = &buf[4 * Wp]             # their combinations B^T d, row by row
+    cdef real* s = &buf[0]                  # the rows B^T d of the padded input rows
+    cdef real* z = &buf[4 * Wp]             # a row of zeros (rows outside x)
+    cdef const real* xr[4]
     cdef real* s0
     cdef real* s1
     cdef real* s2
     cdef real* s3
     cdef real* v
+    cdef Py_ssize_t lo = pw if pw > 0 else 0          # padded columns that fall on x
+    cdef Py_ssize_t hi = W + pw if W + pw < Wp else Wp
     with nogil:
+        for tw in range(Wp):
+            z[tw] = 0
         for c in range(C):
             for th in range(th0, th1):
                 for i in range(4):
                     r = 2 * th - ph + i
-                    if r >= 0 and r < H:
-                        pad_row(&x[n, c, r, 0], W, pw, d + i * Wp, Wp)
-                    else:
-                        pad_row(&x[n, c, 0, 0], 0, pw, d + i * Wp, Wp)
+                    xr[i] = &x[n, c, r, 0] if (r >= 0 and r < H) else z
                 s0 = s
                 s1 = s + Wp
                 s2 = s + 2 * Wp
                 s3 = s + 3 * Wp
-                for tw in range(Wp):
-                    s0[tw] = d[tw] - d[2 * Wp + tw]
-                for tw in range(Wp):
-                    s1[tw] = d[Wp + tw] + d[2 * Wp + tw]
-                for tw in range(Wp):
-                    s2[tw] = d[2 * Wp + tw] - d[Wp + tw]
-                for tw in range(Wp):
-                    s3[tw] = d[Wp + tw] - d[3 * Wp + tw]
+                for tw in range(lo):                # zeros left of x
+                    s0[tw] = 0
+                    s1[tw] = 0
+                    s2[tw] = 0
+                    s3[tw] = 0
+                for tw in range(hi, Wp):            # and right of it
+                    s0[tw] = 0
+                    s1[tw] = 0
+                    s2[tw] = 0
+                    s3[tw] = 0
+                for tw in range(lo, hi):            # column j of the padded rows is
+                    s0[tw] = xr[0][tw - pw] - xr[2][tw - pw]     # x's column j - pw
+                for tw in range(lo, hi):
+                    s1[tw] = xr[1][tw - pw] + xr[2][tw - pw]
+                for tw in range(lo, hi):
+                    s2[tw] = xr[2][tw - pw] - xr[1][tw - pw]
+                for tw in range(lo, hi):
+                    s3[tw] = xr[1][tw - pw] - xr[3][tw - pw]
                 q = (th - th0) * TW
                 for i in range(4):
                     s0 = s + i * Wp
@@ -462,29 +474,32 @@ def output_rows_adjoint(const real[:, :, :, ::1] g, real[:, :, :] dM, real[::1] 
     cdef Py_ssize_t O = g.shape[1], OH = g.shape[2], OW = g.shape[3]
     cdef Py_ssize_t Wg = 2 * TW
     cdef Py_ssize_t o, th, tw, i, q, r
-    cdef real* a = &buf[0]                  # the 2 rows of g, padded to 2*TW
-    cdef real* t = &buf[2 * Wg]             # 4 rows A g
-    cdef real* ti
+    cdef real* a = &buf[0]                  # rows of g padded to 2*TW (where needed)
+    cdef real* t = &buf[2 * Wg]             # rows 1 and 2 of A g: a + b, a - b
+    cdef const real* rows[2]
+    cdef const real* ti
+    cdef const real* b
     cdef real* m
     with nogil:
         for o in range(O):
             for th in range(th0, th1):
-                for r in range(2):
-                    if 2 * th + r < OH:
+                for r in range(2):                  # the tile row's two rows of g
+                    if 2 * th + r < OH and OW == Wg:
+                        rows[r] = &g[n, o, 2 * th + r, 0]
+                    elif 2 * th + r < OH:
                         pad_row(&g[n, o, 2 * th + r, 0], OW, 0, a + r * Wg, Wg)
+                        rows[r] = a + r * Wg
                     else:
                         pad_row(&g[n, o, 0, 0], 0, 0, a + r * Wg, Wg)
+                        rows[r] = a + r * Wg
+                b = rows[1]
+                for tw in range(Wg):                # A g: rows a, a + b, a - b, -b
+                    t[tw] = rows[0][tw] + b[tw]
                 for tw in range(Wg):
-                    t[tw] = a[tw]
-                for tw in range(Wg):
-                    t[Wg + tw] = a[tw] + a[Wg + tw]
-                for tw in range(Wg):
-                    t[2 * Wg + tw] = a[tw] - a[Wg + tw]
-                for tw in range(Wg):
-                    t[3 * Wg + tw] = -a[Wg + tw]
+                    t[Wg + tw] = rows[0][tw] - b[tw]
                 q = (th - th0) * TW
-                for i in range(4):
-                    ti = t + i * Wg
+                for i in range(3):                  # then g_i A^T for the rows a, a+b, a-b
+                    ti = rows[0] if i == 0 else t + (i - 1) * Wg
                     m = &dM[4 * i, o, q]
                     for tw in range(TW):
                         m[tw] = ti[2 * tw]
@@ -497,6 +512,18 @@ def output_rows_adjoint(const real[:, :, :, ::1] g, real[:, :, :] dM, real[::1] 
                     m = &dM[4 * i + 3, o, q]
                     for tw in range(TW):
                         m[tw] = -ti[2 * tw + 1]
+                m = &dM[12, o, q]                   # and for the row -b
+                for tw in range(TW):
+                    m[tw] = -b[2 * tw]
+                m = &dM[13, o, q]
+                for tw in range(TW):
+                    m[tw] = -b[2 * tw] - b[2 * tw + 1]
+                m = &dM[14, o, q]
+                for tw in range(TW):
+                    m[tw] = b[2 * tw + 1] - b[2 * tw]
+                m = &dM[15, o, q]
+                for tw in range(TW):
+                    m[tw] = b[2 * tw + 1]
 
 
 def input_rows_adjoint(const real[:, :, :] dV, real[:, :, :, ::1] dx, real[::1] buf,
