@@ -307,3 +307,39 @@ def test_inference_records_nothing_and_a_bad_grad_keeps_the_cache(algo):
         m.backward(np.ones((1, 16, 4, 4), np.float32))
     assert m.num_saved == 1
     assert m.backward(np.ones_like(y)).shape == x.shape
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3, 10])
+def test_ranges_of_tile_rows_with_an_uneven_last_range(rows, monkeypatch):
+    # the compiled path runs ranges of whole tile rows (RANGE_BYTES); forced small here so
+    # that an image is split into several ranges, the last one shorter (rows 1-3), or
+    # that a range holds two whole images and the last one image (rows 10); odd output
+    # sizes (cropped tiles) and asymmetric padding; reference: im2col + GEMM + col2im
+    _skip_if_absent(False)
+    rng = np.random.default_rng(13)
+    N, C, O, H, W = 3, 3, 5, 9, 8
+    pads = ((1, 2), (0, 1))
+    OH, OW = H + 3 - 2, W + 1 - 2
+    TH, TW = wg.tiles((OH, OW))                      # 5 x 4 tiles
+    monkeypatch.setattr(wg, "RANGE_BYTES", 16 * (C + O) * 8 * rows * TW)
+    k = wg._range_tiles(C, O, 8)
+    ranges = wg._row_ranges((0, N), TH, TW, k)
+    if rows < TH:
+        R = wg._rows_per_range(TH, TW, k)
+        assert R == rows and len(ranges) == N * -(-TH // R)
+        assert all(len(segs) == 1 for segs in ranges)
+        assert any(t1 - t0 < R for [(_, t0, t1)] in ranges) or TH % R == 0
+    else:
+        assert ranges == [[(0, 0, TH), (1, 0, TH)], [(2, 0, TH)]]
+    assert wg._range_capacity(TH, TW, k) == min(rows, 2 * TH) * TW
+    x, w = rng.standard_normal((N, C, H, W)), rng.standard_normal((O, C, 3, 3))
+    b = rng.standard_normal(O)
+    bufs = {}
+    for _ in range(2):                               # the scratch buffers are reused
+        y, xs, U = wg.conv2d(x, w, b, pads, buffers=bufs)
+        g = rng.standard_normal(y.shape)
+        dx, dW = wg.conv2d_backward(g, xs, U, x.shape, pads, buffers=bufs)
+        yr, dxr, dWr = _im2col_conv_and_grads(x, w, g, pads)
+        assert np.allclose(y, yr + b.reshape(1, -1, 1, 1), rtol=1e-11, atol=1e-11)
+        assert np.allclose(dx, dxr, rtol=1e-11, atol=1e-11)
+        assert np.allclose(dW, dWr, rtol=1e-11, atol=1e-11)

@@ -18,6 +18,13 @@ columns 2*tw, 2*tw + 1; xi = 4*i + j is the (i, j) entry of a 4x4 transformed ti
     M  (16, O, P)      y  (N, O, OH, OW) = A^T m A of every tile m (plus the bias)
 with B^T = [[1,0,-1,0],[0,1,1,0],[0,-1,1,0],[0,1,0,-1]] and A^T = [[1,1,1,0],[0,1,-1,-1]].
 The parallel loop runs over (n, channel) planes; each iteration writes its own plane.
+
+These whole-array maps are the compiled counterparts of the NumPy reference (tested
+against it). nn.Conv2d's path, refdl.functional.winograd.conv2d, runs the serial range
+kernels at the end of this file instead (input_rows, output_rows, output_rows_adjoint,
+input_rows_adjoint on channel-major V and M; input_tiles for the tile-major V of dW),
+on ranges of tile rows small enough that V and M stay in L2, several ranges at once on
+worker threads (refdl.threads.parallel_for); they release the GIL.
 """
 from cython.parallel cimport prange
 
@@ -250,3 +257,328 @@ def output_transform_adjoint(const real[:, :, :, ::1] g, real[:, :, :] dM,
             for tw in range(TW):
                 p = (n * TH + th) * TW + tw
                 out_tile_adj(&g[n, o, 0, 0], OH, OW, 2 * th, 2 * tw, &dM[0, o, p], ms)
+
+
+# -- tile ranges in tile-major layout: the fused pipeline of winograd.conv2d ---------------
+#
+# conv2d runs the transforms and the products on ranges of tiles p0 <= p < p1 (the global
+# tile index p = (n*TH + th)*TW + tw above) small enough that V, M and the products stay
+# in the core's L2 cache. There the three products run fastest with tiles as rows
+# (benchmarks/_winograd_profile.py): V and M are stored tile-major, (16, k, C) and
+# (16, k, O) for a range of k = p1 - p0 tiles, row p - p0, plane stride vs (padded, as
+# above). These loops are serial and release the GIL: refdl.threads.parallel_for runs
+# ranges of whole images on worker threads.
+
+cdef inline void tile_pos(Py_ssize_t p, Py_ssize_t TH, Py_ssize_t TW, Py_ssize_t* n,
+                          Py_ssize_t* th, Py_ssize_t* tw) noexcept nogil:
+    cdef Py_ssize_t T = TH * TW
+    cdef Py_ssize_t r
+    n[0] = p // T
+    r = p - n[0] * T
+    th[0] = r // TW
+    tw[0] = r - th[0] * TW
+
+
+def input_tiles(const real[:, :, :, ::1] x, real[:, :, :] Vt, Py_ssize_t ph,
+                Py_ssize_t pw, Py_ssize_t TH, Py_ssize_t TW, Py_ssize_t p0, Py_ssize_t p1):
+    """Vt[:, p - p0, c] = B^T d B for the 4x4 input tile d of tile p, p0 <= p < p1."""
+    cdef Py_ssize_t C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t vs = Vt.strides[0] // sizeof(real)
+    cdef Py_ssize_t p, n, th, tw, c
+    with nogil:
+        for p in range(p0, p1):
+            tile_pos(p, TH, TW, &n, &th, &tw)
+            for c in range(C):
+                in_tile(&x[n, c, 0, 0], H, W, 2 * th - ph, 2 * tw - pw, &Vt[0, p - p0, c],
+                        vs)
+
+
+def input_tiles_adjoint(const real[:, :, :] dVt, real[:, :, :, ::1] dx, Py_ssize_t ph,
+                        Py_ssize_t pw, Py_ssize_t TH, Py_ssize_t TW, Py_ssize_t p0,
+                        Py_ssize_t p1):
+    """dx += B dV_p B^T placed at tile p, for p0 <= p < p1 (parts outside dx dropped)."""
+    cdef Py_ssize_t C = dx.shape[1], H = dx.shape[2], W = dx.shape[3]
+    cdef Py_ssize_t vs = dVt.strides[0] // sizeof(real)
+    cdef Py_ssize_t p, n, th, tw, c
+    with nogil:
+        for p in range(p0, p1):
+            tile_pos(p, TH, TW, &n, &th, &tw)
+            for c in range(C):
+                in_tile_adj(&dVt[0, p - p0, c], vs, &dx[n, c, 0, 0], H, W, 2 * th - ph,
+                            2 * tw - pw)
+
+
+def output_tiles(const real[:, :, :] Mt, real[:, :, :, ::1] y, const real[::1] bias,
+                 bint has_bias, Py_ssize_t TH, Py_ssize_t TW, Py_ssize_t p0, Py_ssize_t p1):
+    """y[n, o] at tile p = A^T M_p A (+ bias[o]), cropped, for p0 <= p < p1."""
+    cdef Py_ssize_t O = y.shape[1], OH = y.shape[2], OW = y.shape[3]
+    cdef Py_ssize_t ms = Mt.strides[0] // sizeof(real)
+    cdef Py_ssize_t p, n, th, tw, o
+    with nogil:
+        for p in range(p0, p1):
+            tile_pos(p, TH, TW, &n, &th, &tw)
+            for o in range(O):
+                out_tile(&Mt[0, p - p0, o], ms, bias[o] if has_bias else 0,
+                         &y[n, o, 0, 0], OH, OW, 2 * th, 2 * tw)
+
+
+def output_tiles_adjoint(const real[:, :, :, ::1] g, real[:, :, :] dMt, Py_ssize_t TH,
+                         Py_ssize_t TW, Py_ssize_t p0, Py_ssize_t p1):
+    """dMt[:, p - p0, o] = A g_p A^T for the 2x2 tile g_p of g, p0 <= p < p1."""
+    cdef Py_ssize_t O = g.shape[1], OH = g.shape[2], OW = g.shape[3]
+    cdef Py_ssize_t ms = dMt.strides[0] // sizeof(real)
+    cdef Py_ssize_t p, n, th, tw, o
+    with nogil:
+        for p in range(p0, p1):
+            tile_pos(p, TH, TW, &n, &th, &tw)
+            for o in range(O):
+                out_tile_adj(&g[n, o, 0, 0], OH, OW, 2 * th, 2 * tw, &dMt[0, p - p0, o], ms)
+
+
+# -- tile rows in channel-major layout: vectorisable transforms -----------------------------
+#
+# The same four maps on a range of whole tile rows th0 <= th < th1 of one image n, with V
+# and M stored channel-major, (16, C, k) and (16, C_out, k), column (th - th0)*TW + tw.
+# Each transform is written as loops over a whole row of tiles (tw) with one output stream
+# per loop, which the C compiler vectorises: the row sums shared by horizontally
+# neighbouring tiles are formed once on whole padded rows, and the per-tile step reads
+# them at stride 2 and writes a contiguous run of a plane. ``buf``: scratch of at least
+# 16 * (2*TW + 4) elements.
+
+cdef inline void pad_row(const real* src, Py_ssize_t W, Py_ssize_t pw, real* dst,
+                         Py_ssize_t Wp) noexcept nogil:
+    # dst[j] = src[j - pw] where 0 <= j - pw < W, else 0, for 0 <= j < Wp
+    cdef Py_ssize_t j
+    for j in range(Wp):
+        dst[j] = 0
+    cdef Py_ssize_t lo = pw if pw > 0 else 0
+    cdef Py_ssize_t hi = W + pw if W + pw < Wp else Wp
+    for j in range(lo, hi):
+        dst[j] = src[j - pw]
+
+
+def input_rows(const real[:, :, :, ::1] x, real[:, :, :] V, real[::1] buf, Py_ssize_t ph,
+               Py_ssize_t pw, Py_ssize_t TW, Py_ssize_t n, Py_ssize_t th0, Py_ssize_t th1):
+    """V[:, c, (th - th0)*TW + tw] = B^T d B for the input tiles of rows th0..th1-1 of
+    image n."""
+    cdef Py_ssize_t C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t Wp = 2 * TW + 2
+    cdef Py_ssize_t vs = V.strides[0] // sizeof(real)
+    cdef Py_ssize_t c, th, i, r, tw, q
+    cdef real* s = &buf[0]                  # the rows B^T d of the padded input rows
+    cdef real* z = &buf[4 * Wp]             # a row of zeros (rows outside x)
+    cdef const real* xr[4]
+    cdef real* s0
+    cdef real* s1
+    cdef real* s2
+    cdef real* s3
+    cdef real* v
+    cdef Py_ssize_t lo = pw if pw > 0 else 0          # padded columns that fall on x
+    cdef Py_ssize_t hi = W + pw if W + pw < Wp else Wp
+    with nogil:
+        for tw in range(Wp):
+            z[tw] = 0
+        for c in range(C):
+            for th in range(th0, th1):
+                for i in range(4):
+                    r = 2 * th - ph + i
+                    xr[i] = &x[n, c, r, 0] if (r >= 0 and r < H) else z
+                s0 = s
+                s1 = s + Wp
+                s2 = s + 2 * Wp
+                s3 = s + 3 * Wp
+                for tw in range(lo):                # zeros left of x
+                    s0[tw] = 0
+                    s1[tw] = 0
+                    s2[tw] = 0
+                    s3[tw] = 0
+                for tw in range(hi, Wp):            # and right of it
+                    s0[tw] = 0
+                    s1[tw] = 0
+                    s2[tw] = 0
+                    s3[tw] = 0
+                for tw in range(lo, hi):            # column j of the padded rows is
+                    s0[tw] = xr[0][tw - pw] - xr[2][tw - pw]     # x's column j - pw
+                for tw in range(lo, hi):
+                    s1[tw] = xr[1][tw - pw] + xr[2][tw - pw]
+                for tw in range(lo, hi):
+                    s2[tw] = xr[2][tw - pw] - xr[1][tw - pw]
+                for tw in range(lo, hi):
+                    s3[tw] = xr[1][tw - pw] - xr[3][tw - pw]
+                q = (th - th0) * TW
+                for i in range(4):
+                    s0 = s + i * Wp
+                    v = &V[4 * i, c, q]
+                    for tw in range(TW):
+                        v[tw] = s0[2 * tw] - s0[2 * tw + 2]
+                    v = &V[4 * i + 1, c, q]
+                    for tw in range(TW):
+                        v[tw] = s0[2 * tw + 1] + s0[2 * tw + 2]
+                    v = &V[4 * i + 2, c, q]
+                    for tw in range(TW):
+                        v[tw] = s0[2 * tw + 2] - s0[2 * tw + 1]
+                    v = &V[4 * i + 3, c, q]
+                    for tw in range(TW):
+                        v[tw] = s0[2 * tw + 1] - s0[2 * tw + 3]
+
+
+def output_rows(const real[:, :, :] M, real[:, :, :, ::1] y, const real[::1] bias,
+                bint has_bias, real[::1] buf, Py_ssize_t TW, Py_ssize_t n, Py_ssize_t th0,
+                Py_ssize_t th1):
+    """y[n, o] at the tiles of rows th0..th1-1 = A^T M A (+ bias[o]), cropped."""
+    cdef Py_ssize_t O = y.shape[1], OH = y.shape[2], OW = y.shape[3]
+    cdef Py_ssize_t o, th, tw, j, q, r
+    cdef real b
+    cdef real* t = &buf[0]                  # 8 rows of TW: t[a*4 + j] = (A^T m)[a][j]
+    cdef real* e = &buf[8 * TW]             # one output row of 2*TW
+    cdef real* dst
+    cdef const real* m0
+    cdef const real* m1
+    cdef const real* m2
+    cdef const real* m3
+    cdef real* ta
+    with nogil:
+        for o in range(O):
+            b = bias[o] if has_bias else 0
+            for th in range(th0, th1):
+                q = (th - th0) * TW
+                for j in range(4):
+                    m0 = &M[j, o, q]
+                    m1 = &M[4 + j, o, q]
+                    m2 = &M[8 + j, o, q]
+                    m3 = &M[12 + j, o, q]
+                    ta = t + j * TW
+                    for tw in range(TW):
+                        ta[tw] = m0[tw] + m1[tw] + m2[tw]
+                    ta = t + (4 + j) * TW
+                    for tw in range(TW):
+                        ta[tw] = m1[tw] - m2[tw] - m3[tw]
+                for r in range(2):
+                    if 2 * th + r >= OH:
+                        break
+                    ta = t + 4 * r * TW
+                    dst = &y[n, o, 2 * th + r, 0] if 2 * TW == OW else e
+                    for tw in range(TW):
+                        dst[2 * tw] = ta[tw] + ta[TW + tw] + ta[2 * TW + tw] + b
+                        dst[2 * tw + 1] = ta[TW + tw] - ta[2 * TW + tw] - ta[3 * TW + tw] + b
+                    if 2 * TW != OW:
+                        dst = &y[n, o, 2 * th + r, 0]
+                        for tw in range(OW):
+                            dst[tw] = e[tw]
+
+
+def output_rows_adjoint(const real[:, :, :, ::1] g, real[:, :, :] dM, real[::1] buf,
+                        Py_ssize_t TW, Py_ssize_t n, Py_ssize_t th0, Py_ssize_t th1):
+    """dM[:, o, (th - th0)*TW + tw] = A g_tile A^T for the 2x2 tiles of g in rows
+    th0..th1-1 of image n (zeros past the edges)."""
+    cdef Py_ssize_t O = g.shape[1], OH = g.shape[2], OW = g.shape[3]
+    cdef Py_ssize_t Wg = 2 * TW
+    cdef Py_ssize_t o, th, tw, i, q, r
+    cdef real* a = &buf[0]                  # rows of g padded to 2*TW (where needed)
+    cdef real* t = &buf[2 * Wg]             # rows 1 and 2 of A g: a + b, a - b
+    cdef const real* rows[2]
+    cdef const real* ti
+    cdef const real* b
+    cdef real* m
+    with nogil:
+        for o in range(O):
+            for th in range(th0, th1):
+                for r in range(2):                  # the tile row's two rows of g
+                    if 2 * th + r < OH and OW == Wg:
+                        rows[r] = &g[n, o, 2 * th + r, 0]
+                    elif 2 * th + r < OH:
+                        pad_row(&g[n, o, 2 * th + r, 0], OW, 0, a + r * Wg, Wg)
+                        rows[r] = a + r * Wg
+                    else:
+                        pad_row(&g[n, o, 0, 0], 0, 0, a + r * Wg, Wg)
+                        rows[r] = a + r * Wg
+                b = rows[1]
+                for tw in range(Wg):                # A g: rows a, a + b, a - b, -b
+                    t[tw] = rows[0][tw] + b[tw]
+                for tw in range(Wg):
+                    t[Wg + tw] = rows[0][tw] - b[tw]
+                q = (th - th0) * TW
+                for i in range(3):                  # then g_i A^T for the rows a, a+b, a-b
+                    ti = rows[0] if i == 0 else t + (i - 1) * Wg
+                    m = &dM[4 * i, o, q]
+                    for tw in range(TW):
+                        m[tw] = ti[2 * tw]
+                    m = &dM[4 * i + 1, o, q]
+                    for tw in range(TW):
+                        m[tw] = ti[2 * tw] + ti[2 * tw + 1]
+                    m = &dM[4 * i + 2, o, q]
+                    for tw in range(TW):
+                        m[tw] = ti[2 * tw] - ti[2 * tw + 1]
+                    m = &dM[4 * i + 3, o, q]
+                    for tw in range(TW):
+                        m[tw] = -ti[2 * tw + 1]
+                m = &dM[12, o, q]                   # and for the row -b
+                for tw in range(TW):
+                    m[tw] = -b[2 * tw]
+                m = &dM[13, o, q]
+                for tw in range(TW):
+                    m[tw] = -b[2 * tw] - b[2 * tw + 1]
+                m = &dM[14, o, q]
+                for tw in range(TW):
+                    m[tw] = b[2 * tw + 1] - b[2 * tw]
+                m = &dM[15, o, q]
+                for tw in range(TW):
+                    m[tw] = b[2 * tw + 1]
+
+
+def input_rows_adjoint(const real[:, :, :] dV, real[:, :, :, ::1] dx, real[::1] buf,
+                       Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t TW, Py_ssize_t n,
+                       Py_ssize_t th0, Py_ssize_t th1):
+    """dx[n] += B dV_tile B^T placed at every tile of rows th0..th1-1 (parts outside dx
+    dropped); overlapping tiles add, in order of th and tw."""
+    cdef Py_ssize_t C = dx.shape[1], H = dx.shape[2], W = dx.shape[3]
+    cdef Py_ssize_t Wp = 2 * TW + 2
+    cdef Py_ssize_t c, th, tw, i, q, r, j, lo, hi
+    cdef real* tt = &buf[0]                 # 4 rows of TW: the column step of one tile row
+    cdef real* R = &buf[4 * TW]             # 4 overlap-added rows of Wp
+    cdef real* Ri
+    cdef real* row
+    cdef const real* u0
+    cdef const real* u1
+    cdef const real* u2
+    cdef const real* u3
+    lo = pw if pw > 0 else 0                # padded columns that fall on dx
+    hi = W + pw if W + pw < Wp else Wp
+    with nogil:
+        for c in range(C):
+            for th in range(th0, th1):
+                q = (th - th0) * TW
+                for i in range(4):
+                    u0 = &dV[4 * i, c, q]
+                    u1 = &dV[4 * i + 1, c, q]
+                    u2 = &dV[4 * i + 2, c, q]
+                    u3 = &dV[4 * i + 3, c, q]
+                    for tw in range(TW):            # t0 = u0, t1 = u1 - u2 + u3
+                        tt[tw] = u1[tw] - u2[tw] + u3[tw]
+                    for tw in range(TW):            # t2 = u2 + u1 - u0
+                        tt[TW + tw] = u2[tw] + u1[tw] - u0[tw]
+                    Ri = R + i * Wp
+                    Ri[0] = u0[0]
+                    Ri[1] = tt[0]
+                    for tw in range(1, TW):         # overlap-add: tile tw at 2tw..2tw+3
+                        Ri[2 * tw] = u0[tw] + tt[TW + tw - 1]
+                        Ri[2 * tw + 1] = tt[tw] - u3[tw - 1]
+                    Ri[2 * TW] = tt[2 * TW - 1]
+                    Ri[2 * TW + 1] = -u3[TW - 1]
+                for i in range(4):                  # rows: B applied to the 4 rows
+                    r = 2 * th - ph + i
+                    if r < 0 or r >= H:
+                        continue
+                    row = &dx[n, c, r, 0] - pw
+                    if i == 0:
+                        for j in range(lo, hi):
+                            row[j] += R[j]
+                    elif i == 1:
+                        for j in range(lo, hi):
+                            row[j] += R[Wp + j] - R[2 * Wp + j] + R[3 * Wp + j]
+                    elif i == 2:
+                        for j in range(lo, hi):
+                            row[j] += R[2 * Wp + j] + R[Wp + j] - R[j]
+                    else:
+                        for j in range(lo, hi):
+                            row[j] -= R[3 * Wp + j]

@@ -31,6 +31,20 @@ The four tile maps run in the compiled kernels of refdl/_ext/_winograd.pyx when 
 built, else in the NumPy reference below (einsum over tile views); both give the same
 numbers. ``conv2d`` / ``conv2d_backward`` are what nn.Conv2d calls when it selects this
 algorithm (3x3, stride 1, dilation 1, groups 1, zero padding).
+
+How the compiled path runs (the order of the sums is the same at any thread count):
+
+    for each group of whole images (a worker thread each, refdl.threads.parallel_for):
+        for each range of tile rows of one image (V and M of a range fit in L2):
+            forward:  V = input transform (16, C, k) -> M = U V (16 GEMMs) -> y
+            backward: dM = output adjoint (16, O, k); V again, tile-major (16, k, C);
+                      dU += dM V; dV = U^T dM (16, C, k) -> dx += input adjoint
+
+V is never stored whole: the forward returns x, and the backward recomputes each range's
+V from it (an input transform costs less than writing V, 4x the size of x, to memory and
+reading it back). Written whole, V and M (33 MB and 67 MB for (64,32,32,32)->64) went
+through memory between the stages and the GEMMs ran at half the square-SGEMM rate; on
+ranges that stay in cache they run near it (benchmarks/_winograd_profile.py).
 """
 import math
 
@@ -207,20 +221,56 @@ def output_transform_adjoint(g, out=None):
 
 # -- the convolution ----------------------------------------------------------------------
 
-# The 16 products run on chunks of whole images whose M block is about this size, so that
-# M is written by the GEMMs and read by the output transform while it is still in cache
-# (whole, the big benchmark case's M is 67 MB: a round trip through memory per call).
-# Measured on (64,32,32,32)->64 at 1 thread (CPU time, fwd+bwd): 84 ms unchunked,
-# 62-75 ms for chunks of 0.5-8 MiB (within the noise of a loaded machine). The largest of
-# these keeps the number of parallel regions (16 BLAS calls and one transform per chunk)
-# small: each is a point where a thread that is not scheduled stalls the rest.
+# Work is split twice. Groups of whole images (about CHUNK_BYTES of M each) are the units
+# that worker threads take (refdl.threads.parallel_for): whole images, so that two threads
+# never add into the same part of dx, and a fixed split, so that dW (summed over the
+# groups in order) does not depend on the thread count. Inside a group the compiled path
+# runs ranges of about RANGE_BYTES of V and M at a time through input transform, the 16
+# products and output transform, so that V and M never leave the core's L2 cache (1-2 MiB
+# on current x86 cores): measured on (64,32,32,32)->64 at 1 thread, CPU time, the products
+# run at 150-175 GFLOP/s on such ranges against 60-80 GFLOP/s on the whole arrays, and the
+# transforms no longer stream V (33 MB) and M (67 MB) through memory
+# (benchmarks/_winograd_profile.py, docs/performance.md).
 CHUNK_BYTES = 8 << 20
+RANGE_BYTES = 3 << 19
 
 
 def _chunks(N, T, O, itemsize):
     """Image ranges (n0, n1) of about CHUNK_BYTES of M each (T tiles per image)."""
     nb = max(1, CHUNK_BYTES // (16 * O * T * itemsize))
     return [(n0, min(N, n0 + nb)) for n0 in range(0, N, nb)]
+
+
+def _range_tiles(C, O, itemsize):
+    """Tiles per range: V and M of a range fill about RANGE_BYTES (a range holds at least
+    one row of tiles whatever this says)."""
+    return max(1, RANGE_BYTES // (16 * (C + O) * itemsize))
+
+
+def _row_ranges(chunk, TH, TW, k):
+    """The ranges covering the images of chunk, each a list of segments (n, th0, th1) of
+    tile rows with consecutive tiles: one segment of at most max(1, k // TW) rows when an
+    image holds more than k tiles (its ranges made even), else as many whole images as
+    fit in k tiles (at least one)."""
+    R = _rows_per_range(TH, TW, k)
+    if R < TH:
+        return [[(n, t, min(TH, t + R))] for n in range(chunk[0], chunk[1])
+                for t in range(0, TH, R)]
+    m = max(1, k // (TH * TW))
+    return [[(n, 0, TH) for n in range(n0, min(chunk[1], n0 + m))]
+            for n0 in range(chunk[0], chunk[1], m)]
+
+
+def _range_capacity(TH, TW, k):
+    """Tiles of the largest range of :func:`_row_ranges` (the scratch buffers' width)."""
+    R = _rows_per_range(TH, TW, k)
+    return R * TW if R < TH else max(1, k // (TH * TW)) * TH * TW
+
+
+def _rows_per_range(TH, TW, k):
+    """Tile rows per range: at most max(1, k // TW), the ranges of an image made even."""
+    R = max(1, min(TH, k // TW))
+    return -(-TH // -(-TH // R))
 
 
 def _block(buf, O, k):
@@ -233,10 +283,37 @@ def _m_buffers(bufs, n, O, k, dtype):
     have = bufs.get("M")
     if not isinstance(have, list):
         have = []
+    have = [h if isinstance(h, np.ndarray) else None for h in have]
     out = [planes(1, O * k, dtype, reuse=have[i] if i < len(have) else None)
            for i in range(n)]
     bufs["M"] = out + have[n:]
     return [b[:, 0, :] for b in out]
+
+
+def _scratch(bufs, n, k, C, O, TW, dtype):
+    """n per-thread scratch sets for the compiled path, kept in bufs["M"] across calls:
+    V (16, C, k) (in the backward also viewed as tile-major (16, k, C)), M (16, O, k),
+    dU (16, O, C) and the transforms' row buffer."""
+    have = bufs.get("M")
+    if not isinstance(have, list):
+        have = []
+    out = []
+    for i in range(n):
+        h = have[i] if i < len(have) and isinstance(have[i], tuple) else (None,) * 4
+        dU = h[2] if (h[2] is not None and h[2].shape == (16, O, C)
+                      and h[2].dtype == dtype) else np.empty((16, O, C), dtype)
+        rb = h[3] if (h[3] is not None and h[3].size >= 16 * (2 * TW + 4)
+                      and h[3].dtype == dtype) else np.empty(16 * (2 * TW + 4), dtype)
+        out.append((planes(C, k, dtype, reuse=h[0]), planes(O, k, dtype, reuse=h[1]), dU,
+                    rb))
+    bufs["M"] = out + have[n:]
+    return out
+
+
+def _tile_major(Vb, k, C):
+    """The (16, C, k_max) buffer Vb's planes viewed as tile-major (16, k, C) blocks."""
+    return np.lib.stride_tricks.as_strided(Vb, (16, k, C), (Vb.strides[0],
+                                                           C * Vb.itemsize, Vb.itemsize))
 
 
 def _run_chunks(fn, chunks, Mbufs):
@@ -259,30 +336,62 @@ def _run_chunks(fn, chunks, Mbufs):
     return threads.parallel_for(run, chunks)
 
 
-def conv2d(x, w, bias=None, pads=((0, 0), (0, 0)), buffers=None):
-    """(y, V, U): y = the 3x3 stride-1 cross-correlation of x (N, C, H, W) with w
-    (C_out, C, 3, 3) plus bias, zero-padded by ``pads`` ((top, bottom), (left, right));
-    V and U are what :func:`conv2d_backward` needs.
-
-    ``buffers``: a dict the caller keeps across calls; V and the M blocks are written into
-    the arrays it holds when their shapes fit (and stored there otherwise)."""
-    N, C, H, W = x.shape
-    O = w.shape[0]
+def _geometry(x_shape, pads):
+    N, C, H, W = x_shape
     OH = H + pads[0][0] + pads[0][1] - 2
     OW = W + pads[1][0] + pads[1][1] - 2
     if OH < 1 or OW < 1:
-        raise ValueError(f"winograd.conv2d: input {x.shape} padded by {pads} is smaller "
-                         f"than the 3x3 kernel")
+        raise ValueError(f"winograd.conv2d: input {tuple(x_shape)} padded by {pads} is "
+                         f"smaller than the 3x3 kernel")
+    return OH, OW
+
+
+def conv2d(x, w, bias=None, pads=((0, 0), (0, 0)), buffers=None):
+    """(y, x, U): y = the 3x3 stride-1 cross-correlation of x (N, C, H, W) with w
+    (C_out, C, 3, 3) plus bias, zero-padded by ``pads`` ((top, bottom), (left, right));
+    x (C-contiguous, in x's dtype) and U are what :func:`conv2d_backward` needs: the
+    backward recomputes V from x range by range, which is cheaper than writing V (4x the
+    size of x) to memory here and reading it back there.
+
+    ``buffers``: a dict the caller keeps across calls; the scratch arrays (M, and V on the
+    compiled path) are kept in it."""
+    N, C, H, W = x.shape
+    O = w.shape[0]
+    OH, OW = _geometry(x.shape, pads)
     bufs = {} if buffers is None else buffers
     TH, TW = tiles((OH, OW))
     T = TH * TW
+    x = np.ascontiguousarray(x)
     U = weight_transform(w.astype(x.dtype, copy=False))
-    V = bufs["V"] = input_transform(x, pads, TH, TW, out=bufs.get("V"))
     chunks = _chunks(N, T, O, x.dtype.itemsize)
-    k = (chunks[0][1] - chunks[0][0]) * T
-    Mbufs = _m_buffers(bufs, min(threads.get_num_threads(), len(chunks)), O, k, x.dtype)
+    nthreads = min(threads.get_num_threads(), len(chunks))
     y = np.empty((N, O, OH, OW), dtype=x.dtype)
     b = None if bias is None else bias.astype(x.dtype, copy=False)
+    if _compiled():
+        k = _range_tiles(C, O, x.dtype.itemsize)
+        scratch = _scratch(bufs, nthreads, _range_capacity(TH, TW, k), C, O, TW, x.dtype)
+        bb = (np.ascontiguousarray(b) if b is not None else np.zeros(1, dtype=x.dtype))
+        (ph, _), (pw, _) = pads
+
+        def chunk(c, s):
+            Vb, Mb, _, rb = s
+            for segs in _row_ranges(c, TH, TW, k):
+                q = 0
+                for n, t0, t1 in segs:                           # V (16, C, kk)
+                    q1 = q + (t1 - t0) * TW
+                    _K.input_rows(x, Vb[:, :, q:q1], rb, ph, pw, TW, n, t0, t1)
+                    q = q1
+                np.matmul(U, Vb[:, :, :q], out=Mb[:, :, :q])     # 16 x (O, C) @ (C, kk)
+                q = 0
+                for n, t0, t1 in segs:
+                    q1 = q + (t1 - t0) * TW
+                    _K.output_rows(Mb[:, :, q:q1], y, bb, b is not None, rb, TW, n, t0, t1)
+                    q = q1
+        _run_chunks(chunk, chunks, scratch)
+        return y, x, U
+    V = input_transform(x, pads, TH, TW)
+    k = (chunks[0][1] - chunks[0][0]) * T
+    Mbufs = _m_buffers(bufs, nthreads, O, k, x.dtype)
 
     def chunk(c, Mbuf):
         n0, n1 = c
@@ -290,40 +399,80 @@ def conv2d(x, w, bias=None, pads=((0, 0), (0, 0)), buffers=None):
         np.matmul(U, V[:, :, n0 * T:n1 * T], out=M)             # 16 x (O, C) @ (C, P)
         output_transform(M, (n1 - n0, O, OH, OW), b, out=y[n0:n1])
     _run_chunks(chunk, chunks, Mbufs)
-    return y, V, U
+    return y, x, U
 
 
-def conv2d_backward(g, V, U, x_shape, pads, need_dx=True, need_dw=True, buffers=None):
-    """(dx, dW): the adjoints of :func:`conv2d`'s stages applied to g = dL/dy.
-
-    V is overwritten (it becomes dV), so call this once per forward. ``buffers``: as in
-    :func:`conv2d` (each chunk's dM is written into an M block)."""
+def conv2d_backward(g, x, U, x_shape, pads, need_dx=True, need_dw=True, buffers=None):
+    """(dx, dW): the adjoints of :func:`conv2d`'s stages applied to g = dL/dy, with x and
+    U as :func:`conv2d` returned them (V is recomputed from x). ``buffers``: as in
+    :func:`conv2d`."""
     N, O, OH, OW = g.shape
     C = x_shape[1]
     TH, TW = tiles((OH, OW))
     T = TH * TW
     bufs = {} if buffers is None else buffers
+    g = np.ascontiguousarray(g)
     chunks = _chunks(N, T, O, g.dtype.itemsize)
-    k = (chunks[0][1] - chunks[0][0]) * T
-    Mbufs = _m_buffers(bufs, min(threads.get_num_threads(), len(chunks)), O, k, g.dtype)
+    nthreads = min(threads.get_num_threads(), len(chunks))
+    if _compiled():
+        k = _range_tiles(C, O, g.dtype.itemsize)
+        scratch = _scratch(bufs, nthreads, _range_capacity(TH, TW, k), C, O, TW, g.dtype)
+        dx = np.zeros(x_shape, dtype=g.dtype) if need_dx else None
+        Ut = np.ascontiguousarray(U.transpose(0, 2, 1))               # (16, C, O)
+        (ph, _), (pw, _) = pads
 
-    def chunk(c, Mbuf):
-        n0, n1 = c
-        p = slice(n0 * T, n1 * T)
-        dM = _block(Mbuf, O, (n1 - n0) * T)
-        output_transform_adjoint(g[n0:n1], out=dM)              # (16, O, P_chunk)
-        dU = np.matmul(dM, V[:, :, p].transpose(0, 2, 1)) if need_dw else None
-        if need_dx:
-            np.matmul(U.transpose(0, 2, 1), dM, out=V[:, :, p])  # dV, in V's buffer
-        return dU
-    parts = _run_chunks(chunk, chunks, Mbufs)
+        def chunk(c, s):
+            Vb, Mb, tmp, rb = s
+            dU = None
+            for segs in _row_ranges(c, TH, TW, k):
+                q = 0
+                for n, t0, t1 in segs:                           # dM (16, O, kk)
+                    q1 = q + (t1 - t0) * TW
+                    _K.output_rows_adjoint(g, Mb[:, :, q:q1], rb, TW, n, t0, t1)
+                    q = q1
+                m = Mb[:, :, :q]
+                if need_dw:
+                    # V tile-major (16, kk, C): dM @ V then runs at the full GEMM rate
+                    # (dM @ V^T with channel-major V at half of it)
+                    vt = _tile_major(Vb, q, C)
+                    p0 = segs[0][0] * T + segs[0][1] * TW           # consecutive tiles
+                    _K.input_tiles(x, vt, ph, pw, TH, TW, p0, p0 + q)
+                    if dU is None:                                   # dU = sum dM V
+                        dU = np.matmul(m, vt)
+                    else:
+                        np.matmul(m, vt, out=tmp)
+                        dU += tmp
+                if need_dx:
+                    np.matmul(Ut, m, out=Vb[:, :, :q])               # dV = U^T dM
+                    q = 0
+                    for n, t0, t1 in segs:
+                        q1 = q + (t1 - t0) * TW
+                        _K.input_rows_adjoint(Vb[:, :, q:q1], dx, rb, ph, pw, TW, n, t0, t1)
+                        q = q1
+            return dU
+        parts = _run_chunks(chunk, chunks, scratch)
+    else:
+        V = input_transform(x, pads, TH, TW)
+        k = (chunks[0][1] - chunks[0][0]) * T
+        Mbufs = _m_buffers(bufs, nthreads, O, k, g.dtype)
+
+        def chunk(c, Mbuf):
+            n0, n1 = c
+            p = slice(n0 * T, n1 * T)
+            dM = _block(Mbuf, O, (n1 - n0) * T)
+            output_transform_adjoint(g[n0:n1], out=dM)              # (16, O, P_chunk)
+            dU = np.matmul(dM, V[:, :, p].transpose(0, 2, 1)) if need_dw else None
+            if need_dx:
+                np.matmul(U.transpose(0, 2, 1), dM, out=V[:, :, p])  # dV, in V's buffer
+            return dU
+        parts = _run_chunks(chunk, chunks, Mbufs)
+        dx = input_transform_adjoint(V, x_shape, pads, TH, TW) if need_dx else None
     dW = None
     if need_dw:
         dU = parts[0]
         for part in parts[1:]:                                  # in chunk order: the same
             dU += part                                          # sum at any thread count
         dW = weight_transform_adjoint(dU, (O, C))
-    dx = input_transform_adjoint(V, x_shape, pads, TH, TW) if need_dx else None
     return dx, dW
 
 

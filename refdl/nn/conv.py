@@ -73,7 +73,7 @@ class ConvCache(NamedTuple):
 
 class WinogradCache(NamedTuple):
     """One call of Conv2d on the Winograd path (symbols of docs/derivations/winograd.md)."""
-    V: np.ndarray               # B^T d B of every input tile (16, C_in, P); becomes dL/dV
+    V: np.ndarray               # what winograd.conv2d returns for backward: the input x
     U: np.ndarray               # G W G^T (16, C_out, C_in)
     x_shape: tuple
     pads: tuple
