@@ -73,7 +73,7 @@ class ConvCache(NamedTuple):
 
 class WinogradCache(NamedTuple):
     """One call of Conv2d on the Winograd path (symbols of docs/derivations/winograd.md)."""
-    V: np.ndarray               # what winograd.conv2d returns for backward: the input x
+    x: np.ndarray               # the input (backward recomputes its tiles' B^T d B from it)
     U: np.ndarray               # G W G^T (16, C_out, C_in)
     x_shape: tuple
     pads: tuple
@@ -130,9 +130,9 @@ class _ConvBase(Module):
         else:
             self.register_parameter("bias", None)
         self.reset_parameters(generator)
-        # scratch buffers that no pending cache holds, reused while the shapes repeat (a
-        # fresh 10-70 MB array costs thousands of page faults): the column matrix, and
-        # Winograd's V and M. A cache takes its buffer along; backward hands it back.
+        # scratch reused while the shapes repeat (a fresh 10-70 MB array costs thousands of
+        # page faults): the column matrix, which a cache takes along and backward hands
+        # back, and Winograd's per-thread scratch (used only during a call)
         self._cols = None
         self._spare = {}
         self._geom = None      # (input shape, settings) -> geometry of the last forward
@@ -313,14 +313,11 @@ class _ConvNd(_ConvBase):
         recording = self.recording
         if self._winograd_applies(C, out):
             self.last_algorithm = "winograd"
-            bufs = {"V": self._spare.pop("V", None), "M": self._spare.get("M")}
-            y, V, U = winograd.conv2d(xb, self._weight(xb.dtype), bias, pads, buffers=bufs)
-            self._spare["M"] = bufs["M"]           # M is scratch; V goes with the cache
+            y, xw, U = winograd.conv2d(xb, self._weight(xb.dtype), bias, pads,
+                                       buffers=self._spare)     # its scratch, kept across calls
             if recording:
-                self.save_for_backward(WinogradCache(V=V, U=U, x_shape=xb.shape, pads=pads,
+                self.save_for_backward(WinogradCache(x=xw, U=U, x_shape=xb.shape, pads=pads,
                                                      out=out, batched=batched))
-            else:
-                self._spare["V"] = V
             return y if batched else y[0]
         self.last_algorithm = "im2col"
         cols = ext.im2col(xb, self.kernel_size, self.stride, pads, self.dilation, out,
@@ -357,12 +354,9 @@ class _ConvNd(_ConvBase):
             g = g[None]
         wgrad = self.weight.requires_grad
         if isinstance(c, WinogradCache):
-            g = np.ascontiguousarray(g, dtype=c.V.dtype)
-            bufs = {"M": self._spare.get("M")}
-            dx, dW = winograd.conv2d_backward(g, c.V, c.U, c.x_shape, c.pads,
-                                              need_dw=wgrad, buffers=bufs)
-            self._spare["M"] = bufs["M"]
-            self._spare["V"] = c.V                 # dead now (it held dL/dV)
+            g = np.ascontiguousarray(g, dtype=c.x.dtype)
+            dx, dW = winograd.conv2d_backward(g, c.x, c.U, c.x_shape, c.pads,
+                                              need_dw=wgrad, buffers=self._spare)
             self._add_param_grads(dW, g)
             return dx if c.batched else dx[0]
         G = self.groups
