@@ -129,6 +129,14 @@ def run(argv=None):
             torch = None
     ncpu = os.cpu_count() or 1
     limiter = []
+    if torch is not None:
+        torch_note = f"{torch.__version__} in this process"
+    elif args.no_torch:
+        torch_note = "not timed (--no-torch)"
+    elif args.torch_in_process:
+        torch_note = "not installed"
+    else:
+        torch_note = "timed alone in a child process, when installed"
 
     def set_threads(t):
         if hasattr(refdl, "set_num_threads"):
@@ -143,7 +151,7 @@ def run(argv=None):
     blas = [i for i in threadpoolctl.threadpool_info() if i.get("user_api") == "blas"]
     print(f"refdl from {os.path.dirname(refdl.__file__)}; compiled kernels "
           f"{ext.available()} (OpenMP {ext.openmp()}); numpy {np.__version__}; torch "
-          f"{torch.__version__ if torch else 'not installed'}; {ncpu} cores; threads "
+          f"{torch_note}; {ncpu} cores; threads "
           f"{threads}; rounds {args.rounds} x median of {args.calls} calls (minimum over "
           f"rounds)")
     for i in blas:
