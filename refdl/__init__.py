@@ -9,6 +9,7 @@ from . import random  # noqa: F401
 from .grad_mode import enable_grad, is_grad_enabled, no_grad, set_grad_enabled  # noqa: F401
 from .random import manual_seed  # noqa: F401
 from . import threads  # noqa: F401
+from .memory import keep_freed_memory  # noqa: F401
 from .threads import get_num_threads, set_num_threads  # noqa: F401
 from . import functional, init, nn  # noqa: F401
 from . import gradcheck  # noqa: F401
@@ -24,7 +25,8 @@ from .autograd import Tensor  # noqa: E402,F401
 from .autograd.creation import *  # noqa: E402,F401,F403  (refdl.tensor, zeros, cat, ...)
 from .autograd import creation as _creation  # noqa: E402
 
-__all__ = ["save", "load", "manual_seed", "set_num_threads", "get_num_threads", "threads", "no_grad",
+__all__ = ["save", "load", "manual_seed", "set_num_threads", "get_num_threads", "threads",
+           "keep_freed_memory", "no_grad",
            "enable_grad", "set_grad_enabled", "is_grad_enabled", "summary", "nn", "init",
            "functional", "gradcheck", "random",
            "optim", "autograd", "data", "models", "interpret", "metrics", "checkpoint",

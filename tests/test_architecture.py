@@ -27,7 +27,7 @@ PKG = ROOT / "refdl"
 # Keys are refdl's top-level modules and packages (the first name after ``refdl.``);
 # "refdl" is the package's own __init__, the facade on top.
 FLOORS = [
-    ("foundation", ["_ext", "random", "grad_mode", "threads", "progress"]),
+    ("foundation", ["_ext", "random", "grad_mode", "threads", "memory", "progress"]),
     ("functional", ["functional", "metrics"]),
     ("kernels", ["ext"]),
     ("init", ["init"]),

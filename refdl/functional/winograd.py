@@ -407,73 +407,91 @@ def conv2d_backward(g, x, U, x_shape, pads, need_dx=True, need_dw=True, buffers=
     U as :func:`conv2d` returned them (V is recomputed from x). ``buffers``: as in
     :func:`conv2d`."""
     N, O, OH, OW = g.shape
-    C = x_shape[1]
-    TH, TW = tiles((OH, OW))
-    T = TH * TW
     bufs = {} if buffers is None else buffers
     g = np.ascontiguousarray(g)
+    T = tiles((OH, OW))[0] * tiles((OH, OW))[1]
     chunks = _chunks(N, T, O, g.dtype.itemsize)
-    nthreads = min(threads.get_num_threads(), len(chunks))
-    if _compiled():
-        k = _range_tiles(C, O, g.dtype.itemsize)
-        scratch = _scratch(bufs, nthreads, _range_capacity(TH, TW, k), C, O, TW, g.dtype)
-        dx = np.zeros(x_shape, dtype=g.dtype) if need_dx else None
-        Ut = np.ascontiguousarray(U.transpose(0, 2, 1))               # (16, C, O)
-        (ph, _), (pw, _) = pads
-
-        def chunk(c, s):
-            Vb, Mb, tmp, rb = s
-            dU = None
-            for segs in _row_ranges(c, TH, TW, k):
-                q = 0
-                for n, t0, t1 in segs:                           # dM (16, O, kk)
-                    q1 = q + (t1 - t0) * TW
-                    _K.output_rows_adjoint(g, Mb[:, :, q:q1], rb, TW, n, t0, t1)
-                    q = q1
-                m = Mb[:, :, :q]
-                if need_dw:
-                    # V tile-major (16, kk, C): dM @ V then runs at the full GEMM rate
-                    # (dM @ V^T with channel-major V at half of it)
-                    vt = _tile_major(Vb, q, C)
-                    p0 = segs[0][0] * T + segs[0][1] * TW           # consecutive tiles
-                    _K.input_tiles(x, vt, ph, pw, TH, TW, p0, p0 + q)
-                    if dU is None:                                   # dU = sum dM V
-                        dU = np.matmul(m, vt)
-                    else:
-                        np.matmul(m, vt, out=tmp)
-                        dU += tmp
-                if need_dx:
-                    np.matmul(Ut, m, out=Vb[:, :, :q])               # dV = U^T dM
-                    q = 0
-                    for n, t0, t1 in segs:
-                        q1 = q + (t1 - t0) * TW
-                        _K.input_rows_adjoint(Vb[:, :, q:q1], dx, rb, ph, pw, TW, n, t0, t1)
-                        q = q1
-            return dU
-        parts = _run_chunks(chunk, chunks, scratch)
-    else:
-        V = input_transform(x, pads, TH, TW)
-        k = (chunks[0][1] - chunks[0][0]) * T
-        Mbufs = _m_buffers(bufs, nthreads, O, k, g.dtype)
-
-        def chunk(c, Mbuf):
-            n0, n1 = c
-            p = slice(n0 * T, n1 * T)
-            dM = _block(Mbuf, O, (n1 - n0) * T)
-            output_transform_adjoint(g[n0:n1], out=dM)              # (16, O, P_chunk)
-            dU = np.matmul(dM, V[:, :, p].transpose(0, 2, 1)) if need_dw else None
-            if need_dx:
-                np.matmul(U.transpose(0, 2, 1), dM, out=V[:, :, p])  # dV, in V's buffer
-            return dU
-        parts = _run_chunks(chunk, chunks, Mbufs)
-        dx = input_transform_adjoint(V, x_shape, pads, TH, TW) if need_dx else None
+    backward = _backward_ranges if _compiled() else _backward_reference
+    parts, dx = backward(g, x, U, x_shape, pads, need_dx, need_dw, bufs, chunks)
     dW = None
     if need_dw:
         dU = parts[0]
         for part in parts[1:]:                                  # in chunk order: the same
             dU += part                                          # sum at any thread count
-        dW = weight_transform_adjoint(dU, (O, C))
+        dW = weight_transform_adjoint(dU, (O, x_shape[1]))
     return dx, dW
+
+
+def _backward_ranges(g, x, U, x_shape, pads, need_dx, need_dw, bufs, chunks):
+    """The compiled backward: per chunk of images, range by range of tile rows (each
+    range's dM and V stay in L2): dM = output adjoint of g, V recomputed from x,
+    dU += dM V, dV = U^T dM, dx += input adjoint of dV. Returns (dU per chunk, dx)."""
+    N, O, OH, OW = g.shape
+    C = x_shape[1]
+    TH, TW = tiles((OH, OW))
+    T = TH * TW
+    nthreads = min(threads.get_num_threads(), len(chunks))
+    k = _range_tiles(C, O, g.dtype.itemsize)
+    scratch = _scratch(bufs, nthreads, _range_capacity(TH, TW, k), C, O, TW, g.dtype)
+    dx = np.zeros(x_shape, dtype=g.dtype) if need_dx else None
+    Ut = np.ascontiguousarray(U.transpose(0, 2, 1))                   # (16, C, O)
+    (ph, _), (pw, _) = pads
+
+    def chunk(c, s):
+        Vb, Mb, tmp, rb = s
+        dU = None
+        for segs in _row_ranges(c, TH, TW, k):
+            q = 0
+            for n, t0, t1 in segs:                               # dM (16, O, kk)
+                q1 = q + (t1 - t0) * TW
+                _K.output_rows_adjoint(g, Mb[:, :, q:q1], rb, TW, n, t0, t1)
+                q = q1
+            m = Mb[:, :, :q]
+            if need_dw:
+                # V tile-major (16, kk, C): dM @ V then runs at the full GEMM rate
+                # (dM @ V^T with channel-major V at half of it)
+                vt = _tile_major(Vb, q, C)
+                p0 = segs[0][0] * T + segs[0][1] * TW               # consecutive tiles
+                _K.input_tiles(x, vt, ph, pw, TH, TW, p0, p0 + q)
+                if dU is None:                                       # dU = sum dM V
+                    dU = np.matmul(m, vt)
+                else:
+                    np.matmul(m, vt, out=tmp)
+                    dU += tmp
+            if need_dx:
+                np.matmul(Ut, m, out=Vb[:, :, :q])                   # dV = U^T dM
+                q = 0
+                for n, t0, t1 in segs:
+                    q1 = q + (t1 - t0) * TW
+                    _K.input_rows_adjoint(Vb[:, :, q:q1], dx, rb, ph, pw, TW, n, t0, t1)
+                    q = q1
+        return dU
+    return _run_chunks(chunk, chunks, scratch), dx
+
+
+def _backward_reference(g, x, U, x_shape, pads, need_dx, need_dw, bufs, chunks):
+    """The NumPy backward, stage by stage on whole chunks: dM, dU = dM V^T, dV = U^T dM,
+    then dx = the input adjoint of dV. Returns (dU per chunk, dx)."""
+    N, O, OH, OW = g.shape
+    TH, TW = tiles((OH, OW))
+    T = TH * TW
+    nthreads = min(threads.get_num_threads(), len(chunks))
+    V = input_transform(x, pads, TH, TW)
+    k = (chunks[0][1] - chunks[0][0]) * T
+    Mbufs = _m_buffers(bufs, nthreads, O, k, g.dtype)
+
+    def chunk(c, Mbuf):
+        n0, n1 = c
+        p = slice(n0 * T, n1 * T)
+        dM = _block(Mbuf, O, (n1 - n0) * T)
+        output_transform_adjoint(g[n0:n1], out=dM)                  # (16, O, P_chunk)
+        dU = np.matmul(dM, V[:, :, p].transpose(0, 2, 1)) if need_dw else None
+        if need_dx:
+            np.matmul(U.transpose(0, 2, 1), dM, out=V[:, :, p])      # dV, in V's buffer
+        return dU
+    parts = _run_chunks(chunk, chunks, Mbufs)
+    dx = input_transform_adjoint(V, x_shape, pads, TH, TW) if need_dx else None
+    return parts, dx
 
 
 def flops(x_shape, out_channels, out_hw):
