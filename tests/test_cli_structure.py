@@ -2,38 +2,15 @@
 refdl/cli/ is a package with one module per command, every function in it at most
 MAX_FUNCTION_LINES lines from ``def`` to its last line (its docstring not counted) and
 every module at most MAX_MODULE_LINES lines. Measured on the source with ast."""
-import ast
 import pathlib
 import textwrap
+
+from test_architecture import function_lengths    # the house's one measure of length
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CLI = ROOT / "refdl" / "cli"
 MAX_FUNCTION_LINES = 50
 MAX_MODULE_LINES = 400
-
-
-def function_lengths(source):
-    """[(qualified name, first line, length)] of every function and method in ``source``,
-    nested ones too; length counts the ``def`` line to the last line, minus the lines of
-    the docstring."""
-    out = []
-
-    def visit(node, prefix):
-        for child in ast.iter_child_nodes(node):
-            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                n = child.end_lineno - child.lineno + 1
-                first = child.body[0]
-                if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) \
-                        and isinstance(first.value.value, str):
-                    n -= first.end_lineno - first.lineno + 1
-                out.append((prefix + child.name, child.lineno, n))
-                visit(child, prefix + child.name + ".")
-            elif isinstance(child, ast.ClassDef):
-                visit(child, prefix + child.name + ".")
-            else:
-                visit(child, prefix)
-    visit(ast.parse(source), "")
-    return out
 
 
 def cli_files():
