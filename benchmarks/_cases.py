@@ -12,3 +12,11 @@ CONVS = [
 ]
 POOL = ("MaxPool2d 2x2 (64,32,32,32), fwd+bwd", (64, 32, 32, 32))
 LENET_STEP = "LeNet-5 SGD step, batch 64"
+
+
+def lenet5(nn):
+    """LeNet-5 for 28x28 images from ``nn`` (refdl.nn or torch.nn: the same names)."""
+    return nn.Sequential(
+        nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+        nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, 10))

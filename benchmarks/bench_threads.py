@@ -33,7 +33,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _cases import CONVS, LENET_STEP, POOL   # noqa: E402
+from _cases import CONVS, LENET_STEP, POOL, lenet5   # noqa: E402
 
 TICK = 4e-3          # the scheduler tick (CONFIG_HZ=250) at which stalls quantise times
 
@@ -182,21 +182,6 @@ def run(argv=None):
         row_fb = {"refdl": fwdbwd, "flops": 3 * flops}
         if not args.quick:
             row_fb["numpy"] = fwdbwd
-        if torch is not None:
-            tcls = {1: torch.nn.Conv1d, 2: torch.nn.Conv2d, 3: torch.nn.Conv3d}[len(shape) - 2]
-            tm = tcls(cin, cout, k, **kw)
-            tx = torch.from_numpy(x).clone().requires_grad_(True)
-            tg = torch.from_numpy(g)
-
-            def tfwd(tm=tm, tx=tx):
-                with torch.no_grad():
-                    tm(tx)
-
-            def tfwdbwd(tm=tm, tx=tx, tg=tg):
-                tx.grad = None
-                tm.zero_grad(set_to_none=False)
-                tm(tx).backward(tg)
-            row_f["torch"], row_fb["torch"] = tfwd, tfwdbwd
         cases[name + ", fwd"] = row_f
         cases[name + ", fwd+bwd"] = row_fb
 
@@ -211,22 +196,10 @@ def run(argv=None):
     row = {"refdl": pool_fb}
     if not args.quick:
         row["numpy"] = pool_fb
-    if torch is not None:
-        tx = torch.from_numpy(x).clone().requires_grad_(True)
-        tp = torch.nn.MaxPool2d(2)
-        tgp = torch.from_numpy(gp)
-
-        def tpool_fb():
-            tx.grad = None
-            tp(tx).backward(tgp)
-        row["torch"] = tpool_fb
     cases[POOL[0]] = row
 
     refdl.manual_seed(0)
-    net = nn.Sequential(
-        nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-        nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, 10))
+    net = lenet5(nn)
     xb = rng.standard_normal((64, 1, 28, 28)).astype(np.float32)
     lb = rng.integers(0, 10, 64)
 
@@ -241,22 +214,11 @@ def run(argv=None):
     row = {"refdl": step}
     if not args.quick:
         row["numpy"] = step
-    if torch is not None:
-        T = torch.nn
-        torch.manual_seed(0)
-        tnet = T.Sequential(
-            T.Conv2d(1, 6, 5, padding=2), T.ReLU(), T.MaxPool2d(2),
-            T.Conv2d(6, 16, 5), T.ReLU(), T.MaxPool2d(2), T.Flatten(),
-            T.Linear(400, 120), T.ReLU(), T.Linear(120, 84), T.ReLU(), T.Linear(84, 10))
-        opt = torch.optim.SGD(tnet.parameters(), lr=0.01)
-        txb, tlb = torch.from_numpy(xb), torch.from_numpy(lb)
-
-        def tstep():
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(tnet(txb), tlb).backward()
-            opt.step()
-        row["torch"] = tstep
     cases[LENET_STEP] = row
+    if torch is not None:          # --torch-in-process: bench_torch.py's own cases
+        from bench_torch import build_cases
+        for name, fn in build_cases(torch, np).items():
+            cases[name]["torch"] = fn
 
     if args.only:
         cases = {k: v for k, v in cases.items() if args.only in k}

@@ -17,7 +17,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _cases import CONVS, LENET_STEP, POOL   # noqa: E402
+from _cases import CONVS, LENET_STEP, POOL, lenet5   # noqa: E402
 
 
 def parse_args(argv=None):
@@ -62,10 +62,7 @@ def build_cases(torch, np):
         pool(x).backward(gp)
     cases[name] = pool_fb
     torch.manual_seed(0)
-    net = T.Sequential(
-        T.Conv2d(1, 6, 5, padding=2), T.ReLU(), T.MaxPool2d(2),
-        T.Conv2d(6, 16, 5), T.ReLU(), T.MaxPool2d(2), T.Flatten(),
-        T.Linear(400, 120), T.ReLU(), T.Linear(120, 84), T.ReLU(), T.Linear(84, 10))
+    net = lenet5(T)
     opt = torch.optim.SGD(net.parameters(), lr=0.01)
     xb = torch.from_numpy(rng.standard_normal((64, 1, 28, 28)).astype(np.float32))
     lb = torch.from_numpy(rng.integers(0, 10, 64))
