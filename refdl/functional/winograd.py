@@ -280,10 +280,7 @@ def _block(buf, O, k):
 
 def _m_buffers(bufs, n, O, k, dtype):
     """n chunk buffers (16, O*k) for M (one per thread), kept in bufs["M"] across calls."""
-    have = bufs.get("M")
-    if not isinstance(have, list):
-        have = []
-    have = [h if isinstance(h, np.ndarray) else None for h in have]
+    have = bufs.get("M", [])
     out = [planes(1, O * k, dtype, reuse=have[i] if i < len(have) else None)
            for i in range(n)]
     bufs["M"] = out + have[n:]
@@ -291,22 +288,20 @@ def _m_buffers(bufs, n, O, k, dtype):
 
 
 def _scratch(bufs, n, k, C, O, TW, dtype):
-    """n per-thread scratch sets for the compiled path, kept in bufs["M"] across calls:
-    V (16, C, k) (in the backward also viewed as tile-major (16, k, C)), M (16, O, k),
-    dU (16, O, C) and the transforms' row buffer."""
-    have = bufs.get("M")
-    if not isinstance(have, list):
-        have = []
+    """n per-thread scratch sets for the compiled path, kept in bufs["ranges"] across
+    calls: V (16, C, k) (in the backward also viewed as tile-major (16, k, C)),
+    M (16, O, k), dU (16, O, C) and the transforms' row buffer."""
+    have = bufs.get("ranges", [])
     out = []
     for i in range(n):
-        h = have[i] if i < len(have) and isinstance(have[i], tuple) else (None,) * 4
+        h = have[i] if i < len(have) else (None,) * 4
         dU = h[2] if (h[2] is not None and h[2].shape == (16, O, C)
                       and h[2].dtype == dtype) else np.empty((16, O, C), dtype)
         rb = h[3] if (h[3] is not None and h[3].size >= 16 * (2 * TW + 4)
                       and h[3].dtype == dtype) else np.empty(16 * (2 * TW + 4), dtype)
         out.append((planes(C, k, dtype, reuse=h[0]), planes(O, k, dtype, reuse=h[1]), dU,
                     rb))
-    bufs["M"] = out + have[n:]
+    bufs["ranges"] = out + have[n:]
     return out
 
 
@@ -353,8 +348,8 @@ def conv2d(x, w, bias=None, pads=((0, 0), (0, 0)), buffers=None):
     backward recomputes V from x range by range, which is cheaper than writing V (4x the
     size of x) to memory here and reading it back there.
 
-    ``buffers``: a dict the caller keeps across calls; the scratch arrays (M, and V on the
-    compiled path) are kept in it."""
+    ``buffers``: a dict the caller keeps across calls; the per-thread scratch arrays are
+    kept in it ("ranges" for the compiled path, "M" for the NumPy reference)."""
     N, C, H, W = x.shape
     O = w.shape[0]
     OH, OW = _geometry(x.shape, pads)
