@@ -261,13 +261,11 @@ def output_transform_adjoint(const real[:, :, :, ::1] g, real[:, :, :] dM,
 
 # -- tile ranges in tile-major layout: the fused pipeline of winograd.conv2d ---------------
 #
-# conv2d runs the transforms and the products on ranges of tiles p0 <= p < p1 (the global
-# tile index p = (n*TH + th)*TW + tw above) small enough that V, M and the products stay
-# in the core's L2 cache. There the three products run fastest with tiles as rows
-# (benchmarks/_winograd_profile.py): V and M are stored tile-major, (16, k, C) and
-# (16, k, O) for a range of k = p1 - p0 tiles, row p - p0, plane stride vs (padded, as
-# above). These loops are serial and release the GIL: refdl.threads.parallel_for runs
-# ranges of whole images on worker threads.
+# The backward's dU = dM V runs fastest with tiles as rows (benchmarks/_winograd_profile.py):
+# input_tiles writes V tile-major, (16, k, C) for a range of k = p1 - p0 tiles
+# p0 <= p < p1 (the global tile index p = (n*TH + th)*TW + tw above), row p - p0, plane
+# stride vs (padded, as above). Serial, and it releases the GIL: refdl.threads.parallel_for
+# runs ranges of whole images on worker threads.
 
 cdef inline void tile_pos(Py_ssize_t p, Py_ssize_t TH, Py_ssize_t TW, Py_ssize_t* n,
                           Py_ssize_t* th, Py_ssize_t* tw) noexcept nogil:
@@ -291,48 +289,6 @@ def input_tiles(const real[:, :, :, ::1] x, real[:, :, :] Vt, Py_ssize_t ph,
             for c in range(C):
                 in_tile(&x[n, c, 0, 0], H, W, 2 * th - ph, 2 * tw - pw, &Vt[0, p - p0, c],
                         vs)
-
-
-def input_tiles_adjoint(const real[:, :, :] dVt, real[:, :, :, ::1] dx, Py_ssize_t ph,
-                        Py_ssize_t pw, Py_ssize_t TH, Py_ssize_t TW, Py_ssize_t p0,
-                        Py_ssize_t p1):
-    """dx += B dV_p B^T placed at tile p, for p0 <= p < p1 (parts outside dx dropped)."""
-    cdef Py_ssize_t C = dx.shape[1], H = dx.shape[2], W = dx.shape[3]
-    cdef Py_ssize_t vs = dVt.strides[0] // sizeof(real)
-    cdef Py_ssize_t p, n, th, tw, c
-    with nogil:
-        for p in range(p0, p1):
-            tile_pos(p, TH, TW, &n, &th, &tw)
-            for c in range(C):
-                in_tile_adj(&dVt[0, p - p0, c], vs, &dx[n, c, 0, 0], H, W, 2 * th - ph,
-                            2 * tw - pw)
-
-
-def output_tiles(const real[:, :, :] Mt, real[:, :, :, ::1] y, const real[::1] bias,
-                 bint has_bias, Py_ssize_t TH, Py_ssize_t TW, Py_ssize_t p0, Py_ssize_t p1):
-    """y[n, o] at tile p = A^T M_p A (+ bias[o]), cropped, for p0 <= p < p1."""
-    cdef Py_ssize_t O = y.shape[1], OH = y.shape[2], OW = y.shape[3]
-    cdef Py_ssize_t ms = Mt.strides[0] // sizeof(real)
-    cdef Py_ssize_t p, n, th, tw, o
-    with nogil:
-        for p in range(p0, p1):
-            tile_pos(p, TH, TW, &n, &th, &tw)
-            for o in range(O):
-                out_tile(&Mt[0, p - p0, o], ms, bias[o] if has_bias else 0,
-                         &y[n, o, 0, 0], OH, OW, 2 * th, 2 * tw)
-
-
-def output_tiles_adjoint(const real[:, :, :, ::1] g, real[:, :, :] dMt, Py_ssize_t TH,
-                         Py_ssize_t TW, Py_ssize_t p0, Py_ssize_t p1):
-    """dMt[:, p - p0, o] = A g_p A^T for the 2x2 tile g_p of g, p0 <= p < p1."""
-    cdef Py_ssize_t O = g.shape[1], OH = g.shape[2], OW = g.shape[3]
-    cdef Py_ssize_t ms = dMt.strides[0] // sizeof(real)
-    cdef Py_ssize_t p, n, th, tw, o
-    with nogil:
-        for p in range(p0, p1):
-            tile_pos(p, TH, TW, &n, &th, &tw)
-            for o in range(O):
-                out_tile_adj(&g[n, o, 0, 0], OH, OW, 2 * th, 2 * tw, &dMt[0, p - p0, o], ms)
 
 
 # -- tile rows in channel-major layout: vectorisable transforms -----------------------------
