@@ -29,7 +29,7 @@ import os
 import time
 
 __all__ = ["set_num_threads", "get_num_threads", "serial_below", "parallel_for",
-           "auto_num_threads",
+           "auto_num_threads", "blas_serial",
            "KERNEL_GRAIN", "GEMM_GRAIN"]
 
 # Elements a kernel must touch before it wakes its OpenMP team (im2col's column matrix,
@@ -193,3 +193,10 @@ class serial_below:
             for lib in _blas_controllers():
                 lib.set_num_threads(self._n)
         return False
+
+
+def blas_serial():
+    """``with blas_serial(): ...`` runs the block with the BLAS pool on one thread: for
+    compiled kernels that call BLAS from their own OpenMP threads (refdl.ext.conv_forward),
+    where a BLAS pool of its own would compete with them for the same cores."""
+    return serial_below(0)

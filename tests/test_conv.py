@@ -220,20 +220,28 @@ def test_non_contiguous_input_is_accepted(path):
 
 
 def test_column_buffer_is_reused_when_shapes_repeat(path):
-    # backward hands the column buffer back, the next forward of the same shape reuses it;
-    # a second forward while one is pending gets its own (each call keeps its cache)
+    # NumPy path: backward hands the column buffer back, the next forward of the same shape
+    # reuses it; a second forward while one is pending gets its own (each call keeps its
+    # cache). Compiled path: no column matrix is kept (a call keeps x); the chunks' scratch
+    # is one buffer reused by every call of the same shape.
     m = nn.Conv2d(2, 3, 3)
     x = small((2, 2, 6, 6)).astype(np.float32)
     g = np.ones((2, 3, 4, 4), np.float32)
     m(x)
     m.backward(g)
-    buf = m._cols
+    buf = m._spare["chunks"] if path == "cython" else m._cols
     m.zero_grad()
     m(2 * x)
     if path == "cython":
+        assert m._spare["chunks"] is buf
+        assert not hasattr(m._saved[-1], "cols")
+    else:
         assert m._saved[-1].cols is buf
-    m(3 * x)                                    # a second pending call: a new buffer
-    assert m._saved[-1].cols is not m._saved[-2].cols
+    m(3 * x)                                    # a second pending call: its own cache
+    if path == "cython":
+        assert m._saved[-1].x is not m._saved[-2].x and m._spare["chunks"] is buf
+    else:
+        assert m._saved[-1].cols is not m._saved[-2].cols
     m.backward(g)                               # the 3x call's gradient ...
     m.backward(g)                               # ... then the 2x call's
     gw = m.weight.grad.copy()

@@ -540,6 +540,63 @@ def test_fuzz_conv_layers(kernels):
     run()
 
 
+def test_fuzz_conv_chunk_kernels(kernels, monkeypatch):
+    # refdl.ext.conv_forward / conv_backward (compiled only: im2col and the GEMMs a chunk
+    # of images at a time) against the loops, with batches of up to 13 images cut into
+    # chunks of every size (CHUNK_BYTES from one image per chunk to the whole batch, the
+    # last chunk partial), float64 and float32, with and without dx / dW; and the same bits
+    # at 1 and at 2 threads (the chunking does not depend on the thread count)
+    build, n = kernels
+    before = refdl.get_num_threads()
+
+    @_settings(n)
+    @given(st.data())
+    def run(data):
+        r, spatial, ks, ss, ps, ds, groups, cin, cout, _, seed = _conv_case(data)
+        N = data.draw(st.integers(0, 13))
+        monkeypatch.setattr(ext, "CHUNK_BYTES", data.draw(st.sampled_from([1, 700, 1 << 30])))
+        monkeypatch.setattr(ext, "MIN_CHUNKS", data.draw(st.integers(1, 5)))
+        dtype = data.draw(st.sampled_from([np.float64, np.float32]))
+        need_dx, need_dw = data.draw(st.sampled_from([(True, True), (True, False),
+                                                      (False, True)]))
+        rng = np.random.default_rng(seed)
+        x = _rand(rng, (N, cin) + spatial)
+        W = _rand(rng, (cout, cin // groups) + ks)
+        bias = _rand(rng, (cout,))
+        y, back = loop_conv(x, W, bias, ss, ps, ds, groups)
+        if y is None:
+            return
+        G = _rand(rng, y.shape)
+        pads = tuple((p, p) for p in ps)
+        args = (ks, ss, pads, ds, y.shape[2:], groups)
+        xs, Ws, Gs, bs = (a.astype(dtype) for a in (x, W, G, bias))
+        W2 = Ws.reshape(cout, -1)
+        runs = []
+        for threads in (1, 2):
+            refdl.set_num_threads(threads)
+            yc = ext.conv_forward(xs, W2, bs, *args)
+            dx, dW = ext.conv_backward(xs, W2, Gs, *args, need_dx=need_dx, need_dw=need_dw)
+            runs.append((yc, dx, dW))
+        refdl.set_num_threads(before)
+        (yc, dx, dW), again = runs
+        for u, v in zip(runs[0], again):
+            assert (u is None and v is None) or np.array_equal(u, v), "1 vs 2 threads"
+        rdx, rdW, _ = back(G)
+        tol = dict(rtol=1e-11, atol=1e-12) if dtype == np.float64 else \
+            dict(rtol=2e-4, atol=2e-4 * max(1.0, float(np.abs(rdW).max(initial=0))))
+        np.testing.assert_allclose(yc, y, **tol)
+        assert (dx is None) == (not need_dx) and (dW is None) == (not need_dw)
+        if need_dx:
+            np.testing.assert_allclose(dx, rdx, **tol)
+        if need_dw:
+            np.testing.assert_allclose(dW.reshape(W.shape), rdW, **tol)
+        TRIED[("conv_forward / conv_backward", build, "valid")] += 1
+    try:
+        run()
+    finally:
+        refdl.set_num_threads(before)
+
+
 def test_fuzz_conv_transpose_layers(kernels):
     build, n = kernels
 

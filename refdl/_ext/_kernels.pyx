@@ -19,7 +19,8 @@ Pooling works on planes: x (P, D, H, W) with P = N*C.
 The outer loop (batch or plane) runs in parallel with OpenMP when the extension was
 compiled with it; every iteration writes a disjoint part of the output.
 """
-from cython.parallel cimport prange
+from cython.parallel cimport prange, threadid
+from scipy.linalg.cython_blas cimport sgemm, dgemm
 
 ctypedef fused real:
     float
@@ -81,6 +82,11 @@ def set_threading(int max_threads, Py_ssize_t grain):
     global MAX_THREADS, PARALLEL_GRAIN
     MAX_THREADS = max_threads if max_threads > 0 else 0
     PARALLEL_GRAIN = grain if grain > 0 else 1
+
+
+def team_size():
+    """The most threads a kernel's parallel region may use (its scratch needs a row each)."""
+    return MAX_THREADS if MAX_THREADS > 0 else refdl_max_threads()
 
 
 def get_threading():
@@ -188,6 +194,13 @@ cdef inline void add_row(real* d, const real* s, Py_ssize_t n, Py_ssize_t st) no
         refdl_add_d(d, s, n, st)
 
 
+cdef inline void add_bias(real* d, const real* s, Py_ssize_t n, real b) noexcept nogil:
+    # d = s + b (a row of a convolution's output and its channel's bias)
+    cdef Py_ssize_t i
+    for i in range(n):
+        d[i] = s[i] + b
+
+
 cdef inline void zero_row(real* d, Py_ssize_t n) noexcept nogil:
     if n > 0:
         memset(d, 0, <size_t>n * sizeof(real))
@@ -207,51 +220,124 @@ cdef int check_cols(Py_ssize_t rows, Py_ssize_t ncols, Py_ssize_t N, Py_ssize_t 
     return 0
 
 
+cdef struct Geom:
+    # one convolution's geometry: an image (C, D, H, W), the kernel K, stride s, the
+    # padding before each axis p (the after-padding is implied by the output size O),
+    # dilation d and the output size O
+    Py_ssize_t C, D, H, W, KD, KH, KW, sd, sh, sw, pd, ph, pw, dd, dh, dw, OD, OH, OW
+
+
+cdef Geom make_geom(Py_ssize_t C, Py_ssize_t D, Py_ssize_t H, Py_ssize_t W,
+                    Py_ssize_t KD, Py_ssize_t KH, Py_ssize_t KW,
+                    Py_ssize_t sd, Py_ssize_t sh, Py_ssize_t sw,
+                    Py_ssize_t pd, Py_ssize_t ph, Py_ssize_t pw,
+                    Py_ssize_t dd, Py_ssize_t dh, Py_ssize_t dw,
+                    Py_ssize_t OD, Py_ssize_t OH, Py_ssize_t OW):
+    cdef Geom g
+    g.C, g.D, g.H, g.W = C, D, H, W
+    g.KD, g.KH, g.KW, g.sd, g.sh, g.sw = KD, KH, KW, sd, sh, sw
+    g.pd, g.ph, g.pw, g.dd, g.dh, g.dw = pd, ph, pw, dd, dh, dw
+    g.OD, g.OH, g.OW = OD, OH, OW
+    return g
+
+
+cdef int im2col_image(const real* x, real* cols, Py_ssize_t ldc,
+                      const Geom* g) except -1 nogil:
+    # the columns of ONE image x (C, D, H, W): row (c, kd, kh, kw) of cols (row stride ldc)
+    # gets, at column (od, oh, ow), x[c, od*sd + kd*dd - pd, oh*sh + kh*dh - ph,
+    # ow*sw + kw*dw - pw], or 0 where that lies in the padding
+    cdef Py_ssize_t c, kd, kh, kw, od, oh, idd, ih, row, off
+    cdef Py_ssize_t od0, od1, oh0, oh1, ow0, ow1
+    cdef Py_ssize_t OW = g.OW, L = g.OD * g.OH * g.OW
+    cdef real* dst
+    cdef const real* src
+    check_seg(0, L, ldc)
+    for c in range(g.C):
+        for kd in range(g.KD):
+            od0 = range_lo(g.OD, g.sd, kd * g.dd - g.pd)
+            od1 = range_hi(g.OD, g.D, g.sd, kd * g.dd - g.pd, od0)
+            for kh in range(g.KH):
+                oh0 = range_lo(g.OH, g.sh, kh * g.dh - g.ph)
+                oh1 = range_hi(g.OH, g.H, g.sh, kh * g.dh - g.ph, oh0)
+                for kw in range(g.KW):
+                    off = kw * g.dw - g.pw
+                    ow0 = range_lo(OW, g.sw, off)
+                    ow1 = range_hi(OW, g.W, g.sw, off, ow0)
+                    row = ((c * g.KD + kd) * g.KH + kh) * g.KW + kw
+                    for od in range(g.OD):
+                        idd = od * g.sd + kd * g.dd - g.pd
+                        for oh in range(g.OH):
+                            dst = cols + row * ldc + (od * g.OH + oh) * OW
+                            if od < od0 or od >= od1 or oh < oh0 or oh >= oh1:
+                                zero_row(dst, OW)
+                                continue
+                            ih = oh * g.sh + kh * g.dh - g.ph
+                            src = x + ((c * g.D + idd) * g.H + ih) * g.W
+                            check_seg(idd, idd + 1, g.D)
+                            check_seg(ih, ih + 1, g.H)
+                            check_seg(ow0, ow1, OW)
+                            if ow1 > ow0:
+                                check_seg(ow0 * g.sw + off, (ow1 - 1) * g.sw + off + 1, g.W)
+                            zero_row(dst, ow0)
+                            copy_row(dst + ow0, src + ow0 * g.sw + off, ow1 - ow0, g.sw)
+                            zero_row(dst + ow1, OW - ow1)
+    return 0
+
+
+cdef int col2im_image(const real* cols, Py_ssize_t ldc, real* x,
+                      const Geom* g) except -1 nogil:
+    # the adjoint of im2col_image: x (C, D, H, W) += every column entry at the input
+    # position it was copied from (entries that came from the padding are dropped)
+    cdef Py_ssize_t c, kd, kh, kw, od, oh, idd, ih, row, off
+    cdef Py_ssize_t od0, od1, oh0, oh1, ow0, ow1
+    cdef Py_ssize_t OW = g.OW, L = g.OD * g.OH * g.OW
+    cdef const real* src
+    cdef real* dst
+    check_seg(0, L, ldc)
+    for c in range(g.C):
+        for kd in range(g.KD):
+            od0 = range_lo(g.OD, g.sd, kd * g.dd - g.pd)
+            od1 = range_hi(g.OD, g.D, g.sd, kd * g.dd - g.pd, od0)
+            for kh in range(g.KH):
+                oh0 = range_lo(g.OH, g.sh, kh * g.dh - g.ph)
+                oh1 = range_hi(g.OH, g.H, g.sh, kh * g.dh - g.ph, oh0)
+                for kw in range(g.KW):
+                    off = kw * g.dw - g.pw
+                    ow0 = range_lo(OW, g.sw, off)
+                    ow1 = range_hi(OW, g.W, g.sw, off, ow0)
+                    row = ((c * g.KD + kd) * g.KH + kh) * g.KW + kw
+                    for od in range(od0, od1):
+                        idd = od * g.sd + kd * g.dd - g.pd
+                        for oh in range(oh0, oh1):
+                            ih = oh * g.sh + kh * g.dh - g.ph
+                            src = cols + row * ldc + (od * g.OH + oh) * OW
+                            dst = x + ((c * g.D + idd) * g.H + ih) * g.W
+                            check_seg(idd, idd + 1, g.D)
+                            check_seg(ih, ih + 1, g.H)
+                            check_seg(ow0, ow1, OW)
+                            if ow1 > ow0:
+                                check_seg(ow0 * g.sw + off, (ow1 - 1) * g.sw + off + 1, g.W)
+                            add_row(dst + ow0 * g.sw + off, src + ow0, ow1 - ow0, g.sw)
+    return 0
+
+
 def im2col3d(const real[:, :, :, :, ::1] x, real[:, ::1] cols,
              Py_ssize_t KD, Py_ssize_t KH, Py_ssize_t KW,
              Py_ssize_t sd, Py_ssize_t sh, Py_ssize_t sw,
              Py_ssize_t pd, Py_ssize_t ph, Py_ssize_t pw,
              Py_ssize_t dd, Py_ssize_t dh, Py_ssize_t dw,
              Py_ssize_t OD, Py_ssize_t OH, Py_ssize_t OW):
+    """cols (C*KD*KH*KW, N*L) = the columns of every image, image n in columns n*L..."""
     check_cols(cols.shape[0], cols.shape[1], x.shape[0], x.shape[1], KD, KH, KW,
                sd, sh, sw, dd, dh, dw, OD, OH, OW)
-    cdef int nt
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1]
-    cdef Py_ssize_t D = x.shape[2], H = x.shape[3], W = x.shape[4]
-    cdef Py_ssize_t L = OD * OH * OW
-    cdef Py_ssize_t n, c, kd, kh, kw, od, oh, idd, ih, row, off
-    cdef Py_ssize_t od0, od1, oh0, oh1, ow0, ow1
-    cdef real* dst
-    cdef const real* src
-    nt = n_threads(cols.shape[0] * cols.shape[1], N)
+    cdef Geom g = make_geom(x.shape[1], x.shape[2], x.shape[3], x.shape[4], KD, KH, KW,
+                            sd, sh, sw, pd, ph, pw, dd, dh, dw, OD, OH, OW)
+    cdef Py_ssize_t n, N = x.shape[0], L = OD * OH * OW
+    cdef int nt = n_threads(cols.shape[0] * cols.shape[1], N)
+    if L == 0 or cols.shape[0] == 0:
+        return
     for n in prange(N, nogil=True, schedule="static", num_threads=nt):
-        for c in range(C):
-            for kd in range(KD):
-                od0 = range_lo(OD, sd, kd * dd - pd)
-                od1 = range_hi(OD, D, sd, kd * dd - pd, od0)
-                for kh in range(KH):
-                    oh0 = range_lo(OH, sh, kh * dh - ph)
-                    oh1 = range_hi(OH, H, sh, kh * dh - ph, oh0)
-                    for kw in range(KW):
-                        off = kw * dw - pw
-                        ow0 = range_lo(OW, sw, off)
-                        ow1 = range_hi(OW, W, sw, off, ow0)
-                        row = ((c * KD + kd) * KH + kh) * KW + kw
-                        for od in range(OD):
-                            idd = od * sd + kd * dd - pd
-                            for oh in range(OH):
-                                dst = &cols[row, n * L + (od * OH + oh) * OW]
-                                if od < od0 or od >= od1 or oh < oh0 or oh >= oh1:
-                                    zero_row(dst, OW)
-                                    continue
-                                ih = oh * sh + kh * dh - ph
-                                src = &x[n, c, idd, ih, 0]
-                                check_seg(ow0, ow1, OW)
-                                if ow1 > ow0:
-                                    check_seg(ow0 * sw + off, (ow1 - 1) * sw + off + 1, W)
-                                zero_row(dst, ow0)
-                                copy_row(dst + ow0, src + ow0 * sw + off, ow1 - ow0, sw)
-                                zero_row(dst + ow1, OW - ow1)
+        im2col_image(&x[n, 0, 0, 0, 0], &cols[0, n * L], cols.shape[1], &g)
 
 
 def col2im3d(const real[:, ::1] cols, real[:, :, :, :, ::1] x,
@@ -263,38 +349,153 @@ def col2im3d(const real[:, ::1] cols, real[:, :, :, :, ::1] x,
     """x += col2im(cols); x must be zeroed by the caller."""
     check_cols(cols.shape[0], cols.shape[1], x.shape[0], x.shape[1], KD, KH, KW,
                sd, sh, sw, dd, dh, dw, OD, OH, OW)
-    cdef int nt
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1]
-    cdef Py_ssize_t D = x.shape[2], H = x.shape[3], W = x.shape[4]
-    cdef Py_ssize_t L = OD * OH * OW
-    cdef Py_ssize_t n, c, kd, kh, kw, od, oh, idd, ih, row, off
-    cdef Py_ssize_t od0, od1, oh0, oh1, ow0, ow1
-    cdef const real* src
-    cdef real* dst
-    nt = n_threads(cols.shape[0] * cols.shape[1], N)
+    cdef Geom g = make_geom(x.shape[1], x.shape[2], x.shape[3], x.shape[4], KD, KH, KW,
+                            sd, sh, sw, pd, ph, pw, dd, dh, dw, OD, OH, OW)
+    cdef Py_ssize_t n, N = x.shape[0], L = OD * OH * OW
+    cdef int nt = n_threads(cols.shape[0] * cols.shape[1], N)
+    if L == 0 or cols.shape[0] == 0:
+        return
     for n in prange(N, nogil=True, schedule="static", num_threads=nt):
-        for c in range(C):
-            for kd in range(KD):
-                od0 = range_lo(OD, sd, kd * dd - pd)
-                od1 = range_hi(OD, D, sd, kd * dd - pd, od0)
-                for kh in range(KH):
-                    oh0 = range_lo(OH, sh, kh * dh - ph)
-                    oh1 = range_hi(OH, H, sh, kh * dh - ph, oh0)
-                    for kw in range(KW):
-                        off = kw * dw - pw
-                        ow0 = range_lo(OW, sw, off)
-                        ow1 = range_hi(OW, W, sw, off, ow0)
-                        row = ((c * KD + kd) * KH + kh) * KW + kw
-                        for od in range(od0, od1):
-                            idd = od * sd + kd * dd - pd
-                            for oh in range(oh0, oh1):
-                                ih = oh * sh + kh * dh - ph
-                                src = &cols[row, n * L + (od * OH + oh) * OW]
-                                dst = &x[n, c, idd, ih, 0]
-                                check_seg(ow0, ow1, OW)
-                                if ow1 > ow0:
-                                    check_seg(ow0 * sw + off, (ow1 - 1) * sw + off + 1, W)
-                                add_row(dst + ow0 * sw + off, src + ow0, ow1 - ow0, sw)
+        col2im_image(&cols[0, n * L], cols.shape[1], &x[n, 0, 0, 0, 0], &g)
+
+
+# -- convolution by chunks of images: im2col + GEMM while the columns are in cache ---------
+
+cdef inline void gemm(char ta, char tb, int M, int N, int K, const real* A, int lda,
+                      const real* B, int ldb, real beta, real* C, int ldc) noexcept nogil:
+    # row-major C (M x N) = op(A) op(B) + beta C through the column-major BLAS of SciPy:
+    # a row-major matrix is its transpose in column-major order, so this is the column-major
+    # product C^T = op(B)^T op(A)^T (the operands swap, the flags stay)
+    cdef real one = 1
+    if real is float:
+        sgemm(&tb, &ta, &N, &M, &K, &one, <float*>B, &ldb, <float*>A, &lda, &beta, C, &ldc)
+    else:
+        dgemm(&tb, &ta, &N, &M, &K, &one, <double*>B, &ldb, <double*>A, &lda, &beta, C, &ldc)
+
+
+cdef int check_chunks(Py_ssize_t N, Py_ssize_t chunk, Py_ssize_t CK, Py_ssize_t L,
+                      Py_ssize_t Cout, Py_ssize_t G, Py_ssize_t wrows, Py_ssize_t wcols,
+                      Py_ssize_t scratch_rows, Py_ssize_t scratch_len, int nt) except -1:
+    # once per call, in every build: the chunked loops below trust these
+    if chunk < 1 or G < 1 or Cout % G or CK % G or L < 1 or CK < 1:
+        raise ValueError("refdl kernel: inconsistent chunk or groups")
+    if wrows != Cout or wcols != CK // G:
+        raise ValueError(f"refdl kernel: weight has shape ({wrows}, {wcols}), expected "
+                         f"({Cout}, {CK // G})")
+    if scratch_rows < nt or scratch_len < (CK + Cout) * chunk * L:
+        raise ValueError("refdl kernel: scratch too small")
+    if (CK + Cout) * chunk * L >= 2 ** 31:
+        raise ValueError("refdl kernel: a chunk is too large for 32-bit BLAS indices")
+    return 0
+
+
+def conv_forward(const real[:, :, :, :, ::1] x, const real[:, ::1] w, const real[::1] bias,
+                 real[:, :, ::1] y, real[:, ::1] scratch, Py_ssize_t groups,
+                 Py_ssize_t chunk,
+                 Py_ssize_t KD, Py_ssize_t KH, Py_ssize_t KW,
+                 Py_ssize_t sd, Py_ssize_t sh, Py_ssize_t sw,
+                 Py_ssize_t pd, Py_ssize_t ph, Py_ssize_t pw,
+                 Py_ssize_t dd, Py_ssize_t dh, Py_ssize_t dw,
+                 Py_ssize_t OD, Py_ssize_t OH, Py_ssize_t OW):
+    """y (N, C_out, L) = W_g cols_g + b for every group g, a chunk of images at a time:
+    the chunk's columns (C*K, chunk*L) are written to this thread's scratch row, then one
+    GEMM per group reads them while they are still in cache. bias: (C_out,) or empty.
+    Chunks are independent; BLAS must be single-threaded during the call."""
+    cdef Py_ssize_t N = x.shape[0], Cout = y.shape[1], L = OD * OH * OW
+    cdef Py_ssize_t CK = x.shape[1] * KD * KH * KW
+    cdef Py_ssize_t nchunks = (N + chunk - 1) // chunk if chunk > 0 else 0
+    cdef int nt = n_threads(N * CK * L, nchunks)
+    if y.shape[0] != N or y.shape[2] != L or (bias.shape[0] != 0 and bias.shape[0] != Cout):
+        raise ValueError("conv_forward: inconsistent shapes")
+    check_cols(CK, N * L, N, x.shape[1], KD, KH, KW, sd, sh, sw, dd, dh, dw, OD, OH, OW)
+    check_chunks(N, chunk, CK, L, Cout, groups, w.shape[0], w.shape[1],
+                 scratch.shape[0], scratch.shape[1], nt)
+    cdef Geom g = make_geom(x.shape[1], x.shape[2], x.shape[3], x.shape[4], KD, KH, KW,
+                            sd, sh, sw, pd, ph, pw, dd, dh, dw, OD, OH, OW)
+    cdef Py_ssize_t G = groups, cog = Cout // groups, CKg = CK // groups
+    cdef Py_ssize_t c, n0, nb, i, gr, co
+    cdef real* cols
+    cdef real* yc
+    cdef real* dst
+    cdef const real* src
+    cdef real b
+    for c in prange(nchunks, nogil=True, schedule="static", num_threads=nt):
+        n0 = c * chunk
+        nb = chunk if N - n0 > chunk else N - n0
+        cols = &scratch[threadid(), 0]                # (CK, nb*L), then yc (Cout, nb*L)
+        yc = cols + CK * nb * L
+        for i in range(nb):
+            im2col_image(&x[n0 + i, 0, 0, 0, 0], cols + i * L, nb * L, &g)
+        for gr in range(G):
+            gemm(c'N', c'N', <int>cog, <int>(nb * L), <int>CKg, &w[gr * cog, 0], <int>CKg,
+                 cols + gr * CKg * nb * L, <int>(nb * L), 0, yc + gr * cog * nb * L,
+                 <int>(nb * L))
+        for i in range(nb):                            # (Cout, nb*L) -> y[n0+i] (Cout, L)
+            for co in range(Cout):
+                dst = &y[n0 + i, co, 0]
+                src = yc + co * nb * L + i * L
+                b = bias[co] if bias.shape[0] else 0
+                add_bias(dst, src, L, b)
+
+
+def conv_backward(const real[:, :, :, :, ::1] x, const real[:, ::1] w,
+                  const real[:, :, ::1] gy, real[:, :, :, :, ::1] dx, real[:, :, ::1] dw,
+                  real[:, ::1] scratch, Py_ssize_t groups, Py_ssize_t chunk,
+                  Py_ssize_t KD, Py_ssize_t KH, Py_ssize_t KW,
+                  Py_ssize_t sd, Py_ssize_t sh, Py_ssize_t sw,
+                  Py_ssize_t pd, Py_ssize_t ph, Py_ssize_t pw,
+                  Py_ssize_t dd, Py_ssize_t dh, Py_ssize_t dw_,
+                  Py_ssize_t OD, Py_ssize_t OH, Py_ssize_t OW):
+    """For each chunk c of images (g_c = the chunk's upstream gradient as (C_out, nb*L)):
+    dw[c] = g_c cols_c^T per group (when dw has nchunks rows; the caller sums them in
+    order, so the result does not depend on the thread count) and dx = col2im(W^T g_c)
+    (when dx has N rows; written whole, no zeroing needed). cols_c is recomputed from x."""
+    cdef Py_ssize_t N = x.shape[0], Cout = gy.shape[1], L = OD * OH * OW
+    cdef Py_ssize_t CK = x.shape[1] * KD * KH * KW
+    cdef Py_ssize_t nchunks = (N + chunk - 1) // chunk if chunk > 0 else 0
+    cdef int nt = n_threads(N * CK * L, nchunks)
+    cdef bint need_dw = dw.shape[0] > 0, need_dx = dx.shape[0] > 0
+    if gy.shape[0] != N or gy.shape[2] != L:
+        raise ValueError("conv_backward: inconsistent shapes")
+    if need_dw and (dw.shape[0] != nchunks or dw.shape[1] != Cout or
+                    dw.shape[2] != CK // max(groups, 1)):
+        raise ValueError("conv_backward: dw must be (chunks, C_out, C_in/G*K)")
+    if need_dx and (dx.shape[0] != N or dx.shape[1] != x.shape[1] or dx.shape[2] != x.shape[2]
+                    or dx.shape[3] != x.shape[3] or dx.shape[4] != x.shape[4]):
+        raise ValueError("conv_backward: dx must have x's shape")
+    check_cols(CK, N * L, N, x.shape[1], KD, KH, KW, sd, sh, sw, dd, dh, dw_, OD, OH, OW)
+    check_chunks(N, chunk, CK, L, Cout, groups, w.shape[0], w.shape[1],
+                 scratch.shape[0], scratch.shape[1], nt)
+    cdef Geom g = make_geom(x.shape[1], x.shape[2], x.shape[3], x.shape[4], KD, KH, KW,
+                            sd, sh, sw, pd, ph, pw, dd, dh, dw_, OD, OH, OW)
+    cdef Py_ssize_t G = groups, cog = Cout // groups, CKg = CK // groups
+    cdef Py_ssize_t S = x.shape[1] * x.shape[2] * x.shape[3] * x.shape[4]
+    cdef Py_ssize_t c, n0, nb, i, gr, co
+    cdef real* cols
+    cdef real* gc
+    for c in prange(nchunks, nogil=True, schedule="static", num_threads=nt):
+        n0 = c * chunk
+        nb = chunk if N - n0 > chunk else N - n0
+        cols = &scratch[threadid(), 0]                # (CK, nb*L), then gc (Cout, nb*L)
+        gc = cols + CK * nb * L
+        for i in range(nb):                            # gy[n0+i] (Cout, L) -> gc
+            for co in range(Cout):
+                copy_row(gc + co * nb * L + i * L, &gy[n0 + i, co, 0], L, 1)
+        if need_dw:
+            for i in range(nb):
+                im2col_image(&x[n0 + i, 0, 0, 0, 0], cols + i * L, nb * L, &g)
+            for gr in range(G):                        # dW_g = g_g cols_g^T
+                gemm(c'N', c'T', <int>cog, <int>CKg, <int>(nb * L),
+                     gc + gr * cog * nb * L, <int>(nb * L), cols + gr * CKg * nb * L,
+                     <int>(nb * L), 0, &dw[c, gr * cog, 0], <int>CKg)
+        if need_dx:
+            for gr in range(G):                        # dcols_g = W_g^T g_g
+                gemm(c'T', c'N', <int>CKg, <int>(nb * L), <int>cog, &w[gr * cog, 0],
+                     <int>CKg, gc + gr * cog * nb * L, <int>(nb * L), 0,
+                     cols + gr * CKg * nb * L, <int>(nb * L))
+            for i in range(nb):
+                zero_row(&dx[n0 + i, 0, 0, 0, 0], S)
+                col2im_image(cols + i * L, nb * L, &dx[n0 + i, 0, 0, 0, 0], &g)
 
 
 cdef inline Py_ssize_t tap_lo(Py_ssize_t start, Py_ssize_t dil) noexcept nogil:

@@ -71,6 +71,19 @@ class ConvCache(NamedTuple):
     spatial: tuple = ()         # the input's own spatial size (before the index map)
 
 
+class ConvChunkCache(NamedTuple):
+    """One call of Conv1d/2d/3d on the compiled im2col path, which runs a chunk of images at
+    a time (refdl.ext.conv_forward): it keeps x, and backward recomputes each chunk's
+    columns from it while they fit in cache (x is prod(K)/stride^r times smaller than cols)."""
+    x: np.ndarray               # the (index-map padded) input, batched
+    x_shape: tuple              # its shape
+    pads: tuple
+    out: tuple
+    batched: bool
+    pad_map: Optional[np.ndarray] = None
+    spatial: tuple = ()
+
+
 class WinogradCache(NamedTuple):
     """One call of Conv2d on the Winograd path (symbols of docs/derivations/winograd.md)."""
     x: np.ndarray               # the input (backward recomputes its tiles' B^T d B from it)
@@ -320,6 +333,29 @@ class _ConvNd(_ConvBase):
                                                      out=out, batched=batched))
             return y if batched else y[0]
         self.last_algorithm = "im2col"
+        if ext.conv_chunked(C * math.prod(self.kernel_size),
+                            self.out_channels, math.prod(out), xb.itemsize):
+            # compiled: im2col and the GEMMs a chunk of images at a time, in cache
+            W2 = self._weight(xb.dtype).reshape(self.out_channels, -1)
+            y = ext.conv_forward(xb, W2, bias, self.kernel_size, self.stride, pads,
+                                 self.dilation, out, self.groups, buffers=self._spare)
+            if recording:
+                self.save_for_backward(ConvChunkCache(x=xb, x_shape=xb.shape, pads=pads,
+                                                      out=out, batched=batched,
+                                                      pad_map=pad_map, spatial=spatial))
+        else:
+            y, cols = self._forward_whole_batch(xb, bias, pads, out)
+            if recording:
+                self.save_for_backward(ConvCache(cols=cols, x_shape=xb.shape, pads=pads,
+                                                 out=out, batched=batched, pad_map=pad_map,
+                                                 spatial=spatial))
+            else:
+                self._cols = cols                  # nothing pending uses it: reuse it
+        return y if batched else y[0]
+
+    def _forward_whole_batch(self, xb, bias, pads, out):
+        """(y, cols): im2col of the whole batch, then one GEMM per group."""
+        N = xb.shape[0]
         cols = ext.im2col(xb, self.kernel_size, self.stride, pads, self.dilation, out,
                           out=self._cols)
         self._cols = None                          # the cache holds it until backward
@@ -336,13 +372,7 @@ class _ConvNd(_ConvBase):
         y = y.reshape((N, self.out_channels) + out)
         if bias is not None:
             y += bias.astype(y.dtype, copy=False).reshape((-1,) + (1,) * self._rank)
-        if recording:
-            self.save_for_backward(ConvCache(cols=cols, x_shape=xb.shape, pads=pads,
-                                             out=out, batched=batched, pad_map=pad_map,
-                                             spatial=spatial))
-        else:
-            self._cols = cols                      # nothing pending uses it: reuse it
-        return y if batched else y[0]
+        return y, cols
 
     def backward(self, grad_out):
         c = self._pending()
@@ -358,6 +388,14 @@ class _ConvNd(_ConvBase):
             dx, dW = winograd.conv2d_backward(g, c.x, c.U, c.x_shape, c.pads,
                                               need_dw=wgrad, buffers=self._spare)
             self._add_param_grads(dW, g)
+            return dx if c.batched else dx[0]
+        if isinstance(c, ConvChunkCache):
+            W2 = self._weight(c.x.dtype).reshape(self.out_channels, -1)
+            dx, dW = ext.conv_backward(c.x, W2, g, self.kernel_size, self.stride, c.pads,
+                                       self.dilation, c.out, self.groups, need_dw=wgrad,
+                                       buffers=self._spare)
+            self._add_param_grads(dW, g)
+            dx = self._unpad(dx, c)
             return dx if c.batched else dx[0]
         G = self.groups
         cols = c.cols
@@ -382,12 +420,19 @@ class _ConvNd(_ConvBase):
         dx = ext.col2im(cols, c.x_shape, self.kernel_size, self.stride, c.pads,
                         self.dilation, c.out)
         self._cols = cols                          # free for the next forward's im2col
-        if c.pad_map is not None:                  # adjoint of the index-map padding
-            flat = np.zeros((N * self.in_channels, math.prod(c.spatial)), dtype=dx.dtype)
-            np.add.at(flat, (slice(None), c.pad_map.ravel()),
-                      dx.reshape(N * self.in_channels, math.prod(dx.shape[2:])))
-            dx = flat.reshape((N, self.in_channels) + tuple(c.spatial))
+        dx = self._unpad(dx, c)
         return dx if c.batched else dx[0]
+
+    def _unpad(self, dx, c):
+        """The adjoint of a non-zero padding mode's index map: dx of the padded input
+        (N, C, *P) summed back onto the input's own positions (N, C, *S)."""
+        if c.pad_map is None:
+            return dx
+        N = dx.shape[0]
+        flat = np.zeros((N * self.in_channels, math.prod(c.spatial)), dtype=dx.dtype)
+        np.add.at(flat, (slice(None), c.pad_map.ravel()),
+                  dx.reshape(N * self.in_channels, math.prod(dx.shape[2:])))
+        return flat.reshape((N, self.in_channels) + tuple(c.spatial))
 
 
 class Conv1d(_ConvNd):
