@@ -20,7 +20,7 @@ The outer loop (batch or plane) runs in parallel with OpenMP when the extension 
 compiled with it; every iteration writes a disjoint part of the output.
 """
 from cython.parallel cimport prange, threadid
-from scipy.linalg.cython_blas cimport sgemm, dgemm
+from cpython.pycapsule cimport PyCapsule_GetName, PyCapsule_GetPointer
 
 ctypedef fused real:
     float
@@ -360,6 +360,27 @@ def col2im3d(const real[:, ::1] cols, real[:, :, :, :, ::1] x,
 
 
 # -- convolution by chunks of images: im2col + GEMM while the columns are in cache ---------
+
+# BLAS's sgemm/dgemm, from SciPy (a dependency of refdl): taken at import from the table
+# of C functions scipy.linalg.cython_blas exports, so building the kernels needs no SciPy
+ctypedef void (*sgemm_t)(char*, char*, int*, int*, int*, float*, float*, int*, float*, int*,
+                         float*, float*, int*) noexcept nogil
+ctypedef void (*dgemm_t)(char*, char*, int*, int*, int*, double*, double*, int*, double*,
+                         int*, double*, double*, int*) noexcept nogil
+cdef sgemm_t sgemm = NULL
+cdef dgemm_t dgemm = NULL
+
+
+def _load_blas():
+    global sgemm, dgemm
+    from scipy.linalg import cython_blas
+    table = cython_blas.__pyx_capi__
+    sgemm = <sgemm_t>PyCapsule_GetPointer(table["sgemm"], PyCapsule_GetName(table["sgemm"]))
+    dgemm = <dgemm_t>PyCapsule_GetPointer(table["dgemm"], PyCapsule_GetName(table["dgemm"]))
+
+
+_load_blas()
+
 
 cdef inline void gemm(char ta, char tb, int M, int N, int K, const real* A, int lda,
                       const real* B, int ldb, real beta, real* C, int ldc) noexcept nogil:
