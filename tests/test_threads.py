@@ -251,3 +251,48 @@ def test_parallel_for_restores_the_pools_and_keeps_order():
     K = ext.compiled_module()
     if K is not None:
         assert K.get_threading()[0] == 2
+
+
+def test_linear_runs_small_products_on_one_blas_thread(monkeypatch):
+    # Linear's three products (forward; dW and dx in backward) go through serial_below
+    # with their multiply-adds, so a small layer never wakes the BLAS pool
+    import refdl.nn.linear as linear
+    seen = []
+
+    class Spy(threads.serial_below):
+        def __enter__(self):
+            seen.append((self._macs, set(blas_threads().values())))
+            r = super().__enter__()
+            seen[-1] += (set(blas_threads().values()),)
+            return r
+
+        def __init__(self, macs):
+            super().__init__(macs)
+            self._macs = macs
+
+    monkeypatch.setattr(linear, "serial_below", Spy)
+    refdl.set_num_threads(2)
+    m = nn.Linear(40, 12)
+    x = np.ones((64, 40), np.float32)
+    m.backward(np.ones_like(m(x)))
+    assert [s[0] for s in seen] == [64 * 40 * 12] * 2
+    assert all(s[2] == {1} for s in seen)            # inside: one thread
+    assert set(blas_threads().values()) == {2}       # and restored
+
+
+@pytest.mark.skipif(ext.compiled_module() is None, reason="the compiled kernels are not built")
+def test_chunked_conv_calls_blas_from_its_threads_with_a_pool_of_one(monkeypatch):
+    # refdl.ext.conv_forward/backward call SciPy's BLAS from the kernels' OpenMP threads:
+    # a BLAS pool of its own would compete with them, so the pools are at 1 during the call
+    K = ext.compiled_module()
+    inside = []
+    for name in ("conv_forward", "conv_backward"):
+        fn = getattr(K, name)
+        monkeypatch.setattr(K, name, lambda *a, _f=fn: (
+            inside.append(set(blas_threads().values())), _f(*a))[1])
+    refdl.set_num_threads(2)
+    with ext.numpy_path(False):
+        m = nn.Conv2d(3, 4, 3)
+        m.backward(np.ones_like(m(np.ones((2, 3, 8, 8), np.float32))))
+    assert inside == [{1}, {1}]
+    assert set(blas_threads().values()) == {2}

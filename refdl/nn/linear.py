@@ -5,6 +5,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .. import init
+from ..threads import serial_below
 from .validate import check_float, check_grad, layer_name
 from .module import Module, Parameter
 
@@ -69,8 +70,10 @@ class Linear(Module):
         # one (M, in) @ (in, out) product for any number of leading dimensions: NumPy's
         # matmul on a 3-D x loops over the batch in small products (slow, and it wakes the
         # BLAS threads for each)
-        y = (x.reshape(-1, self.in_features) @ self.weight.data.T).reshape(
-            x.shape[:-1] + (self.out_features,))
+        # (a small product runs on one BLAS thread: see refdl/threads.py)
+        x2 = x.reshape(-1, self.in_features)
+        with serial_below(x2.size * self.out_features):
+            y = (x2 @ self.weight.data.T).reshape(x.shape[:-1] + (self.out_features,))
         if self.bias is not None:
             y = y + self.bias.data
         return y
@@ -80,11 +83,13 @@ class Linear(Module):
         g = check_grad(self, grad_out, x.shape[:-1] + (self.out_features,))
         g2 = g.reshape(-1, self.out_features)
         x2 = x.reshape(-1, self.in_features)
-        if self.weight.requires_grad:
-            self.weight.grad += g2.T @ x2
+        with serial_below(x2.size * self.out_features):
+            if self.weight.requires_grad:
+                self.weight.grad += g2.T @ x2
+            dx = g2 @ self.weight.data
         if self.bias is not None and self.bias.requires_grad:
             self.bias.grad += g2.sum(axis=0)
-        return (g2 @ self.weight.data).reshape(x.shape)
+        return dx.reshape(x.shape)
 
 
 class Identity(Module):
