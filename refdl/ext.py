@@ -25,7 +25,7 @@ from . import _ext as _switch     # the on/off switch of the compiled path
 __all__ = ["available", "compiled_module", "openmp", "use_numpy", "use_compiled",
            "numpy_path", "im2col", "col2im", "max_pool_forward", "max_pool_backward",
            "avg_pool_forward", "avg_pool_backward", "backend", "import_error",
-           "check_geometry", "conv_chunked", "conv_chunk", "conv_forward", "conv_backward"]
+           "check_geometry", "conv_chunked", "conv_tiling", "conv_forward", "conv_backward"]
 
 try:
     from ._ext import _kernels as _K
@@ -287,28 +287,30 @@ CHUNK_BYTES = 1 << 17
 # kernels' threads have work to share; the chunking depends on the shapes only, never on
 # the thread count, so every result is the same at any thread count.
 MIN_CHUNKS = 8
-# An image whose columns alone exceed this gains nothing from chunking (Conv3d's
-# (3,10,32,32) images: 3.3 MB of columns each, 17.5 ms chunked against 14.7 ms whole):
-# such layers keep the whole-batch im2col and one GEMM.
-IMAGE_BYTES_MAX = 1 << 20
 
 
-def conv_chunked(CK, C_out, L, itemsize):
-    """True when a convolution with these sizes runs chunk by chunk on the compiled path
-    (:func:`conv_forward`): the kernels are built and enabled and one image's columns and
-    output fit IMAGE_BYTES_MAX."""
-    return available() and 0 < (CK + C_out) * L * itemsize <= IMAGE_BYTES_MAX
+def conv_chunked(CK, C_out, L):
+    """True when a convolution runs piece by piece on the compiled path
+    (:func:`conv_forward`): the kernels are built and enabled (and the output is not
+    empty)."""
+    return available() and CK > 0 and C_out > 0 and L > 0
 
 
-def conv_chunk(N, CK, C_out, L, itemsize):
-    """Images per chunk for :func:`conv_forward`/:func:`conv_backward`: as many as fit
-    CHUNK_BYTES (at least 1), and few enough to leave MIN_CHUNKS chunks."""
-    per_image = (CK + C_out) * L * itemsize
-    return max(1, min(CHUNK_BYTES // max(per_image, 1), -(-N // MIN_CHUNKS)))
+def conv_tiling(N, CK, C_out, R, OW, itemsize):
+    """(images per chunk, output rows per piece) for :func:`conv_forward` and
+    :func:`conv_backward`: whole images, as many as fit CHUNK_BYTES and few enough to
+    leave MIN_CHUNKS chunks; an image larger than CHUNK_BYTES alone is cut into ranges of
+    its R output rows (of OW outputs each) that fit."""
+    per_row = (CK + C_out) * OW * itemsize
+    per_image = per_row * R
+    if per_image > CHUNK_BYTES:
+        return 1, max(1, min(R, CHUNK_BYTES // per_row))
+    return max(1, min(CHUNK_BYTES // per_image, -(-N // MIN_CHUNKS))), R
 
 
 def _conv_args(name, x, w2, kernel_size, stride, pads, dilation, out_size, groups):
-    """Validated (x5, geometry arguments, chunk, scratch shape) for the chunked kernels."""
+    """Validated (x5, geometry arguments, (chunk, rows), scratch shape, output size) for
+    the chunked kernels."""
     _floating(name, x, w2)
     if x.dtype != w2.dtype or w2.ndim != 2:
         raise ValueError(f"{name}: weight must be a 2-D array of x's dtype {x.dtype}, got "
@@ -321,12 +323,13 @@ def _conv_args(name, x, w2, kernel_size, stride, pads, dilation, out_size, group
     if groups < 1 or C % groups or w2.shape[0] % groups or w2.shape[1] != CK // groups:
         raise ValueError(f"{name}: weight {w2.shape} does not fit {C} input channels, "
                          f"kernel {ks} and groups {groups}")
-    chunk = conv_chunk(N, CK, w2.shape[0], L, x.itemsize)
+    R, OW = math.prod(osz[:-1]), osz[-1]
+    chunk, rows = conv_tiling(N, CK, w2.shape[0], R, OW, x.itemsize)
     x5 = np.ascontiguousarray(x).reshape((N, C) + _as3(spatial, 1))
     geom = (*_as3(ks, 1), *_as3(ss, 1), *_as3([lo for lo, _ in ps], 0), *_as3(ds, 1),
             *_as3(osz, 1))
-    scratch = (_K.team_size(), (CK + w2.shape[0]) * chunk * L)
-    return x5, geom, chunk, scratch, osz
+    scratch = (_K.team_size(), (CK + w2.shape[0]) * chunk * rows * OW)
+    return x5, geom, (chunk, rows), scratch, osz
 
 
 def _scratch(buffers, shape, dtype):
@@ -342,42 +345,43 @@ def _scratch(buffers, shape, dtype):
 def conv_forward(x, w2, bias, kernel_size, stride, pads, dilation, out_size, groups=1,
                  buffers=None):
     """y (N, C_out, *O) = the convolution of x (N, C, *S) with w2 (C_out, C/groups*prod(K))
-    plus bias, on the compiled path: im2col and the GEMMs run a chunk of images at a time
-    (``conv_chunk``), on the kernels' threads. ``pads`` are (before, after) pairs of zeros;
+    plus bias, on the compiled path: im2col and the GEMMs run a piece at a time (a chunk of
+    images, or a range of one image's output rows: ``conv_tiling``), on the kernels'
+    threads. ``pads`` are (before, after) pairs of zeros;
     ``buffers`` (a dict) keeps the scratch between calls. Same numbers as im2col + one
     GEMM; see docs/derivations/conv.md."""
     from .threads import blas_serial
-    x5, geom, chunk, shape, osz = _conv_args("conv_forward", x, w2, kernel_size, stride,
+    x5, geom, tiling, shape, osz = _conv_args("conv_forward", x, w2, kernel_size, stride,
                                              pads, dilation, out_size, groups)
     N, Cout = x.shape[0], w2.shape[0]
     y = np.empty((N, Cout, math.prod(osz)), dtype=x.dtype)
     b = np.zeros(0, x.dtype) if bias is None else np.ascontiguousarray(bias, dtype=x.dtype)
     with blas_serial():
         _K.conv_forward(x5, np.ascontiguousarray(w2), b, y, _scratch(buffers, shape, x.dtype),
-                        groups, chunk, *geom)
+                        groups, *tiling, *geom)
     return y.reshape((N, Cout) + osz)
 
 
 def conv_backward(x, w2, grad, kernel_size, stride, pads, dilation, out_size, groups=1,
                   need_dx=True, need_dw=True, buffers=None):
     """(dx, dW): the gradients of :func:`conv_forward` for the upstream gradient ``grad``
-    (N, C_out, *O); dW has w2's shape. Each chunk's columns are recomputed from x, its
-    dW_c = g_c cols_c^T is kept apart and the chunks are summed in order (so the result
-    does not depend on the thread count); dx = col2im(W^T g_c) chunk by chunk."""
+    (N, C_out, *O); dW has w2's shape. Each piece's columns are recomputed from x; each
+    chunk's dW_c = g_c cols_c^T is kept apart and the chunks are summed in order (so the
+    result does not depend on the thread count); dx = col2im(W^T g_c) piece by piece."""
     from .threads import blas_serial
-    x5, geom, chunk, shape, osz = _conv_args("conv_backward", x, w2, kernel_size, stride,
+    x5, geom, tiling, shape, osz = _conv_args("conv_backward", x, w2, kernel_size, stride,
                                              pads, dilation, out_size, groups)
     N, Cout = x.shape[0], w2.shape[0]
     if grad.shape != (N, Cout) + osz:
         raise ValueError(f"conv_backward: grad has shape {grad.shape}, expected "
                          f"{(N, Cout) + osz}")
     g = np.ascontiguousarray(grad, dtype=x.dtype).reshape(N, Cout, math.prod(osz))
-    nchunks = -(-N // chunk)
+    nchunks = -(-N // tiling[0])
     dx = np.empty(x5.shape if need_dx else (0,) + x5.shape[1:], dtype=x.dtype)
     dw = np.empty((nchunks if need_dw else 0,) + w2.shape, dtype=x.dtype)
     with blas_serial():
         _K.conv_backward(x5, np.ascontiguousarray(w2), g, dx, dw,
-                         _scratch(buffers, shape, x.dtype), groups, chunk, *geom)
+                         _scratch(buffers, shape, x.dtype), groups, *tiling, *geom)
     dW = dw.sum(axis=0) if need_dw else None
     if need_dw and nchunks == 0:
         dW = np.zeros(w2.shape, dtype=x.dtype)

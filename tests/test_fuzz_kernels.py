@@ -541,10 +541,11 @@ def test_fuzz_conv_layers(kernels):
 
 
 def test_fuzz_conv_chunk_kernels(kernels, monkeypatch):
-    # refdl.ext.conv_forward / conv_backward (compiled only: im2col and the GEMMs a chunk
-    # of images at a time) against the loops, with batches of up to 13 images cut into
-    # chunks of every size (CHUNK_BYTES from one image per chunk to the whole batch, the
-    # last chunk partial), float64 and float32, with and without dx / dW; and the same bits
+    # refdl.ext.conv_forward / conv_backward (compiled only: im2col and the GEMMs a piece
+    # at a time) against the loops, with batches of up to 13 images cut into pieces of
+    # every size (CHUNK_BYTES from one output row per piece, through ranges of rows and
+    # whole images, to the whole batch; the last chunk and the last range partial),
+    # float64 and float32, with and without dx / dW; and the same bits
     # at 1 and at 2 threads (the chunking does not depend on the thread count)
     build, n = kernels
     before = refdl.get_num_threads()
@@ -554,7 +555,8 @@ def test_fuzz_conv_chunk_kernels(kernels, monkeypatch):
     def run(data):
         r, spatial, ks, ss, ps, ds, groups, cin, cout, _, seed = _conv_case(data)
         N = data.draw(st.integers(0, 13))
-        monkeypatch.setattr(ext, "CHUNK_BYTES", data.draw(st.sampled_from([1, 700, 1 << 30])))
+        monkeypatch.setattr(ext, "CHUNK_BYTES",
+                            data.draw(st.sampled_from([1, 150, 700, 3000, 1 << 30])))
         monkeypatch.setattr(ext, "MIN_CHUNKS", data.draw(st.integers(1, 5)))
         dtype = data.draw(st.sampled_from([np.float64, np.float32]))
         need_dx, need_dw = data.draw(st.sampled_from([(True, True), (True, False),

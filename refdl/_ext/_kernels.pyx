@@ -241,17 +241,19 @@ cdef Geom make_geom(Py_ssize_t C, Py_ssize_t D, Py_ssize_t H, Py_ssize_t W,
     return g
 
 
-cdef int im2col_image(const real* x, real* cols, Py_ssize_t ldc,
-                      const Geom* g) except -1 nogil:
-    # the columns of ONE image x (C, D, H, W): row (c, kd, kh, kw) of cols (row stride ldc)
-    # gets, at column (od, oh, ow), x[c, od*sd + kd*dd - pd, oh*sh + kh*dh - ph,
-    # ow*sw + kw*dw - pw], or 0 where that lies in the padding
-    cdef Py_ssize_t c, kd, kh, kw, od, oh, idd, ih, row, off
+cdef int im2col_image(const real* x, real* cols, Py_ssize_t ldc, const Geom* g,
+                      Py_ssize_t r0, Py_ssize_t r1) except -1 nogil:
+    # the columns of ONE image x (C, D, H, W) for its output rows r0 <= r < r1 (a row r is
+    # an (od, oh) pair, r = od*OH + oh, of OW outputs): row (c, kd, kh, kw) of cols (row
+    # stride ldc) gets, at column (r - r0)*OW + ow, x[c, od*sd + kd*dd - pd,
+    # oh*sh + kh*dh - ph, ow*sw + kw*dw - pw], or 0 where that lies in the padding
+    cdef Py_ssize_t c, kd, kh, kw, r, od, oh, idd, ih, row, off
     cdef Py_ssize_t od0, od1, oh0, oh1, ow0, ow1
-    cdef Py_ssize_t OW = g.OW, L = g.OD * g.OH * g.OW
+    cdef Py_ssize_t OW = g.OW
     cdef real* dst
     cdef const real* src
-    check_seg(0, L, ldc)
+    check_seg(r0, r1, g.OD * g.OH)
+    check_seg(0, (r1 - r0) * OW, ldc)
     for c in range(g.C):
         for kd in range(g.KD):
             od0 = range_lo(g.OD, g.sd, kd * g.dd - g.pd)
@@ -264,13 +266,14 @@ cdef int im2col_image(const real* x, real* cols, Py_ssize_t ldc,
                     ow0 = range_lo(OW, g.sw, off)
                     ow1 = range_hi(OW, g.W, g.sw, off, ow0)
                     row = ((c * g.KD + kd) * g.KH + kh) * g.KW + kw
-                    for od in range(g.OD):
-                        idd = od * g.sd + kd * g.dd - g.pd
-                        for oh in range(g.OH):
-                            dst = cols + row * ldc + (od * g.OH + oh) * OW
-                            if od < od0 or od >= od1 or oh < oh0 or oh >= oh1:
-                                zero_row(dst, OW)
-                                continue
+                    od = r0 // g.OH                     # (od, oh) of row r, stepped below
+                    oh = r0 - od * g.OH
+                    for r in range(r0, r1):
+                        dst = cols + row * ldc + (r - r0) * OW
+                        if od < od0 or od >= od1 or oh < oh0 or oh >= oh1:
+                            zero_row(dst, OW)
+                        else:
+                            idd = od * g.sd + kd * g.dd - g.pd
                             ih = oh * g.sh + kh * g.dh - g.ph
                             src = x + ((c * g.D + idd) * g.H + ih) * g.W
                             check_seg(idd, idd + 1, g.D)
@@ -281,19 +284,24 @@ cdef int im2col_image(const real* x, real* cols, Py_ssize_t ldc,
                             zero_row(dst, ow0)
                             copy_row(dst + ow0, src + ow0 * g.sw + off, ow1 - ow0, g.sw)
                             zero_row(dst + ow1, OW - ow1)
+                        oh = oh + 1
+                        if oh == g.OH:
+                            oh = 0
+                            od = od + 1
     return 0
 
 
-cdef int col2im_image(const real* cols, Py_ssize_t ldc, real* x,
-                      const Geom* g) except -1 nogil:
-    # the adjoint of im2col_image: x (C, D, H, W) += every column entry at the input
-    # position it was copied from (entries that came from the padding are dropped)
-    cdef Py_ssize_t c, kd, kh, kw, od, oh, idd, ih, row, off
+cdef int col2im_image(const real* cols, Py_ssize_t ldc, real* x, const Geom* g,
+                      Py_ssize_t r0, Py_ssize_t r1) except -1 nogil:
+    # the adjoint of im2col_image: x (C, D, H, W) += every column entry of the output rows
+    # r0 <= r < r1 at the input position it was copied from (padding entries are dropped)
+    cdef Py_ssize_t c, kd, kh, kw, r, od, oh, idd, ih, row, off
     cdef Py_ssize_t od0, od1, oh0, oh1, ow0, ow1
-    cdef Py_ssize_t OW = g.OW, L = g.OD * g.OH * g.OW
+    cdef Py_ssize_t OW = g.OW
     cdef const real* src
     cdef real* dst
-    check_seg(0, L, ldc)
+    check_seg(r0, r1, g.OD * g.OH)
+    check_seg(0, (r1 - r0) * OW, ldc)
     for c in range(g.C):
         for kd in range(g.KD):
             od0 = range_lo(g.OD, g.sd, kd * g.dd - g.pd)
@@ -306,11 +314,13 @@ cdef int col2im_image(const real* cols, Py_ssize_t ldc, real* x,
                     ow0 = range_lo(OW, g.sw, off)
                     ow1 = range_hi(OW, g.W, g.sw, off, ow0)
                     row = ((c * g.KD + kd) * g.KH + kh) * g.KW + kw
-                    for od in range(od0, od1):
-                        idd = od * g.sd + kd * g.dd - g.pd
-                        for oh in range(oh0, oh1):
+                    od = r0 // g.OH
+                    oh = r0 - od * g.OH
+                    for r in range(r0, r1):
+                        if od >= od0 and od < od1 and oh >= oh0 and oh < oh1:
+                            idd = od * g.sd + kd * g.dd - g.pd
                             ih = oh * g.sh + kh * g.dh - g.ph
-                            src = cols + row * ldc + (od * g.OH + oh) * OW
+                            src = cols + row * ldc + (r - r0) * OW
                             dst = x + ((c * g.D + idd) * g.H + ih) * g.W
                             check_seg(idd, idd + 1, g.D)
                             check_seg(ih, ih + 1, g.H)
@@ -318,6 +328,10 @@ cdef int col2im_image(const real* cols, Py_ssize_t ldc, real* x,
                             if ow1 > ow0:
                                 check_seg(ow0 * g.sw + off, (ow1 - 1) * g.sw + off + 1, g.W)
                             add_row(dst + ow0 * g.sw + off, src + ow0, ow1 - ow0, g.sw)
+                        oh = oh + 1
+                        if oh == g.OH:
+                            oh = 0
+                            od = od + 1
     return 0
 
 
@@ -337,7 +351,7 @@ def im2col3d(const real[:, :, :, :, ::1] x, real[:, ::1] cols,
     if L == 0 or cols.shape[0] == 0:
         return
     for n in prange(N, nogil=True, schedule="static", num_threads=nt):
-        im2col_image(&x[n, 0, 0, 0, 0], &cols[0, n * L], cols.shape[1], &g)
+        im2col_image(&x[n, 0, 0, 0, 0], &cols[0, n * L], cols.shape[1], &g, 0, OD * OH)
 
 
 def col2im3d(const real[:, ::1] cols, real[:, :, :, :, ::1] x,
@@ -356,7 +370,7 @@ def col2im3d(const real[:, ::1] cols, real[:, :, :, :, ::1] x,
     if L == 0 or cols.shape[0] == 0:
         return
     for n in prange(N, nogil=True, schedule="static", num_threads=nt):
-        col2im_image(&cols[0, n * L], cols.shape[1], &x[n, 0, 0, 0, 0], &g)
+        col2im_image(&cols[0, n * L], cols.shape[1], &x[n, 0, 0, 0, 0], &g, 0, OD * OH)
 
 
 # -- convolution by chunks of images: im2col + GEMM while the columns are in cache ---------
@@ -394,129 +408,162 @@ cdef inline void gemm(char ta, char tb, int M, int N, int K, const real* A, int 
         dgemm(&tb, &ta, &N, &M, &K, &one, <double*>B, &ldb, <double*>A, &lda, &beta, C, &ldc)
 
 
-cdef int check_chunks(Py_ssize_t N, Py_ssize_t chunk, Py_ssize_t CK, Py_ssize_t L,
-                      Py_ssize_t Cout, Py_ssize_t G, Py_ssize_t wrows, Py_ssize_t wcols,
-                      Py_ssize_t scratch_rows, Py_ssize_t scratch_len, int nt) except -1:
+cdef struct Tiling:
+    # how conv_forward/conv_backward cut the work: chunks of `chunk` consecutive images
+    # (the last may be shorter) and, when a chunk is a single image, ranges of `rows`
+    # output rows (the last may be shorter); R = OD*OH rows of OW outputs per image
+    Py_ssize_t N, chunk, nchunks, R, rows, nranges, OW
+
+
+cdef Tiling make_tiling(Py_ssize_t N, Py_ssize_t chunk, Py_ssize_t rows, Py_ssize_t CK,
+                        Py_ssize_t Cout, Py_ssize_t G, Py_ssize_t wrows, Py_ssize_t wcols,
+                        Py_ssize_t scratch_len, Py_ssize_t OD, Py_ssize_t OH,
+                        Py_ssize_t OW) except *:
     # once per call, in every build: the chunked loops below trust these
-    if chunk < 1 or G < 1 or Cout % G or CK % G or L < 1 or CK < 1:
-        raise ValueError("refdl kernel: inconsistent chunk or groups")
+    cdef Tiling t
+    t.N, t.chunk, t.R, t.rows, t.OW = N, chunk, OD * OH, rows, OW
+    if chunk < 1 or G < 1 or Cout % G or CK % G or t.R < 1 or OW < 1 or CK < 1 or \
+            rows < 1 or rows > t.R or (chunk > 1 and rows != t.R):
+        raise ValueError("refdl kernel: inconsistent chunk, rows or groups")
     if wrows != Cout or wcols != CK // G:
         raise ValueError(f"refdl kernel: weight has shape ({wrows}, {wcols}), expected "
                          f"({Cout}, {CK // G})")
-    if scratch_rows < nt or scratch_len < (CK + Cout) * chunk * L:
+    if scratch_len < (CK + Cout) * chunk * rows * OW:
         raise ValueError("refdl kernel: scratch too small")
-    if (CK + Cout) * chunk * L >= 2 ** 31:
+    if (CK + Cout) * chunk * rows * OW >= 2 ** 31 or Cout * t.R * OW >= 2 ** 31:
         raise ValueError("refdl kernel: a chunk is too large for 32-bit BLAS indices")
-    return 0
+    t.nchunks = (N + chunk - 1) // chunk
+    t.nranges = (t.R + rows - 1) // rows
+    return t
+
+
+cdef inline Py_ssize_t chunk_size(const Tiling* t, Py_ssize_t c) noexcept nogil:
+    # images in chunk c
+    return t.chunk if t.N - c * t.chunk > t.chunk else t.N - c * t.chunk
+
+
+cdef inline Py_ssize_t range_end(const Tiling* t, Py_ssize_t r0) noexcept nogil:
+    # one past the last output row of the range starting at row r0
+    return r0 + t.rows if t.R - r0 > t.rows else t.R
 
 
 def conv_forward(const real[:, :, :, :, ::1] x, const real[:, ::1] w, const real[::1] bias,
                  real[:, :, ::1] y, real[:, ::1] scratch, Py_ssize_t groups,
-                 Py_ssize_t chunk,
+                 Py_ssize_t chunk, Py_ssize_t rows,
                  Py_ssize_t KD, Py_ssize_t KH, Py_ssize_t KW,
                  Py_ssize_t sd, Py_ssize_t sh, Py_ssize_t sw,
                  Py_ssize_t pd, Py_ssize_t ph, Py_ssize_t pw,
                  Py_ssize_t dd, Py_ssize_t dh, Py_ssize_t dw,
                  Py_ssize_t OD, Py_ssize_t OH, Py_ssize_t OW):
-    """y (N, C_out, L) = W_g cols_g + b for every group g, a chunk of images at a time:
-    the chunk's columns (C*K, chunk*L) are written to this thread's scratch row, then one
-    GEMM per group reads them while they are still in cache. bias: (C_out,) or empty.
-    Chunks are independent; BLAS must be single-threaded during the call."""
+    """y (N, C_out, L) = W_g cols_g + b for every group g, one piece at a time: a chunk of
+    `chunk` images, or `rows` output rows of one image. The piece's columns (C*K, width)
+    are written to this thread's scratch row, then one GEMM per group reads them while
+    they are still in cache; bias: (C_out,) or empty. Pieces are independent and run on
+    the kernels' threads; BLAS must be single-threaded during the call."""
     cdef Py_ssize_t N = x.shape[0], Cout = y.shape[1], L = OD * OH * OW
     cdef Py_ssize_t CK = x.shape[1] * KD * KH * KW
-    cdef Py_ssize_t nchunks = (N + chunk - 1) // chunk if chunk > 0 else 0
-    cdef int nt = n_threads(N * CK * L, nchunks)
     if y.shape[0] != N or y.shape[2] != L or (bias.shape[0] != 0 and bias.shape[0] != Cout):
         raise ValueError("conv_forward: inconsistent shapes")
     check_cols(CK, N * L, N, x.shape[1], KD, KH, KW, sd, sh, sw, dd, dh, dw, OD, OH, OW)
-    check_chunks(N, chunk, CK, L, Cout, groups, w.shape[0], w.shape[1],
-                 scratch.shape[0], scratch.shape[1], nt)
+    cdef Tiling t = make_tiling(N, chunk, rows, CK, Cout, groups, w.shape[0], w.shape[1],
+                                scratch.shape[1], OD, OH, OW)
+    cdef int nt = n_threads(N * CK * L, t.nchunks * t.nranges)
+    if scratch.shape[0] < nt:
+        raise ValueError("conv_forward: scratch has too few rows for the threads")
     cdef Geom g = make_geom(x.shape[1], x.shape[2], x.shape[3], x.shape[4], KD, KH, KW,
                             sd, sh, sw, pd, ph, pw, dd, dh, dw, OD, OH, OW)
-    cdef Py_ssize_t G = groups, cog = Cout // groups, CKg = CK // groups
-    cdef Py_ssize_t c, n0, nb, i, gr, co
+    cdef Py_ssize_t cog = Cout // groups, CKg = CK // groups
+    cdef Py_ssize_t p, n0, nb, r0, r1, cl, width, i, gr, co
     cdef real* cols
     cdef real* yc
-    cdef real* dst
-    cdef const real* src
-    cdef real b
-    for c in prange(nchunks, nogil=True, schedule="static", num_threads=nt):
-        n0 = c * chunk
-        nb = chunk if N - n0 > chunk else N - n0
-        cols = &scratch[threadid(), 0]                # (CK, nb*L), then yc (Cout, nb*L)
-        yc = cols + CK * nb * L
+    for p in prange(t.nchunks * t.nranges, nogil=True, schedule="static", num_threads=nt):
+        n0 = (p // t.nranges) * t.chunk
+        nb = chunk_size(&t, p // t.nranges)
+        r0 = (p % t.nranges) * t.rows
+        r1 = range_end(&t, r0)
+        cl = (r1 - r0) * OW                            # columns per image of this piece
+        width = nb * cl
+        cols = &scratch[threadid(), 0]                 # (CK, width), then yc (Cout, width)
+        yc = cols + CK * width
         for i in range(nb):
-            im2col_image(&x[n0 + i, 0, 0, 0, 0], cols + i * L, nb * L, &g)
-        for gr in range(G):
-            gemm(c'N', c'N', <int>cog, <int>(nb * L), <int>CKg, &w[gr * cog, 0], <int>CKg,
-                 cols + gr * CKg * nb * L, <int>(nb * L), 0, yc + gr * cog * nb * L,
-                 <int>(nb * L))
-        for i in range(nb):                            # (Cout, nb*L) -> y[n0+i] (Cout, L)
+            im2col_image(&x[n0 + i, 0, 0, 0, 0], cols + i * cl, width, &g, r0, r1)
+        for gr in range(groups):
+            gemm(c'N', c'N', <int>cog, <int>width, <int>CKg, &w[gr * cog, 0], <int>CKg,
+                 cols + gr * CKg * width, <int>width, 0, yc + gr * cog * width, <int>width)
+        for i in range(nb):                            # yc -> y[n0+i, :, r0*OW:r1*OW] + b
             for co in range(Cout):
-                dst = &y[n0 + i, co, 0]
-                src = yc + co * nb * L + i * L
-                b = bias[co] if bias.shape[0] else 0
-                add_bias(dst, src, L, b)
+                add_bias(&y[n0 + i, co, r0 * OW], yc + co * width + i * cl, cl,
+                         bias[co] if bias.shape[0] else 0)
 
 
 def conv_backward(const real[:, :, :, :, ::1] x, const real[:, ::1] w,
                   const real[:, :, ::1] gy, real[:, :, :, :, ::1] dx, real[:, :, ::1] dw,
-                  real[:, ::1] scratch, Py_ssize_t groups, Py_ssize_t chunk,
+                  real[:, ::1] scratch, Py_ssize_t groups, Py_ssize_t chunk, Py_ssize_t rows,
                   Py_ssize_t KD, Py_ssize_t KH, Py_ssize_t KW,
                   Py_ssize_t sd, Py_ssize_t sh, Py_ssize_t sw,
                   Py_ssize_t pd, Py_ssize_t ph, Py_ssize_t pw,
                   Py_ssize_t dd, Py_ssize_t dh, Py_ssize_t dw_,
                   Py_ssize_t OD, Py_ssize_t OH, Py_ssize_t OW):
-    """For each chunk c of images (g_c = the chunk's upstream gradient as (C_out, nb*L)):
-    dw[c] = g_c cols_c^T per group (when dw has nchunks rows; the caller sums them in
-    order, so the result does not depend on the thread count) and dx = col2im(W^T g_c)
-    (when dx has N rows; written whole, no zeroing needed). cols_c is recomputed from x."""
+    """For each chunk c of images, piece by piece as in conv_forward (g_c = the piece's
+    upstream gradient as (C_out, width)): dw[c] = sum over its pieces of g_c cols_c^T per
+    group (when dw has a row per chunk; the caller sums the rows in order, so the result
+    does not depend on the thread count) and dx = col2im(W^T g_c) (when dx has N rows;
+    written whole, no zeroing needed). The columns are recomputed from x. A chunk's
+    pieces run in order on one thread (col2im of neighbouring row ranges overlap)."""
     cdef Py_ssize_t N = x.shape[0], Cout = gy.shape[1], L = OD * OH * OW
     cdef Py_ssize_t CK = x.shape[1] * KD * KH * KW
-    cdef Py_ssize_t nchunks = (N + chunk - 1) // chunk if chunk > 0 else 0
-    cdef int nt = n_threads(N * CK * L, nchunks)
     cdef bint need_dw = dw.shape[0] > 0, need_dx = dx.shape[0] > 0
     if gy.shape[0] != N or gy.shape[2] != L:
         raise ValueError("conv_backward: inconsistent shapes")
-    if need_dw and (dw.shape[0] != nchunks or dw.shape[1] != Cout or
-                    dw.shape[2] != CK // max(groups, 1)):
+    check_cols(CK, N * L, N, x.shape[1], KD, KH, KW, sd, sh, sw, dd, dh, dw_, OD, OH, OW)
+    cdef Tiling t = make_tiling(N, chunk, rows, CK, Cout, groups, w.shape[0], w.shape[1],
+                                scratch.shape[1], OD, OH, OW)
+    if need_dw and (dw.shape[0] != t.nchunks or dw.shape[1] != Cout or
+                    dw.shape[2] != CK // groups):
         raise ValueError("conv_backward: dw must be (chunks, C_out, C_in/G*K)")
     if need_dx and (dx.shape[0] != N or dx.shape[1] != x.shape[1] or dx.shape[2] != x.shape[2]
                     or dx.shape[3] != x.shape[3] or dx.shape[4] != x.shape[4]):
         raise ValueError("conv_backward: dx must have x's shape")
-    check_cols(CK, N * L, N, x.shape[1], KD, KH, KW, sd, sh, sw, dd, dh, dw_, OD, OH, OW)
-    check_chunks(N, chunk, CK, L, Cout, groups, w.shape[0], w.shape[1],
-                 scratch.shape[0], scratch.shape[1], nt)
+    cdef int nt = n_threads(N * CK * L, t.nchunks)
+    if scratch.shape[0] < nt:
+        raise ValueError("conv_backward: scratch has too few rows for the threads")
     cdef Geom g = make_geom(x.shape[1], x.shape[2], x.shape[3], x.shape[4], KD, KH, KW,
                             sd, sh, sw, pd, ph, pw, dd, dh, dw_, OD, OH, OW)
-    cdef Py_ssize_t G = groups, cog = Cout // groups, CKg = CK // groups
+    cdef Py_ssize_t cog = Cout // groups, CKg = CK // groups
     cdef Py_ssize_t S = x.shape[1] * x.shape[2] * x.shape[3] * x.shape[4]
-    cdef Py_ssize_t c, n0, nb, i, gr, co
+    cdef Py_ssize_t c, n0, nb, r0, r1, cl, width, i, gr, co
     cdef real* cols
     cdef real* gc
-    for c in prange(nchunks, nogil=True, schedule="static", num_threads=nt):
-        n0 = c * chunk
-        nb = chunk if N - n0 > chunk else N - n0
-        cols = &scratch[threadid(), 0]                # (CK, nb*L), then gc (Cout, nb*L)
-        gc = cols + CK * nb * L
-        for i in range(nb):                            # gy[n0+i] (Cout, L) -> gc
-            for co in range(Cout):
-                copy_row(gc + co * nb * L + i * L, &gy[n0 + i, co, 0], L, 1)
-        if need_dw:
-            for i in range(nb):
-                im2col_image(&x[n0 + i, 0, 0, 0, 0], cols + i * L, nb * L, &g)
-            for gr in range(G):                        # dW_g = g_g cols_g^T
-                gemm(c'N', c'T', <int>cog, <int>CKg, <int>(nb * L),
-                     gc + gr * cog * nb * L, <int>(nb * L), cols + gr * CKg * nb * L,
-                     <int>(nb * L), 0, &dw[c, gr * cog, 0], <int>CKg)
-        if need_dx:
-            for gr in range(G):                        # dcols_g = W_g^T g_g
-                gemm(c'T', c'N', <int>CKg, <int>(nb * L), <int>cog, &w[gr * cog, 0],
-                     <int>CKg, gc + gr * cog * nb * L, <int>(nb * L), 0,
-                     cols + gr * CKg * nb * L, <int>(nb * L))
-            for i in range(nb):
-                zero_row(&dx[n0 + i, 0, 0, 0, 0], S)
-                col2im_image(cols + i * L, nb * L, &dx[n0 + i, 0, 0, 0, 0], &g)
+    for c in prange(t.nchunks, nogil=True, schedule="static", num_threads=nt):
+        n0 = c * t.chunk
+        nb = chunk_size(&t, c)
+        cols = &scratch[threadid(), 0]                 # (CK, width), then gc (Cout, width)
+        r0 = 0
+        while r0 < t.R:                                # the chunk's row ranges, in order
+            r1 = range_end(&t, r0)
+            cl = (r1 - r0) * OW
+            width = nb * cl
+            gc = cols + CK * width
+            for i in range(nb):                        # gy[n0+i, :, r0*OW:r1*OW] -> gc
+                for co in range(Cout):
+                    copy_row(gc + co * width + i * cl, &gy[n0 + i, co, r0 * OW], cl, 1)
+            if need_dw:
+                for i in range(nb):
+                    im2col_image(&x[n0 + i, 0, 0, 0, 0], cols + i * cl, width, &g, r0, r1)
+                for gr in range(groups):               # dW_g (+)= g_g cols_g^T
+                    gemm(c'N', c'T', <int>cog, <int>CKg, <int>width, gc + gr * cog * width,
+                         <int>width, cols + gr * CKg * width, <int>width,
+                         0 if r0 == 0 else 1, &dw[c, gr * cog, 0], <int>CKg)
+            if need_dx:
+                for gr in range(groups):               # dcols_g = W_g^T g_g
+                    gemm(c'T', c'N', <int>CKg, <int>width, <int>cog, &w[gr * cog, 0],
+                         <int>CKg, gc + gr * cog * width, <int>width, 0,
+                         cols + gr * CKg * width, <int>width)
+                for i in range(nb):
+                    if r0 == 0:
+                        zero_row(&dx[n0 + i, 0, 0, 0, 0], S)
+                    col2im_image(cols + i * cl, width, &dx[n0 + i, 0, 0, 0, 0], &g, r0, r1)
+            r0 = r1
 
 
 cdef inline Py_ssize_t tap_lo(Py_ssize_t start, Py_ssize_t dil) noexcept nogil:
