@@ -69,11 +69,11 @@ class Linear(Module):
             self.save_for_backward(LinearCache(x=x))
         # one (M, in) @ (in, out) product for any number of leading dimensions: NumPy's
         # matmul on a 3-D x loops over the batch in small products (slow, and it wakes the
-        # BLAS threads for each)
-        # (a small product runs on one BLAS thread: see refdl/threads.py)
+        # BLAS threads for each); a small product runs on one BLAS thread (refdl/threads.py)
         x2 = x.reshape(-1, self.in_features)
         with serial_below(x2.size * self.out_features):
-            y = (x2 @ self.weight.data.T).reshape(x.shape[:-1] + (self.out_features,))
+            y = x2 @ self.weight.data.T
+        y = y.reshape(x.shape[:-1] + (self.out_features,))
         if self.bias is not None:
             y = y + self.bias.data
         return y
