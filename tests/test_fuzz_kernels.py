@@ -701,10 +701,22 @@ def wide_pool_geometry(draw):
     return (N, C) + spatial, ks, ss, ds, dtype, nan_share, draw(st.integers(0, 2 ** 16))
 
 
+def window_sum_reference(x, ks, ss):
+    """The sum of every window (no padding, no dilation), from NumPy alone."""
+    r = len(ks)
+    win = np.lib.stride_tricks.sliding_window_view(x, ks, axis=tuple(range(2, 2 + r)))
+    win = win[(slice(None), slice(None)) + tuple(slice(None, None, s) for s in ss)]
+    with np.errstate(invalid="ignore"):                 # inf + (-inf) is NaN: expected
+        return win.sum(axis=tuple(range(2 + r, 2 + 2 * r)))
+
+
 @pytest.mark.parametrize("variant", KERNEL_VARIANTS)
-def test_max_pool_ties_and_nan_every_build(variant, monkeypatch):
-    """Each build on inputs full of ties, NaN and infinities against NumPy's argmax: the
-    first maximum of a window wins, a NaN wins and propagates, its index is the first NaN's."""
+def test_pool_ties_and_nan_every_build(variant, monkeypatch):
+    """Each build on wide inputs full of ties, NaN and infinities. Max pooling against
+    NumPy's argmax: the first maximum of a window wins, a NaN wins and propagates, its
+    index is the first NaN's. Average pooling (dilation 1) against NumPy's window sums:
+    the values are small integers, so every summation order gives the same exact sum and
+    the two must agree to the bit (NaN where a NaN or inf - inf is in the window)."""
     monkeypatch.setattr(ext, "_K", kernel_variant_module(variant))
 
     @_settings(EXAMPLES)
@@ -717,6 +729,15 @@ def test_max_pool_ties_and_nan_every_build(variant, monkeypatch):
             y, idx = ext.max_pool_forward(x, ks, ss, (0,) * len(ks), ds, y_ref.shape[2:])
         np.testing.assert_array_equal(y, y_ref)                    # NaN where NaN
         np.testing.assert_array_equal(idx, i_ref)
+        if any(d != 1 for d in ds):                  # average pooling has no dilation
+            return
+        sums = window_sum_reference(x, ks, ss)
+        for override in (None, 3):
+            div = override or math.prod(ks)
+            with ext.numpy_path(False):
+                a = ext.avg_pool_forward(x, ks, ss, (0,) * len(ks), sums.shape[2:], True,
+                                         override)
+            np.testing.assert_array_equal(a, (sums / dtype(div)).astype(dtype))
     run()
 
 

@@ -486,6 +486,32 @@ cdef inline AvgWindow avg_window(Py_ssize_t ds, Py_ssize_t hs, Py_ssize_t ws,
     return w
 
 
+cdef void avgpool2d_interior(const real* plane, real* yp,
+                             Py_ssize_t H, Py_ssize_t W, Py_ssize_t OH, Py_ssize_t OW,
+                             Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t sh, Py_ssize_t sw,
+                             real div) noexcept nogil:
+    # average pooling of one plane whose windows all lie inside it (no padding; the caller
+    # checked (OH-1)*sh + KH <= H and (OW-1)*sw + KW <= W), each divided by ``div``.
+    # Row-wise for the same reason as maxpool2d_interior: the innermost loop adds one tap
+    # to the OW sums of a row, independent iterations that vectorise. Each sum still starts
+    # at 0 and adds its taps in the general loop's order (kh, then kw) before the one
+    # division: the same roundings, so the same numbers as avgpool3d_forward's loop.
+    cdef Py_ssize_t oh, ow, kh, kw, row, tap
+    cdef real* yr
+    for oh in range(OH):
+        yr = yp + oh * OW
+        row = oh * sh * W
+        for ow in range(OW):
+            yr[ow] = 0
+        for kh in range(KH):
+            for kw in range(KW):
+                tap = row + kh * W + kw
+                for ow in range(OW):
+                    yr[ow] = yr[ow] + plane[tap + ow * sw]
+        for ow in range(OW):
+            yr[ow] = yr[ow] / div
+
+
 def avgpool3d_forward(const real[:, :, :, ::1] x, real[:, :, :, ::1] y,
                       Py_ssize_t KD, Py_ssize_t KH, Py_ssize_t KW,
                       Py_ssize_t sd, Py_ssize_t sh, Py_ssize_t sw,
@@ -501,6 +527,15 @@ def avgpool3d_forward(const real[:, :, :, ::1] x, real[:, :, :, ::1] y,
     cdef AvgWindow w
     cdef real div, acc
     nt = n_threads(x.shape[0] * x.shape[1] * x.shape[2] * x.shape[3], P)
+    if (D == 1 and KD == 1 and OD == 1 and ph == 0 and pw == 0
+            and (OH - 1) * sh + KH <= H and (OW - 1) * sw + KW <= W):
+        # the common 2-D case: every window is whole, so every divisor is KH*KW (or the
+        # override) and no tap range needs clamping
+        div = <real>(override if override > 0 else KH * KW)
+        for p in prange(P, nogil=True, schedule="static", num_threads=nt):
+            avgpool2d_interior(&x[p, 0, 0, 0], &y[p, 0, 0, 0], H, W, OH, OW, KH, KW,
+                               sh, sw, div)
+        return
     for p in prange(P, nogil=True, schedule="static", num_threads=nt):
         for od in range(OD):
             for oh in range(OH):
