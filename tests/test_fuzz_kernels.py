@@ -802,3 +802,43 @@ def test_builds_give_bit_identical_results():
             assert a[~nan].tobytes() == b[~nan].tobytes(), \
                 f"output {i} differs between the builds"
     run()
+
+
+@pytest.mark.parametrize("variant", KERNEL_VARIANTS)
+def test_row_wise_pool_loops_equal_the_general_loop(variant, monkeypatch):
+    """The interior (row-wise) loops of max and average pooling keep the general loop's
+    order of operations: the same bits. One more output row and column, whose windows
+    hang over the input's edge (ceil_mode), send the same call down the general loop;
+    the outputs both calls share must agree to the bit, and for the backward an upstream
+    gradient of 0 at the extra outputs adds exact zeros."""
+    monkeypatch.setattr(ext, "_K", kernel_variant_module(variant))
+
+    @_settings(EXAMPLES // 3)
+    @given(st.integers(1, 4), st.integers(1, 4), st.integers(1, 3), st.integers(1, 3),
+           st.integers(0, 30), st.integers(0, 30), st.integers(0, 2 ** 16),
+           st.sampled_from([np.float32, np.float64]))
+    def run(KH, KW, sh, sw, eh, ew, seed, dtype):
+        H, W = KH + eh, KW + ew
+        OH, OW = (H - KH) // sh + 1, (W - KW) // sw + 1
+        if OH * sh > H - 1 or OW * sw > W - 1:
+            return                      # no room for an overhanging window
+        rng = np.random.default_rng(seed)
+        x = rng.standard_normal((2, 2, H, W)).astype(dtype)
+        g = rng.standard_normal((2, 2, OH, OW)).astype(dtype)
+        g_ext = np.zeros((2, 2, OH + 1, OW + 1), dtype)
+        g_ext[:, :, :OH, :OW] = g
+        k, s, p = (KH, KW), (sh, sw), (0, 0)
+        with ext.numpy_path(False):
+            y, idx = ext.max_pool_forward(x, k, s, p, (1, 1), (OH, OW))
+            y2, idx2 = ext.max_pool_forward(x, k, s, p, (1, 1), (OH + 1, OW + 1))
+            assert y.tobytes() == y2[:, :, :OH, :OW].tobytes()
+            assert np.array_equal(idx, idx2[:, :, :OH, :OW])
+            for override in (None, 3):
+                a = ext.avg_pool_forward(x, k, s, p, (OH, OW), True, override)
+                a2 = ext.avg_pool_forward(x, k, s, p, (OH + 1, OW + 1), True, override)
+                assert a.tobytes() == a2[:, :, :OH, :OW].tobytes()
+                d = ext.avg_pool_backward(g, x.shape, k, s, p, (OH, OW), True, override)
+                d2 = ext.avg_pool_backward(g_ext, x.shape, k, s, p, (OH + 1, OW + 1),
+                                           True, override)
+                assert d.tobytes() == d2.tobytes()
+    run()

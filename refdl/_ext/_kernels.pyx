@@ -551,6 +551,26 @@ def avgpool3d_forward(const real[:, :, :, ::1] x, real[:, :, :, ::1] y,
                     y[p, od, oh, ow] = acc / div
 
 
+cdef void avgpool2d_interior_adjoint(const real* gp, real* dp,
+                                     Py_ssize_t H, Py_ssize_t W, Py_ssize_t OH,
+                                     Py_ssize_t OW, Py_ssize_t KH, Py_ssize_t KW,
+                                     Py_ssize_t sh, Py_ssize_t sw, real div) noexcept nogil:
+    # the backward of avgpool2d_interior: dp[window (oh, ow)] += gp[oh, ow] / div, row-wise
+    # (the innermost loop runs over ow for one tap). Every element of dp receives its
+    # shares in the general loop's order, windows in raster order: within one output row
+    # the windows reaching an element come in ascending ow exactly when the taps come in
+    # descending kw, hence the reversed kw loop (same sums, same roundings).
+    cdef Py_ssize_t oh, ow, kh, kw, tap
+    cdef const real* gr
+    for oh in range(OH):
+        gr = gp + oh * OW
+        for kh in range(KH):
+            for kw in range(KW - 1, -1, -1):
+                tap = (oh * sh + kh) * W + kw
+                for ow in range(OW):
+                    dp[tap + ow * sw] += gr[ow] / div
+
+
 def avgpool3d_backward(const real[:, :, :, ::1] grad, real[:, :, :, ::1] dx,
                        Py_ssize_t KD, Py_ssize_t KH, Py_ssize_t KW,
                        Py_ssize_t sd, Py_ssize_t sh, Py_ssize_t sw,
@@ -567,6 +587,14 @@ def avgpool3d_backward(const real[:, :, :, ::1] grad, real[:, :, :, ::1] dx,
     cdef AvgWindow w
     cdef real div, share
     nt = n_threads(dx.shape[0] * dx.shape[1] * dx.shape[2] * dx.shape[3], P)
+    if (D == 1 and KD == 1 and OD == 1 and ph == 0 and pw == 0
+            and (OH - 1) * sh + KH <= H and (OW - 1) * sw + KW <= W):
+        # every window whole, as in avgpool3d_forward
+        div = <real>(override if override > 0 else KH * KW)
+        for p in prange(P, nogil=True, schedule="static", num_threads=nt):
+            avgpool2d_interior_adjoint(&grad[p, 0, 0, 0], &dx[p, 0, 0, 0], H, W, OH, OW,
+                                       KH, KW, sh, sw, div)
+        return
     for p in prange(P, nogil=True, schedule="static", num_threads=nt):
         for od in range(OD):
             for oh in range(OH):
