@@ -71,8 +71,43 @@ def openmp_flags(compiler):
     return [], []
 
 
+# the x86-64 variant's flags; -ffp-contract=off: no fused multiply-adds, so the variant
+# rounds exactly like the baseline build
+AVX2_FLAGS = ["-mavx2", "-mfma", "-ffp-contract=off"]
+# extension name -> the instruction-set flags the compiler must accept to build it
+ISA_VARIANTS = {"refdl._ext._kernels_avx2": AVX2_FLAGS}
+
+AVX2_PROBE = """
+#include <immintrin.h>
+int main(void) {
+  __m256 a = _mm256_set1_ps(1.0f);
+  a = _mm256_fmadd_ps(a, a, a);
+  return (int)_mm256_cvtss_f32(a) == 2 ? 0 : 1; }
+"""
+
+
+def isa_flags_work(compiler, flags):
+    """True when ``compiler`` compiles and links an AVX2/FMA program with ``flags``."""
+    if compiler.compiler_type == "msvc":       # other flag syntax: baseline build only
+        return False
+    return _compiles(compiler, AVX2_PROBE, flags)
+
+
 class OptionalBuildExt(build_ext):
-    """build_ext that adds OpenMP flags when they work and never fails the install."""
+    """build_ext that adds OpenMP flags when they work, drops an instruction-set variant
+    the compiler cannot build, and never fails the install."""
+
+    def _drop_unbuildable_variants(self):
+        keep = []
+        for ext in self.extensions:
+            flags = ISA_VARIANTS.get(ext.name)
+            if flags and not isa_flags_work(self.compiler, flags):
+                print(f"refdl: {ext.name} not built (the compiler does not accept "
+                      f"{' '.join(flags)}); the baseline kernels run everywhere",
+                      file=sys.stderr)
+                continue
+            keep.append(ext)
+        self.extensions = keep
 
     def build_extensions(self):
         try:
@@ -80,6 +115,7 @@ class OptionalBuildExt(build_ext):
                 _warn("no working C compiler")
                 self.extensions = []
                 return
+            self._drop_unbuildable_variants()
             cflags, lflags = openmp_flags(self.compiler)
             for ext in self.extensions:
                 ext.extra_compile_args = list(ext.extra_compile_args or []) + cflags
@@ -101,6 +137,21 @@ def _env_flag(name):
     return os.environ.get(name, "").strip() not in ("", "0", "false", "False", "no")
 
 
+def _write_copy(text, out_dir, name):
+    os.makedirs(out_dir, exist_ok=True)
+    dst = os.path.join(out_dir, name)
+    # rewrite only when it changed: cythonize then skips an up-to-date copy
+    try:
+        with open(dst) as f:
+            if f.read() == text:
+                return dst
+    except OSError:
+        pass
+    with open(dst, "w") as f:
+        f.write(text)
+    return dst
+
+
 def _checked_source(src):
     """A copy of ``src`` under build/ whose header turns Cython's bounds checks on.
 
@@ -113,12 +164,22 @@ def _checked_source(src):
     if header not in text.split("\n", 1)[0]:
         raise RuntimeError(f"{src}: first line must set {header}")
     text = text.replace(header, "boundscheck=True, wraparound=True", 1)
-    out_dir = os.path.join("build", "refdl_boundscheck")
-    os.makedirs(out_dir, exist_ok=True)
-    dst = os.path.join(out_dir, os.path.basename(src))
-    with open(dst, "w") as f:
-        f.write(text)
-    return dst
+    return _write_copy(text, os.path.join("build", "refdl_boundscheck"),
+                       os.path.basename(src))
+
+
+def _variant_source(src, suffix):
+    """An unchanged copy of ``src`` under build/ named ``<stem><suffix>.pyx``: Cython names
+    the module's init function after the file, so the variant needs its own file name."""
+    with open(src) as f:
+        text = f.read()
+    stem = os.path.splitext(os.path.basename(src))[0]
+    return _write_copy(text, os.path.join("build", "refdl" + suffix), stem + suffix + ".pyx")
+
+
+def _x86_64():
+    import platform
+    return platform.machine().lower() in ("x86_64", "amd64")
 
 
 def ext_modules():
@@ -150,6 +211,19 @@ def ext_modules():
         extra_compile_args=opt,
         optional=True,
     )
+    exts = [ext]
+    # the same kernels for x86-64 CPUs with AVX2 and FMA (not for the debug build);
+    # OptionalBuildExt drops it when the compiler does not accept the flags
+    if _x86_64() and not _env_flag("REFDL_BOUNDSCHECK"):
+        avx2 = Extension(
+            "refdl._ext._kernels_avx2",
+            [_variant_source(src, "_avx2")],
+            include_dirs=[numpy.get_include()],
+            define_macros=macros,
+            extra_compile_args=opt + ISA_VARIANTS["refdl._ext._kernels_avx2"],
+            optional=True,
+        )
+        exts.append(avx2)
     # Winograd F(2x2, 3x3) transforms (refdl/functional/winograd.py), same flags
     wino = Extension(
         "refdl._ext._winograd",
@@ -160,7 +234,7 @@ def ext_modules():
         optional=True,
     )
     try:
-        return cythonize([ext, wino], language_level=3, quiet=True)
+        return cythonize(exts + [wino], language_level=3, quiet=True)
     except Exception as exc:
         _warn(f"cythonize failed: {exc}".splitlines()[0])
         return []

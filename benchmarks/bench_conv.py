@@ -166,7 +166,8 @@ def main():
     rng = np.random.default_rng(0)
     info = [i for i in threadpool_info() if i.get("user_api") == "blas"]
     print(f"refdl compiled kernels: {ext.compiled_module() is not None} "
-          f"(OpenMP: {ext.openmp()}); threads: {args.threads}; numpy {np.__version__}; "
+          f"({ext.variant_description()}; OpenMP: {ext.openmp()}); "
+          f"threads: {args.threads}; numpy {np.__version__}; "
           f"torch {torch.__version__ if torch else 'not installed'}")
     for i in info:
         print(f"BLAS: {i.get('internal_api')} {i.get('version')} kernel="

@@ -150,7 +150,8 @@ def run(argv=None):
     load0 = loadavg()
     blas = [i for i in threadpoolctl.threadpool_info() if i.get("user_api") == "blas"]
     print(f"refdl from {os.path.dirname(refdl.__file__)}; compiled kernels "
-          f"{ext.available()} (OpenMP {ext.openmp()}); numpy {np.__version__}; torch "
+          f"{ext.available()} ({ext.variant_description()}; OpenMP {ext.openmp()}); "
+          f"numpy {np.__version__}; torch "
           f"{torch_note}; {ncpu} cores; threads "
           f"{threads}; rounds {args.rounds} x median of {args.calls} calls (minimum over "
           f"rounds)")

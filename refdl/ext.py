@@ -12,9 +12,23 @@ float32 to 1e-5 relative).
 Every function here validates shapes, dtypes and contiguity before handing arrays to the
 compiled code, whose bounds checks are off: a bad call raises a Python error, it never
 reaches the kernels.
+
+Builds ("variants") of the kernels, all from refdl/_ext/_kernels.pyx (setup.py): the
+baseline build (``refdl._ext._kernels``; on x86-64 plain SSE2) runs on every CPU; on x86-64
+a second build, ``refdl._ext._kernels_avx2``, is compiled with ``-mavx2 -mfma`` (and
+``-ffp-contract=off``: the same roundings, bit-identical results). At import refdl loads
+the AVX2 build when it is built and the CPU has AVX2 and FMA, else the baseline build;
+``REFDL_KERNELS=baseline`` in the environment keeps the baseline build.
+``kernel_variant()`` says which one runs ("avx2", "baseline", or None when none is
+loaded), ``variant_description()`` why.
 """
 import contextlib
+import functools
+import importlib
+import importlib.util
 import math
+import os
+import warnings
 
 import numpy as np
 
@@ -27,16 +41,121 @@ __all__ = ["available", "compiled_module", "openmp", "use_numpy", "use_compiled"
            "avg_pool_forward", "avg_pool_backward", "backend", "import_error",
            "check_geometry", "conv_chunked", "conv_tiling", "conv_forward", "conv_backward"]
 
-try:
-    from ._ext import _kernels as _K
-    import_error = None
-except ImportError as exc:           # not built: the NumPy path is a first-class citizen
-    _K = None
-    import_error = str(exc)
+# -- which build of the kernels runs ----------------------------------------------------
+
+# variant -> (module in refdl._ext, the CPU features it needs, as /proc/cpuinfo names them)
+VARIANTS = {"baseline": ("_kernels", ()), "avx2": ("_kernels_avx2", ("avx2", "fma"))}
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_features():
+    """The CPU features this process may use, lower-case /proc/cpuinfo names ("avx2",
+    "fma", ...): NumPy's run-time detection when it has one (it also checks that the OS
+    saves the AVX registers), else the flags of /proc/cpuinfo, else an empty set (then
+    only the baseline build runs)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                from numpy._core._multiarray_umath import __cpu_features__ as found
+            except ImportError:                       # NumPy 1.x
+                from numpy.core._multiarray_umath import __cpu_features__ as found
+        names = {str(k).lower() for k, v in dict(found).items() if v}
+        if "fma3" in names:                           # NumPy's name for FMA
+            names.add("fma")
+        return frozenset(names)
+    except Exception:                                 # no NumPy detection: ask the kernel
+        pass
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except (OSError, UnicodeDecodeError):
+        pass
+    return frozenset()
+
+
+def cpu_supports(variant):
+    """True when this CPU can run the build ``variant`` ("baseline" always can)."""
+    return all(f in cpu_features() for f in VARIANTS[variant][1])
+
+
+def load_variant(variant):
+    """The compiled module of the build ``variant``, imported now if it was not yet.
+
+    Raises ImportError when that build is not installed, RuntimeError when this CPU cannot
+    run it (its code would stop the process with an illegal instruction). The module gets
+    the thread settings of refdl.set_num_threads. Used at import and by the tests, which
+    run every build; the layers call whichever ``compiled_module()`` returns."""
+    name, _ = VARIANTS[variant]
+    if not cpu_supports(variant):
+        raise RuntimeError(f"the {variant} build of the kernels needs the CPU features "
+                           f"{', '.join(VARIANTS[variant][1])}, which this CPU lacks")
+    with _switch.passive_openmp():
+        mod = importlib.import_module(f"{_switch.__name__}.{name}")
+    from . import threads
+    threads.configure_kernels(mod)
+    return mod
+
+
+def _requested():
+    """'baseline' when REFDL_KERNELS=baseline, else 'auto' (a warning for other values)."""
+    value = os.environ.get("REFDL_KERNELS", "").strip().lower()
+    if value in ("", "auto"):
+        return "auto"
+    if value != "baseline":
+        warnings.warn(f"REFDL_KERNELS={value!r} is not 'baseline' or 'auto'; refdl picks "
+                      f"the build of its kernels itself", stacklevel=2)
+        return "auto"
+    return value
+
+
+def _select():
+    """(module, variant, import error of the baseline build, why this variant)."""
+    why = "this CPU lacks AVX2/FMA"
+    if _requested() == "baseline":
+        why = "REFDL_KERNELS=baseline"
+    elif cpu_supports("avx2"):
+        try:
+            return load_variant("avx2"), "avx2", None, "AVX2+FMA build"
+        except ImportError:
+            why = "the AVX2 build is not installed"
+    try:
+        return load_variant("baseline"), "baseline", None, f"baseline build; {why}"
+    except ImportError as exc:       # not built: the NumPy path is a first-class citizen
+        return None, None, str(exc), None
+
+
+_K, _variant, import_error, _variant_why = _select()
+
 
 def compiled_module():
-    """The compiled module (``refdl._ext._kernels``) or None when it is not built."""
+    """The compiled module in use (``refdl._ext._kernels`` or one of its instruction-set
+    builds, see :func:`kernel_variant`) or None when it is not built."""
     return _K
+
+
+def kernel_variant():
+    """Which build of the compiled kernels is loaded: "avx2", "baseline", or None."""
+    return _variant
+
+
+def variant_description():
+    """The loaded build and why it was chosen ("AVX2+FMA build", "baseline build;
+    REFDL_KERNELS=baseline", ...), or None when no build is loaded."""
+    return _variant_why
+
+
+def built_variants():
+    """The builds of the kernels installed next to refdl (whether or not this CPU runs
+    them), in the order of VARIANTS."""
+    return [v for v, (name, _) in VARIANTS.items()
+            if importlib.util.find_spec(f"{_switch.__name__}.{name}") is not None]
+
+
+__all__ += ["kernel_variant", "variant_description", "built_variants", "load_variant",
+            "cpu_features", "cpu_supports", "VARIANTS"]
 
 
 def available():

@@ -50,20 +50,25 @@ def _blas_controllers():
     return _blas
 
 
+# the compiled modules with an OpenMP team: the kernels' builds (refdl.ext picks one;
+# tests load every one) and Winograd's transforms
+_KERNEL_MODULES = ("_kernels", "_kernels_avx2", "_winograd")
+
+
 def _kernels():
-    """The compiled modules with an OpenMP team (those that are built)."""
-    mods = []
-    try:
-        from ._ext import _kernels as kernels
-        mods.append(kernels)
-    except ImportError:       # not built
-        pass
-    try:
-        from ._ext import _winograd as winograd
-        mods.append(winograd)
-    except ImportError:
-        pass
-    return [m for m in mods if hasattr(m, "set_threading")]
+    """The compiled modules with an OpenMP team that are loaded now. A build that loads
+    later gets the current setting from :func:`configure_kernels` (refdl.ext calls it)."""
+    import sys
+    pkg = __name__.rsplit(".", 1)[0] + "._ext."
+    mods = [sys.modules.get(pkg + name) for name in _KERNEL_MODULES]
+    return [m for m in mods if m is not None and hasattr(m, "set_threading")]
+
+
+def configure_kernels(mod):
+    """Give a compiled module that has just loaded the team size of the last
+    :func:`set_num_threads` (before any call: OpenMP's own default)."""
+    if _num_threads is not None and hasattr(mod, "set_threading"):
+        mod.set_threading(_num_threads, KERNEL_GRAIN)
 
 
 def set_num_threads(n):

@@ -48,7 +48,7 @@ def compiled_and_reference(fn, *args):
 @needs_ext
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("shape,k,s,p,d", GEOMETRIES)
-def test_im2col_col2im_compiled_equal_reference(shape, k, s, p, d, dtype):
+def test_im2col_col2im_compiled_equal_reference(shape, k, s, p, d, dtype, kernel_build):
     rng = np.random.default_rng(0)
     x = rng.standard_normal(shape).astype(dtype)
     a, b = compiled_and_reference(ext.im2col, x, k, s, p, d)
@@ -80,7 +80,7 @@ POOLS = [
 @needs_ext
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("shape,k,s,p,d,ceil", POOLS)
-def test_pooling_compiled_equal_reference(shape, k, s, p, d, ceil, dtype):
+def test_pooling_compiled_equal_reference(shape, k, s, p, d, ceil, dtype, kernel_build):
     rng = np.random.default_rng(1)
     x = rng.standard_normal(shape).astype(dtype)
     out = pool_output_size(shape[2:], k, s, p, d, ceil)
@@ -104,7 +104,7 @@ def test_pooling_compiled_equal_reference(shape, k, s, p, d, ceil, dtype):
 
 
 @needs_ext
-def test_layers_call_the_compiled_kernels_when_available(monkeypatch):
+def test_layers_call_the_compiled_kernels_when_available(monkeypatch, kernel_build):
     calls = []
     K = ext.compiled_module()
     for name in ("conv_forward", "conv_backward", "maxpool3d_forward",
@@ -214,3 +214,129 @@ def test_reference_im2col_is_the_textbook_definition():
     c6 = cols.reshape(3, 2, 3, 2, OH, OW)
     for c, kh, kw, n, oh, ow in np.ndindex(*c6.shape):
         assert c6[c, kh, kw, n, oh, ow] == xp[n, c, oh * 2 + kh, ow + kw * 2]
+
+
+# -- which build of the kernels runs (refdl.ext.kernel_variant) ----------------------------
+
+def _proc_cpuinfo_flags():
+    """The CPU's flags as Linux reports them (independent of refdl and NumPy), or None."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        return None
+    return None
+
+
+def _variant_in_subprocess(**env):
+    code = ("import refdl.ext as e; m = e.compiled_module(); "
+            "print(e.kernel_variant(), m.__name__ if m else None)")
+    env = {k: v for k, v in dict(os.environ, **env).items() if v is not None}
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=HERE,
+                         capture_output=True, text=True, check=True).stdout.split()
+    return out[0], out[1]
+
+
+@needs_ext
+def test_the_avx2_build_runs_where_the_cpu_has_avx2_and_fma():
+    flags = _proc_cpuinfo_flags()
+    if flags is None:
+        pytest.skip("no /proc/cpuinfo to tell what this CPU has")
+    want = "avx2" if {"avx2", "fma"} <= flags and "avx2" in ext.built_variants() \
+        else "baseline"
+    variant, module = _variant_in_subprocess(REFDL_KERNELS=None)
+    assert variant == want
+    assert module == {"avx2": "refdl._ext._kernels_avx2",
+                      "baseline": "refdl._ext._kernels"}[want]
+
+
+@needs_ext
+def test_refdl_kernels_baseline_keeps_the_baseline_build():
+    assert _variant_in_subprocess(REFDL_KERNELS="baseline") == \
+        ("baseline", "refdl._ext._kernels")
+
+
+@needs_ext
+def test_every_build_this_compiler_makes_is_installed():
+    """A missing AVX2 build where the compiler accepts its flags is a build bug."""
+    from conftest import compiler_builds
+    for variant in ("baseline", "avx2"):
+        if compiler_builds(variant):
+            assert variant in ext.built_variants(), f"the {variant} build is missing"
+
+
+def test_cpu_features_fall_back_to_proc_cpuinfo_then_to_nothing(monkeypatch):
+    import builtins
+    import io
+    # NumPy's detection unavailable: /proc/cpuinfo's flags line
+    monkeypatch.setitem(sys.modules, "numpy._core._multiarray_umath", None)
+    monkeypatch.setitem(sys.modules, "numpy.core._multiarray_umath", None)
+    real_open = builtins.open
+    cpuinfo = "processor\t: 0\nflags\t\t: fpu sse2 avx fma avx2\n\nprocessor\t: 1\n"
+    monkeypatch.setattr(builtins, "open", lambda path, *a, **k: io.StringIO(cpuinfo)
+                        if path == "/proc/cpuinfo" else real_open(path, *a, **k))
+    assert ext.cpu_features.__wrapped__() == {"fpu", "sse2", "avx", "fma", "avx2"}
+    # neither readable: no features, so only the baseline build may run
+    monkeypatch.setattr(builtins, "open", lambda *a, **k: (_ for _ in ()).throw(OSError()))
+    assert ext.cpu_features.__wrapped__() == frozenset()
+    monkeypatch.setattr(ext, "cpu_features", ext.cpu_features.__wrapped__)
+    assert ext.cpu_supports("baseline") and not ext.cpu_supports("avx2")
+    with pytest.raises(RuntimeError, match="avx2, fma"):
+        ext.load_variant("avx2")
+
+
+@needs_ext
+@pytest.mark.parametrize("cpu,avx2_built,env,want", [
+    ({"avx2", "fma"}, True, None, ("avx2", "AVX2+FMA build")),
+    ({"avx2", "fma"}, True, "baseline", ("baseline", "REFDL_KERNELS=baseline")),
+    ({"avx2"}, True, None, ("baseline", "lacks AVX2/FMA")),
+    (set(), True, None, ("baseline", "lacks AVX2/FMA")),
+    ({"avx2", "fma"}, False, None, ("baseline", "not installed")),
+])
+def test_selection(monkeypatch, cpu, avx2_built, env, want):
+    """The decision alone, for CPUs and installs other than this one (nothing is loaded
+    that this CPU cannot run: load_variant is replaced)."""
+    monkeypatch.setattr(ext, "cpu_features", lambda: frozenset(cpu))
+    if env is None:
+        monkeypatch.delenv("REFDL_KERNELS", raising=False)
+    else:
+        monkeypatch.setenv("REFDL_KERNELS", env)
+
+    def load(variant):
+        assert ext.cpu_supports(variant), f"tried to load {variant} on a CPU without it"
+        if variant == "avx2" and not avx2_built:
+            raise ImportError("No module named 'refdl._ext._kernels_avx2'")
+        return variant
+    monkeypatch.setattr(ext, "load_variant", load)
+    mod, variant, err, why = ext._select()
+    assert (mod, variant, err) == (want[0], want[0], None) and want[1] in why
+
+
+def test_no_module_bypasses_the_selection():
+    """Only refdl.ext (and refdl/threads.py, which sets every loaded build's threads)
+    names the kernels' modules: everything else calls ext.compiled_module()."""
+    import re
+    pat = re.compile(r"_ext\s+import\s+_kernels|_ext\._kernels|import_module\([^)]*_kernels")
+    root = os.path.dirname(refdl.__file__)
+    offenders = []
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            path = os.path.join(dirpath, name)
+            if name.endswith(".py") and os.path.relpath(path, root) not in ("ext.py",):
+                with open(path) as f:
+                    if pat.search(f.read()):
+                        offenders.append(os.path.relpath(path, root))
+    assert offenders == []
+
+
+def test_version_names_the_build(capsys):
+    from refdl.cli import main
+    assert main(["--version"]) == 0
+    out = capsys.readouterr().out
+    if ext.available():
+        assert f"compiled kernels ({ext.variant_description()})" in " ".join(out.split())
+        assert ext.kernel_variant() in ("avx2", "baseline")
+    else:
+        assert "NumPy reference path" in out

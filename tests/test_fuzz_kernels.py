@@ -4,7 +4,8 @@ For random geometries (1-D, 2-D, 3-D; stride, dilation, groups, padding wider th
 input, asymmetric padding, ceil_mode, count_include_pad, divisor_override,
 output_padding, tiny inputs and the empty batch N = 0) every case is computed three ways:
 
-    compiled  refdl.ext with the Cython kernels (refdl/_ext/_kernels.pyx)
+    compiled  refdl.ext with the Cython kernels (refdl/_ext/_kernels.pyx), once per
+              build: baseline and, where built, AVX2 (refdl.ext.VARIANTS)
     numpy     refdl.ext on the NumPy path (refdl.functional)
     loops     a direct loop over output positions and kernel taps written here, from
               the definitions (PyTorch's), sharing no code with refdl
@@ -40,6 +41,8 @@ hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
 
 from refdl import ext, nn  # noqa: E402
+
+from conftest import KERNEL_VARIANTS, kernel_variant_module  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -112,17 +115,19 @@ def _checked_kernels(tmp_root):
     return mod
 
 
-@pytest.fixture(params=["compiled", "checked"])
+@pytest.fixture(params=KERNEL_VARIANTS + ["checked"])
 def kernels(request, tmp_path_factory, monkeypatch):
-    """(build name, number of examples): refdl.ext uses that build during the test."""
+    """(build name, number of examples): refdl.ext uses that build during the test (each
+    instruction-set build of refdl.ext.VARIANTS, then the bounds-checked debug build)."""
     if ext.compiled_module() is None:
         pytest.skip("the compiled kernels are not built (NumPy path only)")
     if request.param == "checked":
         mod = _checked_kernels(str(tmp_path_factory.getbasetemp()))
-        monkeypatch.setattr(ext, "_K", mod)
         n = CHECKED_EXAMPLES
     else:
+        mod = kernel_variant_module(request.param)
         n = EXAMPLES
+    monkeypatch.setattr(ext, "_K", mod)
     with ext.numpy_path(False):
         yield request.param, n
 
@@ -704,3 +709,195 @@ def test_checked_build_raises_instead_of_writing_out_of_bounds(tmp_path_factory)
     for mod in (K, ext.compiled_module()):
         with pytest.raises(ValueError, match=r"cols has shape \(2, 2\), expected \(2, 3\)"):
             mod.im2col3d(x, np.zeros((2, 2)), 1, 1, 2, 1, 1, 1, 0, 0, 0, 1, 1, 1, 1, 1, 3)
+
+
+# -- the instruction-set builds: ties and NaN, and bit-identical results -------------------
+
+def window_max_reference(x, ks, ss, ds):
+    """Max pooling without padding from NumPy alone: the taps of every window in raster
+    order (kh, then kw, ...) along a last axis, np.argmax over it. argmax returns the
+    first maximum and the first NaN (a NaN counts as the largest), which is PyTorch's
+    rule. Returns (y, flat input positions)."""
+    spatial = x.shape[2:]
+    r = len(spatial)
+    reach = tuple(d * (k - 1) + 1 for k, d in zip(ks, ds))
+    win = np.lib.stride_tricks.sliding_window_view(x, reach, axis=tuple(range(2, 2 + r)))
+    win = win[(Ellipsis,) + tuple(slice(None, None, d) for d in ds)]          # dilation
+    win = win[(slice(None), slice(None)) + tuple(slice(None, None, s) for s in ss)]
+    taps = win.reshape(win.shape[:2 + r] + (-1,))
+    arg = np.argmax(taps, axis=-1)
+    y = np.take_along_axis(taps, arg[..., None], axis=-1)[..., 0]
+    # window o, tap k -> input position o*s + k*d, flattened
+    out = taps.shape[2:2 + r]
+    k_pos = np.unravel_index(arg, ks)
+    o_pos = np.indices(out)
+    pos = tuple(o[None, None] * s + k * d for o, k, s, d in zip(o_pos, k_pos, ss, ds))
+    return y, np.ravel_multi_index(pos, spatial)
+
+
+def _tie_and_nan_input(rng, shape, dtype, nan_share):
+    """Small integers (windows full of ties), some NaN, some infinities."""
+    x = rng.integers(-3, 4, size=shape).astype(dtype)
+    x[rng.random(shape) < nan_share] = np.nan
+    x[rng.random(shape) < 0.01] = np.inf
+    x[rng.random(shape) < 0.01] = -np.inf
+    return x
+
+
+@st.composite
+def wide_pool_geometry(draw):
+    """2-D planes wide enough for the vector loops (rows of 8 and more outputs), and 1-D
+    and 3-D ones; dilation > 1 takes the general loop, dilation 1 the interior one."""
+    r = draw(st.sampled_from([1, 2, 2, 2, 3]))
+    Lmax = {1: 90, 2: 40, 3: 10}[r]
+    ks = tuple(draw(st.integers(1, 4)) for _ in range(r))
+    ss = tuple(draw(st.integers(1, 3)) for _ in range(r))
+    ds = tuple(draw(st.sampled_from([1, 1, 1, 2])) for _ in range(r))
+    spatial = tuple(draw(st.integers(d * (k - 1) + 1, Lmax)) for k, d in zip(ks, ds))
+    N, C = draw(st.integers(1, 2)), draw(st.integers(1, 3))
+    dtype = draw(st.sampled_from([np.float32, np.float64]))
+    nan_share = draw(st.sampled_from([0.0, 0.02, 0.3]))
+    return (N, C) + spatial, ks, ss, ds, dtype, nan_share, draw(st.integers(0, 2 ** 16))
+
+
+def window_sum_reference(x, ks, ss):
+    """The sum of every window (no padding, no dilation), from NumPy alone."""
+    r = len(ks)
+    win = np.lib.stride_tricks.sliding_window_view(x, ks, axis=tuple(range(2, 2 + r)))
+    win = win[(slice(None), slice(None)) + tuple(slice(None, None, s) for s in ss)]
+    with np.errstate(invalid="ignore"):                 # inf + (-inf) is NaN: expected
+        return win.sum(axis=tuple(range(2 + r, 2 + 2 * r)))
+
+
+@pytest.mark.parametrize("variant", KERNEL_VARIANTS)
+def test_pool_ties_and_nan_every_build(variant, monkeypatch):
+    """Each build on wide inputs full of ties, NaN and infinities. Max pooling against
+    NumPy's argmax: the first maximum of a window wins, a NaN wins and propagates, its
+    index is the first NaN's. Average pooling (dilation 1) against NumPy's window sums:
+    the values are small integers, so every summation order gives the same exact sum and
+    the two must agree to the bit (NaN where a NaN or inf - inf is in the window)."""
+    monkeypatch.setattr(ext, "_K", kernel_variant_module(variant))
+
+    @_settings(EXAMPLES)
+    @given(wide_pool_geometry())
+    def run(case):
+        shape, ks, ss, ds, dtype, nan_share, seed = case
+        x = _tie_and_nan_input(np.random.default_rng(seed), shape, dtype, nan_share)
+        y_ref, i_ref = window_max_reference(x, ks, ss, ds)
+        with ext.numpy_path(False):
+            y, idx = ext.max_pool_forward(x, ks, ss, (0,) * len(ks), ds, y_ref.shape[2:])
+        np.testing.assert_array_equal(y, y_ref)                    # NaN where NaN
+        np.testing.assert_array_equal(idx, i_ref)
+        if any(d != 1 for d in ds):                  # average pooling has no dilation
+            return
+        sums = window_sum_reference(x, ks, ss)
+        for override in (None, 3):
+            div = override or math.prod(ks)
+            with ext.numpy_path(False):
+                a = ext.avg_pool_forward(x, ks, ss, (0,) * len(ks), sums.shape[2:], True,
+                                         override)
+            np.testing.assert_array_equal(a, (sums / dtype(div)).astype(dtype))
+    run()
+
+
+def _all_kernels(K, case):
+    """Every kernel of the build K on one random case (inputs with ties, NaN, infinities;
+    padding, dilation, ceil-mode overhang): the list of its outputs."""
+    shape, ks, ss, ds, dtype, nan_share, seed = case
+    rng = np.random.default_rng(seed)
+    r = len(ks)
+    x = _tie_and_nan_input(rng, shape, dtype, nan_share)
+    ps = tuple(int(rng.integers(0, k // 2 + 1)) for k in ks)
+    ceil = bool(rng.integers(0, 2))
+    out = tuple(torch_pool_out(L, k, s, p, d, ceil)
+                for L, k, s, p, d in zip(shape[2:], ks, ss, ps, ds))
+    aout = tuple(torch_pool_out(L, k, s, p, 1, ceil)
+                 for L, k, s, p in zip(shape[2:], ks, ss, ps))
+    res = []
+    with ext.numpy_path(False):
+        saved, ext._K = ext._K, K
+        try:
+            cols = ext.im2col(x, ks, ss, tuple((p, p) for p in ps), ds)
+            res += [cols, ext.col2im(_tie_and_nan_input(rng, cols.shape, dtype, nan_share),
+                                     shape, ks, ss, tuple((p, p) for p in ps), ds)]
+            try:
+                y, idx = ext.max_pool_forward(x, ks, ss, ps, ds, out)
+                g = rng.standard_normal(y.shape).astype(dtype)
+                res += [y, idx, ext.max_pool_backward(g, idx, shape)]
+            except ValueError:              # a window in the padding: refused alike
+                res.append("refused")
+            for include, override in ((True, None), (False, None), (True, 3)):
+                a = ext.avg_pool_forward(x, ks, ss, ps, aout, include, override)
+                g = _tie_and_nan_input(rng, a.shape, dtype, nan_share) / 7
+                res += [a, ext.avg_pool_backward(g, shape, ks, ss, ps, aout, include,
+                                                 override)]
+        finally:
+            ext._K = saved
+    assert r == len(ks)
+    return res
+
+
+def test_builds_give_bit_identical_results():
+    """The AVX2 build (-ffp-contract=off) and the baseline build: the same bits from every
+    kernel, on inputs with NaN, ties and infinities (float64 and float32)."""
+    builds = [kernel_variant_module(v) for v in KERNEL_VARIANTS]
+
+    @_settings(EXAMPLES)
+    @given(wide_pool_geometry())
+    def run(case):
+        outs = [_all_kernels(K, case) for K in builds]
+        for i, (a, b) in enumerate(zip(*outs)):
+            if isinstance(a, str) or isinstance(b, str):
+                assert a == b, (i, a, b)
+                continue
+            assert a.dtype == b.dtype and a.shape == b.shape, i
+            # NaN at the same places; every other value the same bits (signed zeros
+            # included). A NaN's sign bit is not compared: when both operands of an
+            # addition are NaN the CPU returns the first one's, and a compiler may swap
+            # the operands of a commutative add (IEEE 754 leaves that sign unspecified)
+            nan = np.isnan(a) if a.dtype.kind == "f" else np.zeros(a.shape, bool)
+            assert np.array_equal(nan, np.isnan(b) if a.dtype.kind == "f" else nan), \
+                f"output {i}: NaN at different places in the two builds"
+            assert a[~nan].tobytes() == b[~nan].tobytes(), \
+                f"output {i} differs between the builds"
+    run()
+
+
+@pytest.mark.parametrize("variant", KERNEL_VARIANTS)
+def test_row_wise_pool_loops_equal_the_general_loop(variant, monkeypatch):
+    """The interior (row-wise) loops of max and average pooling keep the general loop's
+    order of operations: the same bits. One more output row and column, whose windows
+    hang over the input's edge (ceil_mode), send the same call down the general loop;
+    the outputs both calls share must agree to the bit, and for the backward an upstream
+    gradient of 0 at the extra outputs adds exact zeros."""
+    monkeypatch.setattr(ext, "_K", kernel_variant_module(variant))
+
+    @_settings(EXAMPLES // 3)
+    @given(st.integers(1, 4), st.integers(1, 4), st.integers(1, 3), st.integers(1, 3),
+           st.integers(0, 30), st.integers(0, 30), st.integers(0, 2 ** 16),
+           st.sampled_from([np.float32, np.float64]))
+    def run(KH, KW, sh, sw, eh, ew, seed, dtype):
+        H, W = KH + eh, KW + ew
+        OH, OW = (H - KH) // sh + 1, (W - KW) // sw + 1
+        if OH * sh > H - 1 or OW * sw > W - 1:
+            return                      # no room for an overhanging window
+        rng = np.random.default_rng(seed)
+        x = rng.standard_normal((2, 2, H, W)).astype(dtype)
+        g = rng.standard_normal((2, 2, OH, OW)).astype(dtype)
+        g_ext = np.zeros((2, 2, OH + 1, OW + 1), dtype)
+        g_ext[:, :, :OH, :OW] = g
+        k, s, p = (KH, KW), (sh, sw), (0, 0)
+        with ext.numpy_path(False):
+            y, idx = ext.max_pool_forward(x, k, s, p, (1, 1), (OH, OW))
+            y2, idx2 = ext.max_pool_forward(x, k, s, p, (1, 1), (OH + 1, OW + 1))
+            assert y.tobytes() == y2[:, :, :OH, :OW].tobytes()
+            assert np.array_equal(idx, idx2[:, :, :OH, :OW])
+            for override in (None, 3):
+                a = ext.avg_pool_forward(x, k, s, p, (OH, OW), True, override)
+                a2 = ext.avg_pool_forward(x, k, s, p, (OH + 1, OW + 1), True, override)
+                assert a.tobytes() == a2[:, :, :OH, :OW].tobytes()
+                d = ext.avg_pool_backward(g, x.shape, k, s, p, (OH, OW), True, override)
+                d2 = ext.avg_pool_backward(g_ext, x.shape, k, s, p, (OH + 1, OW + 1),
+                                           True, override)
+                assert d.tobytes() == d2.tobytes()
+    run()

@@ -14,6 +14,8 @@ import refdl
 from refdl import ext, nn, threads
 from refdl.functional import winograd as wg
 
+from conftest import KERNEL_VARIANTS, kernel_variant_module
+
 
 def blas_threads():
     return {i["filepath"]: i["num_threads"] for i in threadpool_info()
@@ -41,14 +43,32 @@ def test_set_then_get_and_the_blas_pool_follows(n):
     assert sizes and all(v == n for v in sizes.values())
 
 
-def test_kernels_team_follows():
-    K = ext.compiled_module()
-    if K is None or not hasattr(K, "get_threading"):
-        pytest.skip("compiled kernels not built")
+@pytest.mark.parametrize("variant", KERNEL_VARIANTS)
+def test_kernels_team_follows(variant):
+    # every loaded build follows the setting, the one in use and the other one alike
+    K = kernel_variant_module(variant)
     refdl.set_num_threads(3)
+    assert K in threads._kernels()
     assert K.get_threading() == (3, threads.KERNEL_GRAIN)
     refdl.set_num_threads(1)
     assert K.get_threading()[0] == 1
+
+
+def test_a_build_loaded_later_gets_the_setting():
+    """REFDL_KERNELS=baseline loads the baseline build; the AVX2 build, loaded after
+    set_num_threads(3), starts with a team of 3 (not OpenMP's default)."""
+    import subprocess
+    import sys
+    kernel_variant_module("avx2")          # skips where this CPU or compiler has no AVX2
+    code = ("import refdl; from refdl import ext, threads; refdl.set_num_threads(3); "
+            "import sys; assert 'refdl._ext._kernels_avx2' not in sys.modules; "
+            "m = ext.load_variant('avx2'); print(m.get_threading()[0], "
+            "len(threads._kernels()))")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(refdl.__file__)))
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True,
+                         text=True, check=True,
+                         env=dict(os.environ, REFDL_KERNELS="baseline")).stdout.split()
+    assert out == ["3", "3"]           # _kernels, _kernels_avx2 and _winograd
 
 
 @pytest.mark.parametrize("bad,err", [(0, ValueError), (-2, ValueError), (1.5, TypeError),
@@ -116,8 +136,11 @@ def _run_all(n, use_numpy=False):
     return out
 
 
-@pytest.mark.parametrize("use_numpy", [False, True], ids=["compiled", "numpy"])
-def test_results_do_not_depend_on_the_thread_count(use_numpy):
+@pytest.mark.parametrize("variant", ["numpy"] + KERNEL_VARIANTS)
+def test_results_do_not_depend_on_the_thread_count(variant, monkeypatch):
+    use_numpy = variant == "numpy"
+    if not use_numpy:
+        monkeypatch.setattr(ext, "_K", kernel_variant_module(variant))
     one = _run_all(1, use_numpy)
     two = _run_all(2, use_numpy)
     assert len(one) == len(two) == 13

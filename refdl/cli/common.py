@@ -59,7 +59,8 @@ def run_config(args):
 def kernels_description():
     """Which path runs the convolution and pooling loops, and why (for headers)."""
     if ext.available():
-        return "compiled kernels" + (" with OpenMP" if ext.openmp() else " (serial)")
+        return (f"compiled kernels ({ext.variant_description()}) "
+                + ("with OpenMP" if ext.openmp() else "serial"))
     if ext.compiled_module() is not None:
         return "NumPy reference path (compiled kernels built but switched off)"
     return ("NumPy reference path (the compiled kernels were not built: "
