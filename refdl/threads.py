@@ -26,6 +26,7 @@ writes its own samples), and refdl's GEMMs are the same BLAS calls whatever the 
 whose summation order OpenBLAS may split differently).
 """
 import os
+import threading
 import time
 
 __all__ = ["set_num_threads", "get_num_threads", "serial_below", "parallel_for",
@@ -167,8 +168,21 @@ def parallel_for(fn, items):
         lib.set_num_threads(1)
     for K in kernels:
         K.set_threading(1, KERNEL_GRAIN)
+    results = [None] * len(items)
+    todo = iter(range(len(items)))
+    lock = threading.Lock()
+
+    def worker():              # n of these, each taking the next item: at most n at once,
+        while True:            # even when the executor kept more workers from a larger n
+            with lock:
+                i = next(todo, None)
+            if i is None:
+                return
+            results[i] = fn(items[i])
     try:
-        return list(_executor.map(fn, items))
+        for f in [_executor.submit(worker) for _ in range(n)]:
+            f.result()
+        return results
     finally:
         for lib in _blas_controllers():
             lib.set_num_threads(total)

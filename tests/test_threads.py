@@ -276,6 +276,42 @@ def test_parallel_for_restores_the_pools_and_keeps_order():
         assert K.get_threading()[0] == 2
 
 
+def test_parallel_for_runs_at_most_the_thread_count_at_once():
+    # the executor keeps the workers of an earlier, larger thread count; a later call with
+    # fewer threads must still run at most that many items at once (Winograd gives each
+    # running item one of get_num_threads() scratch buffers)
+    import threading
+    import time as _time
+    refdl.set_num_threads(3)
+    threads.parallel_for(lambda i: i, range(6))           # an executor with 3 workers
+    refdl.set_num_threads(2)
+    lock = threading.Lock()
+    running, peak = [0], [0]
+
+    def f(i):
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        _time.sleep(0.02)
+        with lock:
+            running[0] -= 1
+        return -i
+    assert threads.parallel_for(f, range(8)) == [-i for i in range(8)]
+    assert peak[0] == 2
+
+
+def test_parallel_for_passes_an_exception_on():
+    refdl.set_num_threads(2)
+
+    def f(i):
+        if i == 3:
+            raise KeyError(i)
+        return i
+    with pytest.raises(KeyError):
+        threads.parallel_for(f, range(6))
+    assert set(blas_threads().values()) == {2}
+
+
 def test_linear_runs_small_products_on_one_blas_thread(monkeypatch):
     # Linear's three products (forward; dW and dx in backward) go through serial_below
     # with their multiply-adds, so a small layer never wakes the BLAS pool
