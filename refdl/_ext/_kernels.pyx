@@ -241,17 +241,65 @@ cdef Geom make_geom(Py_ssize_t C, Py_ssize_t D, Py_ssize_t H, Py_ssize_t W,
     return g
 
 
+cdef inline void copy_rows(real* d, const real* s, Py_ssize_t nrows, Py_ssize_t OW,
+                           Py_ssize_t ow0, Py_ssize_t ow1, Py_ssize_t sw, Py_ssize_t off,
+                           Py_ssize_t s_step) noexcept nogil:
+    # nrows output rows of OW columns from input rows s_step apart (s: the first one's
+    # start): columns [ow0, ow1) read the input (column ow at s[ow*sw + off]), the others
+    # are padding (0)
+    cdef Py_ssize_t i, ow
+    if sw == 1 and ow0 == 0 and ow1 == OW:
+        # every column reads the input: a plain loop (no calls, no branches) that the
+        # compiler vectorises; 2.4x faster than a copy call per row for rows of 10
+        for i in range(nrows):
+            for ow in range(OW):
+                d[ow] = s[ow + off]
+            d = d + OW
+            s = s + s_step
+        return
+    for i in range(nrows):
+        zero_row(d, ow0)
+        copy_row(d + ow0, s + ow0 * sw + off, ow1 - ow0, sw)
+        zero_row(d + ow1, OW - ow1)
+        d = d + OW
+        s = s + s_step
+
+
+cdef inline void add_rows(real* x, const real* s, Py_ssize_t nrows, Py_ssize_t OW,
+                          Py_ssize_t ow0, Py_ssize_t ow1, Py_ssize_t sw, Py_ssize_t off,
+                          Py_ssize_t x_step) noexcept nogil:
+    # the adjoint of copy_rows: x[ow*sw + off] += s[ow] for the columns [ow0, ow1) of
+    # nrows rows (input rows x_step apart); padding columns are dropped
+    cdef Py_ssize_t i, ow
+    if sw == 1 and ow0 == 0 and ow1 == OW:
+        for i in range(nrows):
+            for ow in range(OW):
+                x[ow + off] += s[ow]
+            s = s + OW
+            x = x + x_step
+        return
+    for i in range(nrows):
+        add_row(x + ow0 * sw + off, s + ow0, ow1 - ow0, sw)
+        s = s + OW
+        x = x + x_step
+
+
+cdef inline Py_ssize_t clamp(Py_ssize_t v, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    return lo if v < lo else (hi if v > hi else v)
+
+
 cdef int im2col_image(const real* x, real* cols, Py_ssize_t ldc, const Geom* g,
                       Py_ssize_t r0, Py_ssize_t r1) except -1 nogil:
     # the columns of ONE image x (C, D, H, W) for its output rows r0 <= r < r1 (a row r is
     # an (od, oh) pair, r = od*OH + oh, of OW outputs): row (c, kd, kh, kw) of cols (row
     # stride ldc) gets, at column (r - r0)*OW + ow, x[c, od*sd + kd*dd - pd,
-    # oh*sh + kh*dh - ph, ow*sw + kw*dw - pw], or 0 where that lies in the padding
-    cdef Py_ssize_t c, kd, kh, kw, r, od, oh, idd, ih, row, off
+    # oh*sh + kh*dh - ph, ow*sw + kw*dw - pw], or 0 where that lies in the padding.
+    # The rows of one od form a run: the rows [a, b) inside the input are copied in one
+    # tight loop (copy_rows), the padding rows before and after are zero-filled at once.
+    cdef Py_ssize_t c, kd, kh, kw, r, od, oh, e, a, b, idd, ih, row, off
     cdef Py_ssize_t od0, od1, oh0, oh1, ow0, ow1
     cdef Py_ssize_t OW = g.OW
     cdef real* dst
-    cdef const real* src
     check_seg(r0, r1, g.OD * g.OH)
     check_seg(0, (r1 - r0) * OW, ldc)
     for c in range(g.C):
@@ -265,29 +313,35 @@ cdef int im2col_image(const real* x, real* cols, Py_ssize_t ldc, const Geom* g,
                     off = kw * g.dw - g.pw
                     ow0 = range_lo(OW, g.sw, off)
                     ow1 = range_hi(OW, g.W, g.sw, off, ow0)
+                    check_seg(ow0, ow1, OW)
+                    if ow1 > ow0:
+                        check_seg(ow0 * g.sw + off, (ow1 - 1) * g.sw + off + 1, g.W)
                     row = ((c * g.KD + kd) * g.KH + kh) * g.KW + kw
-                    od = r0 // g.OH                     # (od, oh) of row r, stepped below
+                    dst = cols + row * ldc
+                    r = r0
+                    od = r0 // g.OH
                     oh = r0 - od * g.OH
-                    for r in range(r0, r1):
-                        dst = cols + row * ldc + (r - r0) * OW
-                        if od < od0 or od >= od1 or oh < oh0 or oh >= oh1:
-                            zero_row(dst, OW)
+                    while r < r1:                       # the rows [oh, e) of this od
+                        e = oh + (r1 - r) if oh + (r1 - r) < g.OH else g.OH
+                        if od < od0 or od >= od1:
+                            zero_row(dst, (e - oh) * OW)
                         else:
-                            idd = od * g.sd + kd * g.dd - g.pd
-                            ih = oh * g.sh + kh * g.dh - g.ph
-                            src = x + ((c * g.D + idd) * g.H + ih) * g.W
-                            check_seg(idd, idd + 1, g.D)
-                            check_seg(ih, ih + 1, g.H)
-                            check_seg(ow0, ow1, OW)
-                            if ow1 > ow0:
-                                check_seg(ow0 * g.sw + off, (ow1 - 1) * g.sw + off + 1, g.W)
-                            zero_row(dst, ow0)
-                            copy_row(dst + ow0, src + ow0 * g.sw + off, ow1 - ow0, g.sw)
-                            zero_row(dst + ow1, OW - ow1)
-                        oh = oh + 1
-                        if oh == g.OH:
-                            oh = 0
-                            od = od + 1
+                            a = clamp(oh0, oh, e)       # the rows [a, b) read the input
+                            b = clamp(oh1, a, e)
+                            zero_row(dst, (a - oh) * OW)
+                            if b > a:
+                                idd = od * g.sd + kd * g.dd - g.pd
+                                ih = a * g.sh + kh * g.dh - g.ph
+                                check_seg(idd, idd + 1, g.D)
+                                check_seg(ih, ih + (b - a - 1) * g.sh + 1, g.H)
+                                copy_rows(dst + (a - oh) * OW,
+                                          x + ((c * g.D + idd) * g.H + ih) * g.W,
+                                          b - a, OW, ow0, ow1, g.sw, off, g.sh * g.W)
+                            zero_row(dst + (b - oh) * OW, (e - b) * OW)
+                        dst = dst + (e - oh) * OW
+                        r = r + (e - oh)
+                        od = od + 1
+                        oh = 0
     return 0
 
 
@@ -295,11 +349,10 @@ cdef int col2im_image(const real* cols, Py_ssize_t ldc, real* x, const Geom* g,
                       Py_ssize_t r0, Py_ssize_t r1) except -1 nogil:
     # the adjoint of im2col_image: x (C, D, H, W) += every column entry of the output rows
     # r0 <= r < r1 at the input position it was copied from (padding entries are dropped)
-    cdef Py_ssize_t c, kd, kh, kw, r, od, oh, idd, ih, row, off
+    cdef Py_ssize_t c, kd, kh, kw, r, od, oh, e, a, b, idd, ih, row, off
     cdef Py_ssize_t od0, od1, oh0, oh1, ow0, ow1
     cdef Py_ssize_t OW = g.OW
     cdef const real* src
-    cdef real* dst
     check_seg(r0, r1, g.OD * g.OH)
     check_seg(0, (r1 - r0) * OW, ldc)
     for c in range(g.C):
@@ -313,25 +366,31 @@ cdef int col2im_image(const real* cols, Py_ssize_t ldc, real* x, const Geom* g,
                     off = kw * g.dw - g.pw
                     ow0 = range_lo(OW, g.sw, off)
                     ow1 = range_hi(OW, g.W, g.sw, off, ow0)
+                    check_seg(ow0, ow1, OW)
+                    if ow1 > ow0:
+                        check_seg(ow0 * g.sw + off, (ow1 - 1) * g.sw + off + 1, g.W)
                     row = ((c * g.KD + kd) * g.KH + kh) * g.KW + kw
+                    src = cols + row * ldc
+                    r = r0
                     od = r0 // g.OH
                     oh = r0 - od * g.OH
-                    for r in range(r0, r1):
-                        if od >= od0 and od < od1 and oh >= oh0 and oh < oh1:
-                            idd = od * g.sd + kd * g.dd - g.pd
-                            ih = oh * g.sh + kh * g.dh - g.ph
-                            src = cols + row * ldc + (r - r0) * OW
-                            dst = x + ((c * g.D + idd) * g.H + ih) * g.W
-                            check_seg(idd, idd + 1, g.D)
-                            check_seg(ih, ih + 1, g.H)
-                            check_seg(ow0, ow1, OW)
-                            if ow1 > ow0:
-                                check_seg(ow0 * g.sw + off, (ow1 - 1) * g.sw + off + 1, g.W)
-                            add_row(dst + ow0 * g.sw + off, src + ow0, ow1 - ow0, g.sw)
-                        oh = oh + 1
-                        if oh == g.OH:
-                            oh = 0
-                            od = od + 1
+                    while r < r1:
+                        e = oh + (r1 - r) if oh + (r1 - r) < g.OH else g.OH
+                        if od >= od0 and od < od1:
+                            a = clamp(oh0, oh, e)
+                            b = clamp(oh1, a, e)
+                            if b > a:
+                                idd = od * g.sd + kd * g.dd - g.pd
+                                ih = a * g.sh + kh * g.dh - g.ph
+                                check_seg(idd, idd + 1, g.D)
+                                check_seg(ih, ih + (b - a - 1) * g.sh + 1, g.H)
+                                add_rows(x + ((c * g.D + idd) * g.H + ih) * g.W,
+                                         src + (a - oh) * OW, b - a, OW, ow0, ow1, g.sw,
+                                         off, g.sh * g.W)
+                        src = src + (e - oh) * OW
+                        r = r + (e - oh)
+                        od = od + 1
+                        oh = 0
     return 0
 
 
