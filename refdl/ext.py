@@ -497,13 +497,14 @@ def conv_backward(x, w2, grad, kernel_size, stride, pads, dilation, out_size, gr
     g = np.ascontiguousarray(grad, dtype=x.dtype).reshape(N, Cout, math.prod(osz))
     nchunks = -(-N // tiling[0])
     dx = np.empty(x5.shape if need_dx else (0,) + x5.shape[1:], dtype=x.dtype)
-    dw = np.empty((nchunks if need_dw else 0,) + w2.shape, dtype=x.dtype)
+    G, CKg = groups, w2.shape[1]
+    dwT = np.empty((nchunks if need_dw else 0, G * CKg, Cout // G), dtype=x.dtype)
     with blas_serial():
-        _K.conv_backward(x5, np.ascontiguousarray(w2), g, dx, dw,
+        _K.conv_backward(x5, np.ascontiguousarray(w2), g, dx, dwT,
                          _scratch(buffers, shape, x.dtype), groups, *tiling, *geom)
-    dW = dw.sum(axis=0) if need_dw else None
-    if need_dw and nchunks == 0:
-        dW = np.zeros(w2.shape, dtype=x.dtype)
+    dW = None
+    if need_dw:     # the chunks' dW_g^T (C_in/G*K, C_out/G), summed in order, per group
+        dW = dwT.sum(axis=0).reshape(G, CKg, Cout // G).transpose(0, 2, 1).reshape(w2.shape)
     return (dx.reshape(x.shape) if need_dx else None), dW
 
 
