@@ -408,11 +408,15 @@ CHUNK_BYTES = 1 << 17
 MIN_CHUNKS = 8
 
 
-def conv_chunked(CK, C_out, L):
-    """True when a convolution runs piece by piece on the compiled path
-    (:func:`conv_forward`): the kernels are built and enabled (and the output is not
-    empty)."""
-    return available() and CK > 0 and C_out > 0 and L > 0
+def conv_chunked(CK, C_out, out_size):
+    """True when a convolution with CK = C_in*prod(K) rows of columns, C_out channels and
+    output size ``out_size`` runs piece by piece on the compiled path (:func:`conv_forward`):
+    the kernels are built and enabled, the output is not empty, and one output row's
+    columns and one image's output stay below 2**31 entries (the BLAS indices are 32-bit;
+    a larger layer runs the whole-batch im2col and NumPy's matmul)."""
+    L, OW = math.prod(out_size), out_size[-1] if out_size else 0
+    return (available() and CK > 0 and C_out > 0 and L > 0
+            and (CK + C_out) * OW < 2 ** 31 and C_out * L < 2 ** 31)
 
 
 def conv_tiling(N, CK, C_out, R, OW, itemsize):

@@ -340,3 +340,17 @@ def test_version_names_the_build(capsys):
         assert ext.kernel_variant() in ("avx2", "baseline")
     else:
         assert "NumPy reference path" in out
+
+
+def test_chunked_conv_needs_32_bit_blas_indices(monkeypatch):
+    # the chunked kernels call BLAS with 32-bit sizes: a layer whose single output row of
+    # columns, or single image's output, reaches 2**31 entries takes the whole-batch path
+    monkeypatch.setattr(ext, "available", lambda: True)
+    assert ext.conv_chunked(150, 16, (10, 10))
+    assert not ext.conv_chunked(150, 16, (0, 10))
+    assert ext.conv_chunked(2 ** 20, 2 ** 10, (2 ** 31 // (2 ** 20 + 2 ** 10) - 1,))
+    assert not ext.conv_chunked(2 ** 20, 2 ** 10, (2 ** 31 // (2 ** 20 + 2 ** 10) + 1,))
+    assert not ext.conv_chunked(9, 2 ** 16, (2 ** 8, 2 ** 7))        # C_out*L = 2**31
+    assert ext.conv_chunked(9, 2 ** 16, (2 ** 8, 2 ** 7 - 1))
+    monkeypatch.setattr(ext, "available", lambda: False)
+    assert not ext.conv_chunked(150, 16, (10, 10))

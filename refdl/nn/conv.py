@@ -333,8 +333,7 @@ class _ConvNd(_ConvBase):
                                                      out=out, batched=batched))
             return y if batched else y[0]
         self.last_algorithm = "im2col"
-        if ext.conv_chunked(C * math.prod(self.kernel_size), self.out_channels,
-                            math.prod(out)):
+        if ext.conv_chunked(C * math.prod(self.kernel_size), self.out_channels, out):
             # compiled: im2col and the GEMMs a chunk of images at a time, in cache
             W2 = self._weight(xb.dtype).reshape(self.out_channels, -1)
             y = ext.conv_forward(xb, W2, bias, self.kernel_size, self.stride, pads,
