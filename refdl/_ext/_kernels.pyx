@@ -535,7 +535,7 @@ def conv_forward(const real[:, :, :, :, ::1] x, const real[:, ::1] w, const real
     cdef Py_ssize_t p, n0, nb, r0, r1, cl, width, i, gr, co
     cdef real* cols
     cdef real* yc
-    for p in prange(t.nchunks * t.nranges, nogil=True, schedule="static", num_threads=nt):
+    for p in prange(t.nchunks * t.nranges, nogil=True, schedule="dynamic", num_threads=nt):
         n0 = (p // t.nranges) * t.chunk
         nb = chunk_size(&t, p // t.nranges)
         r0 = (p % t.nranges) * t.rows
@@ -595,7 +595,7 @@ def conv_backward(const real[:, :, :, :, ::1] x, const real[:, ::1] w,
     cdef Py_ssize_t c, n0, nb, r0, r1, cl, width, i, gr, co
     cdef real* cols
     cdef real* gc
-    for c in prange(t.nchunks, nogil=True, schedule="static", num_threads=nt):
+    for c in prange(t.nchunks, nogil=True, schedule="dynamic", num_threads=nt):
         n0 = c * t.chunk
         nb = chunk_size(&t, c)
         cols = &scratch[threadid(), 0]                 # (CK, width), then gc (Cout, width)
