@@ -36,6 +36,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _cases import CONVS, LENET_STEP, POOL, lenet5   # noqa: E402
 
 TICK = 4e-3          # the scheduler tick (CONFIG_HZ=250) at which stalls quantise times
+# OpenBLAS's worker threads spin (busy-wait) for about 0.1 s after a multi-threaded product
+# before they sleep (measured: 0.40 cores busy over the 0.3 s after a 1024^3 SGEMM at 2
+# threads); a refdl row timed in that window shares a core with them (LeNet-scale
+# Conv3d forward at 2 threads: 1.9 ms alone, 2.7 ms right after the NumPy-path rows)
+BLAS_SPIN_S = 0.15
 
 
 def parse_args(argv=None):
@@ -252,6 +257,11 @@ def run(argv=None):
                             ts.append(time.perf_counter() - t0)
                     samples[(name, t, who)] += ts
                     fig[(name, t, who)].append(statistics.median(ts))
+                    if t > 1 and (who == "numpy" or name.startswith("square SGEMM")):
+                        # NumPy's matmul ran on OpenBLAS's pool: its threads spin for
+                        # about 0.1 s after a product (OpenBLAS's THREAD_TIMEOUT) and
+                        # would take a core from the next row's refdl kernels
+                        time.sleep(BLAS_SPIN_S)
         print(f"round {r + 1}/{args.rounds} done ({time.perf_counter() - t_start:.0f} s, "
               f"load {loadavg()[0]:.2f})", file=sys.stderr)
     load1 = loadavg()

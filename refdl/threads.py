@@ -11,14 +11,22 @@ come in multiples of 4 ms. The model here:
   kernels' team to ``n``; ``get_num_threads()`` reads it back. ``refdl train --threads N``
   and ``refdl bench --threads N`` call it.
 * The pools never run at the same time: Python calls them one after the other, and the
-  kernels' OpenMP team sleeps as soon as a region ends (``OMP_WAIT_POLICY=passive`` is set
-  for refdl's OpenMP runtime when it loads, unless the user set a policy), so it holds no
-  core while BLAS runs.
+  kernels' OpenMP team sleeps about 0.1 ms after a region ends (refdl/_ext/__init__.py
+  sets the wait for its OpenMP runtime when it loads, unless the user set a policy), so
+  it holds no core while BLAS runs. A convolution's GEMMs run inside its kernel, on the
+  team's threads, each calling SciPy's BLAS with that pool held at one thread
+  (``blas_serial``; refdl.ext.conv_forward).
 * Small work stays serial. A compiled kernel uses its team only above
-  ``KERNEL_GRAIN`` elements; a convolution's GEMM uses the BLAS pool only above
-  ``GEMM_GRAIN`` multiply-adds (``serial_below``), because waking threads costs more than
-  a small product saves, and far more when the machine is busy. Both grains were measured
-  with ``benchmarks/bench_threads.py`` (docs/performance.md).
+  ``KERNEL_GRAIN`` elements; the products of Linear, the whole-batch convolution path and
+  the transposed convolutions use the BLAS pool only above ``GEMM_GRAIN`` multiply-adds
+  (``serial_below``), because waking threads costs more than a small product saves, and
+  far more when the machine is busy. Both grains were measured with
+  ``benchmarks/bench_threads.py`` (docs/performance.md).
+* What is left: OpenBLAS's own threads spin for about 0.1 s after a multi-threaded
+  product before they sleep (its THREAD_TIMEOUT, fixed when NumPy loads it), and a kernel
+  region in that window shares a core with them. refdl's own products stay below the
+  grain in the small layers where this costs most; a large Linear layer followed by a
+  convolution still meets it (docs/performance.md).
 
 Results do not depend on the thread count: the kernels partition the batch (each thread
 writes its own samples), and refdl's GEMMs are the same BLAS calls whatever the count

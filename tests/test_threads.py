@@ -107,11 +107,23 @@ def test_serial_below_restores_after_an_exception():
 
 
 def test_openmp_wait_policy_is_not_left_in_the_environment():
-    # refdl asks its OpenMP runtime for a passive wait only while the kernels load
-    if "OMP_WAIT_POLICY" in os.environ:
-        pytest.skip("the user set OMP_WAIT_POLICY")
+    # refdl asks its OpenMP runtime for a short wait only while the kernels load
+    if any(k in os.environ for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")):
+        pytest.skip("the user set an OpenMP wait policy")
     import refdl._ext  # noqa: F401
-    assert "OMP_WAIT_POLICY" not in os.environ
+    assert "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ
+    with refdl._ext.passive_openmp():
+        assert os.environ["GOMP_SPINCOUNT"] == refdl._ext.SPINCOUNT
+        assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ
+
+
+def test_a_users_openmp_wait_policy_is_left_alone(monkeypatch):
+    import refdl._ext
+    monkeypatch.setenv("GOMP_SPINCOUNT", "7")
+    with refdl._ext.passive_openmp():
+        assert os.environ["GOMP_SPINCOUNT"] == "7" and "OMP_WAIT_POLICY" not in os.environ
+    assert os.environ["GOMP_SPINCOUNT"] == "7"
 
 
 def _run_all(n, use_numpy=False):
