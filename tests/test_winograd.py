@@ -216,19 +216,21 @@ def test_forcing_winograd_where_it_does_not_apply_is_a_clear_error():
 
 def test_auto_selects_winograd_only_where_it_measured_faster():
     from refdl.nn import conv as conv_mod
-    big = nn.Conv2d(16, 16, 3, padding=1).eval()
-    small = nn.Conv2d(3, 16, 3, padding=1).eval()
-    strided = nn.Conv2d(16, 16, 3, padding=1, stride=2).eval()
-    x16 = np.zeros((1, 16, 8, 8), np.float32)
-    big(x16)
+    c = conv_mod.WINOGRAD_MIN_CHANNELS
+    big = nn.Conv2d(c, c, 3, padding=1).eval()
+    small = nn.Conv2d(3, c, 3, padding=1).eval()
+    fewer = nn.Conv2d(c - 1, 2 * c, 3, padding=1).eval()
+    strided = nn.Conv2d(c, c, 3, padding=1, stride=2).eval()
+    xc = np.zeros((1, c, 8, 8), np.float32)
+    big(xc)
     small(np.zeros((1, 3, 8, 8), np.float32))
-    strided(x16)
+    fewer(np.zeros((1, c - 1, 8, 8), np.float32))
+    strided(xc)
     compiled = ext.available() and wg._K is not None
     assert big.last_algorithm == ("winograd" if compiled else "im2col")
-    assert small.last_algorithm == strided.last_algorithm == "im2col"
-    assert conv_mod.WINOGRAD_MIN_CHANNELS == 16
+    assert small.last_algorithm == fewer.last_algorithm == strided.last_algorithm == "im2col"
     with ext.numpy_path():
-        big(x16)
+        big(xc)
         assert big.last_algorithm == "im2col"   # the NumPy path keeps im2col unless forced
 
 

@@ -49,9 +49,11 @@ _NP_PAD_MODE = {"circular": "wrap", "reflect": "reflect", "replicate": "edge"}
 ALGORITHMS = ("auto", "im2col", "winograd")
 DEFAULT_ALGORITHM = "auto"
 # Winograd's 16 GEMMs have K = C_in: with few channels they run far below the GEMM rate
-# and the transforms dominate; measured faster than im2col from 16 in and out channels
-# (benchmarks/bench_threads.py, docs/performance.md)
-WINOGRAD_MIN_CHANNELS = 16
+# and the transforms dominate. Against the chunked im2col path (refdl.ext.conv_forward) it
+# is faster from 32 in and out channels; with 16 the two are even or im2col is faster
+# ((32,16,16,16)->32: fwd+bwd 3.12 ms im2col, 3.27 Winograd at 1 thread; 1.91 and 3.24
+# at 2), benchmarks/_winograd_select_threads.py and docs/performance.md
+WINOGRAD_MIN_CHANNELS = 32
 _AXES = {1: "(N, C, L)", 2: "(N, C, H, W)", 3: "(N, C, D, H, W)"}
 
 
