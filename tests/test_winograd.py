@@ -345,3 +345,18 @@ def test_ranges_of_tile_rows_with_an_uneven_last_range(rows, monkeypatch):
         assert np.allclose(y, yr + b.reshape(1, -1, 1, 1), rtol=1e-11, atol=1e-11)
         assert np.allclose(dx, dxr, rtol=1e-11, atol=1e-11)
         assert np.allclose(dW, dWr, rtol=1e-11, atol=1e-11)
+
+
+def test_chunks_leave_work_for_a_second_thread_only_where_it_pays():
+    # M of (64,32,16,16)->32 is 64 images of 16*32*64 floats (128 KiB each): one 8 MiB
+    # chunk would leave a second thread idle, so four groups of 2 MiB; the 1 MiB of
+    # (16,64,8,8)->64 stays one group (smaller groups cost more to hand out than they save)
+    assert wg._chunks(64, 64, 32, 4) == [(0, 16), (16, 32), (32, 48), (48, 64)]
+    assert wg._chunks(16, 16, 64, 4) == [(0, 16)]
+    big = wg._chunks(64, 256, 64, 4)                    # 1 MiB per image: 8 per chunk
+    assert big == [(n, n + 8) for n in range(0, 64, 8)]
+    for N in (0, 1, 5, 63, 64, 65):                     # always a partition, in order
+        ch = wg._chunks(N, 64, 32, 4)
+        assert [a for a, _ in ch] == list(range(0, N, ch[0][1] - ch[0][0])) if N else ch == []
+        assert all(b > a for a, b in ch) and (not ch or (ch[0][0], ch[-1][1]) == (0, N))
+        assert all(ch[i][1] == ch[i + 1][0] for i in range(len(ch) - 1))

@@ -231,13 +231,23 @@ def output_transform_adjoint(g, out=None):
 # run at 150-175 GFLOP/s on such ranges against 60-80 GFLOP/s on the whole arrays, and the
 # transforms no longer stream V (33 MB) and M (67 MB) through memory
 # (benchmarks/_winograd_profile.py, docs/performance.md).
+# A batch whose M fits one chunk is still cut into MIN_CHUNKS groups when each keeps at
+# least MIN_CHUNK_BYTES of M, so that a second thread has work: (64,32,16,16)->32 at 2
+# threads, fwd+bwd 9.40 -> 7.09 ms; smaller groups cost more to hand out than they save
+# ((16,64,8,8)->64: 2.54 -> 2.73 ms with 4 groups of 262 KB), benchmarks/_winograd_select_threads.py.
 CHUNK_BYTES = 8 << 20
+MIN_CHUNKS = 4
+MIN_CHUNK_BYTES = 1 << 20
 RANGE_BYTES = 3 << 19
 
 
 def _chunks(N, T, O, itemsize):
-    """Image ranges (n0, n1) of about CHUNK_BYTES of M each (T tiles per image)."""
-    nb = max(1, CHUNK_BYTES // (16 * O * T * itemsize))
+    """Image ranges (n0, n1) of about CHUNK_BYTES of M each (T tiles per image), at least
+    MIN_CHUNKS of them when each still holds MIN_CHUNK_BYTES. Depends on the shapes only,
+    never on the thread count."""
+    per_image = 16 * O * T * itemsize
+    nb = max(1, CHUNK_BYTES // per_image)
+    nb = max(1, min(nb, max(-(-N // MIN_CHUNKS), MIN_CHUNK_BYTES // per_image)))
     return [(n0, min(N, n0 + nb)) for n0 in range(0, N, nb)]
 
 
