@@ -288,18 +288,21 @@ cdef inline Py_ssize_t clamp(Py_ssize_t v, Py_ssize_t lo, Py_ssize_t hi) noexcep
     return lo if v < lo else (hi if v > hi else v)
 
 
-cdef int im2col_image(const real* x, real* cols, Py_ssize_t ldc, const Geom* g,
-                      Py_ssize_t r0, Py_ssize_t r1) except -1 nogil:
-    # the columns of ONE image x (C, D, H, W) for its output rows r0 <= r < r1 (a row r is
-    # an (od, oh) pair, r = od*OH + oh, of OW outputs): row (c, kd, kh, kw) of cols (row
+cdef int image_columns(real* x, real* cols, Py_ssize_t ldc, const Geom* g,
+                       Py_ssize_t r0, Py_ssize_t r1, bint adjoint) except -1 nogil:
+    # im2col of ONE image x (C, D, H, W) for its output rows r0 <= r < r1 (a row r is an
+    # (od, oh) pair, r = od*OH + oh, of OW outputs): row (c, kd, kh, kw) of cols (row
     # stride ldc) gets, at column (r - r0)*OW + ow, x[c, od*sd + kd*dd - pd,
     # oh*sh + kh*dh - ph, ow*sw + kw*dw - pw], or 0 where that lies in the padding.
-    # The rows of one od form a run: the rows [a, b) inside the input are copied in one
-    # tight loop (copy_rows), the padding rows before and after are zero-filled at once.
+    # adjoint: col2im instead, the same traversal the other way: x += every column entry
+    # at the input position it was copied from (padding entries are dropped).
+    # The rows of one od form a run: the rows [a, b) inside the input are copied (added)
+    # in one tight loop, the padding rows before and after are zero-filled at once.
     cdef Py_ssize_t c, kd, kh, kw, r, od, oh, e, a, b, idd, ih, row, off
     cdef Py_ssize_t od0, od1, oh0, oh1, ow0, ow1
     cdef Py_ssize_t OW = g.OW
-    cdef real* dst
+    cdef real* col
+    cdef real* src
     check_seg(r0, r1, g.OD * g.OH)
     check_seg(0, (r1 - r0) * OW, ldc)
     for c in range(g.C):
@@ -317,81 +320,47 @@ cdef int im2col_image(const real* x, real* cols, Py_ssize_t ldc, const Geom* g,
                     if ow1 > ow0:
                         check_seg(ow0 * g.sw + off, (ow1 - 1) * g.sw + off + 1, g.W)
                     row = ((c * g.KD + kd) * g.KH + kh) * g.KW + kw
-                    dst = cols + row * ldc
+                    col = cols + row * ldc
                     r = r0
                     od = r0 // g.OH
                     oh = r0 - od * g.OH
                     while r < r1:                       # the rows [oh, e) of this od
                         e = oh + (r1 - r) if oh + (r1 - r) < g.OH else g.OH
-                        if od < od0 or od >= od1:
-                            zero_row(dst, (e - oh) * OW)
-                        else:
-                            a = clamp(oh0, oh, e)       # the rows [a, b) read the input
-                            b = clamp(oh1, a, e)
-                            zero_row(dst, (a - oh) * OW)
-                            if b > a:
-                                idd = od * g.sd + kd * g.dd - g.pd
-                                ih = a * g.sh + kh * g.dh - g.ph
-                                check_seg(idd, idd + 1, g.D)
-                                check_seg(ih, ih + (b - a - 1) * g.sh + 1, g.H)
-                                copy_rows(dst + (a - oh) * OW,
-                                          x + ((c * g.D + idd) * g.H + ih) * g.W,
-                                          b - a, OW, ow0, ow1, g.sw, off, g.sh * g.W)
-                            zero_row(dst + (b - oh) * OW, (e - b) * OW)
-                        dst = dst + (e - oh) * OW
-                        r = r + (e - oh)
-                        od = od + 1
-                        oh = 0
-    return 0
-
-
-cdef int col2im_image(const real* cols, Py_ssize_t ldc, real* x, const Geom* g,
-                      Py_ssize_t r0, Py_ssize_t r1) except -1 nogil:
-    # the adjoint of im2col_image: x (C, D, H, W) += every column entry of the output rows
-    # r0 <= r < r1 at the input position it was copied from (padding entries are dropped)
-    cdef Py_ssize_t c, kd, kh, kw, r, od, oh, e, a, b, idd, ih, row, off
-    cdef Py_ssize_t od0, od1, oh0, oh1, ow0, ow1
-    cdef Py_ssize_t OW = g.OW
-    cdef const real* src
-    check_seg(r0, r1, g.OD * g.OH)
-    check_seg(0, (r1 - r0) * OW, ldc)
-    for c in range(g.C):
-        for kd in range(g.KD):
-            od0 = range_lo(g.OD, g.sd, kd * g.dd - g.pd)
-            od1 = range_hi(g.OD, g.D, g.sd, kd * g.dd - g.pd, od0)
-            for kh in range(g.KH):
-                oh0 = range_lo(g.OH, g.sh, kh * g.dh - g.ph)
-                oh1 = range_hi(g.OH, g.H, g.sh, kh * g.dh - g.ph, oh0)
-                for kw in range(g.KW):
-                    off = kw * g.dw - g.pw
-                    ow0 = range_lo(OW, g.sw, off)
-                    ow1 = range_hi(OW, g.W, g.sw, off, ow0)
-                    check_seg(ow0, ow1, OW)
-                    if ow1 > ow0:
-                        check_seg(ow0 * g.sw + off, (ow1 - 1) * g.sw + off + 1, g.W)
-                    row = ((c * g.KD + kd) * g.KH + kh) * g.KW + kw
-                    src = cols + row * ldc
-                    r = r0
-                    od = r0 // g.OH
-                    oh = r0 - od * g.OH
-                    while r < r1:
-                        e = oh + (r1 - r) if oh + (r1 - r) < g.OH else g.OH
+                        a = e                           # the rows [a, b) read the input
+                        b = e
                         if od >= od0 and od < od1:
                             a = clamp(oh0, oh, e)
                             b = clamp(oh1, a, e)
-                            if b > a:
-                                idd = od * g.sd + kd * g.dd - g.pd
-                                ih = a * g.sh + kh * g.dh - g.ph
-                                check_seg(idd, idd + 1, g.D)
-                                check_seg(ih, ih + (b - a - 1) * g.sh + 1, g.H)
-                                add_rows(x + ((c * g.D + idd) * g.H + ih) * g.W,
-                                         src + (a - oh) * OW, b - a, OW, ow0, ow1, g.sw,
+                        if b > a:
+                            idd = od * g.sd + kd * g.dd - g.pd
+                            ih = a * g.sh + kh * g.dh - g.ph
+                            check_seg(idd, idd + 1, g.D)
+                            check_seg(ih, ih + (b - a - 1) * g.sh + 1, g.H)
+                            src = x + ((c * g.D + idd) * g.H + ih) * g.W
+                            if adjoint:
+                                add_rows(src, col + (a - oh) * OW, b - a, OW, ow0, ow1, g.sw,
                                          off, g.sh * g.W)
-                        src = src + (e - oh) * OW
+                            else:
+                                copy_rows(col + (a - oh) * OW, src, b - a, OW, ow0, ow1,
+                                          g.sw, off, g.sh * g.W)
+                        if not adjoint:                 # the padding rows around them
+                            zero_row(col, (a - oh) * OW)
+                            zero_row(col + (b - oh) * OW, (e - b) * OW)
+                        col = col + (e - oh) * OW
                         r = r + (e - oh)
                         od = od + 1
                         oh = 0
     return 0
+
+
+cdef inline int im2col_image(const real* x, real* cols, Py_ssize_t ldc, const Geom* g,
+                             Py_ssize_t r0, Py_ssize_t r1) except -1 nogil:
+    return image_columns(<real*>x, cols, ldc, g, r0, r1, False)
+
+
+cdef inline int col2im_image(const real* cols, Py_ssize_t ldc, real* x, const Geom* g,
+                             Py_ssize_t r0, Py_ssize_t r1) except -1 nogil:
+    return image_columns(x, <real*>cols, ldc, g, r0, r1, True)
 
 
 def im2col3d(const real[:, :, :, :, ::1] x, real[:, ::1] cols,
