@@ -284,10 +284,6 @@ cdef inline void add_rows(real* x, const real* s, Py_ssize_t nrows, Py_ssize_t O
         x = x + x_step
 
 
-cdef inline Py_ssize_t clamp(Py_ssize_t v, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
-    return lo if v < lo else (hi if v > hi else v)
-
-
 cdef int image_columns(real* x, real* cols, Py_ssize_t ldc, const Geom* g,
                        Py_ssize_t r0, Py_ssize_t r1, bint adjoint) except -1 nogil:
     # im2col of ONE image x (C, D, H, W) for its output rows r0 <= r < r1 (a row r is an
@@ -329,8 +325,8 @@ cdef int image_columns(real* x, real* cols, Py_ssize_t ldc, const Geom* g,
                         a = e                           # the rows [a, b) read the input
                         b = e
                         if od >= od0 and od < od1:
-                            a = clamp(oh0, oh, e)
-                            b = clamp(oh1, a, e)
+                            a = clip(oh0, oh, e)
+                            b = clip(oh1, a, e)
                         if b > a:
                             idd = od * g.sd + kd * g.dd - g.pd
                             ih = a * g.sh + kh * g.dh - g.ph
