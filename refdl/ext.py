@@ -35,11 +35,14 @@ import numpy as np
 from .functional import conv as _ref_conv
 from .functional import pooling as _ref_pool
 from . import _ext as _switch     # the on/off switch of the compiled path
+from . import threads
 
 __all__ = ["available", "compiled_module", "openmp", "use_numpy", "use_compiled",
            "numpy_path", "im2col", "col2im", "max_pool_forward", "max_pool_backward",
            "avg_pool_forward", "avg_pool_backward", "backend", "import_error",
-           "check_geometry", "conv_chunked", "conv_tiling", "conv_forward", "conv_backward"]
+           "check_geometry", "conv_chunked", "conv_tiling", "conv_forward", "conv_backward",
+           "kernel_variant", "variant_description", "built_variants", "load_variant",
+           "cpu_features", "cpu_supports", "VARIANTS"]
 
 # -- which build of the kernels runs ----------------------------------------------------
 
@@ -94,7 +97,6 @@ def load_variant(variant):
                            f"{', '.join(VARIANTS[variant][1])}, which this CPU lacks")
     with _switch.passive_openmp():
         mod = importlib.import_module(f"{_switch.__name__}.{name}")
-    from . import threads
     threads.configure_kernels(mod)
     return mod
 
@@ -152,10 +154,6 @@ def built_variants():
     them), in the order of VARIANTS."""
     return [v for v, (name, _) in VARIANTS.items()
             if importlib.util.find_spec(f"{_switch.__name__}.{name}") is not None]
-
-
-__all__ += ["kernel_variant", "variant_description", "built_variants", "load_variant",
-            "cpu_features", "cpu_supports", "VARIANTS"]
 
 
 def available():
@@ -473,13 +471,12 @@ def conv_forward(x, w2, bias, kernel_size, stride, pads, dilation, out_size, gro
     threads. ``pads`` are (before, after) pairs of zeros;
     ``buffers`` (a dict) keeps the scratch between calls. Same numbers as im2col + one
     GEMM; see docs/derivations/conv.md."""
-    from .threads import blas_serial
     x5, geom, tiling, shape, osz = _conv_args("conv_forward", x, w2, kernel_size, stride,
                                              pads, dilation, out_size, groups)
     N, Cout = x.shape[0], w2.shape[0]
     y = np.empty((N, Cout, math.prod(osz)), dtype=x.dtype)
     b = np.zeros(0, x.dtype) if bias is None else np.ascontiguousarray(bias, dtype=x.dtype)
-    with blas_serial():
+    with threads.blas_serial():
         _K.conv_forward(x5, np.ascontiguousarray(w2), b, y, _scratch(buffers, shape, x.dtype),
                         groups, *tiling, *geom)
     return y.reshape((N, Cout) + osz)
@@ -491,7 +488,6 @@ def conv_backward(x, w2, grad, kernel_size, stride, pads, dilation, out_size, gr
     (N, C_out, *O); dW has w2's shape. Each piece's columns are recomputed from x; each
     chunk's dW_c = g_c cols_c^T is kept apart and the chunks are summed in order (so the
     result does not depend on the thread count); dx = col2im(W^T g_c) piece by piece."""
-    from .threads import blas_serial
     x5, geom, tiling, shape, osz = _conv_args("conv_backward", x, w2, kernel_size, stride,
                                              pads, dilation, out_size, groups)
     N, Cout = x.shape[0], w2.shape[0]
@@ -503,7 +499,7 @@ def conv_backward(x, w2, grad, kernel_size, stride, pads, dilation, out_size, gr
     dx = np.empty(x5.shape if need_dx else (0,) + x5.shape[1:], dtype=x.dtype)
     G, CKg = groups, w2.shape[1]
     dwT = np.empty((nchunks if need_dw else 0, G * CKg, Cout // G), dtype=x.dtype)
-    with blas_serial():
+    with threads.blas_serial():
         _K.conv_backward(x5, np.ascontiguousarray(w2), g, dx, dwT,
                          _scratch(buffers, shape, x.dtype), groups, *tiling, *geom)
     dW = None

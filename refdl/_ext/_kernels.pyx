@@ -436,7 +436,7 @@ cdef struct Tiling:
     # how conv_forward/conv_backward cut the work: chunks of `chunk` consecutive images
     # (the last may be shorter) and, when a chunk is a single image, ranges of `rows`
     # output rows (the last may be shorter); R = OD*OH rows of OW outputs per image
-    Py_ssize_t N, chunk, nchunks, R, rows, nranges, OW
+    Py_ssize_t N, chunk, nchunks, R, rows, nranges
 
 
 cdef Tiling make_tiling(Py_ssize_t N, Py_ssize_t chunk, Py_ssize_t rows, Py_ssize_t CK,
@@ -445,7 +445,7 @@ cdef Tiling make_tiling(Py_ssize_t N, Py_ssize_t chunk, Py_ssize_t rows, Py_ssiz
                         Py_ssize_t OW) except *:
     # once per call, in every build: the chunked loops below trust these
     cdef Tiling t
-    t.N, t.chunk, t.R, t.rows, t.OW = N, chunk, OD * OH, rows, OW
+    t.N, t.chunk, t.R, t.rows = N, chunk, OD * OH, rows
     if chunk < 1 or G < 1 or Cout % G or CK % G or t.R < 1 or OW < 1 or CK < 1 or \
             rows < 1 or rows > t.R or (chunk > 1 and rows != t.R):
         raise ValueError("refdl kernel: inconsistent chunk, rows or groups")

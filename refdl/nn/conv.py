@@ -78,12 +78,15 @@ class ConvChunkCache(NamedTuple):
     a time (refdl.ext.conv_forward): it keeps x, and backward recomputes each chunk's
     columns from it while they fit in cache (x is prod(K)/stride^r times smaller than cols)."""
     x: np.ndarray               # the (index-map padded) input, batched
-    x_shape: tuple              # its shape
     pads: tuple
     out: tuple
     batched: bool
     pad_map: Optional[np.ndarray] = None
     spatial: tuple = ()
+
+    @property
+    def x_shape(self):
+        return self.x.shape
 
 
 class WinogradCache(NamedTuple):
@@ -341,7 +344,7 @@ class _ConvNd(_ConvBase):
             y = ext.conv_forward(xb, W2, bias, self.kernel_size, self.stride, pads,
                                  self.dilation, out, self.groups, buffers=self._spare)
             if recording:
-                self.save_for_backward(ConvChunkCache(x=xb, x_shape=xb.shape, pads=pads,
+                self.save_for_backward(ConvChunkCache(x=xb, pads=pads,
                                                       out=out, batched=batched,
                                                       pad_map=pad_map, spatial=spatial))
         else:
