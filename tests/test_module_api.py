@@ -39,6 +39,26 @@ def test_containers_register_parameters_with_pytorch_keys():
         pd["a.b"] = np.zeros(1)
 
 
+def test_dict_containers_read_back_what_was_registered():
+    # ModuleDict and ParameterDict share one dict protocol over Module's registries: what
+    # [] / in / len / iter / keys / values / items return is what named_* registered
+    beta = nn.Parameter(np.ones(1))
+    pd = nn.ParameterDict({"alpha": np.zeros(3)})
+    pd["beta"] = beta
+    assert pd["beta"] is beta and isinstance(pd["alpha"], nn.Parameter)
+    assert list(pd) == list(pd.keys()) == ["alpha", "beta"] and len(pd) == 2
+    assert "alpha" in pd and "gamma" not in pd
+    registered = dict(pd.named_parameters())
+    assert all(registered[k] is v for k, v in pd.items())
+    assert [id(v) for v in pd.values()] == [id(registered[k]) for k in ("alpha", "beta")]
+    heads = nn.ModuleDict([("a", nn.Linear(2, 2)), ("b", nn.ReLU())])
+    assert list(heads.keys()) == ["a", "b"] and len(heads) == 2 and "b" in heads
+    children = dict(heads.named_children())
+    assert all(children[k] is v for k, v in heads.items())
+    del heads["a"]
+    assert list(heads) == ["b"] and not list(heads.parameters())
+
+
 def test_apply_visits_children_first_and_initialises():
     net = nn.Sequential(nn.Linear(2, 3), nn.Sequential(nn.ReLU(), nn.Linear(3, 1)))
     order = []

@@ -94,7 +94,48 @@ class ModuleList(Module):
         return mods[idx]
 
 
-class ModuleDict(Module):
+class _RegistryDict(Module):
+    """The dict protocol of ModuleDict and ParameterDict over one of Module's registries
+    (``_registry``: "_modules" or "_parameters"); the subclass says how a member is set."""
+
+    _registry = None
+
+    def __init__(self, members=None):
+        super().__init__()
+        if members is not None:
+            self.update(members)
+
+    def _members(self):
+        return self.__dict__[self._registry]
+
+    def __getitem__(self, key):
+        return self._members()[key]
+
+    def __contains__(self, key):
+        return key in self._members()
+
+    def __len__(self):
+        return len(self._members())
+
+    def __iter__(self):
+        return iter(self._members())
+
+    def keys(self):
+        return self._members().keys()
+
+    def values(self):
+        return self._members().values()
+
+    def items(self):
+        return self._members().items()
+
+    def update(self, members):
+        items = members.items() if hasattr(members, "items") else members
+        for key, value in items:
+            self[key] = value
+
+
+class ModuleDict(_RegistryDict):
     """An ordered dict of modules whose parameters are registered (keys ``name.weight``).
 
     Like ModuleList it has no forward of its own: the owner decides how its members are
@@ -102,13 +143,7 @@ class ModuleDict(Module):
     keys, ``keys()``, ``values()``, ``items()``, ``update()`` and ``pop()``.
     """
 
-    def __init__(self, modules=None):
-        super().__init__()
-        if modules is not None:
-            self.update(modules)
-
-    def __getitem__(self, key):
-        return self._modules[key]
+    _registry = "_modules"
 
     def __setitem__(self, key, module):
         if not isinstance(module, Module):
@@ -119,29 +154,6 @@ class ModuleDict(Module):
     def __delitem__(self, key):
         del self._modules[key]
         object.__delattr__(self, key)
-
-    def __contains__(self, key):
-        return key in self._modules
-
-    def __len__(self):
-        return len(self._modules)
-
-    def __iter__(self):
-        return iter(self._modules)
-
-    def keys(self):
-        return self._modules.keys()
-
-    def values(self):
-        return self._modules.values()
-
-    def items(self):
-        return self._modules.items()
-
-    def update(self, modules):
-        items = modules.items() if hasattr(modules, "items") else modules
-        for key, module in items:
-            self[key] = module
 
     def pop(self, key):
         module = self._modules[key]
@@ -187,45 +199,16 @@ class ParameterList(Module):
         return ", ".join(f"{k}: {tuple(p.shape)}" for k, p in self._parameters.items())
 
 
-class ParameterDict(Module):
+class ParameterDict(_RegistryDict):
     """An ordered dict of Parameters registered under their keys (PyTorch's name)."""
 
-    def __init__(self, parameters=None):
-        super().__init__()
-        if parameters is not None:
-            self.update(parameters)
-
-    def __getitem__(self, key):
-        return self._parameters[key]
+    _registry = "_parameters"
 
     def __setitem__(self, key, value):
         if not isinstance(key, str) or not key or "." in key:
             raise KeyError(f"ParameterDict: keys must be non-empty strings without '.', "
                            f"got {key!r}")
         self.register_parameter(key, _as_parameter(value))
-
-    def __contains__(self, key):
-        return key in self._parameters
-
-    def __len__(self):
-        return len(self._parameters)
-
-    def __iter__(self):
-        return iter(self._parameters)
-
-    def keys(self):
-        return self._parameters.keys()
-
-    def values(self):
-        return self._parameters.values()
-
-    def items(self):
-        return self._parameters.items()
-
-    def update(self, parameters):
-        items = parameters.items() if hasattr(parameters, "items") else parameters
-        for key, value in items:
-            self[key] = value
 
 
 def _as_parameter(value):
