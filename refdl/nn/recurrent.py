@@ -32,16 +32,14 @@ layers. So a layer called twice before its two backwards gets both right.
 
 Initialisation (PyTorch's): every weight and bias ~ U(-1/sqrt(hidden_size), 1/sqrt(hidden_size)).
 """
-import math
 from typing import List, NamedTuple, Optional
 
 import numpy as np
 
-from .. import init
 from ..random import get_rng
 from .validate import check_float, check_grad, layer_name
 from .module import Module, Parameter
-from .recurrent_cell import _GATES, _data, _step_fns
+from .recurrent_cell import _GATES, _data, _step_fns, uniform_by_hidden_size
 
 __all__ = ["RNN", "LSTM", "GRU"]
 
@@ -185,9 +183,7 @@ class _RNNBase(Module):
 
     def reset_parameters(self, generator=None):
         """Every weight and bias ~ U(-1/sqrt(hidden_size), 1/sqrt(hidden_size))."""
-        k = 1.0 / math.sqrt(self.hidden_size)
-        for p in self.parameters():
-            init.uniform_(p, -k, k, generator=generator)
+        uniform_by_hidden_size(self, generator)
 
     def extra_repr(self):
         s = f"{self.input_size}, {self.hidden_size}"

@@ -45,6 +45,14 @@ _GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "RNN_IDENTITY": 1, "LSTM": 4, "GRU": 3}
 # What one time step remembers (the symbols of docs/derivations/rnn.md, lstm.md, gru.md)
 # ---------------------------------------------------------------------------------------
 
+def uniform_by_hidden_size(module, generator=None):
+    """PyTorch's init of the recurrent cells and layers: every parameter of ``module`` ~
+    U(-1/sqrt(hidden_size), 1/sqrt(hidden_size))."""
+    k = 1.0 / math.sqrt(module.hidden_size)
+    for p in module.parameters():
+        init.uniform_(p, -k, k, generator=generator)
+
+
 class RNNStep(NamedTuple):
     """Step t of an Elman RNN: h_t = act(a_t), from which act'(a_t) is read."""
     h: np.ndarray            # h_t (N, H)
@@ -207,9 +215,7 @@ class _CellBase(Module):
 
     def reset_parameters(self, generator=None):
         """Every weight and bias ~ U(-1/sqrt(hidden_size), 1/sqrt(hidden_size))."""
-        k = 1.0 / math.sqrt(self.hidden_size)
-        for p in self.parameters():
-            init.uniform_(p, -k, k, generator=generator)
+        uniform_by_hidden_size(self, generator)
 
     def extra_repr(self):
         s = f"{self.input_size}, {self.hidden_size}"
