@@ -699,11 +699,18 @@ def test_checked_build_raises_instead_of_writing_out_of_bounds(tmp_path_factory)
         pytest.skip("the compiled kernels are not built")
     K = _checked_kernels(str(tmp_path_factory.getbasetemp()))
     assert K.bounds_checked() and not ext.compiled_module().bounds_checked()
-    g = np.ones((1, 2))
-    dx = np.zeros((1, 3))
-    # an index past the plane: the default build would write outside dx
+    # the segment checks of the raw-pointer loops are on in the checked build only
     with pytest.raises(IndexError, match=r"segment \[3, 4\) outside \[0, 3\)"):
-        K.maxpool3d_backward(g, np.array([[0, 3]], dtype=np.int64), dx)
+        K.check_segment(3, 4, 3)
+    ext.compiled_module().check_segment(3, 4, 3)
+    # a max-pool index past the plane: every build skips it (no write outside dx) and
+    # counts it; the caller raises
+    for mod in (K, ext.compiled_module()):
+        g = np.ones((1, 3))
+        dx = np.zeros((1, 3))
+        bad = np.array([[0, 3, -1]], dtype=np.int64)
+        assert mod.maxpool3d_backward(g, bad, dx) == 2
+        assert dx.tolist() == [[1.0, 0.0, 0.0]]
     # cols too small for the claimed output: refused once per call, in every build
     x = np.ones((1, 1, 1, 1, 4))
     for mod in (K, ext.compiled_module()):
