@@ -193,6 +193,42 @@ def numpy_path(flag=True):
         _switch.enabled = saved
 
 
+# -- memoised shape arithmetic ------------------------------------------------------------
+
+def _key(v):
+    """A hashable key that tells apart what == does not (1, 1.0 and True; a list and a
+    tuple): (type, value), element-wise for lists and tuples. Raises TypeError for an
+    unhashable value (an array, say)."""
+    if isinstance(v, (tuple, list)):
+        return (type(v),) + tuple(_key(e) for e in v)
+    hash(v)
+    return (type(v), v)
+
+
+def shape_memo(fn):
+    """Memoise ``fn``, a pure function of shapes, sizes and settings that validates them and
+    derives what the kernels need (the same layer calls it with the same shapes every
+    step). A call raising an error stores nothing, so bad input is rejected every time;
+    an argument that cannot be hashed (an array) skips the memo. At most 512 entries."""
+    cache = {}
+
+    @functools.wraps(fn)
+    def memoised(*args):
+        try:
+            key = _key(args)
+        except TypeError:
+            return fn(*args)
+        hit = cache.get(key)
+        if hit is None:
+            hit = fn(*args)
+            if len(cache) >= 512:
+                cache.clear()
+            cache[key] = hit
+        return hit
+    memoised.cache = cache
+    return memoised
+
+
 # -- validation -----------------------------------------------------------------------------
 
 # Every coordinate a kernel computes is a sum of at most four terms each bounded by the
@@ -436,21 +472,33 @@ def _conv_args(name, x, w2, kernel_size, stride, pads, dilation, out_size, group
     if x.dtype != w2.dtype or w2.ndim != 2:
         raise ValueError(f"{name}: weight must be a 2-D array of x's dtype {x.dtype}, got "
                          f"{w2.dtype} {w2.shape}")
-    spatial, ks, ss, ps, ds, osz = _parse(x.shape, kernel_size, stride, pads, dilation,
+    x5_shape, geom, tiling, scratch, osz = _conv_plan(
+        name, x.shape, w2.shape, x.itemsize, kernel_size, stride, pads, dilation, out_size,
+        groups, _K.team_size(), CHUNK_BYTES, MIN_CHUNKS)
+    return np.ascontiguousarray(x).reshape(x5_shape), geom, tiling, scratch, osz
+
+
+@shape_memo
+def _conv_plan(name, x_shape, w_shape, itemsize, kernel_size, stride, pads, dilation,
+               out_size, groups, team, chunk_bytes, min_chunks):
+    """The shape-only part of _conv_args: validates the geometry and returns (x5 shape,
+    geometry arguments, (chunk, rows), scratch shape, output size); memoised."""
+    spatial, ks, ss, ps, ds, osz = _parse(x_shape, kernel_size, stride, pads, dilation,
                                           out_size)
     _check_geometry(name, spatial, ks, ss, ps, ds, osz)
-    N, C = x.shape[:2]
+    N, C = x_shape[:2]
     CK, L = C * math.prod(ks), math.prod(osz)
-    if groups < 1 or C % groups or w2.shape[0] % groups or w2.shape[1] != CK // groups:
-        raise ValueError(f"{name}: weight {w2.shape} does not fit {C} input channels, "
+    if groups < 1 or C % groups or w_shape[0] % groups or w_shape[1] != CK // groups:
+        raise ValueError(f"{name}: weight {w_shape} does not fit {C} input channels, "
                          f"kernel {ks} and groups {groups}")
     R, OW = math.prod(osz[:-1]), osz[-1]
-    chunk, rows = conv_tiling(N, CK, w2.shape[0], R, OW, x.itemsize)
-    x5 = np.ascontiguousarray(x).reshape((N, C) + _as3(spatial, 1))
+    # chunk_bytes, min_chunks: CHUNK_BYTES, MIN_CHUNKS, which conv_tiling reads; in the
+    # memo's key so that changing them (benchmarks, tests) takes effect
+    chunk, rows = conv_tiling(N, CK, w_shape[0], R, OW, itemsize)
     geom = (*_as3(ks, 1), *_as3(ss, 1), *_as3([lo for lo, _ in ps], 0), *_as3(ds, 1),
             *_as3(osz, 1))
-    scratch = (_K.team_size(), (CK + w2.shape[0]) * chunk * rows * OW)
-    return x5, geom, (chunk, rows), scratch, osz
+    scratch = (team, (CK + w_shape[0]) * chunk * rows * OW)
+    return (N, C) + _as3(spatial, 1), geom, (chunk, rows), scratch, osz
 
 
 def _scratch(buffers, shape, dtype):
@@ -510,6 +558,7 @@ def conv_backward(x, w2, grad, kernel_size, stride, pads, dilation, out_size, gr
 
 # -- pooling --------------------------------------------------------------------------------
 
+@shape_memo
 def _pool_args(name, x_shape, kernel_size, stride, padding, dilation, out_size):
     spatial = tuple(x_shape[2:])
     r = len(spatial)
@@ -543,7 +592,9 @@ def max_pool_forward(x, kernel_size, stride, padding, dilation, out_size):
 
 
 def max_pool_backward(grad_out, indices, x_shape):
-    """Scatter-add grad_out (N, C, *O) to the input positions ``indices``."""
+    """Scatter-add grad_out (N, C, *O) to the input positions ``indices``; an index
+    outside the input raises ValueError (the compiled kernel checks each one as it
+    scatters, skipping it, and reports after the loop)."""
     _floating("max_pool_backward", grad_out)
     x_shape = tuple(x_shape)
     if indices.shape != grad_out.shape or indices.dtype != np.int64:
@@ -553,16 +604,20 @@ def max_pool_backward(grad_out, indices, x_shape):
         raise ValueError(f"max_pool_backward: grad_out {grad_out.shape} does not match the "
                          f"input {x_shape}")
     S = math.prod(x_shape[2:])
-    if indices.size and (indices.min() < 0 or indices.max() >= S):
-        raise ValueError(f"max_pool_backward: an index lies outside the input (indices in "
-                         f"[{indices.min()}, {indices.max()}], input has {S} positions)")
+
+    def outside():
+        return ValueError(f"max_pool_backward: an index lies outside the input (indices in "
+                          f"[{indices.min()}, {indices.max()}], input has {S} positions)")
     if not available():
+        if indices.size and (indices.min() < 0 or indices.max() >= S):
+            raise outside()
         return _ref_pool.max_pool_backward(grad_out, indices, x_shape)
     P = x_shape[0] * x_shape[1]
     idx = np.ascontiguousarray(indices).reshape(P, math.prod(indices.shape[2:]))
     g = np.ascontiguousarray(grad_out).reshape(P, math.prod(grad_out.shape[2:]))
     dx = np.zeros((P, S), dtype=grad_out.dtype)
-    _K.maxpool3d_backward(g, idx, dx)
+    if _K.maxpool3d_backward(g, idx, dx):      # the number of indices outside [0, S)
+        raise outside()
     return dx.reshape(x_shape)
 
 

@@ -203,6 +203,56 @@ def test_kernel_guards_refuse_bad_calls(use_numpy):
         np.testing.assert_array_equal(ext.im2col(xt, 2), F.im2col(xt, 2))
 
 
+def test_shape_memo_validates_every_new_key_and_never_stores_an_error():
+    """The layers' geometry checks are memoised (ext.shape_memo): a key that == would
+    confuse with a valid one (True for 1, 2.0 for 2) is checked on its own, an error is
+    raised on every call, and changing CHUNK_BYTES changes the tiling."""
+    calls = []
+
+    @ext.shape_memo
+    def f(k):
+        calls.append(k)
+        if isinstance(k, bool) or (isinstance(k, tuple) and any(isinstance(e, bool)
+                                                                for e in k)):
+            raise TypeError("no bools")
+        return (k,)
+    assert f((1, 1)) == ((1, 1),) and f((1, 1)) == ((1, 1),) and len(calls) == 1
+    for _ in range(2):
+        with pytest.raises(TypeError):
+            f((True, True))
+    assert len(calls) == 3                      # the error was not stored
+    assert f([1, 1]) == ([1, 1],) and len(calls) == 4   # a list is its own key
+    assert f(np.zeros(2))[0] is not None and len(calls) == 5   # unhashable: no memo
+    # the real geometry checks, through the memo
+    x = np.ones((1, 1, 4, 4))
+    w2 = np.ones((1, 4))
+    ext.conv_forward(x, w2, None, (2, 2), (1, 1), ((0, 0), (0, 0)), (1, 1), None)
+    with pytest.raises(TypeError, match="kernel_size must be"):
+        ext.conv_forward(x, w2, None, (True, 2), (1, 1), ((0, 0), (0, 0)), (1, 1), None)
+    with pytest.raises(TypeError, match="kernel_size must be"):
+        ext.max_pool_forward(x, (2.0, 2), (2, 2), (0, 0), (1, 1), (2, 2))
+    assert ext.max_pool_forward(x, (2, 2), (2, 2), (0, 0), (1, 1), (2, 2))[0].shape == \
+        (1, 1, 2, 2)
+    with pytest.raises(TypeError, match="kernel_size must be"):
+        ext.max_pool_forward(x, (2.0, 2), (2, 2), (0, 0), (1, 1), (2, 2))
+
+
+def test_conv_plan_follows_chunk_bytes(monkeypatch):
+    """The memoised plan's key holds CHUNK_BYTES and MIN_CHUNKS: change them, and the
+    tiling the kernels get changes with them."""
+    if ext.compiled_module() is None:
+        pytest.skip("the compiled kernels are not built")
+    x = np.ones((8, 2, 6, 6))
+    w2 = np.ones((3, 18))
+    args = ("t", x, w2, (3, 3), (1, 1), ((0, 0), (0, 0)), (1, 1), None, 1)
+    monkeypatch.setattr(ext, "MIN_CHUNKS", 1)
+    per_image = (18 + 3) * 16 * 8
+    for chunk_bytes, want in [(1 << 20, (8, 4)), (2 * per_image, (2, 4)),
+                              ((18 + 3) * 4 * 8, (1, 1))]:
+        monkeypatch.setattr(ext, "CHUNK_BYTES", chunk_bytes)
+        assert ext._conv_args(*args)[2] == want
+
+
 def test_reference_im2col_is_the_textbook_definition():
     """cols[(c, kh, kw), (n, oh, ow)] = x_pad[n, c, oh*s + kh*d, ow*s + kw*d]."""
     rng = np.random.default_rng(0)

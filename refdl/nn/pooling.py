@@ -100,16 +100,23 @@ class _PoolNd(Module):
                              f"most half of the kernel size {self.kernel_size}")
 
     def _out_size(self, x, spatial):
-        out = pool_output_size(spatial, self.kernel_size, self.stride, self.padding,
-                               self.dilation, self.ceil_mode)
-        if any(o < 1 for o in out):
-            raise ValueError(f"{layer_name(self)}: the output would be empty ({out}) for "
-                             f"input of shape {tuple(x.shape)}: the (dilated) kernel is "
-                             f"larger than the padded input")
-        ext.check_geometry(layer_name(self), spatial, self.kernel_size, self.stride,
-                           tuple((p, p) for p in self.padding), self.dilation, out,
-                           pool_pad_limit=True, every_window_reads_input=True)
-        return out
+        return _checked_out_size(layer_name(self), tuple(x.shape), tuple(spatial),
+                                 self.kernel_size, self.stride, self.padding,
+                                 self.dilation, self.ceil_mode)
+
+
+@ext.shape_memo
+def _checked_out_size(name, x_shape, spatial, kernel_size, stride, padding, dilation,
+                      ceil_mode):
+    """The pooled size of ``spatial``, validated (memoised: a layer sees the same shapes
+    every step)."""
+    out = pool_output_size(spatial, kernel_size, stride, padding, dilation, ceil_mode)
+    if any(o < 1 for o in out):
+        raise ValueError(f"{name}: the output would be empty ({out}) for input of shape "
+                         f"{x_shape}: the (dilated) kernel is larger than the padded input")
+    ext.check_geometry(name, spatial, kernel_size, stride, tuple((p, p) for p in padding),
+                       dilation, out, pool_pad_limit=True, every_window_reads_input=True)
+    return out
 
 
 class _MaxPoolNd(_PoolNd):
