@@ -147,7 +147,7 @@ def lenet_step_refdl(net, x, labels, lr=0.01):
     grad = np.exp(logp)
     grad[np.arange(len(labels)), labels] -= 1
     net.zero_grad()
-    net.backward(grad / len(labels))
+    net.backward(grad / len(labels), input_grad=False)   # as PyTorch: data needs no grad
     for p in net.parameters():
         p.data -= lr * p.grad
     return loss

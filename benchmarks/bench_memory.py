@@ -25,7 +25,7 @@ def step_peak(model, x, y):
         out = model(x)
         loss_fn(out, y)
         opt.zero_grad()
-        model.backward(loss_fn.backward())
+        model.backward(loss_fn.backward(), input_grad=False)   # as the trainer
         opt.step()
 
     step()                                   # warm-up: optimiser state, lazy buffers

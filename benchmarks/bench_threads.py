@@ -214,7 +214,7 @@ def run(argv=None):
         grad = np.exp(logp)
         grad[np.arange(64), lb] -= 1
         net.zero_grad()
-        net.backward(grad / 64)
+        net.backward(grad / 64, input_grad=False)   # PyTorch's data needs no gradient
         for p in net.parameters():
             p.data -= lr * p.grad
     row = {"refdl": step}

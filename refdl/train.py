@@ -322,7 +322,11 @@ def _train_epoch(model, loss_fn, optimizer, loader, params, clip, scheduler, bar
         # here first, so the user hears where training broke down
         value = check_finite(loss_fn(out, y) if np.all(np.isfinite(out)) else np.nan, i, epoch)
         optimizer.zero_grad()
-        model.backward(loss_fn.backward())
+        g = loss_fn.backward()
+        if getattr(model, "accepts_input_grad", False):
+            model.backward(g, input_grad=False)    # x is data: no dL/dx, as in PyTorch
+        else:
+            model.backward(g)
         # the total gradient norm before clipping (clip_grad_norm_ returns it too)
         st["norms"].append(clip_grad_norm_(params, clip) if clip is not None
                            else grad_norm(params))

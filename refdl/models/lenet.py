@@ -54,6 +54,10 @@ class LeNet5(nn.Module):
                              f"{', '.join(map(str, self.input_shape))}), got {tuple(x.shape)}")
         return self.classifier(self.features(x))
 
-    def backward(self, grad_out):
-        """features.backward(classifier.backward(g)): the chain rule through the two stacks."""
-        return self.features.backward(self.classifier.backward(grad_out))
+    accepts_input_grad = True
+
+    def backward(self, grad_out, input_grad=True):
+        """features.backward(classifier.backward(g)): the chain rule through the two stacks
+        (``input_grad=False``: the first convolution skips dL/dx, which is None)."""
+        return self.features.backward(self.classifier.backward(grad_out),
+                                      input_grad=input_grad)

@@ -81,13 +81,14 @@ class ResNet(nn.Module):
             x = getattr(self, name)(x)
         return x
 
-    def backward(self, grad_out):
+    accepts_input_grad = True
+
+    def backward(self, grad_out, input_grad=True):
         """The chain rule in reverse through stem, stages, pooling and head (each block sums the
-        gradients of its residual branch and its shortcut, see nn.blocks)."""
-        g = grad_out
-        for name in reversed(self._order):
-            g = getattr(self, name).backward(g)
-        return g
+        gradients of its residual branch and its shortcut, see nn.blocks);
+        ``input_grad=False``: the stem skips dL/dx, which is None."""
+        return nn.backward_chain([getattr(self, name) for name in self._order], grad_out,
+                                 input_grad)
 
 
 def resnet18(num_classes=1000, in_channels=3):

@@ -4,7 +4,7 @@ Each topic file lists its public names in ``__all__``; all of them are importabl
 refdl.nn, exactly as from torch.nn.
 """
 from .module import CacheError, Module, Parameter, StaleCacheWarning  # noqa: F401
-from .container import *       # Sequential, ModuleList, ModuleDict, ParameterList, ParameterDict
+from .container import *       # backward_chain, Sequential, ModuleList, ModuleDict, ParameterList, ParameterDict
 from .linear import *          # Linear, Identity, Flatten, Unflatten
 from .activation import *      # ReLU, Sigmoid, Tanh, GELU, Softmax, ...
 from .loss import *            # MSELoss, CrossEntropyLoss, BCEWithLogitsLoss, ...

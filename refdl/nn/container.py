@@ -9,7 +9,23 @@ from collections import OrderedDict
 
 from .module import Module, Parameter
 
-__all__ = ["Sequential", "ModuleList", "ModuleDict", "ParameterList", "ParameterDict"]
+__all__ = ["backward_chain", "Sequential", "ModuleList", "ModuleDict", "ParameterList", "ParameterDict"]
+
+
+def backward_chain(modules, grad_out, input_grad=True):
+    """The chain rule through ``modules`` applied in order: each one's backward, last
+    first; returns dL/dx of the first one's input. With ``input_grad=False`` it returns
+    None, and a first module that accepts_input_grad skips computing it (as PyTorch skips
+    the gradient of data that does not require grad); the others still compute theirs."""
+    g = grad_out
+    for m in reversed(modules[1:]):
+        g = m.backward(g)
+    if not modules:
+        return g if input_grad else None
+    if not input_grad and modules[0].accepts_input_grad:
+        return modules[0].backward(g, input_grad=False)
+    g = modules[0].backward(g)
+    return g if input_grad else None
 
 
 class Sequential(Module):
@@ -52,11 +68,11 @@ class Sequential(Module):
             x = m(x)
         return x
 
-    def backward(self, grad_out):
-        g = grad_out
-        for m in reversed(list(self._modules.values())):
-            g = m.backward(g)
-        return g
+    accepts_input_grad = True
+
+    def backward(self, grad_out, input_grad=True):
+        """The layers' backward in reverse order: see :func:`backward_chain`."""
+        return backward_chain(list(self._modules.values()), grad_out, input_grad)
 
 
 class ModuleList(Module):

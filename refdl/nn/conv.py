@@ -378,7 +378,11 @@ class _ConvNd(_ConvBase):
             y += bias.astype(y.dtype, copy=False).reshape((-1,) + (1,) * self._rank)
         return y, cols
 
-    def backward(self, grad_out):
+    accepts_input_grad = True
+
+    def backward(self, grad_out, input_grad=True):
+        """dW and db accumulated; returns dx, or None with ``input_grad=False`` (its GEMM
+        and col2im are skipped, as PyTorch does for data that does not require grad)."""
         c = self._pending()
         N = c.x_shape[0]
         shape = (N, self.out_channels) + c.out
@@ -390,17 +394,18 @@ class _ConvNd(_ConvBase):
         if isinstance(c, WinogradCache):
             g = np.ascontiguousarray(g, dtype=c.x.dtype)
             dx, dW = winograd.conv2d_backward(g, c.x, c.U, c.x_shape, c.pads,
-                                              need_dw=wgrad, buffers=self._spare)
+                                              need_dx=input_grad, need_dw=wgrad,
+                                              buffers=self._spare)
             self._add_param_grads(dW, g)
-            return dx if c.batched else dx[0]
+            return self._batch_out(dx, c)
         if isinstance(c, ConvChunkCache):
             W2 = self._weight(c.x.dtype).reshape(self.out_channels, -1)
             dx, dW = ext.conv_backward(c.x, W2, g, self.kernel_size, self.stride, c.pads,
-                                       self.dilation, c.out, self.groups, need_dw=wgrad,
+                                       self.dilation, c.out, self.groups,
+                                       need_dx=input_grad, need_dw=wgrad,
                                        buffers=self._spare)
             self._add_param_grads(dW, g)
-            dx = self._unpad(dx, c)
-            return dx if c.batched else dx[0]
+            return self._batch_out(self._unpad(dx, c), c)
         G = self.groups
         cols = c.cols
         CKg = cols.shape[0] // G
@@ -419,18 +424,26 @@ class _ConvNd(_ConvBase):
                 self._add_param_grads(dWT.transpose(0, 2, 1), g)
             else:
                 self._add_param_grads(None, g)
-            # cols is not needed any more: dcols = W^T g overwrites it (no new big buffer)
-            np.matmul(W.transpose(0, 2, 1), gm, out=colsg)
-        dx = ext.col2im(cols, c.x_shape, self.kernel_size, self.stride, c.pads,
-                        self.dilation, c.out)
+            if input_grad:
+                # cols is not needed any more: dcols = W^T g overwrites it (no new big
+                # buffer)
+                np.matmul(W.transpose(0, 2, 1), gm, out=colsg)
+        dx = None
+        if input_grad:
+            dx = ext.col2im(cols, c.x_shape, self.kernel_size, self.stride, c.pads,
+                            self.dilation, c.out)
         self._cols = cols                          # free for the next forward's im2col
-        dx = self._unpad(dx, c)
-        return dx if c.batched else dx[0]
+        return self._batch_out(self._unpad(dx, c), c)
+
+    @staticmethod
+    def _batch_out(dx, c):
+        """dx as the input came (without the batch axis when it had none); None stays."""
+        return dx if dx is None or c.batched else dx[0]
 
     def _unpad(self, dx, c):
         """The adjoint of a non-zero padding mode's index map: dx of the padded input
         (N, C, *P) summed back onto the input's own positions (N, C, *S)."""
-        if c.pad_map is None:
+        if dx is None or c.pad_map is None:
             return dx
         N = dx.shape[0]
         flat = np.zeros((N * self.in_channels, math.prod(c.spatial)), dtype=dx.dtype)

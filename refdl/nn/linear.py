@@ -78,18 +78,23 @@ class Linear(Module):
             y = y + self.bias.data
         return y
 
-    def backward(self, grad_out):
+    accepts_input_grad = True
+
+    def backward(self, grad_out, input_grad=True):
+        """dW += g^T x, db += sum g; returns dx = g W, or None with ``input_grad=False``."""
         x = self.pop_saved().x
         g = check_grad(self, grad_out, x.shape[:-1] + (self.out_features,))
         g2 = g.reshape(-1, self.out_features)
         x2 = x.reshape(-1, self.in_features)
+        dx = None
         with serial_below(x2.size * self.out_features):
             if self.weight.requires_grad:
                 self.weight.grad += g2.T @ x2
-            dx = g2 @ self.weight.data
+            if input_grad:
+                dx = (g2 @ self.weight.data).reshape(x.shape)
         if self.bias is not None and self.bias.requires_grad:
             self.bias.grad += g2.sum(axis=0)
-        return dx.reshape(x.shape)
+        return dx
 
 
 class Identity(Module):

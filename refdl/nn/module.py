@@ -347,6 +347,12 @@ class Module:
     def forward(self, *inputs):
         raise NotImplementedError(f"{type(self).__name__} does not implement forward")
 
+    # True where backward takes the keyword input_grad: backward(g, input_grad=False)
+    # accumulates the parameters' gradients, skips dL/dx and returns None, as PyTorch
+    # does for an input that does not require grad (a model's data): Linear, Conv1d/2d/3d
+    # and Sequential (which passes it to its first layer). The trainer asks for it.
+    accepts_input_grad = False
+
     def backward(self, grad_out, *more):
         raise NotImplementedError(f"{type(self).__name__} does not implement backward")
 
