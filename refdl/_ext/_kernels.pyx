@@ -160,6 +160,10 @@ cdef extern from *:
             for (Py_ssize_t i = 0; i < n; i++) d[i] = s[i];
             return;
         }
+        if (st == 2) {       /* a constant stride: vector loads and shuffles */
+            for (Py_ssize_t i = 0; i < n; i++) d[i] = s[2 * i];
+            return;
+        }
         for (Py_ssize_t i = 0; i < n; i++) d[i] = s[i * st];
     }
     static inline void refdl_copy_d(double* restrict d, const double* restrict s,
@@ -167,6 +171,10 @@ cdef extern from *:
         if (st == 1) {
             if (n >= 64) { memcpy(d, s, (size_t)n * sizeof(double)); return; }
             for (Py_ssize_t i = 0; i < n; i++) d[i] = s[i];
+            return;
+        }
+        if (st == 2) {       /* a constant stride: vector loads and shuffles */
+            for (Py_ssize_t i = 0; i < n; i++) d[i] = s[2 * i];
             return;
         }
         for (Py_ssize_t i = 0; i < n; i++) d[i] = s[i * st];
