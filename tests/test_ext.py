@@ -398,8 +398,8 @@ def test_chunked_conv_needs_32_bit_blas_indices(monkeypatch):
     monkeypatch.setattr(ext, "available", lambda: True)
     assert ext.conv_chunked(150, 16, (10, 10))
     assert not ext.conv_chunked(150, 16, (0, 10))
-    assert ext.conv_chunked(2 ** 20, 2 ** 10, (2 ** 31 // (2 ** 20 + 2 ** 10) - 1,))
-    assert not ext.conv_chunked(2 ** 20, 2 ** 10, (2 ** 31 // (2 ** 20 + 2 ** 10) + 1,))
+    assert ext.conv_chunked(2 ** 20, 2 ** 10, (2 ** 31 // (2 ** 20 + 2 ** 11) - 1,))
+    assert not ext.conv_chunked(2 ** 20, 2 ** 10, (2 ** 31 // (2 ** 20 + 2 ** 11) + 1,))
     assert not ext.conv_chunked(9, 2 ** 16, (2 ** 8, 2 ** 7))        # C_out*L = 2**31
     assert ext.conv_chunked(9, 2 ** 16, (2 ** 8, 2 ** 7 - 1))
     monkeypatch.setattr(ext, "available", lambda: False)

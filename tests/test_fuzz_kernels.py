@@ -550,7 +550,8 @@ def test_fuzz_conv_chunk_kernels(kernels, monkeypatch):
     # at a time) against the loops, with batches of up to 13 images cut into pieces of
     # every size (CHUNK_BYTES from one output row per piece, through ranges of rows and
     # whole images, to the whole batch; the last chunk and the last range partial),
-    # float64 and float32, with and without dx / dW; and the same bits
+    # float64 and float32, with and without dx / dW, both orientations of the dW product
+    # (ext.dw_pixel_major); and the same bits
     # at 1 and at 2 threads (the chunking does not depend on the thread count)
     build, n = kernels
     before = refdl.get_num_threads()
@@ -563,6 +564,9 @@ def test_fuzz_conv_chunk_kernels(kernels, monkeypatch):
         monkeypatch.setattr(ext, "CHUNK_BYTES",
                             data.draw(st.sampled_from([1, 150, 700, 3000, 1 << 30])))
         monkeypatch.setattr(ext, "MIN_CHUNKS", data.draw(st.integers(1, 5)))
+        # both orientations of the dW product: g channel-major, or a transposed copy
+        pixel_major = data.draw(st.booleans())
+        monkeypatch.setattr(ext, "dw_pixel_major", lambda cog, CKg: pixel_major)
         dtype = data.draw(st.sampled_from([np.float64, np.float32]))
         need_dx, need_dw = data.draw(st.sampled_from([(True, True), (True, False),
                                                       (False, True)]))
