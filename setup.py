@@ -224,17 +224,8 @@ def ext_modules():
             optional=True,
         )
         exts.append(avx2)
-    # Winograd F(2x2, 3x3) transforms (refdl/functional/winograd.py), same flags
-    wino = Extension(
-        "refdl._ext._winograd",
-        ["refdl/_ext/_winograd.pyx"],
-        include_dirs=[numpy.get_include()],
-        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
-        extra_compile_args=["-O3"] if sys.platform != "win32" else ["/O2"],
-        optional=True,
-    )
     try:
-        return cythonize(exts + [wino], language_level=3, quiet=True)
+        return cythonize(exts, language_level=3, quiet=True)
     except Exception as exc:
         _warn(f"cythonize failed: {exc}".splitlines()[0])
         return []

@@ -34,10 +34,9 @@ writes its own samples), and refdl's GEMMs are the same BLAS calls whatever the 
 whose summation order OpenBLAS may split differently).
 """
 import os
-import threading
 import time
 
-__all__ = ["set_num_threads", "get_num_threads", "serial_below", "parallel_for",
+__all__ = ["set_num_threads", "get_num_threads", "serial_below",
            "auto_num_threads", "blas_serial",
            "KERNEL_GRAIN", "GEMM_GRAIN"]
 
@@ -60,8 +59,8 @@ def _blas_controllers():
 
 
 # the compiled modules with an OpenMP team: the kernels' builds (refdl.ext picks one;
-# tests load every one) and Winograd's transforms
-_KERNEL_MODULES = ("_kernels", "_kernels_avx2", "_winograd")
+# tests load every one)
+_KERNEL_MODULES = ("_kernels", "_kernels_avx2")
 
 
 def _kernels():
@@ -148,54 +147,6 @@ def auto_num_threads():
         return cores, f"{cores} cores"
     n = max(1, min(cores, cores - int(load + 0.5)))
     return n, f"{cores} cores, load average {load:.2f}"
-
-
-_executor = None             # worker threads of parallel_for, created on first use
-
-
-def parallel_for(fn, items):
-    """``[fn(i) for i in items]``, spread over :func:`get_num_threads` threads while the
-    BLAS pool and the kernels' teams are held at one thread each.
-
-    For work made of independent chunks (Winograd's chunks of images): each thread runs
-    whole chunks, its data stays in its core's cache, and the threads meet once at the end
-    instead of at every BLAS call of every chunk (on a busy machine each such meeting can
-    cost a scheduler tick). NumPy's matmul and refdl's kernels release the GIL, so the
-    threads run in parallel; fn must write disjoint outputs."""
-    items = list(items)
-    n = min(get_num_threads(), len(items))
-    if n <= 1:
-        return [fn(i) for i in items]
-    global _executor
-    from concurrent.futures import ThreadPoolExecutor
-    if _executor is None or _executor._max_workers < n:
-        _executor = ThreadPoolExecutor(max_workers=n, thread_name_prefix="refdl")
-    total = get_num_threads()
-    kernels = _kernels()
-    for lib in _blas_controllers():
-        lib.set_num_threads(1)
-    for K in kernels:
-        K.set_threading(1, KERNEL_GRAIN)
-    results = [None] * len(items)
-    todo = iter(range(len(items)))
-    lock = threading.Lock()
-
-    def worker():              # n of these, each taking the next item: at most n at once,
-        while True:            # even when the executor kept more workers from a larger n
-            with lock:
-                i = next(todo, None)
-            if i is None:
-                return
-            results[i] = fn(items[i])
-    try:
-        for f in [_executor.submit(worker) for _ in range(n)]:
-            f.result()
-        return results
-    finally:
-        for lib in _blas_controllers():
-            lib.set_num_threads(total)
-        for K in kernels:
-            K.set_threading(total, KERNEL_GRAIN)
 
 
 class serial_below:

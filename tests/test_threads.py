@@ -68,7 +68,7 @@ def test_a_build_loaded_later_gets_the_setting():
     out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True,
                          text=True, check=True,
                          env=dict(os.environ, REFDL_KERNELS="baseline")).stdout.split()
-    assert out == ["3", "3"]           # _kernels, _kernels_avx2 and _winograd
+    assert out == ["3", "2"]           # _kernels and _kernels_avx2 (Winograd's included)
 
 
 @pytest.mark.parametrize("bad,err", [(0, ValueError), (-2, ValueError), (1.5, TypeError),
@@ -162,11 +162,15 @@ def test_results_do_not_depend_on_the_thread_count(variant, monkeypatch):
         assert np.array_equal(a, b)
 
 
-def test_winograd_kernels_follow_the_setting():
-    if wg._K is None:
+def test_winograd_runs_on_the_kernels_team():
+    # one team for every convolution: Winograd's chunks run in the kernels refdl.ext
+    # selected, whose team follows set_num_threads
+    K = wg._kernels()
+    if K is None:
         pytest.skip("compiled kernels not built")
     refdl.set_num_threads(2)
-    assert wg._K in threads._kernels()
+    assert K is ext.compiled_module() and K in threads._kernels()
+    assert K.get_threading()[0] == 2
 
 
 # -- the command line: refdl train --threads N, refdl bench --threads N / --quick ----------
@@ -247,9 +251,9 @@ def test_bench_passes_threads_and_quick_to_scripts_that_take_them(tmp_path):
     assert _bench_flags(takes, Namespace(threads=None, quick=False)) == []
 
 
-def test_winograd_chunks_on_worker_threads_give_identical_results(monkeypatch):
-    # chunks of one image on 1 and on 3 worker threads (parallel_for): the same numbers,
-    # bit for bit (each chunk is computed alike; dW sums the chunks in order)
+def test_winograd_chunks_on_the_team_give_identical_results(monkeypatch):
+    # chunks of one image on a team of 1 and of 3 threads: the same numbers, bit for bit
+    # (each chunk is computed alike; dW sums the chunks in order)
     monkeypatch.setattr(wg, "CHUNK_BYTES", 1)
     rng = np.random.default_rng(3)
     x = rng.standard_normal((5, 4, 7, 6)).astype(np.float32)
@@ -262,7 +266,8 @@ def test_winograd_chunks_on_worker_threads_give_identical_results(monkeypatch):
         refdl.set_num_threads(n)
         bufs = {}
         y, V, U = wg.conv2d(x, w, b, pads, buffers=bufs)
-        assert len(bufs["ranges" if wg._compiled() else "M"]) >= min(n, 5)   # per thread
+        if wg._compiled():
+            assert bufs["team"].shape[0] >= min(n, 5)             # a scratch row per thread
         dx, dW = wg.conv2d_backward(g, V, U, x.shape, pads, buffers=bufs)
         res.append((y, dx, dW))
         assert refdl.get_num_threads() == n and set(blas_threads().values()) == {n}
@@ -271,57 +276,6 @@ def test_winograd_chunks_on_worker_threads_give_identical_results(monkeypatch):
     ref = wg.conv2d(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64),
                     pads)[0]
     assert np.allclose(res[1][0], ref, rtol=1e-4, atol=1e-4)
-
-
-def test_parallel_for_restores_the_pools_and_keeps_order():
-    refdl.set_num_threads(2)
-    seen = []
-
-    def f(i):
-        seen.append(set(blas_threads().values()))
-        return i * i
-    assert threads.parallel_for(f, range(6)) == [0, 1, 4, 9, 16, 25]
-    assert all(s == {1} for s in seen)               # BLAS held at one thread inside
-    assert set(blas_threads().values()) == {2}
-    K = ext.compiled_module()
-    if K is not None:
-        assert K.get_threading()[0] == 2
-
-
-def test_parallel_for_runs_at_most_the_thread_count_at_once():
-    # the executor keeps the workers of an earlier, larger thread count; a later call with
-    # fewer threads must still run at most that many items at once (Winograd gives each
-    # running item one of get_num_threads() scratch buffers)
-    import threading
-    import time as _time
-    refdl.set_num_threads(3)
-    threads.parallel_for(lambda i: i, range(6))           # an executor with 3 workers
-    refdl.set_num_threads(2)
-    lock = threading.Lock()
-    running, peak = [0], [0]
-
-    def f(i):
-        with lock:
-            running[0] += 1
-            peak[0] = max(peak[0], running[0])
-        _time.sleep(0.02)
-        with lock:
-            running[0] -= 1
-        return -i
-    assert threads.parallel_for(f, range(8)) == [-i for i in range(8)]
-    assert peak[0] == 2
-
-
-def test_parallel_for_passes_an_exception_on():
-    refdl.set_num_threads(2)
-
-    def f(i):
-        if i == 3:
-            raise KeyError(i)
-        return i
-    with pytest.raises(KeyError):
-        threads.parallel_for(f, range(6))
-    assert set(blas_threads().values()) == {2}
 
 
 def test_linear_runs_small_products_on_one_blas_thread(monkeypatch):

@@ -19,7 +19,7 @@ PATHS = [pytest.param(False, id="compiled"), pytest.param(True, id="numpy")]
 
 
 def _skip_if_absent(use_numpy):
-    if not use_numpy and (not ext.available() or wg._K is None):
+    if not use_numpy and not ext.available():
         pytest.skip("compiled kernels not built")
 
 
@@ -97,7 +97,7 @@ def test_differential_against_im2col(N, C, O, H, W, pads, use_numpy, seed):
     pt, pb, pl, pr = pads
     if H + pt + pb < 3 or W + pl + pr < 3:
         return                                   # the kernel does not fit
-    if not use_numpy and (not ext.available() or wg._K is None):
+    if not use_numpy and not ext.available():
         use_numpy = True
     P = ((pt, pb), (pl, pr))
     rng = np.random.default_rng(seed)
@@ -226,7 +226,7 @@ def test_auto_selects_winograd_only_where_it_measured_faster():
     small(np.zeros((1, 3, 8, 8), np.float32))
     fewer(np.zeros((1, c - 1, 8, 8), np.float32))
     strided(xc)
-    compiled = ext.available() and wg._K is not None
+    compiled = ext.available()
     assert big.last_algorithm == ("winograd" if compiled else "im2col")
     assert small.last_algorithm == fewer.last_algorithm == strided.last_algorithm == "im2col"
     with ext.numpy_path():
@@ -360,3 +360,91 @@ def test_chunks_leave_work_for_a_second_thread_only_where_it_pays():
         assert [a for a, _ in ch] == list(range(0, N, ch[0][1] - ch[0][0])) if N else ch == []
         assert all(b > a for a, b in ch) and (not ch or (ch[0][0], ch[-1][1]) == (0, N))
         assert all(ch[i][1] == ch[i + 1][0] for i in range(len(ch) - 1))
+
+
+def test_team_kernels_on_every_build_against_im2col(kernel_build, monkeypatch):
+    # winograd_forward / winograd_backward of each build (baseline, AVX2) against im2col
+    # + GEMM + col2im: asymmetric padding, odd outputs (cropped tiles), images split into
+    # ranges of tile rows and ranges holding several images, one and several chunks,
+    # float64 and float32, with and without dx / dW; the same bits on 1 and 2 threads
+    rng = np.random.default_rng(21)
+    cases = [((3, 3, 9, 8), 5, ((1, 2), (0, 1)), 1 << 30, 1),
+             ((3, 3, 9, 8), 5, ((1, 2), (0, 1)), 1, 2),
+             ((4, 2, 5, 7), 3, ((0, 0), (2, 1)), 1, 40),
+             ((2, 4, 12, 11), 2, ((1, 1), (1, 1)), 1 << 30, 3)]
+    before = refdl.get_num_threads()
+    try:
+        for shape, O, pads, chunk_bytes, rows in cases:
+            N, C, H, W = shape
+            OH, OW = H + sum(pads[0]) - 2, W + sum(pads[1]) - 2
+            TW = wg.tiles((OH, OW))[1]
+            monkeypatch.setattr(wg, "CHUNK_BYTES", chunk_bytes)
+            monkeypatch.setattr(wg, "MIN_CHUNK_BYTES", 1)
+            monkeypatch.setattr(wg, "RANGE_BYTES", 16 * (C + O) * 8 * rows * TW)
+            x, w = rng.standard_normal(shape), rng.standard_normal((O, C, 3, 3))
+            b = rng.standard_normal(O)
+            for dtype, tol in ((np.float64, 1e-11), (np.float32, 2e-4)):
+                xs, ws, bs = (a.astype(dtype) for a in (x, w, b))
+                runs = []
+                for threads in (1, 2):
+                    refdl.set_num_threads(threads)
+                    y, xk, U = wg.conv2d(xs, ws, bs, pads, buffers={})
+                    g = np.random.default_rng(22).standard_normal(y.shape).astype(dtype)
+                    dx, dW = wg.conv2d_backward(g, xk, U, x.shape, pads)
+                    dx_only = wg.conv2d_backward(g, xk, U, x.shape, pads, need_dw=False)
+                    dW_only = wg.conv2d_backward(g, xk, U, x.shape, pads, need_dx=False)
+                    assert dx_only[1] is None and dW_only[0] is None
+                    assert np.array_equal(dx_only[0], dx)
+                    assert np.array_equal(dW_only[1], dW)
+                    runs.append((y, dx, dW))
+                for u, v in zip(*runs):
+                    assert np.array_equal(u, v), "1 vs 2 threads"
+                yr, dxr, dWr = _im2col_conv_and_grads(x, w, g.astype(np.float64), pads)
+                y, dx, dW = runs[0]
+                scale = dict(rtol=tol, atol=tol * 10)
+                assert np.allclose(y, yr + b.reshape(1, -1, 1, 1), **scale), (shape, dtype)
+                assert np.allclose(dx, dxr, **scale), (shape, dtype)
+                assert np.allclose(dW, dWr, **scale), (shape, dtype)
+    finally:
+        refdl.set_num_threads(before)
+
+
+def test_team_kernels_refuse_bad_tables():
+    # the tables are checked before any loop runs: a segment outside the batch, ranges
+    # whose tiles are not consecutive, a range wider than kmax, chunks that do not cover
+    # the batch, too small a scratch: ValueError, nothing written
+    _skip_if_absent(False)
+    K = wg._kernels()
+    N, C, O, H, W = 2, 3, 4, 6, 6
+    pads = ((1, 1), (1, 1))
+    TH, TW = wg.tiles((H, W))
+    x = np.ones((N, C, H, W))
+    U = wg.weight_transform(np.ones((O, C, 3, 3)))
+    y = np.zeros((N, O, H, W))
+    chunk_ranges, range_segs, segs, kmax = wg._plan(N, C, O, TH, TW, 8)
+    scratch = wg._team_scratch({}, 1, C, O, kmax, TW, np.float64)
+    b = np.zeros(1)
+
+    def run(cr=chunk_ranges, rs=range_segs, sg=segs, k=kmax, sc=scratch):
+        K.winograd_forward(x, U, b, False, y, sc, np.ascontiguousarray(cr),
+                           np.ascontiguousarray(rs), np.ascontiguousarray(sg), k, 1, 1, 1)
+    run()                                             # the plan itself is accepted
+    ok = y.copy()
+    y[...] = 0
+    bad = segs.copy()
+    bad[-1, 0] = N                                    # image N does not exist
+    with pytest.raises(ValueError, match="outside the batch"):
+        run(sg=bad)
+    whole = np.array([[0, 0, TH], [1, 0, TH]], np.int64)
+    with pytest.raises(ValueError, match="not consecutive"):     # 0 then 1 at row 1
+        run(cr=np.array([0, 1]), rs=np.array([0, 2]),
+            sg=np.array([[0, 0, TH], [1, 1, TH]], np.int64))
+    with pytest.raises(ValueError, match="wider than kmax"):
+        run(cr=np.array([0, 1]), rs=np.array([0, 2]), sg=whole, k=TH * TW)
+    with pytest.raises(ValueError, match="cover the batch"):
+        run(cr=np.array([0, 1]), rs=np.array([0, 1]), sg=whole[:1], k=TH * TW)
+    with pytest.raises(ValueError, match="scratch too small"):
+        run(sc=scratch[:, :10])
+    assert not y.any()                                # nothing ran
+    run()
+    assert np.array_equal(y, ok)

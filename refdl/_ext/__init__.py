@@ -1,4 +1,5 @@
-"""Compiled kernels (Cython): im2col/col2im and max/avg pooling. Use them via refdl.ext.
+"""Compiled kernels (Cython): im2col/col2im, the chunked convolution, max/avg pooling and
+Winograd F(2x2, 3x3). Use them via refdl.ext (Winograd via refdl.functional.winograd).
 
 The kernels come in builds for instruction sets, all compiled from _kernels.pyx by
 setup.py: ``_kernels`` (baseline: any CPU of the architecture) and, on x86-64,
@@ -19,6 +20,10 @@ import os as _os
 # the switch between the compiled kernels and the NumPy reference (refdl.ext flips it;
 # the modules that call compiled code read it here, below refdl.ext)
 enabled = _os.environ.get("REFDL_DISABLE_EXT", "").strip() not in ("1", "true", "True", "yes")
+
+# set by refdl.ext when it loads: a function returning the build of the kernels in use, or
+# None on the NumPy path; modules below refdl.ext (refdl.functional.winograd) call it
+active_kernels = None
 
 
 # the wait: a spin of about 0.1 ms by libgomp's own estimate (100,000 spins per ms), then
@@ -45,9 +50,3 @@ def passive_openmp():
             _os.environ.pop("OMP_WAIT_POLICY", None)
             _os.environ.pop("GOMP_SPINCOUNT", None)
 
-
-with passive_openmp():
-    try:
-        from . import _winograd  # noqa: F401
-    except ImportError:          # not built: refdl.ext reports it and uses the NumPy path
-        pass

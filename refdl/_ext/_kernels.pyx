@@ -963,3 +963,763 @@ def avgpool3d_backward(const real[:, :, :, ::1] grad, real[:, :, :, ::1] dx,
                         for j in range(w.hs, w.he):
                             for l in range(w.ws, w.we):
                                 dx[p, i, j, l] += share
+
+
+# == Winograd F(2x2, 3x3) for 3x3 stride-1 convolutions (refdl/functional/winograd.py) =====
+#
+# Called only through refdl.functional.winograd, which builds every table and buffer; the
+# functions below check the shapes and tables before their loops. The math, the matrices
+# and the layouts are in docs/derivations/winograd.md; the NumPy reference in
+# refdl/functional/winograd.py computes the same four maps with einsum and is what the
+# tests compare against.
+#
+# The 16 planes of V and M are 16 write (or read) streams at once: refdl allocates them
+# with a plane stride a little longer than a plane (``planes`` in winograd.py, and 48
+# elements more than a plane in the team's scratch below), because a power-of-two stride
+# maps all 16 streams to the same cache sets and runs 5x slower.
+#
+# Layouts (P = N*TH*TW tiles, tile p = (n*TH + th)*TW + tw covers input rows 2*th - ph ..
+# 2*th - ph + 3 and columns 2*tw - pw .. 2*tw - pw + 3, output rows 2*th, 2*th + 1 and
+# columns 2*tw, 2*tw + 1; xi = 4*i + j is the (i, j) entry of a 4x4 transformed tile):
+#     x  (N, C, H, W)    V  (16, C, P) = B^T d B of every input tile d
+#     M  (16, O, P)      y  (N, O, OH, OW) = A^T m A of every tile m (plus the bias)
+# with B^T = [[1,0,-1,0],[0,1,1,0],[0,-1,1,0],[0,1,0,-1]] and A^T = [[1,1,1,0],[0,1,-1,-1]].
+# The whole-array maps (input_transform, ...) are the compiled counterparts of the NumPy
+# reference, parallel over (n, channel) planes; nn.Conv2d runs the range kernels at the
+# end (winograd_forward / winograd_backward).
+
+cdef inline void in_tile(const real* xs, Py_ssize_t H, Py_ssize_t W, Py_ssize_t r0,
+                         Py_ssize_t c0, real* v, Py_ssize_t vs) noexcept nogil:
+    # v[xi * vs] = (B^T d B)[xi] for the 4x4 tile d of the plane xs at (r0, c0)
+    cdef real d[4][4]
+    cdef real t[4][4]
+    cdef Py_ssize_t i, j, r, s
+    cdef const real* row
+    if r0 >= 0 and r0 + 4 <= H and c0 >= 0 and c0 + 4 <= W:
+        for i in range(4):
+            row = xs + (r0 + i) * W + c0
+            d[i][0] = row[0]
+            d[i][1] = row[1]
+            d[i][2] = row[2]
+            d[i][3] = row[3]
+    else:
+        for i in range(4):
+            r = r0 + i
+            for j in range(4):
+                s = c0 + j
+                if r >= 0 and r < H and s >= 0 and s < W:
+                    d[i][j] = xs[r * W + s]
+                else:
+                    d[i][j] = 0
+    for j in range(4):                     # rows: t = B^T d
+        t[0][j] = d[0][j] - d[2][j]
+        t[1][j] = d[1][j] + d[2][j]
+        t[2][j] = d[2][j] - d[1][j]
+        t[3][j] = d[1][j] - d[3][j]
+    for i in range(4):                     # columns: V = t B
+        v[(4 * i + 0) * vs] = t[i][0] - t[i][2]
+        v[(4 * i + 1) * vs] = t[i][1] + t[i][2]
+        v[(4 * i + 2) * vs] = t[i][2] - t[i][1]
+        v[(4 * i + 3) * vs] = t[i][1] - t[i][3]
+
+
+cdef inline void in_tile_adj(const real* v, Py_ssize_t vs, real* xs, Py_ssize_t H,
+                             Py_ssize_t W, Py_ssize_t r0, Py_ssize_t c0) noexcept nogil:
+    # xs[tile at (r0, c0)] += B u B^T with u[xi] = v[xi * vs] (parts outside dropped)
+    cdef real u[4][4]
+    cdef real t[4][4]
+    cdef Py_ssize_t i, j, r, s
+    cdef real* row
+    for i in range(4):
+        for j in range(4):
+            u[i][j] = v[(4 * i + j) * vs]
+    for i in range(4):                     # columns: t = u B^T
+        t[i][0] = u[i][0]
+        t[i][1] = u[i][1] - u[i][2] + u[i][3]
+        t[i][2] = u[i][2] + u[i][1] - u[i][0]
+        t[i][3] = -u[i][3]
+    for j in range(4):                     # rows: u = B t
+        u[0][j] = t[0][j]
+        u[1][j] = t[1][j] - t[2][j] + t[3][j]
+        u[2][j] = t[2][j] + t[1][j] - t[0][j]
+        u[3][j] = -t[3][j]
+    if r0 >= 0 and r0 + 4 <= H and c0 >= 0 and c0 + 4 <= W:
+        for i in range(4):
+            row = xs + (r0 + i) * W + c0
+            row[0] += u[i][0]
+            row[1] += u[i][1]
+            row[2] += u[i][2]
+            row[3] += u[i][3]
+    else:
+        for i in range(4):
+            r = r0 + i
+            for j in range(4):
+                s = c0 + j
+                if r >= 0 and r < H and s >= 0 and s < W:
+                    xs[r * W + s] += u[i][j]
+
+
+cdef inline void out_tile(const real* m, Py_ssize_t ms, real b, real* ys, Py_ssize_t OH,
+                          Py_ssize_t OW, Py_ssize_t r0, Py_ssize_t c0) noexcept nogil:
+    # ys[2x2 tile at (r0, c0)] = A^T u A + b with u[xi] = m[xi * ms], cropped
+    cdef real u[4][4]
+    cdef real t[2][4]
+    cdef real y00, y01, y10, y11
+    cdef Py_ssize_t i, j
+    for i in range(4):
+        for j in range(4):
+            u[i][j] = m[(4 * i + j) * ms]
+    for j in range(4):                     # rows: t = A^T u
+        t[0][j] = u[0][j] + u[1][j] + u[2][j]
+        t[1][j] = u[1][j] - u[2][j] - u[3][j]
+    y00 = t[0][0] + t[0][1] + t[0][2] + b  # columns: t A
+    y01 = t[0][1] - t[0][2] - t[0][3] + b
+    y10 = t[1][0] + t[1][1] + t[1][2] + b
+    y11 = t[1][1] - t[1][2] - t[1][3] + b
+    ys[r0 * OW + c0] = y00
+    if c0 + 1 < OW:
+        ys[r0 * OW + c0 + 1] = y01
+    if r0 + 1 < OH:
+        ys[(r0 + 1) * OW + c0] = y10
+        if c0 + 1 < OW:
+            ys[(r0 + 1) * OW + c0 + 1] = y11
+
+
+cdef inline void out_tile_adj(const real* gs, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t r0,
+                              Py_ssize_t c0, real* m, Py_ssize_t ms) noexcept nogil:
+    # m[xi * ms] = (A g A^T)[xi] for the 2x2 tile g of gs at (r0, c0), zeros past the edge
+    cdef real g00, g01 = 0, g10 = 0, g11 = 0
+    cdef real t[4][2]
+    cdef Py_ssize_t i
+    g00 = gs[r0 * OW + c0]
+    if c0 + 1 < OW:
+        g01 = gs[r0 * OW + c0 + 1]
+    if r0 + 1 < OH:
+        g10 = gs[(r0 + 1) * OW + c0]
+        if c0 + 1 < OW:
+            g11 = gs[(r0 + 1) * OW + c0 + 1]
+    t[0][0] = g00                          # rows: t = A g, A's rows [1,0],[1,1],[1,-1],[0,-1]
+    t[0][1] = g01
+    t[1][0] = g00 + g10
+    t[1][1] = g01 + g11
+    t[2][0] = g00 - g10
+    t[2][1] = g01 - g11
+    t[3][0] = -g10
+    t[3][1] = -g11
+    for i in range(4):                     # columns: t A^T
+        m[(4 * i + 0) * ms] = t[i][0]
+        m[(4 * i + 1) * ms] = t[i][0] + t[i][1]
+        m[(4 * i + 2) * ms] = t[i][0] - t[i][1]
+        m[(4 * i + 3) * ms] = -t[i][1]
+
+
+def input_transform(const real[:, :, :, ::1] x, real[:, :, :] V,
+                    Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t TH, Py_ssize_t TW):
+    """V[:, c, p] = B^T d B for the 4x4 input tile d of tile p (zeros outside x)."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t P = N * TH * TW
+    cdef Py_ssize_t q, n, c, th, tw, p
+    cdef Py_ssize_t vs = V.strides[0] // sizeof(real)     # plane stride (may be padded)
+    cdef int nt = n_threads(16 * C * P, N * C)
+    for q in prange(N * C, nogil=True, schedule="static", num_threads=nt):
+        n = q // C
+        c = q % C
+        for th in range(TH):
+            for tw in range(TW):
+                p = (n * TH + th) * TW + tw
+                in_tile(&x[n, c, 0, 0], H, W, 2 * th - ph, 2 * tw - pw, &V[0, c, p], vs)
+
+
+def input_transform_adjoint(const real[:, :, :] dV, real[:, :, :, ::1] dx,
+                            Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t TH, Py_ssize_t TW):
+    """dx += sum over tiles of B dV_p B^T placed at the tile (parts outside dx dropped);
+    dx zeroed by the caller."""
+    cdef Py_ssize_t N = dx.shape[0], C = dx.shape[1], H = dx.shape[2], W = dx.shape[3]
+    cdef Py_ssize_t P = N * TH * TW
+    cdef Py_ssize_t q, n, c, th, tw, p
+    cdef Py_ssize_t vs = dV.strides[0] // sizeof(real)
+    cdef int nt = n_threads(16 * C * P, N * C)
+    for q in prange(N * C, nogil=True, schedule="static", num_threads=nt):
+        n = q // C
+        c = q % C
+        for th in range(TH):
+            for tw in range(TW):
+                p = (n * TH + th) * TW + tw
+                in_tile_adj(&dV[0, c, p], vs, &dx[n, c, 0, 0], H, W, 2 * th - ph,
+                            2 * tw - pw)
+
+
+def output_transform(const real[:, :, :] M, real[:, :, :, ::1] y,
+                     const real[::1] bias, bint has_bias, Py_ssize_t TH, Py_ssize_t TW):
+    """y[n, o] tile p = A^T M_p A (+ bias[o]), cropped to (OH, OW)."""
+    cdef Py_ssize_t N = y.shape[0], O = y.shape[1], OH = y.shape[2], OW = y.shape[3]
+    cdef Py_ssize_t P = N * TH * TW
+    cdef Py_ssize_t q, n, o, th, tw, p
+    cdef real b
+    cdef Py_ssize_t ms = M.strides[0] // sizeof(real)
+    cdef int nt = n_threads(16 * O * P, N * O)
+    for q in prange(N * O, nogil=True, schedule="static", num_threads=nt):
+        n = q // O
+        o = q % O
+        b = bias[o] if has_bias else 0
+        for th in range(TH):
+            for tw in range(TW):
+                p = (n * TH + th) * TW + tw
+                out_tile(&M[0, o, p], ms, b, &y[n, o, 0, 0], OH, OW, 2 * th, 2 * tw)
+
+
+def output_transform_adjoint(const real[:, :, :, ::1] g, real[:, :, :] dM,
+                             Py_ssize_t TH, Py_ssize_t TW):
+    """dM[:, o, p] = A g_p A^T for the 2x2 tile g_p of g (zeros past OH, OW)."""
+    cdef Py_ssize_t N = g.shape[0], O = g.shape[1], OH = g.shape[2], OW = g.shape[3]
+    cdef Py_ssize_t P = N * TH * TW
+    cdef Py_ssize_t q, n, o, th, tw, p
+    cdef Py_ssize_t ms = dM.strides[0] // sizeof(real)
+    cdef int nt = n_threads(16 * O * P, N * O)
+    for q in prange(N * O, nogil=True, schedule="static", num_threads=nt):
+        n = q // O
+        o = q % O
+        for th in range(TH):
+            for tw in range(TW):
+                p = (n * TH + th) * TW + tw
+                out_tile_adj(&g[n, o, 0, 0], OH, OW, 2 * th, 2 * tw, &dM[0, o, p], ms)
+
+
+# -- Winograd: tile ranges, the pipeline of winograd.conv2d ---------------------------------
+#
+# nn.Conv2d's Winograd path runs the kernels below on ranges of tiles small enough that a
+# range's V and M stay in the core's L2 cache: for each range, the input transform, the 16
+# products and the output transform (the backward: output adjoint, dU += dM V, dV = U^T dM,
+# input adjoint). winograd_forward / winograd_backward run whole chunks of images on the
+# kernels' OpenMP team, one chunk per thread at a time, with SciPy's BLAS on one thread per
+# call (the caller holds the BLAS pools at one thread). The chunks, their ranges and the
+# ranges' segments of tile rows come from refdl/functional/winograd.py (they depend on the
+# shapes only) and are checked here before any loop runs.
+#
+# Within a range, V and M are channel-major, (16, C, k) and (16, C_out, k) with column
+# (th - th0)*TW + tw for the segment's tile rows; the backward's V for dU is tile-major,
+# (16, k, C) (the product dM V then runs at the full GEMM rate). Each transform is written
+# as loops over a whole row of tiles (tw) with one output stream per loop, which the C
+# compiler vectorises: the row sums shared by horizontally neighbouring tiles are formed
+# once on whole padded rows, and the per-tile step reads them at stride 2 and writes a
+# contiguous run of a plane. ``buf``: scratch of at least 16 * (2*TW + 4) elements.
+
+cdef inline void tile_pos(Py_ssize_t p, Py_ssize_t TH, Py_ssize_t TW, Py_ssize_t* n,
+                          Py_ssize_t* th, Py_ssize_t* tw) noexcept nogil:
+    cdef Py_ssize_t T = TH * TW
+    cdef Py_ssize_t r
+    n[0] = p // T
+    r = p - n[0] * T
+    th[0] = r // TW
+    tw[0] = r - th[0] * TW
+
+
+cdef void tiles_core(const real* x, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, real* Vt,
+                     Py_ssize_t vs, Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t TH,
+                     Py_ssize_t TW, Py_ssize_t p0, Py_ssize_t p1) noexcept nogil:
+    # Vt[t*vs + (p - p0)*C + c] = (B^T d B)[t] for the input tile d of tile p, p0 <= p < p1
+    # (x: the whole batch (N, C, H, W))
+    cdef Py_ssize_t p, n, th, tw, c
+    for p in range(p0, p1):
+        tile_pos(p, TH, TW, &n, &th, &tw)
+        for c in range(C):
+            in_tile(x + (n * C + c) * H * W, H, W, 2 * th - ph, 2 * tw - pw,
+                    Vt + (p - p0) * C + c, vs)
+
+
+def input_tiles(const real[:, :, :, ::1] x, real[:, :, :] Vt, Py_ssize_t ph,
+                Py_ssize_t pw, Py_ssize_t TH, Py_ssize_t TW, Py_ssize_t p0, Py_ssize_t p1):
+    """Vt[:, p - p0, c] = B^T d B for the 4x4 input tile d of tile p, p0 <= p < p1."""
+    if Vt.strides[2] != sizeof(real) or Vt.strides[1] != x.shape[1] * sizeof(real):
+        raise ValueError("input_tiles: Vt must be (16, k, C) with contiguous rows")
+    with nogil:
+        tiles_core(&x[0, 0, 0, 0], x.shape[1], x.shape[2], x.shape[3], &Vt[0, 0, 0],
+                   Vt.strides[0] // sizeof(real), ph, pw, TH, TW, p0, p1)
+
+
+cdef inline void pad_row(const real* src, Py_ssize_t W, Py_ssize_t pw, real* dst,
+                         Py_ssize_t Wp) noexcept nogil:
+    # dst[j] = src[j - pw] where 0 <= j - pw < W, else 0, for 0 <= j < Wp
+    cdef Py_ssize_t j
+    for j in range(Wp):
+        dst[j] = 0
+    cdef Py_ssize_t lo = pw if pw > 0 else 0
+    cdef Py_ssize_t hi = W + pw if W + pw < Wp else Wp
+    for j in range(lo, hi):
+        dst[j] = src[j - pw]
+
+
+cdef void in_rows_core(const real* x, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, real* V,
+                       Py_ssize_t vs, Py_ssize_t vc, real* buf, Py_ssize_t ph,
+                       Py_ssize_t pw, Py_ssize_t TW, Py_ssize_t th0,
+                       Py_ssize_t th1) noexcept nogil:
+    # V[t*vs + c*vc + (th - th0)*TW + tw] = (B^T d B)[t] for the input tiles of rows
+    # th0..th1-1 of one image x (C, H, W)
+    cdef Py_ssize_t Wp = 2 * TW + 2
+    cdef Py_ssize_t c, th, i, r, tw, q
+    cdef real* s = buf                      # the rows B^T d of the padded input rows
+    cdef real* z = buf + 4 * Wp             # a row of zeros (rows outside x)
+    cdef const real* xr[4]
+    cdef real* s0
+    cdef real* s1
+    cdef real* s2
+    cdef real* s3
+    cdef real* v
+    cdef Py_ssize_t lo = pw if pw > 0 else 0          # padded columns that fall on x
+    cdef Py_ssize_t hi = W + pw if W + pw < Wp else Wp
+    for tw in range(Wp):
+        z[tw] = 0
+    for c in range(C):
+        for th in range(th0, th1):
+            for i in range(4):
+                r = 2 * th - ph + i
+                xr[i] = x + (c * H + r) * W if (r >= 0 and r < H) else z
+            s0 = s
+            s1 = s + Wp
+            s2 = s + 2 * Wp
+            s3 = s + 3 * Wp
+            for tw in range(lo):                # zeros left of x
+                s0[tw] = 0
+                s1[tw] = 0
+                s2[tw] = 0
+                s3[tw] = 0
+            for tw in range(hi, Wp):            # and right of it
+                s0[tw] = 0
+                s1[tw] = 0
+                s2[tw] = 0
+                s3[tw] = 0
+            for tw in range(lo, hi):            # column j of the padded rows is
+                s0[tw] = xr[0][tw - pw] - xr[2][tw - pw]     # x's column j - pw
+            for tw in range(lo, hi):
+                s1[tw] = xr[1][tw - pw] + xr[2][tw - pw]
+            for tw in range(lo, hi):
+                s2[tw] = xr[2][tw - pw] - xr[1][tw - pw]
+            for tw in range(lo, hi):
+                s3[tw] = xr[1][tw - pw] - xr[3][tw - pw]
+            q = c * vc + (th - th0) * TW
+            for i in range(4):
+                s0 = s + i * Wp
+                v = V + 4 * i * vs + q
+                for tw in range(TW):
+                    v[tw] = s0[2 * tw] - s0[2 * tw + 2]
+                v = V + (4 * i + 1) * vs + q
+                for tw in range(TW):
+                    v[tw] = s0[2 * tw + 1] + s0[2 * tw + 2]
+                v = V + (4 * i + 2) * vs + q
+                for tw in range(TW):
+                    v[tw] = s0[2 * tw + 2] - s0[2 * tw + 1]
+                v = V + (4 * i + 3) * vs + q
+                for tw in range(TW):
+                    v[tw] = s0[2 * tw + 1] - s0[2 * tw + 3]
+
+
+cdef void out_rows_core(const real* M, Py_ssize_t ms, Py_ssize_t mo, real* y, Py_ssize_t O,
+                        Py_ssize_t OH, Py_ssize_t OW, const real* bias, bint has_bias,
+                        real* buf, Py_ssize_t TW, Py_ssize_t th0,
+                        Py_ssize_t th1) noexcept nogil:
+    # one image y (O, OH, OW) at the tiles of rows th0..th1-1 = A^T m A (+ bias[o]),
+    # cropped, with m[t] = M[t*ms + o*mo + (th - th0)*TW + tw]
+    cdef Py_ssize_t o, th, tw, j, q, r
+    cdef real b
+    cdef real* t = buf                      # 8 rows of TW: t[a*4 + j] = (A^T m)[a][j]
+    cdef real* e = buf + 8 * TW             # one output row of 2*TW
+    cdef real* dst
+    cdef const real* m0
+    cdef const real* m1
+    cdef const real* m2
+    cdef const real* m3
+    cdef real* ta
+    for o in range(O):
+        b = bias[o] if has_bias else 0
+        for th in range(th0, th1):
+            q = o * mo + (th - th0) * TW
+            for j in range(4):
+                m0 = M + j * ms + q
+                m1 = M + (4 + j) * ms + q
+                m2 = M + (8 + j) * ms + q
+                m3 = M + (12 + j) * ms + q
+                ta = t + j * TW
+                for tw in range(TW):
+                    ta[tw] = m0[tw] + m1[tw] + m2[tw]
+                ta = t + (4 + j) * TW
+                for tw in range(TW):
+                    ta[tw] = m1[tw] - m2[tw] - m3[tw]
+            for r in range(2):
+                if 2 * th + r >= OH:
+                    break
+                ta = t + 4 * r * TW
+                dst = y + (o * OH + 2 * th + r) * OW if 2 * TW == OW else e
+                for tw in range(TW):
+                    dst[2 * tw] = ta[tw] + ta[TW + tw] + ta[2 * TW + tw] + b
+                    dst[2 * tw + 1] = ta[TW + tw] - ta[2 * TW + tw] - ta[3 * TW + tw] + b
+                if 2 * TW != OW:
+                    dst = y + (o * OH + 2 * th + r) * OW
+                    for tw in range(OW):
+                        dst[tw] = e[tw]
+
+
+cdef void out_rows_adj_core(const real* g, Py_ssize_t O, Py_ssize_t OH, Py_ssize_t OW,
+                            real* dM, Py_ssize_t ms, Py_ssize_t mo, real* buf,
+                            Py_ssize_t TW, Py_ssize_t th0, Py_ssize_t th1) noexcept nogil:
+    # dM[t*ms + o*mo + (th - th0)*TW + tw] = (A g_tile A^T)[t] for the 2x2 tiles of one
+    # image g (O, OH, OW) in rows th0..th1-1 (zeros past the edges)
+    cdef Py_ssize_t Wg = 2 * TW
+    cdef Py_ssize_t o, th, tw, i, q, r
+    cdef real* a = buf                      # rows of g padded to 2*TW (where needed)
+    cdef real* t = buf + 2 * Wg             # rows 1 and 2 of A g: a + b, a - b
+    cdef const real* rows[2]
+    cdef const real* ti
+    cdef const real* b
+    cdef real* m
+    for o in range(O):
+        for th in range(th0, th1):
+            for r in range(2):                  # the tile row's two rows of g
+                if 2 * th + r < OH and OW == Wg:
+                    rows[r] = g + (o * OH + 2 * th + r) * OW
+                elif 2 * th + r < OH:
+                    pad_row(g + (o * OH + 2 * th + r) * OW, OW, 0, a + r * Wg, Wg)
+                    rows[r] = a + r * Wg
+                else:
+                    pad_row(g, 0, 0, a + r * Wg, Wg)
+                    rows[r] = a + r * Wg
+            b = rows[1]
+            for tw in range(Wg):                # A g: rows a, a + b, a - b, -b
+                t[tw] = rows[0][tw] + b[tw]
+            for tw in range(Wg):
+                t[Wg + tw] = rows[0][tw] - b[tw]
+            q = o * mo + (th - th0) * TW
+            for i in range(3):                  # then g_i A^T for the rows a, a+b, a-b
+                ti = rows[0] if i == 0 else t + (i - 1) * Wg
+                m = dM + 4 * i * ms + q
+                for tw in range(TW):
+                    m[tw] = ti[2 * tw]
+                m = dM + (4 * i + 1) * ms + q
+                for tw in range(TW):
+                    m[tw] = ti[2 * tw] + ti[2 * tw + 1]
+                m = dM + (4 * i + 2) * ms + q
+                for tw in range(TW):
+                    m[tw] = ti[2 * tw] - ti[2 * tw + 1]
+                m = dM + (4 * i + 3) * ms + q
+                for tw in range(TW):
+                    m[tw] = -ti[2 * tw + 1]
+            m = dM + 12 * ms + q                # and for the row -b
+            for tw in range(TW):
+                m[tw] = -b[2 * tw]
+            m = dM + 13 * ms + q
+            for tw in range(TW):
+                m[tw] = -b[2 * tw] - b[2 * tw + 1]
+            m = dM + 14 * ms + q
+            for tw in range(TW):
+                m[tw] = b[2 * tw + 1] - b[2 * tw]
+            m = dM + 15 * ms + q
+            for tw in range(TW):
+                m[tw] = b[2 * tw + 1]
+
+
+cdef void in_rows_adj_core(const real* dV, Py_ssize_t vs, Py_ssize_t vc, real* dx,
+                           Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, real* buf,
+                           Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t TW, Py_ssize_t th0,
+                           Py_ssize_t th1) noexcept nogil:
+    # one image dx (C, H, W) += B dV_tile B^T placed at every tile of rows th0..th1-1,
+    # dV_tile[t] = dV[t*vs + c*vc + (th - th0)*TW + tw] (parts outside dx dropped);
+    # overlapping tiles add, in order of th and tw
+    cdef Py_ssize_t Wp = 2 * TW + 2
+    cdef Py_ssize_t c, th, tw, i, q, r, j, lo, hi
+    cdef real* tt = buf                     # 4 rows of TW: the column step of one tile row
+    cdef real* R = buf + 4 * TW             # 4 overlap-added rows of Wp
+    cdef real* Ri
+    cdef real* row
+    cdef const real* u0
+    cdef const real* u1
+    cdef const real* u2
+    cdef const real* u3
+    lo = pw if pw > 0 else 0                # padded columns that fall on dx
+    hi = W + pw if W + pw < Wp else Wp
+    for c in range(C):
+        for th in range(th0, th1):
+            q = c * vc + (th - th0) * TW
+            for i in range(4):
+                u0 = dV + 4 * i * vs + q
+                u1 = dV + (4 * i + 1) * vs + q
+                u2 = dV + (4 * i + 2) * vs + q
+                u3 = dV + (4 * i + 3) * vs + q
+                for tw in range(TW):            # t0 = u0, t1 = u1 - u2 + u3
+                    tt[tw] = u1[tw] - u2[tw] + u3[tw]
+                for tw in range(TW):            # t2 = u2 + u1 - u0
+                    tt[TW + tw] = u2[tw] + u1[tw] - u0[tw]
+                Ri = R + i * Wp
+                Ri[0] = u0[0]
+                Ri[1] = tt[0]
+                for tw in range(1, TW):         # overlap-add: tile tw at 2tw..2tw+3
+                    Ri[2 * tw] = u0[tw] + tt[TW + tw - 1]
+                    Ri[2 * tw + 1] = tt[tw] - u3[tw - 1]
+                Ri[2 * TW] = tt[2 * TW - 1]
+                Ri[2 * TW + 1] = -u3[TW - 1]
+            for i in range(4):                  # rows: B applied to the 4 rows
+                r = 2 * th - ph + i
+                if r < 0 or r >= H:
+                    continue
+                row = dx + (c * H + r) * W - pw
+                if i == 0:
+                    for j in range(lo, hi):
+                        row[j] += R[j]
+                elif i == 1:
+                    for j in range(lo, hi):
+                        row[j] += R[Wp + j] - R[2 * Wp + j] + R[3 * Wp + j]
+                elif i == 2:
+                    for j in range(lo, hi):
+                        row[j] += R[2 * Wp + j] + R[Wp + j] - R[j]
+                else:
+                    for j in range(lo, hi):
+                        row[j] -= R[3 * Wp + j]
+
+
+# the range kernels one at a time, from Python (the tests compare them with the NumPy
+# reference); V, M: (16, C, k) / (16, C_out, k) views with contiguous rows
+
+cdef int check_rows(Py_ssize_t planes, Py_ssize_t prows, Py_ssize_t pcols,
+                    Py_ssize_t step, Py_ssize_t itemsize, Py_ssize_t rows,
+                    Py_ssize_t cols, Py_ssize_t n, Py_ssize_t N, Py_ssize_t th0,
+                    Py_ssize_t th1, Py_ssize_t TW, Py_ssize_t buf) except -1:
+    # planes (16, rows, >= (th1 - th0)*TW) with contiguous rows (step: the last axis's
+    # stride in bytes); image n of N; an output row of cols <= 2*TW; the row buffer
+    if planes != 16 or prows != rows or step != itemsize or \
+            pcols < (th1 - th0) * TW or th0 < 0 or th0 > th1 or n < 0 or n >= N or \
+            TW < 1 or buf < 16 * (2 * TW + 4) or cols > 2 * TW:
+        raise ValueError("refdl Winograd kernel: inconsistent range, planes or buffer")
+    return 0
+
+
+def input_rows(const real[:, :, :, ::1] x, real[:, :, :] V, real[::1] buf, Py_ssize_t ph,
+               Py_ssize_t pw, Py_ssize_t TW, Py_ssize_t n, Py_ssize_t th0, Py_ssize_t th1):
+    """V[:, c, (th - th0)*TW + tw] = B^T d B for the input tiles of rows th0..th1-1 of
+    image n."""
+    check_rows(V.shape[0], V.shape[1], V.shape[2], V.strides[2],
+               sizeof(real), x.shape[1], 0, n,
+               x.shape[0], th0, th1, TW, buf.shape[0])
+    with nogil:
+        in_rows_core(&x[n, 0, 0, 0], x.shape[1], x.shape[2], x.shape[3], &V[0, 0, 0],
+                     V.strides[0] // sizeof(real), V.strides[1] // sizeof(real), &buf[0],
+                     ph, pw, TW, th0, th1)
+
+
+def output_rows(const real[:, :, :] M, real[:, :, :, ::1] y, const real[::1] bias,
+                bint has_bias, real[::1] buf, Py_ssize_t TW, Py_ssize_t n, Py_ssize_t th0,
+                Py_ssize_t th1):
+    """y[n, o] at the tiles of rows th0..th1-1 = A^T M A (+ bias[o]), cropped."""
+    check_rows(M.shape[0], M.shape[1], M.shape[2], M.strides[2],
+               sizeof(real), y.shape[1],
+               y.shape[3], n, y.shape[0], th0, th1, TW, buf.shape[0])
+    with nogil:
+        out_rows_core(&M[0, 0, 0], M.strides[0] // sizeof(real), M.strides[1] // sizeof(real),
+                      &y[n, 0, 0, 0], y.shape[1], y.shape[2], y.shape[3], &bias[0], has_bias,
+                      &buf[0], TW, th0, th1)
+
+
+def output_rows_adjoint(const real[:, :, :, ::1] g, real[:, :, :] dM, real[::1] buf,
+                        Py_ssize_t TW, Py_ssize_t n, Py_ssize_t th0, Py_ssize_t th1):
+    """dM[:, o, (th - th0)*TW + tw] = A g_tile A^T for the 2x2 tiles of g in rows
+    th0..th1-1 of image n (zeros past the edges)."""
+    check_rows(dM.shape[0], dM.shape[1], dM.shape[2], dM.strides[2],
+               sizeof(real), g.shape[1],
+               g.shape[3], n, g.shape[0], th0, th1, TW, buf.shape[0])
+    with nogil:
+        out_rows_adj_core(&g[n, 0, 0, 0], g.shape[1], g.shape[2], g.shape[3], &dM[0, 0, 0],
+                          dM.strides[0] // sizeof(real), dM.strides[1] // sizeof(real),
+                          &buf[0], TW, th0, th1)
+
+
+def input_rows_adjoint(const real[:, :, :] dV, real[:, :, :, ::1] dx, real[::1] buf,
+                       Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t TW, Py_ssize_t n,
+                       Py_ssize_t th0, Py_ssize_t th1):
+    """dx[n] += B dV_tile B^T placed at every tile of rows th0..th1-1 (parts outside dx
+    dropped); overlapping tiles add, in order of th and tw."""
+    check_rows(dV.shape[0], dV.shape[1], dV.shape[2], dV.strides[2],
+               sizeof(real), dx.shape[1], 0,
+               n, dx.shape[0], th0, th1, TW, buf.shape[0])
+    with nogil:
+        in_rows_adj_core(&dV[0, 0, 0], dV.strides[0] // sizeof(real),
+                         dV.strides[1] // sizeof(real), &dx[n, 0, 0, 0], dx.shape[1],
+                         dx.shape[2], dx.shape[3], &buf[0], ph, pw, TW, th0, th1)
+
+
+# -- Winograd on the team: whole chunks of images per thread ------------------------------
+
+cdef struct WinoPlan:
+    # the chunks' ranges and the ranges' segments, checked; the scratch row of a thread:
+    # V (16 planes of vs), M (16 planes of ms), the row buffer (16*(2*TW + 4))
+    Py_ssize_t nchunks, kmax, vs, ms, TH, TW, N, C, O, H, W, OH, OW, ph, pw
+
+
+cdef WinoPlan make_wino_plan(Py_ssize_t N, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
+                             Py_ssize_t O, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t ph,
+                             Py_ssize_t pw, const i64[::1] chunk_ranges,
+                             const i64[::1] range_segs, const i64[:, ::1] segs,
+                             Py_ssize_t kmax, Py_ssize_t scratch_len) except *:
+    # once per call, in every build: the loops below trust these. Every segment is
+    # (n, th0, th1) with 0 <= n < N, 0 <= th0 < th1 <= TH; a range's segments are
+    # consecutive tiles (its tile-major V is one block of tiles) of at most kmax tiles;
+    # a chunk's ranges cover whole images n0..n1-1 in order, and the chunks the batch
+    cdef WinoPlan p
+    cdef Py_ssize_t c, r, s, n, t0, t1, q, tile, prev, n_next
+    p.TH, p.TW = (OH + 1) // 2, (OW + 1) // 2
+    p.N, p.C, p.O, p.H, p.W, p.OH, p.OW, p.ph, p.pw = N, C, O, H, W, OH, OW, ph, pw
+    p.nchunks = chunk_ranges.shape[0] - 1
+    p.kmax = kmax
+    p.vs = C * kmax + 48                     # plane strides: not a power of two (planes())
+    p.ms = O * kmax + 48
+    # (any padding is safe: the transforms read only rows and columns inside x and write
+    # only those inside y and dx)
+    if (OH < 1 or OW < 1 or p.nchunks < 0 or segs.shape[1] != 3 or kmax < 1 or
+            range_segs.shape[0] < 1 or range_segs[0] != 0 or
+            range_segs[range_segs.shape[0] - 1] != segs.shape[0]):
+        raise ValueError("refdl Winograd kernel: inconsistent geometry or tables")
+    if scratch_len < 16 * (p.vs + p.ms) + 16 * (2 * p.TW + 4):
+        raise ValueError("refdl Winograd kernel: scratch too small")
+    if (16 * p.vs >= 2 ** 31 or 16 * p.ms >= 2 ** 31 or O * C >= 2 ** 31):
+        raise ValueError("refdl Winograd kernel: a range too large for 32-bit BLAS indices")
+    n_next = 0
+    if p.nchunks > 0 and (chunk_ranges[0] != 0 or
+                          chunk_ranges[p.nchunks] != range_segs.shape[0] - 1):
+        raise ValueError("refdl Winograd kernel: the chunks do not cover the ranges")
+    for c in range(p.nchunks):
+        if chunk_ranges[c + 1] <= chunk_ranges[c]:
+            raise ValueError("refdl Winograd kernel: an empty chunk")
+        for r in range(chunk_ranges[c], chunk_ranges[c + 1]):
+            if range_segs[r + 1] <= range_segs[r]:
+                raise ValueError("refdl Winograd kernel: an empty range")
+            q = 0
+            prev = -1
+            for s in range(range_segs[r], range_segs[r + 1]):
+                n, t0, t1 = segs[s, 0], segs[s, 1], segs[s, 2]
+                if n < 0 or n >= N or t0 < 0 or t1 > p.TH or t0 >= t1:
+                    raise ValueError("refdl Winograd kernel: a segment outside the batch")
+                tile = (n * p.TH + t0) * p.TW
+                if prev >= 0 and tile != prev:
+                    raise ValueError("refdl Winograd kernel: a range's tiles are not "
+                                     "consecutive")
+                prev = (n * p.TH + t1) * p.TW
+                q += (t1 - t0) * p.TW
+            if q > kmax:
+                raise ValueError("refdl Winograd kernel: a range wider than kmax")
+        # a chunk is whole images, in order: it starts at image n_next, tile row 0
+        s = range_segs[chunk_ranges[c]]
+        if segs[s, 0] != n_next or segs[s, 1] != 0:
+            raise ValueError("refdl Winograd kernel: a chunk does not start an image")
+        s = range_segs[chunk_ranges[c + 1]] - 1
+        if segs[s, 2] != p.TH:
+            raise ValueError("refdl Winograd kernel: a chunk does not end an image")
+        n_next = segs[s, 0] + 1
+    if n_next != N:
+        raise ValueError("refdl Winograd kernel: the chunks do not cover the batch")
+    return p
+
+
+def winograd_forward(const real[:, :, :, ::1] x, const real[:, :, ::1] U,
+                     const real[::1] bias, bint has_bias, real[:, :, :, ::1] y,
+                     real[:, ::1] scratch, const i64[::1] chunk_ranges,
+                     const i64[::1] range_segs, const i64[:, ::1] segs, Py_ssize_t kmax,
+                     Py_ssize_t ph, Py_ssize_t pw, int nthreads):
+    """y = Winograd F(2x2, 3x3) of x with U (16, C_out, C) plus bias, chunk by chunk on the
+    team (``nthreads``, a scratch row each): per range, V = input transform of its
+    segments, M_t = U_t V_t for the 16 planes t, y = output transform of M. BLAS must be
+    single-threaded during the call."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], O = y.shape[1]
+    if (y.shape[0] != N or U.shape[0] != 16 or U.shape[1] != O or U.shape[2] != C or
+            bias.shape[0] < (O if has_bias else 1) or nthreads < 1 or
+            scratch.shape[0] < nthreads):
+        raise ValueError("winograd_forward: inconsistent shapes")
+    cdef WinoPlan p = make_wino_plan(N, C, x.shape[2], x.shape[3], O, y.shape[2],
+                                     y.shape[3], ph, pw, chunk_ranges, range_segs, segs,
+                                     kmax, scratch.shape[1])
+    cdef Py_ssize_t c, r, s, t, n, t0, t1, q
+    cdef real* V
+    cdef real* M
+    cdef real* rb
+    for c in prange(p.nchunks, nogil=True, schedule="dynamic", num_threads=nthreads):
+        V = &scratch[threadid(), 0]
+        M = V + 16 * p.vs
+        rb = M + 16 * p.ms
+        for r in range(chunk_ranges[c], chunk_ranges[c + 1]):
+            q = 0
+            for s in range(range_segs[r], range_segs[r + 1]):
+                n, t0, t1 = segs[s, 0], segs[s, 1], segs[s, 2]
+                in_rows_core(&x[n, 0, 0, 0], C, p.H, p.W, V + q, p.vs, kmax, rb, ph, pw,
+                             p.TW, t0, t1)
+                q = q + (t1 - t0) * p.TW
+            for t in range(16):                # M_t (O, q) = U_t (O, C) V_t (C, q)
+                gemm(c'N', c'N', <int>O, <int>q, <int>C, &U[t, 0, 0], <int>C,
+                     V + t * p.vs, <int>kmax, 0, M + t * p.ms, <int>kmax)
+            q = 0
+            for s in range(range_segs[r], range_segs[r + 1]):
+                n, t0, t1 = segs[s, 0], segs[s, 1], segs[s, 2]
+                out_rows_core(M + q, p.ms, kmax, &y[n, 0, 0, 0], O, p.OH, p.OW, &bias[0],
+                              has_bias, rb, p.TW, t0, t1)
+                q = q + (t1 - t0) * p.TW
+
+
+def winograd_backward(const real[:, :, :, ::1] g, const real[:, :, :, ::1] x,
+                      const real[:, :, ::1] Ut, real[:, :, :, ::1] dx,
+                      real[:, :, :, ::1] dU, real[:, ::1] scratch,
+                      const i64[::1] chunk_ranges, const i64[::1] range_segs,
+                      const i64[:, ::1] segs, Py_ssize_t kmax, Py_ssize_t ph,
+                      Py_ssize_t pw, int nthreads):
+    """The adjoint of winograd_forward, chunk by chunk on the team: per range, dM = output
+    adjoint of g; (when dU has a row per chunk) V tile-major from x and dU[c]_t (+)= dM_t V_t
+    over the chunk's ranges in order; (when dx has N images) dV_t = Ut_t dM_t and dx += the
+    input adjoint of dV, each chunk's images zeroed first. Ut: U transposed, (16, C, C_out).
+    The chunks are fixed by the shapes, and the caller sums dU over them in order: the
+    result does not depend on the thread count. BLAS must be single-threaded."""
+    cdef Py_ssize_t N = g.shape[0], O = g.shape[1], C = x.shape[1]
+    cdef bint need_dx = dx.shape[0] > 0, need_dw = dU.shape[0] > 0
+    cdef Py_ssize_t S = C * x.shape[2] * x.shape[3]
+    if (x.shape[0] != N or Ut.shape[0] != 16 or Ut.shape[1] != C or Ut.shape[2] != O or
+            nthreads < 1 or scratch.shape[0] < nthreads):
+        raise ValueError("winograd_backward: inconsistent shapes")
+    if need_dx and (dx.shape[0] != N or dx.shape[1] != C or dx.shape[2] != x.shape[2] or
+                    dx.shape[3] != x.shape[3]):
+        raise ValueError("winograd_backward: dx must have x's shape")
+    cdef WinoPlan p = make_wino_plan(N, C, x.shape[2], x.shape[3], O, g.shape[2],
+                                     g.shape[3], ph, pw, chunk_ranges, range_segs, segs,
+                                     kmax, scratch.shape[1])
+    if need_dw and (dU.shape[0] != p.nchunks or dU.shape[1] != 16 or dU.shape[2] != O or
+                    dU.shape[3] != C):
+        raise ValueError("winograd_backward: dU must be (chunks, 16, C_out, C)")
+    cdef Py_ssize_t c, r, s, t, n, t0, t1, q, n0, n1, p0
+    cdef real* V
+    cdef real* M
+    cdef real* rb
+    for c in prange(p.nchunks, nogil=True, schedule="dynamic", num_threads=nthreads):
+        V = &scratch[threadid(), 0]
+        M = V + 16 * p.vs
+        rb = M + 16 * p.ms
+        if need_dx:                            # this chunk's images, then added into
+            n0 = segs[range_segs[chunk_ranges[c]], 0]
+            n1 = segs[range_segs[chunk_ranges[c + 1]] - 1, 0] + 1
+            zero_row(&dx[n0, 0, 0, 0], (n1 - n0) * S)
+        for r in range(chunk_ranges[c], chunk_ranges[c + 1]):
+            q = 0
+            for s in range(range_segs[r], range_segs[r + 1]):
+                n, t0, t1 = segs[s, 0], segs[s, 1], segs[s, 2]
+                out_rows_adj_core(&g[n, 0, 0, 0], O, p.OH, p.OW, M + q, p.ms, kmax, rb,
+                                  p.TW, t0, t1)
+                q = q + (t1 - t0) * p.TW
+            if need_dw:                        # V tile-major (16, q, C), then dU_t += dM_t V_t
+                s = range_segs[r]
+                p0 = (segs[s, 0] * p.TH + segs[s, 1]) * p.TW
+                tiles_core(&x[0, 0, 0, 0], C, p.H, p.W, V, p.vs, ph, pw, p.TH, p.TW, p0,
+                           p0 + q)
+                for t in range(16):
+                    gemm(c'N', c'N', <int>O, <int>C, <int>q, M + t * p.ms, <int>kmax,
+                         V + t * p.vs, <int>C, 0 if r == chunk_ranges[c] else 1,
+                         &dU[c, t, 0, 0], <int>C)
+            if need_dx:                        # dV_t (C, q) = Ut_t (C, O) dM_t (O, q)
+                for t in range(16):
+                    gemm(c'N', c'N', <int>C, <int>q, <int>O, &Ut[t, 0, 0], <int>O,
+                         M + t * p.ms, <int>kmax, 0, V + t * p.vs, <int>kmax)
+                q = 0
+                for s in range(range_segs[r], range_segs[r + 1]):
+                    n, t0, t1 = segs[s, 0], segs[s, 1], segs[s, 2]
+                    in_rows_adj_core(V + q, p.vs, kmax, &dx[n, 0, 0, 0], C, p.H, p.W, rb,
+                                     ph, pw, p.TW, t0, t1)
+                    q = q + (t1 - t0) * p.TW

@@ -27,14 +27,14 @@ g = dL/dy:
     dV[xi] = U[xi]^T @ dM[xi]      dx = sum over tiles of B dV B^T (overlapping tiles add)
     db     = sum of g over n, rows, columns
 
-The four tile maps run in the compiled kernels of refdl/_ext/_winograd.pyx when they are
-built, else in the NumPy reference below (einsum over tile views); both give the same
-numbers. ``conv2d`` / ``conv2d_backward`` are what nn.Conv2d calls when it selects this
+The four tile maps run in the compiled kernels of refdl/_ext/_kernels.pyx (the build
+refdl.ext selects) when they are built, else in the NumPy reference below (einsum over
+tile views); both give the same numbers. ``conv2d`` / ``conv2d_backward`` are what nn.Conv2d calls when it selects this
 algorithm (3x3, stride 1, dilation 1, groups 1, zero padding).
 
 How the compiled path runs (the order of the sums is the same at any thread count):
 
-    for each group of whole images (a worker thread each, refdl.threads.parallel_for):
+    for each group of whole images (a thread of the kernels' OpenMP team each):
         for each range of tile rows of one image (V and M of a range fit in L2):
             forward:  V = input transform (16, C, k) -> M = U V (16 GEMMs) -> y
             backward: dM = output adjoint (16, O, k); V again, tile-major (16, k, C);
@@ -46,10 +46,12 @@ reading it back). Written whole, V and M (33 MB and 67 MB for (64,32,32,32)->64)
 through memory between the stages and the GEMMs ran at half the square-SGEMM rate; on
 ranges that stay in cache they run near it (benchmarks/_winograd_profile.py).
 """
+import functools
 import math
 
 import numpy as np
 
+from .. import _ext as _switch     # refdl.ext hands it the kernels in use
 from .. import threads
 
 __all__ = ["BT", "G", "AT", "conv2d", "conv2d_backward", "weight_transform",
@@ -60,16 +62,15 @@ BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], dtype
 G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], dtype=np.float64)
 AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], dtype=np.float64)
 
-from .. import _ext as _switch    # refdl.ext's switch between compiled and NumPy paths
-
-try:
-    from .._ext import _winograd as _K
-except ImportError:          # not built: the NumPy reference below runs instead
-    _K = None
+def _kernels():
+    """The compiled kernels refdl.ext runs (its baseline or AVX2 build), or None on the
+    NumPy path (not built, or switched off, or refdl.ext not loaded)."""
+    active = _switch.active_kernels
+    return active() if active is not None else None
 
 
 def _compiled():
-    return _K is not None and _switch.enabled
+    return _kernels() is not None
 
 
 def supported(kernel_size, stride, dilation, groups, padding_mode="zeros"):
@@ -142,7 +143,7 @@ def input_transform(x, pads, TH, TW, out=None):
     N, C = x.shape[:2]
     if _compiled():
         V = planes(C, N * TH * TW, x.dtype, reuse=out)
-        _K.input_transform(np.ascontiguousarray(x), V, pads[0][0], pads[1][0], TH, TW)
+        _kernels().input_transform(np.ascontiguousarray(x), V, pads[0][0], pads[1][0], TH, TW)
         return V
     d = _tile_view(_padded(x, pads, TH, TW), TH, TW, 4, 2)      # (N, C, TH, TW, 4, 4)
     V = np.einsum("ik,nctukl,jl->ijcntu", BT.astype(x.dtype), d, BT.astype(x.dtype),
@@ -155,7 +156,7 @@ def input_transform_adjoint(dV, x_shape, pads, TH, TW):
     N, C, H, W = x_shape
     if _compiled():
         dx = np.zeros(x_shape, dtype=dV.dtype)
-        _K.input_transform_adjoint(dV, dx, pads[0][0], pads[1][0],
+        _kernels().input_transform_adjoint(dV, dx, pads[0][0], pads[1][0],
                                    TH, TW)
         return dx
     B = BT.T.astype(dV.dtype)
@@ -184,7 +185,7 @@ def output_transform(M, out_shape, bias=None, out=None):
         y = np.empty(out_shape, dtype=M.dtype) if out is None else out
         b = (np.ascontiguousarray(bias, dtype=M.dtype) if bias is not None
              else np.zeros(1, dtype=M.dtype))
-        _K.output_transform(M, y, b, bias is not None, TH, TW)
+        _kernels().output_transform(M, y, b, bias is not None, TH, TW)
         return y
     A = AT.astype(M.dtype)
     Y = np.einsum("ik,klontu,jl->noitju", A, M.reshape(4, 4, O, N, TH, TW), A,
@@ -205,7 +206,7 @@ def output_transform_adjoint(g, out=None):
     TH, TW = tiles((OH, OW))
     if _compiled():
         dM = planes(O, N * TH * TW, g.dtype, reuse=out)
-        _K.output_transform_adjoint(np.ascontiguousarray(g), dM, TH, TW)
+        _kernels().output_transform_adjoint(np.ascontiguousarray(g), dM, TH, TW)
         return dM
     gp = np.zeros((N, O, 2 * TH, 2 * TW), dtype=g.dtype)
     gp[:, :, :OH, :OW] = g
@@ -222,14 +223,15 @@ def output_transform_adjoint(g, out=None):
 # -- the convolution ----------------------------------------------------------------------
 
 # Work is split twice. Groups of whole images (about CHUNK_BYTES of M each) are the units
-# that worker threads take (refdl.threads.parallel_for): whole images, so that two threads
-# never add into the same part of dx, and a fixed split, so that dW (summed over the
-# groups in order) does not depend on the thread count. Inside a group the compiled path
-# runs ranges of about RANGE_BYTES of V and M at a time through input transform, the 16
-# products and output transform, so that V and M never leave the core's L2 cache (1-2 MiB
-# on current x86 cores): measured on (64,32,32,32)->64 at 1 thread, CPU time, the products
-# run at 150-175 GFLOP/s on such ranges against 60-80 GFLOP/s on the whole arrays, and the
-# transforms no longer stream V (33 MB) and M (67 MB) through memory
+# the threads take, one at a time (the compiled path: the kernels' OpenMP team, in
+# winograd_forward / winograd_backward of refdl/_ext/_kernels.pyx): whole images, so that
+# two threads never add into the same part of dx, and a fixed split, so that dW (summed
+# over the groups in order) does not depend on the thread count. Inside a group the
+# compiled path runs ranges of about RANGE_BYTES of V and M at a time through input
+# transform, the 16 products and output transform, so that V and M never leave the core's
+# L2 cache (1-2 MiB on current x86 cores): measured on (64,32,32,32)->64 at 1 thread, CPU
+# time, the products run at 150-175 GFLOP/s on such ranges against 60-80 GFLOP/s on the
+# whole arrays, and the transforms no longer stream V (33 MB) and M (67 MB) through memory
 # (benchmarks/_winograd_profile.py, docs/performance.md).
 # A batch whose M fits one chunk is still cut into MIN_CHUNKS groups when each keeps at
 # least MIN_CHUNK_BYTES of M, so that a second thread has work: (64,32,16,16)->32 at 2
@@ -283,62 +285,54 @@ def _rows_per_range(TH, TW, k):
     return -(-TH // -(-TH // R))
 
 
+def _plan(N, C, O, TH, TW, itemsize):
+    """What the compiled kernels run, from the shapes alone: (chunk_ranges, range_segs,
+    segs, kmax) with segs (S, 3) the segments (n, th0, th1) of every range in order,
+    range_segs (R+1,) where each range's segments start, chunk_ranges (chunks+1,) where
+    each chunk's ranges start, and kmax the widest range in tiles. Read-only arrays,
+    memoised (with the sizes above in the key, which benchmarks and tests change)."""
+    return _plan_for(N, C, O, TH, TW, itemsize, CHUNK_BYTES, MIN_CHUNKS, MIN_CHUNK_BYTES,
+                     RANGE_BYTES)
+
+
+@functools.lru_cache(maxsize=64)
+def _plan_for(N, C, O, TH, TW, itemsize, *sizes):
+    k = _range_tiles(C, O, itemsize)
+    chunk_ranges, range_segs, segs = [0], [0], []
+    for chunk in _chunks(N, TH * TW, O, itemsize):
+        for rng in _row_ranges(chunk, TH, TW, k):
+            segs.extend(rng)
+            range_segs.append(len(segs))
+        chunk_ranges.append(len(range_segs) - 1)
+    tables = (np.array(chunk_ranges, np.int64), np.array(range_segs, np.int64),
+              np.array(segs, np.int64).reshape(-1, 3))
+    for t in tables:
+        t.flags.writeable = False
+    return tables + (_range_capacity(TH, TW, k),)
+
+
+def _team_scratch(bufs, n, C, O, kmax, TW, dtype):
+    """(n, row) scratch for the compiled kernels, a row per thread: V (16 planes of
+    C*kmax + 48), M (16 planes of O*kmax + 48) and the transforms' row buffer
+    (16*(2*TW + 4)); kept in bufs["team"] across calls."""
+    row = 16 * (C * kmax + 48) + 16 * (O * kmax + 48) + 16 * (2 * TW + 4)
+    s = bufs.get("team")
+    if s is None or s.dtype != dtype or s.shape[0] < n or s.shape[1] < row:
+        s = bufs["team"] = np.empty((n, row), dtype=dtype)
+    return s
+
+
+def _m_buffers(bufs, O, k, dtype):
+    """A chunk buffer (16, O*k) for M of the NumPy reference, kept in bufs["M"]."""
+    have = bufs.get("M")
+    buf = planes(1, O * k, dtype, reuse=have)
+    bufs["M"] = buf
+    return buf[:, 0, :]
+
+
 def _block(buf, O, k):
     """A (16, O, k) view of the chunk buffer with contiguous (O, k) planes."""
     return buf[:, :O * k].reshape(16, O, k)
-
-
-def _m_buffers(bufs, n, O, k, dtype):
-    """n chunk buffers (16, O*k) for M (one per thread), kept in bufs["M"] across calls."""
-    have = bufs.get("M", [])
-    out = [planes(1, O * k, dtype, reuse=have[i] if i < len(have) else None)
-           for i in range(n)]
-    bufs["M"] = out + have[n:]
-    return [b[:, 0, :] for b in out]
-
-
-def _scratch(bufs, n, k, C, O, TW, dtype):
-    """n per-thread scratch sets for the compiled path, kept in bufs["ranges"] across
-    calls: V (16, C, k) (in the backward also viewed as tile-major (16, k, C)),
-    M (16, O, k), dU (16, O, C) and the transforms' row buffer."""
-    have = bufs.get("ranges", [])
-    out = []
-    for i in range(n):
-        h = have[i] if i < len(have) else (None,) * 4
-        dU = h[2] if (h[2] is not None and h[2].shape == (16, O, C)
-                      and h[2].dtype == dtype) else np.empty((16, O, C), dtype)
-        rb = h[3] if (h[3] is not None and h[3].size >= 16 * (2 * TW + 4)
-                      and h[3].dtype == dtype) else np.empty(16 * (2 * TW + 4), dtype)
-        out.append((planes(C, k, dtype, reuse=h[0]), planes(O, k, dtype, reuse=h[1]), dU,
-                    rb))
-    bufs["ranges"] = out + have[n:]
-    return out
-
-
-def _tile_major(Vb, k, C):
-    """The (16, C, k_max) buffer Vb's planes viewed as tile-major (16, k, C) blocks."""
-    return np.lib.stride_tricks.as_strided(Vb, (16, k, C), (Vb.strides[0],
-                                                           C * Vb.itemsize, Vb.itemsize))
-
-
-def _run_chunks(fn, chunks, Mbufs):
-    """fn(chunk, M buffer) over the chunks: in order on one thread, else each worker thread
-    of refdl.threads.parallel_for with its own M buffer (threads.py says why)."""
-    if len(Mbufs) == 1:
-        return [fn(c, Mbufs[0]) for c in chunks]
-    import threading
-    free = list(Mbufs)
-    lock = threading.Lock()
-
-    def run(c):
-        with lock:
-            buf = free.pop()
-        try:
-            return fn(c, buf)
-        finally:
-            with lock:
-                free.append(buf)
-    return threads.parallel_for(run, chunks)
 
 
 def _geometry(x_shape, pads):
@@ -358,8 +352,8 @@ def conv2d(x, w, bias=None, pads=((0, 0), (0, 0)), buffers=None):
     backward recomputes V from x range by range, which is cheaper than writing V (4x the
     size of x) to memory here and reading it back there.
 
-    ``buffers``: a dict the caller keeps across calls; the per-thread scratch arrays are
-    kept in it ("ranges" for the compiled path, "M" for the NumPy reference)."""
+    ``buffers``: a dict the caller keeps across calls; the scratch arrays are kept in it
+    ("team" for the compiled path, "M" for the NumPy reference)."""
     N, C, H, W = x.shape
     O = w.shape[0]
     OH, OW = _geometry(x.shape, pads)
@@ -368,42 +362,26 @@ def conv2d(x, w, bias=None, pads=((0, 0), (0, 0)), buffers=None):
     T = TH * TW
     x = np.ascontiguousarray(x)
     U = weight_transform(w.astype(x.dtype, copy=False))
-    chunks = _chunks(N, T, O, x.dtype.itemsize)
-    nthreads = min(threads.get_num_threads(), len(chunks))
     y = np.empty((N, O, OH, OW), dtype=x.dtype)
     b = None if bias is None else bias.astype(x.dtype, copy=False)
-    if _compiled():
-        k = _range_tiles(C, O, x.dtype.itemsize)
-        scratch = _scratch(bufs, nthreads, _range_capacity(TH, TW, k), C, O, TW, x.dtype)
+    K = _kernels()
+    if K is not None:
+        chunk_ranges, range_segs, segs, kmax = _plan(N, C, O, TH, TW, x.dtype.itemsize)
+        nt = max(1, min(K.team_size(), len(chunk_ranges) - 1))
+        scratch = _team_scratch(bufs, nt, C, O, kmax, TW, x.dtype)
         bb = (np.ascontiguousarray(b) if b is not None else np.zeros(1, dtype=x.dtype))
-        (ph, _), (pw, _) = pads
-
-        def chunk(c, s):
-            Vb, Mb, _, rb = s
-            for segs in _row_ranges(c, TH, TW, k):
-                q = 0
-                for n, t0, t1 in segs:                           # V (16, C, kk)
-                    q1 = q + (t1 - t0) * TW
-                    _K.input_rows(x, Vb[:, :, q:q1], rb, ph, pw, TW, n, t0, t1)
-                    q = q1
-                np.matmul(U, Vb[:, :, :q], out=Mb[:, :, :q])     # 16 x (O, C) @ (C, kk)
-                q = 0
-                for n, t0, t1 in segs:
-                    q1 = q + (t1 - t0) * TW
-                    _K.output_rows(Mb[:, :, q:q1], y, bb, b is not None, rb, TW, n, t0, t1)
-                    q = q1
-        _run_chunks(chunk, chunks, scratch)
+        with threads.blas_serial():
+            K.winograd_forward(x, U, bb, b is not None, y, scratch, chunk_ranges,
+                               range_segs, segs, kmax, pads[0][0], pads[1][0], nt)
         return y, x, U
+    chunks = _chunks(N, T, O, x.dtype.itemsize)
     V = input_transform(x, pads, TH, TW)
     k = (chunks[0][1] - chunks[0][0]) * T
-    Mbufs = _m_buffers(bufs, nthreads, O, k, x.dtype)
-
-    def chunk(c, Mbuf):
-        n0, n1 = c
+    Mbuf = _m_buffers(bufs, O, k, x.dtype)
+    for n0, n1 in chunks:                                     # one chunk at a time
         M = _block(Mbuf, O, (n1 - n0) * T)
         np.matmul(U, V[:, :, n0 * T:n1 * T], out=M)             # 16 x (O, C) @ (C, P)
         output_transform(M, (n1 - n0, O, OH, OW), b, out=y[n0:n1])
-    _run_chunks(chunk, chunks, Mbufs)
     return y, x, U
 
 
@@ -416,7 +394,7 @@ def conv2d_backward(g, x, U, x_shape, pads, need_dx=True, need_dw=True, buffers=
     g = np.ascontiguousarray(g)
     T = tiles((OH, OW))[0] * tiles((OH, OW))[1]
     chunks = _chunks(N, T, O, g.dtype.itemsize)
-    backward = _backward_ranges if _compiled() else _backward_reference
+    backward = _backward_team if _compiled() else _backward_reference
     parts, dx = backward(g, x, U, x_shape, pads, need_dx, need_dw, bufs, chunks)
     dW = None
     if need_dw:
@@ -427,51 +405,26 @@ def conv2d_backward(g, x, U, x_shape, pads, need_dx=True, need_dw=True, buffers=
     return dx, dW
 
 
-def _backward_ranges(g, x, U, x_shape, pads, need_dx, need_dw, bufs, chunks):
-    """The compiled backward: per chunk of images, range by range of tile rows (each
-    range's dM and V stay in L2): dM = output adjoint of g, V recomputed from x,
-    dU += dM V, dV = U^T dM, dx += input adjoint of dV. Returns (dU per chunk, dx)."""
+def _backward_team(g, x, U, x_shape, pads, need_dx, need_dw, bufs, chunks):
+    """The compiled backward on the kernels' team (winograd_backward): per chunk of
+    images, range by range (each range's dM and V stay in L2): dM = output adjoint of g,
+    V recomputed from x, dU += dM V, dV = U^T dM, dx += input adjoint of dV. Returns (dU
+    per chunk, dx)."""
+    K = _kernels()
     N, O, OH, OW = g.shape
     C = x_shape[1]
     TH, TW = tiles((OH, OW))
-    T = TH * TW
-    nthreads = min(threads.get_num_threads(), len(chunks))
-    k = _range_tiles(C, O, g.dtype.itemsize)
-    scratch = _scratch(bufs, nthreads, _range_capacity(TH, TW, k), C, O, TW, g.dtype)
-    dx = np.zeros(x_shape, dtype=g.dtype) if need_dx else None
+    chunk_ranges, range_segs, segs, kmax = _plan(N, C, O, TH, TW, g.dtype.itemsize)
+    nchunks = len(chunk_ranges) - 1
+    nt = max(1, min(K.team_size(), nchunks))
+    scratch = _team_scratch(bufs, nt, C, O, kmax, TW, g.dtype)
+    dx = np.empty(x_shape if need_dx else (0,) + tuple(x_shape[1:]), dtype=g.dtype)
+    dU = np.empty((nchunks if need_dw else 0, 16, O, C), dtype=g.dtype)
     Ut = np.ascontiguousarray(U.transpose(0, 2, 1))                   # (16, C, O)
-    (ph, _), (pw, _) = pads
-
-    def chunk(c, s):
-        Vb, Mb, tmp, rb = s
-        dU = None
-        for segs in _row_ranges(c, TH, TW, k):
-            q = 0
-            for n, t0, t1 in segs:                               # dM (16, O, kk)
-                q1 = q + (t1 - t0) * TW
-                _K.output_rows_adjoint(g, Mb[:, :, q:q1], rb, TW, n, t0, t1)
-                q = q1
-            m = Mb[:, :, :q]
-            if need_dw:
-                # V tile-major (16, kk, C): dM @ V then runs at the full GEMM rate
-                # (dM @ V^T with channel-major V at half of it)
-                vt = _tile_major(Vb, q, C)
-                p0 = segs[0][0] * T + segs[0][1] * TW               # consecutive tiles
-                _K.input_tiles(x, vt, ph, pw, TH, TW, p0, p0 + q)
-                if dU is None:                                       # dU = sum dM V
-                    dU = np.matmul(m, vt)
-                else:
-                    np.matmul(m, vt, out=tmp)
-                    dU += tmp
-            if need_dx:
-                np.matmul(Ut, m, out=Vb[:, :, :q])                   # dV = U^T dM
-                q = 0
-                for n, t0, t1 in segs:
-                    q1 = q + (t1 - t0) * TW
-                    _K.input_rows_adjoint(Vb[:, :, q:q1], dx, rb, ph, pw, TW, n, t0, t1)
-                    q = q1
-        return dU
-    return _run_chunks(chunk, chunks, scratch), dx
+    with threads.blas_serial():
+        K.winograd_backward(g, x, Ut, dx, dU, scratch, chunk_ranges, range_segs, segs,
+                            kmax, pads[0][0], pads[1][0], nt)
+    return (list(dU) if need_dw else None), (dx if need_dx else None)
 
 
 def _backward_reference(g, x, U, x_shape, pads, need_dx, need_dw, bufs, chunks):
@@ -480,21 +433,17 @@ def _backward_reference(g, x, U, x_shape, pads, need_dx, need_dw, bufs, chunks):
     N, O, OH, OW = g.shape
     TH, TW = tiles((OH, OW))
     T = TH * TW
-    nthreads = min(threads.get_num_threads(), len(chunks))
     V = input_transform(x, pads, TH, TW)
     k = (chunks[0][1] - chunks[0][0]) * T
-    Mbufs = _m_buffers(bufs, nthreads, O, k, g.dtype)
-
-    def chunk(c, Mbuf):
-        n0, n1 = c
+    Mbuf = _m_buffers(bufs, O, k, g.dtype)
+    parts = []
+    for n0, n1 in chunks:                                     # one chunk at a time
         p = slice(n0 * T, n1 * T)
         dM = _block(Mbuf, O, (n1 - n0) * T)
         output_transform_adjoint(g[n0:n1], out=dM)                  # (16, O, P_chunk)
-        dU = np.matmul(dM, V[:, :, p].transpose(0, 2, 1)) if need_dw else None
+        parts.append(np.matmul(dM, V[:, :, p].transpose(0, 2, 1)) if need_dw else None)
         if need_dx:
             np.matmul(U.transpose(0, 2, 1), dM, out=V[:, :, p])      # dV, in V's buffer
-        return dU
-    parts = _run_chunks(chunk, chunks, Mbufs)
     dx = input_transform_adjoint(V, x_shape, pads, TH, TW) if need_dx else None
     return parts, dx
 

@@ -317,7 +317,7 @@ class _ConvNd(_ConvBase):
                                  f"Conv2d with stride 1, dilation 1, groups 1 and zero "
                                  f"padding, got {self.extra_repr()}")
             return True
-        return (ok and ext.available() and winograd._K is not None
+        return (ok and ext.available()
                 and min(C, self.out_channels) >= WINOGRAD_MIN_CHANNELS)
 
     def forward(self, x):
@@ -406,6 +406,14 @@ class _ConvNd(_ConvBase):
                                        buffers=self._spare)
             self._add_param_grads(dW, g)
             return self._batch_out(self._unpad(dx, c), c)
+        return self._batch_out(self._unpad(self._backward_whole_batch(c, g, input_grad), c),
+                               c)
+
+    def _backward_whole_batch(self, c, g, input_grad):
+        """dW, db from the cached columns (one GEMM per group); dx = col2im(W^T g), or None
+        without input_grad."""
+        N = c.x_shape[0]
+        wgrad = self.weight.requires_grad
         G = self.groups
         cols = c.cols
         CKg = cols.shape[0] // G
@@ -433,7 +441,7 @@ class _ConvNd(_ConvBase):
             dx = ext.col2im(cols, c.x_shape, self.kernel_size, self.stride, c.pads,
                             self.dilation, c.out)
         self._cols = cols                          # free for the next forward's im2col
-        return self._batch_out(self._unpad(dx, c), c)
+        return dx
 
     @staticmethod
     def _batch_out(dx, c):
