@@ -349,10 +349,12 @@ def test_ranges_of_tile_rows_with_an_uneven_last_range(rows, monkeypatch):
 
 def test_chunks_leave_work_for_a_second_thread_only_where_it_pays():
     # M of (64,32,16,16)->32 is 64 images of 16*32*64 floats (128 KiB each): one 8 MiB
-    # chunk would leave a second thread idle, so four groups of 2 MiB; the 1 MiB of
-    # (16,64,8,8)->64 stays one group (smaller groups cost more to hand out than they save)
+    # chunk would leave a second thread idle, so four groups of 2 MiB; (16,64,8,8)->64
+    # (16 tiles per image) makes two groups of 128 tiles, (8,128,8,8)->128 stays one
+    # (groups of fewer tiles cost more than they save)
     assert wg._chunks(64, 64, 32, 4) == [(0, 16), (16, 32), (32, 48), (48, 64)]
-    assert wg._chunks(16, 16, 64, 4) == [(0, 16)]
+    assert wg._chunks(16, 16, 64, 4) == [(0, 8), (8, 16)]
+    assert wg._chunks(8, 16, 128, 4) == [(0, 8)]
     big = wg._chunks(64, 256, 64, 4)                    # 1 MiB per image: 8 per chunk
     assert big == [(n, n + 8) for n in range(0, 64, 8)]
     for N in (0, 1, 5, 63, 64, 65):                     # always a partition, in order
@@ -379,7 +381,7 @@ def test_team_kernels_on_every_build_against_im2col(kernel_build, monkeypatch):
             OH, OW = H + sum(pads[0]) - 2, W + sum(pads[1]) - 2
             TW = wg.tiles((OH, OW))[1]
             monkeypatch.setattr(wg, "CHUNK_BYTES", chunk_bytes)
-            monkeypatch.setattr(wg, "MIN_CHUNK_BYTES", 1)
+            monkeypatch.setattr(wg, "MIN_CHUNK_TILES", 1)
             monkeypatch.setattr(wg, "RANGE_BYTES", 16 * (C + O) * 8 * rows * TW)
             x, w = rng.standard_normal(shape), rng.standard_normal((O, C, 3, 3))
             b = rng.standard_normal(O)

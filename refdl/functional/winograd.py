@@ -234,22 +234,25 @@ def output_transform_adjoint(g, out=None):
 # whole arrays, and the transforms no longer stream V (33 MB) and M (67 MB) through memory
 # (benchmarks/_winograd_profile.py, docs/performance.md).
 # A batch whose M fits one chunk is still cut into MIN_CHUNKS groups when each keeps at
-# least MIN_CHUNK_BYTES of M, so that a second thread has work: (64,32,16,16)->32 at 2
-# threads, fwd+bwd 9.40 -> 7.09 ms; smaller groups cost more to hand out than they save
-# ((16,64,8,8)->64: 2.54 -> 2.73 ms with 4 groups of 262 KB), benchmarks/_winograd_select_threads.py.
+# least MIN_CHUNK_TILES tiles, so that a second thread has work: (64,32,16,16)->32 at 2
+# threads, fwd+bwd 9.40 -> 7.09 ms (second stop); (16,64,8,8)->64, 16 tiles per image,
+# 2.29 -> 1.59 ms in 2 groups of 128 tiles (third stop, the loop compiled). Fewer tiles
+# per group leave dU = dM V too short a product and add a (16, C_out, C) partial per
+# group: (8,128,8,8)->128 in 2 groups of 64 tiles went 4.6 -> 5.7 ms
+# (benchmarks/_winograd_select_threads.py, docs/performance.md).
 CHUNK_BYTES = 8 << 20
 MIN_CHUNKS = 4
-MIN_CHUNK_BYTES = 1 << 20
+MIN_CHUNK_TILES = 128
 RANGE_BYTES = 3 << 19
 
 
 def _chunks(N, T, O, itemsize):
     """Image ranges (n0, n1) of about CHUNK_BYTES of M each (T tiles per image), at least
-    MIN_CHUNKS of them when each still holds MIN_CHUNK_BYTES. Depends on the shapes only,
-    never on the thread count."""
+    MIN_CHUNKS of them when each still holds MIN_CHUNK_TILES tiles. Depends on the shapes
+    only, never on the thread count."""
     per_image = 16 * O * T * itemsize
     nb = max(1, CHUNK_BYTES // per_image)
-    nb = max(1, min(nb, max(-(-N // MIN_CHUNKS), MIN_CHUNK_BYTES // per_image)))
+    nb = max(1, min(nb, max(-(-N // MIN_CHUNKS), -(-MIN_CHUNK_TILES // T))))
     return [(n0, min(N, n0 + nb)) for n0 in range(0, N, nb)]
 
 
@@ -291,7 +294,7 @@ def _plan(N, C, O, TH, TW, itemsize):
     range_segs (R+1,) where each range's segments start, chunk_ranges (chunks+1,) where
     each chunk's ranges start, and kmax the widest range in tiles. Read-only arrays,
     memoised (with the sizes above in the key, which benchmarks and tests change)."""
-    return _plan_for(N, C, O, TH, TW, itemsize, CHUNK_BYTES, MIN_CHUNKS, MIN_CHUNK_BYTES,
+    return _plan_for(N, C, O, TH, TW, itemsize, CHUNK_BYTES, MIN_CHUNKS, MIN_CHUNK_TILES,
                      RANGE_BYTES)
 
 

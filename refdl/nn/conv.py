@@ -49,11 +49,14 @@ _NP_PAD_MODE = {"circular": "wrap", "reflect": "reflect", "replicate": "edge"}
 ALGORITHMS = ("auto", "im2col", "winograd")
 DEFAULT_ALGORITHM = "auto"
 # Winograd's 16 GEMMs have K = C_in: with few channels they run far below the GEMM rate
-# and the transforms dominate. Against the chunked im2col path (refdl.ext.conv_forward) it
-# is faster from 32 in and out channels; with 16 the two are even or im2col is faster
-# ((32,16,16,16)->32: fwd+bwd 3.12 ms im2col, 3.27 Winograd at 1 thread; 1.91 and 3.24
-# at 2), benchmarks/_winograd_select_threads.py and docs/performance.md
-WINOGRAD_MIN_CHANNELS = 32
+# and the transforms dominate. Against the chunked im2col path (refdl.ext.conv_forward),
+# since Winograd's loop runs compiled on the team (third stop), it is faster from 16 in
+# and out channels ((64,16,32,32)->16: fwd+bwd 12.8 ms im2col, 10.7 Winograd at 1 thread;
+# 7.3 and 5.9 at 2; (32,16,16,16)->32 even: 2.76 / 2.61 and 1.60 / 1.59) and even or
+# slower with 8 ((64,8,32,32)->8: forward 0.82 / 0.89 ms at 2 threads);
+# benchmarks/_winograd_select_threads.py and docs/performance.md. (From the second stop
+# to the third it was 32: Winograd's Python loop over ranges cost more.)
+WINOGRAD_MIN_CHANNELS = 16
 _AXES = {1: "(N, C, L)", 2: "(N, C, H, W)", 3: "(N, C, D, H, W)"}
 
 
