@@ -109,14 +109,18 @@ def stages_f23(x, w, b, pads, g):
     OH, OW = g.shape[2:]
     TH, TW = wg.tiles((OH, OW))
     T = TH * TW
-    K = wg._K
+    K = wg._kernels()
     (ph, _), (pw, _) = pads
     U = wg.weight_transform(w)
     Ut = np.ascontiguousarray(U.transpose(0, 2, 1))
     k = wg._range_tiles(C, O, 4)
     R = wg._rows_per_range(TH, TW, k)
     rng = [seg for segs in wg._row_ranges((0, N), TH, TW, k) for seg in segs]
-    Vb, Mb, tmp, rb = wg._scratch({}, 1, R * TW, C, O, TW, np.float32)[0]
+    Vb, Mb = wg.planes(C, R * TW, np.float32), wg.planes(O, R * TW, np.float32)
+    tmp, rb = np.empty((16, O, C), np.float32), np.empty(16 * (2 * TW + 4), np.float32)
+
+    def tile_major(kk):          # the first kk*C entries of each of Vb's planes, (16, kk, C)
+        return Vb.reshape(16, -1)[:, :kk * C].reshape(16, kk, C)
     y = np.empty(g.shape, np.float32)
     dx = np.zeros(x.shape, np.float32)
     bb = b.astype(np.float32)
@@ -139,10 +143,10 @@ def stages_f23(x, w, b, pads, g):
         "bwd output adjoint dM": each(lambda n, t0, t1, kk, v, m: K.output_rows_adjoint(
             g, m, rb, TW, n, t0, t1)),
         "bwd input transform V (tile-major)": each(lambda n, t0, t1, kk, v, m: K.input_tiles(
-            x, wg._tile_major(Vb, kk, C), ph, pw, TH, TW, n * T + t0 * TW,
+            x, tile_major(kk), ph, pw, TH, TW, n * T + t0 * TW,
             n * T + t1 * TW)),
         "bwd 16 GEMMs dU = dM V": each(lambda n, t0, t1, kk, v, m: np.matmul(
-            m, wg._tile_major(Vb, kk, C), out=tmp)),
+            m, tile_major(kk), out=tmp)),
         "bwd 16 GEMMs dV = U^T dM": each(lambda n, t0, t1, kk, v, m: np.matmul(
             Ut, m, out=v)),
         "bwd input adjoint dx": each(lambda n, t0, t1, kk, v, m: K.input_rows_adjoint(
