@@ -423,9 +423,8 @@ def _backward_team(g, x, U, x_shape, pads, need_dx, need_dw, bufs, chunks):
     scratch = _team_scratch(bufs, nt, C, O, kmax, TW, g.dtype)
     dx = np.empty(x_shape if need_dx else (0,) + tuple(x_shape[1:]), dtype=g.dtype)
     dU = np.empty((nchunks if need_dw else 0, 16, O, C), dtype=g.dtype)
-    Ut = np.ascontiguousarray(U.transpose(0, 2, 1))                   # (16, C, O)
     with threads.blas_serial():
-        K.winograd_backward(g, x, Ut, dx, dU, scratch, chunk_ranges, range_segs, segs,
+        K.winograd_backward(g, x, np.ascontiguousarray(U), dx, dU, scratch, chunk_ranges, range_segs, segs,
                             kmax, pads[0][0], pads[1][0], nt)
     return (list(dU) if need_dw else None), (dx if need_dx else None)
 
