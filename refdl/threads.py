@@ -13,9 +13,10 @@ come in multiples of 4 ms. The model here:
 * The pools never run at the same time: Python calls them one after the other, and the
   kernels' OpenMP team sleeps about 0.1 ms after a region ends (refdl/_ext/__init__.py
   sets the wait for its OpenMP runtime when it loads, unless the user set a policy), so
-  it holds no core while BLAS runs. A convolution's GEMMs run inside its kernel, on the
-  team's threads, each calling SciPy's BLAS with that pool held at one thread
-  (``blas_serial``; refdl.ext.conv_forward).
+  it holds no core while BLAS runs. Every convolution's GEMMs run inside its kernel, on
+  the team's threads, each calling SciPy's BLAS with that pool held at one thread
+  (``blas_serial``): the im2col path (refdl.ext.conv_forward) and Winograd
+  (refdl.functional.winograd, a chunk of images per thread).
 * Small work stays serial. A compiled kernel uses its team only above
   ``KERNEL_GRAIN`` elements; the products of Linear, the whole-batch convolution path and
   the transposed convolutions use the BLAS pool only above ``GEMM_GRAIN`` multiply-adds
@@ -25,8 +26,14 @@ come in multiples of 4 ms. The model here:
 * What is left: OpenBLAS's own threads spin for about 0.1 s after a multi-threaded
   product before they sleep (its THREAD_TIMEOUT, fixed when NumPy loads it), and a kernel
   region in that window shares a core with them. refdl's own products stay below the
-  grain in the small layers where this costs most; a large Linear layer followed by a
-  convolution still meets it (docs/performance.md).
+  grain in the small layers where this costs most; a large Linear layer next to
+  convolutions still meets it: a CNN with a 4096 -> 1024 classifier steps in 43.5 ms at
+  2 threads with Linear on OpenBLAS's pool and in 38.9 ms with Linear on one thread,
+  while a GPT, all of whose products use that pool, is faster with it (435 against
+  513 ms; benchmarks/_pool_mix.py). The end state is one pool for every product (Linear,
+  attention, the recurrent layers: about 80 call sites) on the kernels' team; moving
+  Linear alone there made the CNN faster (32 ms) and the GPT slower (571 ms), because
+  attention's products then met the team's threads (docs/performance.md).
 
 Results do not depend on the thread count: the kernels partition the batch (each thread
 writes its own samples), and refdl's GEMMs are the same BLAS calls whatever the count
