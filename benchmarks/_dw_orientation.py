@@ -6,7 +6,6 @@ each way, interleaved, at 1 and 2 threads (the rule it measures: refdl/ext.py).
 """
 import os
 import sys
-import time
 
 import numpy as np
 
@@ -14,19 +13,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import refdl                                          # noqa: E402
 from refdl import ext, nn                             # noqa: E402
-from _cases import CONVS                              # noqa: E402
-
-
-def best_median(f, reps=9, rounds=3):
-    best = float("inf")
-    for _ in range(rounds):
-        ts = []
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            f()
-            ts.append(time.perf_counter() - t0)
-        best = min(best, sorted(ts)[len(ts) // 2])
-    return best * 1e3
+from _cases import CONVS, best_median                 # noqa: E402
 
 
 def main():
@@ -54,7 +41,7 @@ def main():
                 for pixel_major in (False, True):
                     ext.dw_pixel_major = lambda cog, CKg, v=pixel_major: v
                     step()
-                    times[pixel_major].append(best_median(step))
+                    times[pixel_major].append(best_median(step, 9))
             ext.dw_pixel_major = rule
             chosen = rule(cout, cin * k ** (len(shape) - 2))
             print(f"{threads} thread(s)  {name:40s} channel-major "

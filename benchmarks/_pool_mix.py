@@ -11,26 +11,15 @@ on OpenBLAS's pool: Linear's and attention's). Minimum over rounds of the median
 """
 import os
 import sys
-import time
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import refdl                                          # noqa: E402
 from refdl import nn, threads                         # noqa: E402
 from refdl.models.gpt import GPT                      # noqa: E402
-
-
-def best_median(f, reps, rounds=3):
-    best = float("inf")
-    for _ in range(rounds):
-        ts = []
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            f()
-            ts.append(time.perf_counter() - t0)
-        best = min(best, sorted(ts)[len(ts) // 2])
-    return best * 1e3
+from _cases import best_median                        # noqa: E402
 
 
 def cnn_step(rng):
