@@ -450,3 +450,31 @@ def test_team_kernels_refuse_bad_tables():
     assert not y.any()                                # nothing ran
     run()
     assert np.array_equal(y, ok)
+
+
+def test_whole_array_maps_refuse_planes_that_do_not_fit(kernel_build):
+    # the compiled whole-array maps and input_tiles check their planes and tiles against
+    # the arrays before any loop: too few columns, a wrong channel count, tiles that do
+    # not match the output, tiles past the batch: ValueError, nothing written
+    from refdl import ext
+    K = ext.compiled_module()
+    N, C, O, H, W = 2, 3, 4, 5, 6
+    TH, TW = wg.tiles((H, W))
+    P = N * TH * TW
+    x = np.ones((N, C, H, W))
+    y = np.zeros((N, O, H, W))
+    b = np.zeros(O)
+    with pytest.raises(ValueError, match="do not fit"):
+        K.input_transform(x, np.zeros((16, C, P - 1)), 1, 1, TH, TW)
+    with pytest.raises(ValueError, match="do not fit"):
+        K.input_transform_adjoint(np.zeros((16, C + 1, P)), x.copy(), 1, 1, TH, TW)
+    with pytest.raises(ValueError, match="do not fit"):
+        K.output_transform(np.zeros((16, O, P)), y, b, True, TH + 1, TW)   # rows past y
+    with pytest.raises(ValueError, match="do not fit"):
+        K.output_transform_adjoint(y, np.zeros((16, O, P)), TH, TW - 1)
+    with pytest.raises(ValueError, match="inside the batch"):
+        K.input_tiles(x, np.zeros((16, 4, C)), 1, 1, TH, TW, P - 2, P + 2)
+    assert not y.any()
+    V = np.zeros((16, C, P))
+    K.input_transform(x, V, 1, 1, TH, TW)                          # the right sizes run
+    assert V.any()

@@ -1113,6 +1113,18 @@ cdef inline void out_tile_adj(const real* gs, Py_ssize_t OH, Py_ssize_t OW, Py_s
         m[(4 * i + 3) * ms] = -t[i][1]
 
 
+cdef int check_planes(Py_ssize_t planes, Py_ssize_t rows, Py_ssize_t cols,
+                      Py_ssize_t want_rows, Py_ssize_t N, Py_ssize_t TH, Py_ssize_t TW,
+                      Py_ssize_t OH, Py_ssize_t OW) except -1:
+    # the whole-array maps: planes (16, want_rows, >= N*TH*TW); with an output (OH, OW) >
+    # 0, its tiles: TH = ceil(OH/2), TW = ceil(OW/2) (every tile's first row and column
+    # lie inside it, which out_tile and out_tile_adj rely on)
+    if planes != 16 or rows != want_rows or cols < N * TH * TW or TH < 0 or TW < 0 or \
+            (OH > 0 and (TH != (OH + 1) // 2 or TW != (OW + 1) // 2)):
+        raise ValueError("refdl Winograd kernel: planes or tiles do not fit the arrays")
+    return 0
+
+
 def input_transform(const real[:, :, :, ::1] x, real[:, :, :] V,
                     Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t TH, Py_ssize_t TW):
     """V[:, c, p] = B^T d B for the 4x4 input tile d of tile p (zeros outside x)."""
@@ -1120,6 +1132,7 @@ def input_transform(const real[:, :, :, ::1] x, real[:, :, :] V,
     cdef Py_ssize_t P = N * TH * TW
     cdef Py_ssize_t q, n, c, th, tw, p
     cdef Py_ssize_t vs = V.strides[0] // sizeof(real)     # plane stride (may be padded)
+    check_planes(V.shape[0], V.shape[1], V.shape[2], C, N, TH, TW, 0, 0)
     cdef int nt = n_threads(16 * C * P, N * C)
     for q in prange(N * C, nogil=True, schedule="static", num_threads=nt):
         n = q // C
@@ -1138,6 +1151,7 @@ def input_transform_adjoint(const real[:, :, :] dV, real[:, :, :, ::1] dx,
     cdef Py_ssize_t P = N * TH * TW
     cdef Py_ssize_t q, n, c, th, tw, p
     cdef Py_ssize_t vs = dV.strides[0] // sizeof(real)
+    check_planes(dV.shape[0], dV.shape[1], dV.shape[2], C, N, TH, TW, 0, 0)
     cdef int nt = n_threads(16 * C * P, N * C)
     for q in prange(N * C, nogil=True, schedule="static", num_threads=nt):
         n = q // C
@@ -1157,6 +1171,9 @@ def output_transform(const real[:, :, :] M, real[:, :, :, ::1] y,
     cdef Py_ssize_t q, n, o, th, tw, p
     cdef real b
     cdef Py_ssize_t ms = M.strides[0] // sizeof(real)
+    check_planes(M.shape[0], M.shape[1], M.shape[2], O, N, TH, TW, OH, OW)
+    if has_bias and bias.shape[0] < O or bias.shape[0] < 1:
+        raise ValueError("output_transform: bias too short")
     cdef int nt = n_threads(16 * O * P, N * O)
     for q in prange(N * O, nogil=True, schedule="static", num_threads=nt):
         n = q // O
@@ -1175,6 +1192,7 @@ def output_transform_adjoint(const real[:, :, :, ::1] g, real[:, :, :] dM,
     cdef Py_ssize_t P = N * TH * TW
     cdef Py_ssize_t q, n, o, th, tw, p
     cdef Py_ssize_t ms = dM.strides[0] // sizeof(real)
+    check_planes(dM.shape[0], dM.shape[1], dM.shape[2], O, N, TH, TW, OH, OW)
     cdef int nt = n_threads(16 * O * P, N * O)
     for q in prange(N * O, nogil=True, schedule="static", num_threads=nt):
         n = q // O
@@ -1230,8 +1248,11 @@ cdef void tiles_core(const real* x, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, re
 def input_tiles(const real[:, :, :, ::1] x, real[:, :, :] Vt, Py_ssize_t ph,
                 Py_ssize_t pw, Py_ssize_t TH, Py_ssize_t TW, Py_ssize_t p0, Py_ssize_t p1):
     """Vt[:, p - p0, c] = B^T d B for the 4x4 input tile d of tile p, p0 <= p < p1."""
-    if Vt.strides[2] != sizeof(real) or Vt.strides[1] != x.shape[1] * sizeof(real):
-        raise ValueError("input_tiles: Vt must be (16, k, C) with contiguous rows")
+    if Vt.strides[2] != sizeof(real) or Vt.strides[1] != x.shape[1] * sizeof(real) or \
+            Vt.shape[0] != 16 or Vt.shape[2] != x.shape[1] or p0 < 0 or p1 < p0 or \
+            p1 > x.shape[0] * TH * TW or Vt.shape[1] < p1 - p0:
+        raise ValueError("input_tiles: Vt must be (16, >= p1 - p0, C) with contiguous rows, "
+                         "and the tiles inside the batch")
     with nogil:
         tiles_core(&x[0, 0, 0, 0], x.shape[1], x.shape[2], x.shape[3], &Vt[0, 0, 0],
                    Vt.strides[0] // sizeof(real), ph, pw, TH, TW, p0, p1)
