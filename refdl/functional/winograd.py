@@ -29,8 +29,9 @@ g = dL/dy:
 
 The four tile maps run in the compiled kernels of refdl/_ext/_kernels.pyx (the build
 refdl.ext selects) when they are built, else in the NumPy reference below (einsum over
-tile views); both give the same numbers. ``conv2d`` / ``conv2d_backward`` are what nn.Conv2d calls when it selects this
-algorithm (3x3, stride 1, dilation 1, groups 1, zero padding).
+tile views); both give the same numbers. ``conv2d`` / ``conv2d_backward`` are what
+nn.Conv2d calls when it selects this algorithm (3x3, stride 1, dilation 1, groups 1, zero
+padding).
 
 How the compiled path runs (the order of the sums is the same at any thread count):
 
@@ -156,8 +157,7 @@ def input_transform_adjoint(dV, x_shape, pads, TH, TW):
     N, C, H, W = x_shape
     if _compiled():
         dx = np.zeros(x_shape, dtype=dV.dtype)
-        _kernels().input_transform_adjoint(dV, dx, pads[0][0], pads[1][0],
-                                   TH, TW)
+        _kernels().input_transform_adjoint(dV, dx, pads[0][0], pads[1][0], TH, TW)
         return dx
     B = BT.T.astype(dV.dtype)
     dd = np.einsum("ik,klcntu,jl->ncijtu", B, dV.reshape(4, 4, C, N, TH, TW), B,
@@ -424,8 +424,8 @@ def _backward_team(g, x, U, x_shape, pads, need_dx, need_dw, bufs, chunks):
     dx = np.empty(x_shape if need_dx else (0,) + tuple(x_shape[1:]), dtype=g.dtype)
     dU = np.empty((nchunks if need_dw else 0, 16, O, C), dtype=g.dtype)
     with threads.blas_serial():
-        K.winograd_backward(g, x, np.ascontiguousarray(U), dx, dU, scratch, chunk_ranges, range_segs, segs,
-                            kmax, pads[0][0], pads[1][0], nt)
+        K.winograd_backward(g, x, np.ascontiguousarray(U), dx, dU, scratch, chunk_ranges,
+                            range_segs, segs, kmax, pads[0][0], pads[1][0], nt)
     return (list(dU) if need_dw else None), (dx if need_dx else None)
 
 

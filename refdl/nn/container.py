@@ -9,7 +9,8 @@ from collections import OrderedDict
 
 from .module import Module, Parameter
 
-__all__ = ["backward_chain", "Sequential", "ModuleList", "ModuleDict", "ParameterList", "ParameterDict"]
+__all__ = ["backward_chain", "Sequential", "ModuleList", "ModuleDict", "ParameterList",
+           "ParameterDict"]
 
 
 def backward_chain(modules, grad_out, input_grad=True):
