@@ -38,6 +38,7 @@ from .functional.geometry import (INDEX_LIMIT, check_geometry, is_int,  # noqa: 
 from .functional import pooling as _ref_pool
 from . import _ext as _switch     # the on/off switch of the compiled path
 from . import threads
+from .memory import scratch
 
 __all__ = ["available", "compiled_module", "openmp", "use_numpy", "use_compiled",
            "numpy_path", "im2col", "col2im", "max_pool_forward", "max_pool_backward",
@@ -320,10 +321,11 @@ def dw_pixel_major(cog, CKg):
     1 thread, timed by a C loop over SciPy's sgemm) ran LeNet's conv2 pieces (C*K = 150,
     C_out = 16, w = 100-400) at 149-159 GFLOP/s this way against 92-103, and the Conv3d
     case's (81, 16, 320-640) at 128-143 against 83-84. The layers' forward+backward
-    (benchmarks/_dw_orientation.py): conv2 1.94 -> 1.84-1.93 ms at 1 thread and 1.13 ->
-    1.06 at 2, Conv3d 10.0 -> 9.5-9.8 and 5.6 -> 5.2. With C*K = 27 (the stride-2 case) or
-    5 (Conv1d) the copy cost more than the product saved (+5%, +20%), and with LeNet's
-    conv1 (25, 6) the product itself was slower (74-78 against 89-93 GFLOP/s)."""
+    (benchmarks/_dw_orientation.py, docs/performance.md): conv2 1.88 -> 1.77 ms at 1
+    thread and 1.10 -> 1.02 at 2, Conv3d 8.92 -> 8.51 and 5.41 -> 5.02. With C*K = 27 (the
+    stride-2 case) or 5 (Conv1d) the copy cost more than the product saved (1.74 -> 1.95
+    and 0.52 -> 0.65 ms), and with LeNet's conv1 (25, 6) the product itself was slower
+    (74-78 against 89-93 GFLOP/s)."""
     return cog >= 8 and CKg >= 64
 
 
@@ -358,10 +360,10 @@ def _conv_args(name, x, w2, kernel_size, stride, pads, dilation, out_size, group
     if x.dtype != w2.dtype or w2.ndim != 2:
         raise ValueError(f"{name}: weight must be a 2-D array of x's dtype {x.dtype}, got "
                          f"{w2.dtype} {w2.shape}")
-    x5_shape, geom, tiling, scratch, osz = _conv_plan(
+    x5_shape, geom, tiling, scratch_shape, osz = _conv_plan(
         name, x.shape, w2.shape, x.itemsize, kernel_size, stride, pads, dilation, out_size,
         groups, _K.team_size(), CHUNK_BYTES, MIN_CHUNKS)
-    return np.ascontiguousarray(x).reshape(x5_shape), geom, tiling, scratch, osz
+    return np.ascontiguousarray(x).reshape(x5_shape), geom, tiling, scratch_shape, osz
 
 
 @shape_memo
@@ -384,18 +386,8 @@ def _conv_plan(name, x_shape, w_shape, itemsize, kernel_size, stride, pads, dila
     geom = (*_as3(ks, 1), *_as3(ss, 1), *_as3([lo for lo, _ in ps], 0), *_as3(ds, 1),
             *_as3(osz, 1))
     # (C*K + 2 C_out) per column: the columns, g and g transposed (conv_backward)
-    scratch = (team, (CK + 2 * w_shape[0]) * chunk * rows * OW)
-    return (N, C) + _as3(spatial, 1), geom, (chunk, rows), scratch, osz
-
-
-def _scratch(buffers, shape, dtype):
-    """A (threads, length) scratch array, reused from ``buffers`` while it fits."""
-    s = buffers.get("chunks") if buffers is not None else None
-    if s is None or s.dtype != dtype or s.shape[0] < shape[0] or s.shape[1] < shape[1]:
-        s = np.empty(shape, dtype=dtype)
-        if buffers is not None:
-            buffers["chunks"] = s
-    return s
+    scratch_shape = (team, (CK + 2 * w_shape[0]) * chunk * rows * OW)
+    return (N, C) + _as3(spatial, 1), geom, (chunk, rows), scratch_shape, osz
 
 
 def conv_forward(x, w2, bias, kernel_size, stride, pads, dilation, out_size, groups=1,
@@ -412,8 +404,8 @@ def conv_forward(x, w2, bias, kernel_size, stride, pads, dilation, out_size, gro
     y = np.empty((N, Cout, math.prod(osz)), dtype=x.dtype)
     b = np.zeros(0, x.dtype) if bias is None else np.ascontiguousarray(bias, dtype=x.dtype)
     with threads.blas_serial():
-        _K.conv_forward(x5, np.ascontiguousarray(w2), b, y, _scratch(buffers, shape, x.dtype),
-                        groups, *tiling, *geom)
+        _K.conv_forward(x5, np.ascontiguousarray(w2), b, y,
+                        scratch(buffers, "chunks", shape, x.dtype), groups, *tiling, *geom)
     return y.reshape((N, Cout) + osz)
 
 
@@ -436,7 +428,7 @@ def conv_backward(x, w2, grad, kernel_size, stride, pads, dilation, out_size, gr
     dwT = np.empty((nchunks if need_dw else 0, G * CKg, Cout // G), dtype=x.dtype)
     with threads.blas_serial():
         _K.conv_backward(x5, np.ascontiguousarray(w2), g, dx, dwT,
-                         _scratch(buffers, shape, x.dtype),
+                         scratch(buffers, "chunks", shape, x.dtype),
                          dw_pixel_major(Cout // groups, CKg), groups, *tiling, *geom)
     dW = None
     if need_dw:     # the chunks' dW_g^T (C_in/G*K, C_out/G), summed in order, per group

@@ -22,7 +22,9 @@ does nothing and returns False. Measured: a LeNet-5 training step on 64 MNIST-si
 import ctypes
 import ctypes.util
 
-__all__ = ["keep_freed_memory"]
+import numpy as np
+
+__all__ = ["keep_freed_memory", "scratch"]
 
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
 _done = False
@@ -45,3 +47,17 @@ def keep_freed_memory():
           and mallopt(_M_TOP_PAD, 64 << 20) == 1)
     _done = ok
     return ok
+
+
+def scratch(buffers, key, shape, dtype):
+    """A 2-D scratch array of at least ``shape`` (rows, length) in ``dtype``, kept in the
+    dict ``buffers`` under ``key`` and reused while it fits (a layer keeps its buffers
+    across calls, so a step allocates no new scratch); ``buffers=None``: a fresh array.
+    The compiled kernels give each thread a row (refdl.ext's chunked convolution,
+    Winograd's team kernels)."""
+    s = buffers.get(key) if buffers is not None else None
+    if s is None or s.dtype != dtype or s.shape[0] < shape[0] or s.shape[1] < shape[1]:
+        s = np.empty(shape, dtype=dtype)
+        if buffers is not None:
+            buffers[key] = s
+    return s

@@ -62,3 +62,21 @@ def test_freed_arrays_are_reused_without_page_faults():
 def test_keep_freed_memory_is_idempotent():
     first = refdl.keep_freed_memory()
     assert refdl.keep_freed_memory() is first
+
+
+def test_scratch_is_reused_while_it_fits():
+    # the kernels' per-thread scratch (refdl.memory.scratch): the same array while the
+    # request fits, a new one when it grows in either axis or changes dtype
+    import numpy as np
+    from refdl.memory import scratch
+    bufs = {}
+    a = scratch(bufs, "k", (2, 100), np.float32)
+    assert a.shape == (2, 100) and bufs["k"] is a
+    assert scratch(bufs, "k", (1, 50), np.float32) is a
+    b = scratch(bufs, "k", (2, 101), np.float32)
+    assert b is not a and b.shape == (2, 101) and bufs["k"] is b
+    assert scratch(bufs, "k", (3, 10), np.float32).shape == (3, 10)
+    c = scratch(bufs, "k", (1, 10), np.float64)
+    assert c.dtype == np.float64 and bufs["k"] is c
+    assert scratch(None, "k", (1, 4), np.float32).shape == (1, 4)
+    assert set(bufs) == {"k"}

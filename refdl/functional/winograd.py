@@ -54,6 +54,7 @@ import numpy as np
 
 from .. import _ext as _switch     # refdl.ext hands it the kernels in use
 from .. import threads
+from ..memory import scratch
 
 __all__ = ["BT", "G", "AT", "conv2d", "conv2d_backward", "weight_transform",
            "input_transform", "output_transform", "output_transform_adjoint",
@@ -319,10 +320,7 @@ def _team_scratch(bufs, n, C, O, kmax, TW, dtype):
     C*kmax + 48), M (16 planes of O*kmax + 48) and the transforms' row buffer
     (16*(2*TW + 4)); kept in bufs["team"] across calls."""
     row = 16 * (C * kmax + 48) + 16 * (O * kmax + 48) + 16 * (2 * TW + 4)
-    s = bufs.get("team")
-    if s is None or s.dtype != dtype or s.shape[0] < n or s.shape[1] < row:
-        s = bufs["team"] = np.empty((n, row), dtype=dtype)
-    return s
+    return scratch(bufs, "team", (n, row), dtype)
 
 
 def _m_buffers(bufs, O, k, dtype):
