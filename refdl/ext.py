@@ -33,8 +33,7 @@ import warnings
 import numpy as np
 
 from .functional import conv as _ref_conv
-from .functional.geometry import (INDEX_LIMIT, check_geometry, is_int,  # noqa: F401
-                                  shape_memo)
+from .functional.geometry import check_geometry, is_int, shape_memo  # noqa: F401
 from .functional import pooling as _ref_pool
 from . import _ext as _switch     # the on/off switch of the compiled path
 from . import threads
@@ -375,7 +374,7 @@ def _conv_plan(name, x_shape, w_shape, itemsize, kernel_size, stride, pads, dila
                                           out_size)
     _check_geometry(name, spatial, ks, ss, ps, ds, osz)
     N, C = x_shape[:2]
-    CK, L = C * math.prod(ks), math.prod(osz)
+    CK = C * math.prod(ks)
     if groups < 1 or C % groups or w_shape[0] % groups or w_shape[1] != CK // groups:
         raise ValueError(f"{name}: weight {w_shape} does not fit {C} input channels, "
                          f"kernel {ks} and groups {groups}")

@@ -418,7 +418,6 @@ def test_team_kernels_refuse_bad_tables():
     _skip_if_absent(False)
     K = wg._kernels()
     N, C, O, H, W = 2, 3, 4, 6, 6
-    pads = ((1, 1), (1, 1))
     TH, TW = wg.tiles((H, W))
     x = np.ones((N, C, H, W))
     U = wg.weight_transform(np.ones((O, C, 3, 3)))

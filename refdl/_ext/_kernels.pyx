@@ -1,8 +1,10 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
 # cython: initializedcheck=False, nonecheck=False
 """im2col / col2im and max / average pooling on 3-D volumes (1-D and 2-D are views with
-unit axes). Called only through refdl.ext, which validates every shape, dtype, contiguity
-and geometry first (refdl.ext.check_geometry): bounds checks are off here.
+unit axes), the chunked convolution and, at the end, Winograd F(2x2, 3x3). Called only
+through refdl.ext (and refdl.functional.winograd), which validates every shape, dtype,
+contiguity and geometry first (refdl.ext.check_geometry); every entry point checks its
+own tables and buffers again: bounds checks are off here.
 
 Every index range is clamped to the row it addresses (range_lo/range_hi return
 0 <= lo <= hi <= n_out), so no geometry can make a loop write outside its row. A debug
