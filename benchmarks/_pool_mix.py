@@ -8,8 +8,14 @@ Two workloads: a small CNN with a 4096 -> 1024 classifier (its convolutions run 
 kernels' OpenMP team, so OpenBLAS's workers, which spin for about 0.1 s after a
 multi-threaded product, share the cores with the team), and a 4-layer GPT (every product
 on OpenBLAS's pool: Linear's and attention's). Minimum over rounds of the median step.
+
+Each runs twice, in child processes: with OpenBLAS's default thread timeout (its workers
+spin 2**28 cycles, about 0.1 s, before they sleep) and with refdl's
+(threads.BLAS_THREAD_TIMEOUT), which ``import refdl`` sets when it loads NumPy. OpenBLAS
+reads OPENBLAS_THREAD_TIMEOUT once, when it loads, so the setting needs a process each.
 """
 import os
+import subprocess
 import sys
 
 import numpy as np
@@ -54,10 +60,23 @@ def gpt_step(rng):
 
 
 def main():
+    print(f"load average {os.getloadavg()[0]:.2f}; ms per step, 2 threads")
+    for label, timeout in (("OpenBLAS's default thread timeout (2**28 cycles)", 28),
+                           (f"refdl's thread timeout (2**{threads.BLAS_THREAD_TIMEOUT} "
+                            "cycles)", threads.BLAS_THREAD_TIMEOUT)):
+        print(label, flush=True)
+        env = dict(os.environ, OPENBLAS_THREAD_TIMEOUT=str(timeout))
+        subprocess.run([sys.executable, os.path.abspath(__file__), "--child"], env=env,
+                       check=True)
+    print(f"load average {os.getloadavg()[0]:.2f}")
+
+
+def child():
     refdl.keep_freed_memory()
     refdl.manual_seed(0)
     rng = np.random.default_rng(0)
-    print(f"load average {os.getloadavg()[0]:.2f}; ms per step, 2 threads")
+    assert threads.blas_thread_timeout() == (int(os.environ["OPENBLAS_THREAD_TIMEOUT"]),
+                                             "user")
     refdl.set_num_threads(2)
     grain = threads.GEMM_GRAIN
     for name, make in (("CNN with a 4096->1024 classifier", cnn_step),
@@ -69,8 +88,8 @@ def main():
             step()
             out.append(f"{label} {best_median(step, reps):7.1f}")
         threads.GEMM_GRAIN = grain
-        print(f"{name:38s} " + "   ".join(out), flush=True)
+        print(f"  {name:38s} " + "   ".join(out), flush=True)
 
 
 if __name__ == "__main__":
-    main()
+    child() if "--child" in sys.argv[1:] else main()

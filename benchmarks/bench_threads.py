@@ -117,9 +117,11 @@ def run(argv=None):
     root = args.refdl or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     sys.path.insert(0, os.path.abspath(root))
 
+    # refdl before NumPy, as a user's ``refdl train`` does: it sets OpenBLAS's thread
+    # timeout when NumPy loads (refdl.threads.BLAS_THREAD_TIMEOUT)
+    import refdl
     import numpy as np
     import threadpoolctl
-    import refdl
     from refdl import ext, nn
     from refdl.functional import log_softmax
 
@@ -163,6 +165,9 @@ def run(argv=None):
     for i in blas:
         print(f"BLAS: {i.get('internal_api')} {i.get('version')} kernel "
               f"{i.get('architecture')}")
+    timeout = getattr(refdl.threads, "blas_thread_timeout", lambda: (28, "default"))()
+    print(f"OpenBLAS's workers spin 2**{timeout[0]} cycles before they sleep "
+          f"(set by: {timeout[1]})")
     print(f"load average at start: {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}")
 
     # -- cases: name -> dict(refdl=fn, torch=fn, numpy=fn, flops=...) ---------------------

@@ -5,10 +5,11 @@ numeric gradient check in tests/, and fast enough to train real networks on a la
 """
 __version__ = "0.1.0"
 
+# first, before anything loads NumPy and its BLAS: the BLAS workers' spin (refdl.threads)
+from . import threads  # noqa: F401,I001
 from . import random  # noqa: F401
 from .grad_mode import enable_grad, is_grad_enabled, no_grad, set_grad_enabled  # noqa: F401
 from .random import manual_seed  # noqa: F401
-from . import threads  # noqa: F401
 from .memory import keep_freed_memory  # noqa: F401
 from .threads import get_num_threads, set_num_threads  # noqa: F401
 from . import functional, init, nn  # noqa: F401
@@ -24,6 +25,9 @@ from .nn import functional as _nn_functional  # noqa: E402,F401  (refdl.nn.funct
 from .autograd import Tensor  # noqa: E402,F401
 from .autograd.creation import *  # noqa: E402,F401,F403  (refdl.tensor, zeros, cat, ...)
 from .autograd import creation as _creation  # noqa: E402
+from . import ext  # noqa: E402,F401  (SciPy's BLAS loads here, for the kernels)
+
+threads._restore_blas_environment()
 
 __all__ = ["save", "load", "manual_seed", "set_num_threads", "get_num_threads", "threads",
            "keep_freed_memory", "no_grad",

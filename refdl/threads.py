@@ -23,17 +23,23 @@ come in multiples of 4 ms. The model here:
   (``serial_below``), because waking threads costs more than a small product saves, and
   far more when the machine is busy. Both grains were measured with
   ``benchmarks/bench_threads.py`` (docs/performance.md).
-* What is left: OpenBLAS's own threads spin for about 0.1 s after a multi-threaded
-  product before they sleep (its THREAD_TIMEOUT, fixed when NumPy loads it), and a kernel
-  region in that window shares a core with them. refdl's own products stay below the
-  grain in the small layers where this costs most; a large Linear layer next to
-  convolutions still meets it: a CNN with a 4096 -> 1024 classifier steps in 43.5 ms at
-  2 threads with Linear on OpenBLAS's pool and in 38.9 ms with Linear on one thread,
-  while a GPT, all of whose products use that pool, is faster with it (435 against
-  513 ms; benchmarks/_pool_mix.py). The end state is one pool for every product (Linear,
-  attention, the recurrent layers: about 80 call sites) on the kernels' team; moving
-  Linear alone there made the CNN faster (32 ms) and the GPT slower (571 ms), because
-  attention's products then met the team's threads (docs/performance.md).
+* OpenBLAS's own threads spin after a multi-threaded product before they sleep, for
+  2**28 cycles (about 0.1 s) by default, and a kernel region in that window shares a
+  core with them. OpenBLAS reads that timeout once, when it loads, from
+  OPENBLAS_THREAD_TIMEOUT (log2 of the cycles). So ``import refdl`` sets it to
+  :data:`BLAS_THREAD_TIMEOUT` (2**20 cycles, about 0.3 ms) for the libraries it loads,
+  unless the user set it or NumPy was already imported (then OpenBLAS is loaded with its
+  default; :func:`blas_thread_timeout` says which), and restores the environment after.
+  Products that follow each other within 0.3 ms (a GPT's) find the workers awake; a
+  convolution after a large Linear layer no longer meets them. At 2 threads
+  (benchmarks/_pool_mix.py), a CNN with a 4096 -> 1024 classifier and Linear on
+  OpenBLAS's pool stepped in 48-54 ms with the default timeout and 35-40 ms with 2**20
+  (38-49 ms with Linear on one thread); a GPT, all of whose products use that pool, in
+  445-479 ms against 468-478 ms. The CLI (``refdl train``) always gets it: refdl is
+  imported before NumPy there. The end state is still one pool for every product
+  (Linear, attention, the recurrent layers: about 80 call sites) on the kernels' team;
+  moving Linear alone there made the CNN faster (32 ms) and the GPT slower (571 ms),
+  because attention's products then met the team's threads (docs/performance.md).
 
 Results do not depend on the thread count: the kernels partition the batch (each thread
 writes its own samples), and refdl's GEMMs are the same BLAS calls whatever the count
@@ -41,11 +47,56 @@ writes its own samples), and refdl's GEMMs are the same BLAS calls whatever the 
 whose summation order OpenBLAS may split differently).
 """
 import os
+import sys
 import time
 
 __all__ = ["set_num_threads", "get_num_threads", "serial_below",
-           "auto_num_threads", "blas_serial",
-           "KERNEL_GRAIN", "GEMM_GRAIN"]
+           "auto_num_threads", "blas_serial", "blas_thread_timeout",
+           "KERNEL_GRAIN", "GEMM_GRAIN", "BLAS_THREAD_TIMEOUT"]
+
+# log2 of the cycles OpenBLAS's idle workers spin before they sleep (OpenBLAS's default:
+# 28, about 0.1 s); 18, 20 and 22 measured alike on benchmarks/_pool_mix.py, 20 leaves the
+# most room for products in quick succession
+BLAS_THREAD_TIMEOUT = 20
+_TIMEOUT_VARIABLE = "OPENBLAS_THREAD_TIMEOUT"
+
+
+def _blas_timeout_before_load():
+    """Called by refdl/__init__.py before anything imports NumPy: sets
+    OPENBLAS_THREAD_TIMEOUT for the BLAS libraries that load during ``import refdl``
+    (restored by :func:`_restore_blas_environment`) and returns where the timeout of
+    NumPy's BLAS comes from."""
+    if _TIMEOUT_VARIABLE in os.environ:
+        return "user"
+    if "numpy" in sys.modules:
+        return "default"
+    os.environ[_TIMEOUT_VARIABLE] = str(BLAS_THREAD_TIMEOUT)
+    return "refdl"
+
+
+_timeout_source = _blas_timeout_before_load()
+
+
+def _restore_blas_environment():
+    """The end of ``import refdl``: the environment as the user left it (child processes
+    do not inherit refdl's setting)."""
+    if _timeout_source == "refdl":
+        os.environ.pop(_TIMEOUT_VARIABLE, None)
+
+
+def blas_thread_timeout():
+    """(log2 cycles, source): how long NumPy's OpenBLAS workers spin before they sleep, as
+    far as refdl can tell: ``"refdl"`` (it set :data:`BLAS_THREAD_TIMEOUT` before NumPy
+    loaded), ``"user"`` (OPENBLAS_THREAD_TIMEOUT was set; None when it is not an integer)
+    or ``"default"`` (NumPy was imported before refdl: OpenBLAS's 28)."""
+    if _timeout_source == "refdl":
+        return BLAS_THREAD_TIMEOUT, "refdl"
+    if _timeout_source == "user":
+        try:
+            return int(os.environ.get(_TIMEOUT_VARIABLE, "")), "user"
+        except ValueError:
+            return None, "user"
+    return 28, "default"
 
 # Elements a kernel must touch before it wakes its OpenMP team (im2col's column matrix,
 # pooling's input): below it, one thread is faster even on an idle machine.

@@ -126,6 +126,53 @@ def test_a_users_openmp_wait_policy_is_left_alone(monkeypatch):
     assert os.environ["GOMP_SPINCOUNT"] == "7"
 
 
+def _import_refdl_in_a_child(prelude, env_extra=None, drop=("OPENBLAS_THREAD_TIMEOUT",)):
+    """Runs ``prelude`` then ``import refdl`` in a fresh interpreter that records the
+    environment's OPENBLAS_THREAD_TIMEOUT at the moment NumPy is first imported; returns
+    (that value, refdl's blas_thread_timeout(), the variable after the import)."""
+    import json
+    import subprocess
+    import sys
+    code = (
+        "import builtins, json, os, sys\n"
+        "seen = []\n"
+        "real = builtins.__import__\n"
+        "def spy(name, *a, **k):\n"
+        "    if name.split('.')[0] == 'numpy' and 'numpy' not in sys.modules and not seen:\n"
+        "        seen.append(os.environ.get('OPENBLAS_THREAD_TIMEOUT'))\n"
+        "    return real(name, *a, **k)\n"
+        "builtins.__import__ = spy\n"
+        + prelude + "\n"
+        "import refdl\n"
+        "print(json.dumps([seen[0] if seen else 'not imported', "
+        "list(refdl.threads.blas_thread_timeout()), "
+        "os.environ.get('OPENBLAS_THREAD_TIMEOUT')]))\n")
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    env.update(env_extra or {})
+    root = os.path.dirname(os.path.dirname(os.path.abspath(refdl.__file__)))
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True,
+                         text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_import_refdl_shortens_the_blas_workers_spin_while_numpy_loads():
+    """OpenBLAS reads OPENBLAS_THREAD_TIMEOUT once, when NumPy loads it: ``import refdl``
+    must set it before anything imports NumPy, and leave the environment as it was."""
+    at_load, reported, after = _import_refdl_in_a_child("")
+    assert at_load == str(threads.BLAS_THREAD_TIMEOUT)
+    assert reported == [threads.BLAS_THREAD_TIMEOUT, "refdl"]
+    assert after is None                      # child processes do not inherit it
+
+
+def test_the_users_blas_timeout_and_an_earlier_numpy_are_reported_not_overridden():
+    at_load, reported, after = _import_refdl_in_a_child(
+        "", env_extra={"OPENBLAS_THREAD_TIMEOUT": "24"})
+    assert (at_load, reported, after) == ("24", [24, "user"], "24")
+    at_load, reported, after = _import_refdl_in_a_child("import numpy")
+    assert (at_load, reported, after) == (None, [28, "default"], None)
+
+
 def _run_all(n, use_numpy=False):
     """Outputs of the threaded pieces at n threads: im2col/col2im and pooling above the
     parallel grain, a Conv2d on the im2col and on the Winograd path, forward+backward."""
