@@ -389,6 +389,29 @@ def _conv_plan(name, x_shape, w_shape, itemsize, kernel_size, stride, pads, dila
     return (N, C) + _as3(spatial, 1), geom, (chunk, rows), scratch_shape, osz
 
 
+# conv_forward_planes: its ring of input planes' columns must fit this (per thread), and
+# the batch must have this many images (it runs one image per thread)
+PLANE_RING_BYTES = 1 << 20
+MIN_PLANE_IMAGES = 4
+
+
+def conv_planes(x_shape, w_shape, itemsize, geom, groups):
+    """The scratch shape (without the thread count) for the plane path of a 3-D forward
+    (:func:`conv_forward`), or None where it does not apply: groups 1, depth stride 1, a
+    kernel deeper than 1, at least MIN_PLANE_IMAGES images and a ring of input planes
+    within PLANE_RING_BYTES. Shapes only, never the thread count, so that the same call
+    gives the same numbers at any thread count."""
+    KD, KH, KW, sd = geom[0], geom[1], geom[2], geom[3]
+    dd, OD, OH, OW = geom[9], geom[12], geom[13], geom[14]
+    if len(x_shape) != 5 or groups != 1 or sd != 1 or KD < 2 or OD < 2 or \
+            x_shape[0] < MIN_PLANE_IMAGES:
+        return None
+    S, CKp = (KD - 1) * dd + 1, x_shape[1] * KH * KW
+    lp = OH * OW + 64 // itemsize               # at most the kernel's padded row stride
+    length = S * (CKp * lp + 1) + w_shape[0] * lp
+    return length if length * itemsize <= PLANE_RING_BYTES else None
+
+
 def conv_forward(x, w2, bias, kernel_size, stride, pads, dilation, out_size, groups=1,
                  buffers=None):
     """y (N, C_out, *O) = the convolution of x (N, C, *S) with w2 (C_out, C/groups*prod(K))
@@ -402,9 +425,20 @@ def conv_forward(x, w2, bias, kernel_size, stride, pads, dilation, out_size, gro
     N, Cout = x.shape[0], w2.shape[0]
     y = np.empty((N, Cout, math.prod(osz)), dtype=x.dtype)
     b = np.zeros(0, x.dtype) if bias is None else np.ascontiguousarray(bias, dtype=x.dtype)
+    ring = conv_planes(x.shape, w2.shape, x.itemsize, geom, groups)
     with threads.blas_serial():
-        _K.conv_forward(x5, np.ascontiguousarray(w2), b, y,
-                        scratch(buffers, "chunks", shape, x.dtype), groups, *tiling, *geom)
+        if ring is not None:
+            # the weight by depth tap: wk[kd] (C_out, C*KH*KW)
+            KD = geom[0]
+            wk = np.ascontiguousarray(w2.reshape(Cout, x.shape[1], KD, -1).transpose(
+                2, 0, 1, 3)).reshape(KD, Cout, -1)
+            _K.conv_forward_planes(x5, wk, b, y,
+                                   scratch(buffers, "planes", (shape[0], ring), x.dtype),
+                                   *geom[1:3], *geom[4:6], *geom[6:12], *geom[12:])
+        else:
+            _K.conv_forward(x5, np.ascontiguousarray(w2), b, y,
+                            scratch(buffers, "chunks", shape, x.dtype), groups, *tiling,
+                            *geom)
     return y.reshape((N, Cout) + osz)
 
 

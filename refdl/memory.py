@@ -49,15 +49,33 @@ def keep_freed_memory():
     return ok
 
 
+# the alignment of aligned_rows' rows: a cache line
+ALIGN = 64
+
+
+def aligned_rows(shape, dtype):
+    """An uninitialised C-contiguous array of ``rows`` rows of at least ``length``
+    entries, each row starting on a cache line (ALIGN bytes: the length is rounded up to
+    a whole number of lines). The kernels' fixed-size moves and the GEMMs over a scratch
+    ran up to 15% slower when it started 16 or 32 bytes past a cache line (Conv3d's plane
+    path: 2.04-2.08 against 1.72-1.82 ms)."""
+    rows, length = shape
+    item = np.dtype(dtype).itemsize
+    stride = -(-length * item // ALIGN) * ALIGN // item
+    flat = np.empty(rows * stride + ALIGN // item, dtype=dtype)
+    off = (-flat.ctypes.data % ALIGN) // item
+    return flat[off:off + rows * stride].reshape(rows, stride)
+
+
 def scratch(buffers, key, shape, dtype):
     """A 2-D scratch array of at least ``shape`` (rows, length) in ``dtype``, kept in the
     dict ``buffers`` under ``key`` and reused while it fits (a layer keeps its buffers
     across calls, so a step allocates no new scratch); ``buffers=None``: a fresh array.
     The compiled kernels give each thread a row (refdl.ext's chunked convolution,
-    Winograd's team kernels)."""
+    Winograd's team kernels); each row starts on a cache line (:func:`aligned_rows`)."""
     s = buffers.get(key) if buffers is not None else None
     if s is None or s.dtype != dtype or s.shape[0] < shape[0] or s.shape[1] < shape[1]:
-        s = np.empty(shape, dtype=dtype)
+        s = aligned_rows(shape, dtype)
         if buffers is not None:
             buffers[key] = s
     return s

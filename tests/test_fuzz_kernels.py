@@ -608,6 +608,76 @@ def test_fuzz_conv_chunk_kernels(kernels, monkeypatch):
         refdl.set_num_threads(before)
 
 
+def test_fuzz_conv_plane_kernel(kernels, monkeypatch):
+    # refdl.ext.conv_forward's plane path for 3-D convolutions with depth stride 1
+    # (conv_forward_planes: each input plane's 2-D columns built once per image, in a
+    # ring, and the KD products of an output plane accumulated) against the loops:
+    # depth padding wider than the input (output planes whose every tap is padding),
+    # depth dilation (a ring of (KD-1)*dd + 1 slots), strides and dilation in H and W,
+    # with and without bias, float64 and float32; the same bits at 1 and 2 threads
+    build, n = kernels
+    before = refdl.get_num_threads()
+    planes = _Counting(ext._K)
+    monkeypatch.setattr(ext, "_K", planes)
+
+    @_settings(n)
+    @given(st.data())
+    def run(data):
+        D = data.draw(st.integers(1, 5))
+        H, W = data.draw(st.integers(1, 6)), data.draw(st.integers(1, 6))
+        KD = data.draw(st.integers(2, 3))
+        KH, KW = data.draw(st.integers(1, 3)), data.draw(st.integers(1, 3))
+        ds = (data.draw(st.integers(1, 3)), data.draw(st.integers(1, 2)),
+              data.draw(st.integers(1, 2)))
+        ss = (1, data.draw(st.integers(1, 2)), data.draw(st.integers(1, 2)))
+        ps = (data.draw(st.integers(0, 4)), data.draw(st.integers(0, 2)),
+              data.draw(st.integers(0, 2)))
+        N, cin, cout = (data.draw(st.integers(4, 6)), data.draw(st.integers(1, 3)),
+                        data.draw(st.integers(1, 3)))
+        dtype = data.draw(st.sampled_from([np.float64, np.float32]))
+        rng = np.random.default_rng(data.draw(st.integers(0, 2 ** 16)))
+        x = _rand(rng, (N, cin, D, H, W))
+        Wt = _rand(rng, (cout, cin, KD, KH, KW))
+        bias = _rand(rng, (cout,)) if data.draw(st.booleans()) else None
+        y, _ = loop_conv(x, Wt, np.zeros(cout) if bias is None else bias, ss, ps, ds, 1)
+        if y is None or min(y.shape[2:]) < 1 or y.shape[2] < 2:
+            return
+        args = ((KD, KH, KW), ss, tuple((p, p) for p in ps), ds, y.shape[2:], 1)
+        xs, W2 = x.astype(dtype), Wt.reshape(cout, -1).astype(dtype)
+        bs = None if bias is None else bias.astype(dtype)
+        runs = []
+        for threads in (1, 2):
+            refdl.set_num_threads(threads)
+            planes.calls = 0
+            runs.append(ext.conv_forward(xs, W2, bs, *args))
+            assert planes.calls == 1, "the plane path did not run"
+        refdl.set_num_threads(before)
+        assert np.array_equal(runs[0], runs[1]), "1 vs 2 threads"
+        tol = dict(rtol=1e-11, atol=1e-12) if dtype == np.float64 else \
+            dict(rtol=2e-4, atol=2e-4)
+        np.testing.assert_allclose(runs[0], y, **tol)
+        TRIED[("conv_forward_planes", build, "valid")] += 1
+    try:
+        run()
+    finally:
+        refdl.set_num_threads(before)
+
+
+class _Counting:
+    """A kernels module whose conv_forward_planes counts its calls (the rest passes
+    through)."""
+
+    def __init__(self, mod):
+        self._mod, self.calls = mod, 0
+
+    def __getattr__(self, name):
+        return getattr(self._mod, name)
+
+    def conv_forward_planes(self, *a):
+        self.calls += 1
+        return self._mod.conv_forward_planes(*a)
+
+
 def test_fuzz_conv_transpose_layers(kernels):
     build, n = kernels
 

@@ -71,12 +71,28 @@ def test_scratch_is_reused_while_it_fits():
     from refdl.memory import scratch
     bufs = {}
     a = scratch(bufs, "k", (2, 100), np.float32)
-    assert a.shape == (2, 100) and bufs["k"] is a
+    assert a.shape == (2, 112) and bufs["k"] is a      # rows of whole 64-byte lines
     assert scratch(bufs, "k", (1, 50), np.float32) is a
-    b = scratch(bufs, "k", (2, 101), np.float32)
-    assert b is not a and b.shape == (2, 101) and bufs["k"] is b
-    assert scratch(bufs, "k", (3, 10), np.float32).shape == (3, 10)
+    assert scratch(bufs, "k", (2, 112), np.float32) is a
+    b = scratch(bufs, "k", (2, 113), np.float32)
+    assert b is not a and b.shape == (2, 128) and bufs["k"] is b
+    assert scratch(bufs, "k", (3, 10), np.float32).shape == (3, 16)
     c = scratch(bufs, "k", (1, 10), np.float64)
-    assert c.dtype == np.float64 and bufs["k"] is c
-    assert scratch(None, "k", (1, 4), np.float32).shape == (1, 4)
+    assert c.dtype == np.float64 and c.shape == (1, 16) and bufs["k"] is c
+    assert scratch(None, "k", (1, 4), np.float32).shape == (1, 16)
     assert set(bufs) == {"k"}
+
+
+def test_scratch_rows_start_on_a_cache_line():
+    # the kernels' 64-byte moves and GEMM operands: every row of every scratch aligned,
+    # whatever NumPy's allocator returned
+    import numpy as np
+    from refdl.memory import ALIGN, aligned_rows
+    for dtype in (np.float32, np.float64):
+        for rows, length in ((1, 1), (2, 3), (3, 100), (4, 1000), (2, 0)):
+            for _ in range(8):                       # different allocations
+                a = aligned_rows((rows, length), dtype)
+                assert a.flags.c_contiguous and a.shape[0] == rows
+                assert length <= a.shape[1] < length + ALIGN // a.itemsize
+                for r in range(rows if length else 0):     # an empty row has no bytes
+                    assert a[r:].ctypes.data % ALIGN == 0

@@ -323,7 +323,7 @@ cdef Geom make_geom(Py_ssize_t C, Py_ssize_t D, Py_ssize_t H, Py_ssize_t W,
                     Py_ssize_t sd, Py_ssize_t sh, Py_ssize_t sw,
                     Py_ssize_t pd, Py_ssize_t ph, Py_ssize_t pw,
                     Py_ssize_t dd, Py_ssize_t dh, Py_ssize_t dw,
-                    Py_ssize_t OD, Py_ssize_t OH, Py_ssize_t OW):
+                    Py_ssize_t OD, Py_ssize_t OH, Py_ssize_t OW) noexcept nogil:
     cdef Geom g
     g.C, g.D, g.H, g.W = C, D, H, W
     g.KD, g.KH, g.KW, g.sd, g.sh, g.sw = KD, KH, KW, sd, sh, sw
@@ -736,6 +736,85 @@ def conv_forward(const real[:, :, :, :, ::1] x, const real[:, ::1] w, const real
         for i in range(nb):                            # yc -> y[n0+i, :, r0*OW:r1*OW] + b
             for co in range(Cout):
                 add_bias(&y[n0 + i, co, r0 * OW], yc + co * width + i * cl, cl,
+                         bias[co] if bias.shape[0] else 0)
+
+
+def conv_forward_planes(const real[:, :, :, :, ::1] x, const real[:, :, ::1] wk,
+                        const real[::1] bias, real[:, :, ::1] y, real[:, ::1] scratch,
+                        Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t sh, Py_ssize_t sw,
+                        Py_ssize_t pd, Py_ssize_t ph, Py_ssize_t pw,
+                        Py_ssize_t dd, Py_ssize_t dh, Py_ssize_t dw,
+                        Py_ssize_t OD, Py_ssize_t OH, Py_ssize_t OW):
+    """A 3-D convolution with depth stride 1 (groups 1), one image per thread:
+    y[n, :, od] = sum over kd of wk[kd] (C_out, C*KH*KW) P[od + kd*dd - pd] + b, where
+    P[d] (C*KH*KW, OH*OW) is the 2-D im2col of the input plane x[n, :, d] (taps in the
+    depth padding add nothing). Consecutive output planes share KD - 1 input planes, so
+    each P[d] is built once per image, into a ring of S = (KD-1)*dd + 1 slots (slot
+    d mod S) of this thread's scratch row, instead of KD times as the im2col of the
+    whole 3-D window does. The KD products of a plane accumulate (beta = 1), a different
+    order of the same sum than conv_forward's single product."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], D = x.shape[2]
+    cdef Py_ssize_t KD = wk.shape[0], Cout = wk.shape[1], CKp = wk.shape[2]
+    cdef Py_ssize_t L2 = OH * OW, S = (KD - 1) * dd + 1
+    # the row stride of a plane's columns and sums: L2, or one cache line more when L2
+    # entries are a multiple of 512 bytes. Rows 4 KiB apart share their L1 cache sets, and
+    # the product reads C*KH*KW of them at once (the Conv3d case of docs/performance.md,
+    # L2 = 1024 floats: 2.5 against 2.1 ms, depending on where the scratch lay)
+    cdef Py_ssize_t lp = L2
+    if (L2 * <Py_ssize_t>sizeof(real)) % 512 == 0:
+        lp = L2 + 64 // <Py_ssize_t>sizeof(real)
+    if min(KD, KH, KW, sh, sw, dd, dh, dw) < 1 or min(OD, OH, OW) < 1 or Cout < 1:
+        raise ValueError("conv_forward_planes: kernel, stride and dilation must be positive")
+    if CKp != C * KH * KW or y.shape[0] != N or y.shape[1] != Cout or \
+            y.shape[2] != OD * L2 or (bias.shape[0] != 0 and bias.shape[0] != Cout):
+        raise ValueError("conv_forward_planes: inconsistent shapes")
+    if scratch.shape[1] < S * (CKp * lp + 1) + Cout * lp:
+        raise ValueError("conv_forward_planes: scratch too small")
+    if CKp * lp >= 2 ** 31 or Cout * OD * L2 >= 2 ** 31 or D >= 2 ** 24:
+        raise ValueError("conv_forward_planes: a plane is too large for 32-bit BLAS indices")
+    # each plane's 2-D im2col checks its own rows (the geometry of one depth slice)
+    check_cols(CKp, L2, 1, C, 1, KH, KW, 1, sh, sw, 1, dh, dw, 1, OH, OW)
+    cdef int nt = n_threads(N * KD * CKp * OD * L2, N)
+    if scratch.shape[0] < nt:
+        raise ValueError("conv_forward_planes: scratch has too few rows for the threads")
+    cdef Py_ssize_t n, od, kd, d, slot, co, k
+    cdef real* ring
+    cdef real* tag                     # tag[slot] = the plane in the slot, or -1 (exact in
+                                       # floating point: D < 2**24)
+    cdef real* yp
+    cdef real beta
+    cdef Geom g
+    for n in prange(N, nogil=True, schedule="dynamic", num_threads=nt):
+        ring = &scratch[threadid(), 0]
+        tag = ring + S * CKp * lp
+        # the plane's sums, (C_out, OH*OW) rows lp apart: y's rows are OD*OH*OW apart, often
+        # a multiple of 4 KiB, and a product accumulating there would keep all of its
+        # rows in the same cache set (the Conv3d case of docs/performance.md ran 40%
+        # slower that way)
+        yp = tag + S
+        for k in range(S):
+            tag[k] = -1
+        for od in range(OD):
+            beta = 0
+            for kd in range(KD):
+                d = od + kd * dd - pd
+                if d < 0 or d >= D:
+                    continue
+                slot = d % S
+                if tag[slot] != d:             # the plane's columns: once per image
+                    # the 2-D window of depth slice d: a 3-D geometry with one output
+                    # plane whose single tap reads slice d (padding before = -d)
+                    g = make_geom(C, D, x.shape[3], x.shape[4], 1, KH, KW, 1, sh, sw,
+                                  -d, ph, pw, 1, dh, dw, 1, OH, OW)
+                    im2col_image(&x[n, 0, 0, 0, 0], ring + slot * CKp * lp, lp, &g, 0, OH)
+                    tag[slot] = d
+                gemm(c'N', c'N', <int>Cout, <int>L2, <int>CKp, &wk[kd, 0, 0], <int>CKp,
+                     ring + slot * CKp * lp, <int>lp, beta, yp, <int>lp)
+                beta = 1
+            if beta == 0:                      # every tap in the depth padding
+                zero_row(yp, Cout * lp)
+            for co in range(Cout):             # y[n, co, od] = the sums + b
+                add_bias(&y[n, co, od * L2], yp + co * lp, L2,
                          bias[co] if bias.shape[0] else 0)
 
 
