@@ -36,10 +36,12 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _cases import CONVS, LENET_STEP, POOL, lenet5   # noqa: E402
 
 TICK = 4e-3          # the scheduler tick (CONFIG_HZ=250) at which stalls quantise times
-# OpenBLAS's worker threads spin (busy-wait) for about 0.1 s after a multi-threaded product
-# before they sleep (measured: 0.40 cores busy over the 0.3 s after a 1024^3 SGEMM at 2
-# threads); a refdl row timed in that window shares a core with them (LeNet-scale
-# Conv3d forward at 2 threads: 1.9 ms alone, 2.7 ms right after the NumPy-path rows)
+# With OpenBLAS's default timeout its worker threads spin (busy-wait) for about 0.1 s after
+# a multi-threaded product before they sleep (measured: 0.40 cores busy over the 0.3 s
+# after a 1024^3 SGEMM at 2 threads); a refdl row timed in that window shares a core with
+# them (LeNet-scale Conv3d forward at 2 threads: 1.9 ms alone, 2.7 ms right after the
+# NumPy-path rows). refdl's timeout (threads.BLAS_THREAD_TIMEOUT) cuts the spin to about
+# 0.3 ms; the pause stays for trees and setups without it.
 BLAS_SPIN_S = 0.15
 
 
@@ -263,8 +265,8 @@ def run(argv=None):
                     samples[(name, t, who)] += ts
                     fig[(name, t, who)].append(statistics.median(ts))
                     if t > 1 and (who == "numpy" or name.startswith("square SGEMM")):
-                        # NumPy's matmul ran on OpenBLAS's pool: its threads spin for
-                        # about 0.1 s after a product (OpenBLAS's THREAD_TIMEOUT) and
+                        # NumPy's matmul ran on OpenBLAS's pool: its threads spin after
+                        # a product (OpenBLAS's thread timeout; 0.1 s by default) and
                         # would take a core from the next row's refdl kernels
                         time.sleep(BLAS_SPIN_S)
         print(f"round {r + 1}/{args.rounds} done ({time.perf_counter() - t_start:.0f} s, "
