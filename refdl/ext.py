@@ -419,7 +419,9 @@ def conv_forward(x, w2, bias, kernel_size, stride, pads, dilation, out_size, gro
     images, or a range of one image's output rows: ``conv_tiling``), on the kernels'
     threads. ``pads`` are (before, after) pairs of zeros;
     ``buffers`` (a dict) keeps the scratch between calls. Same numbers as im2col + one
-    GEMM; see docs/derivations/conv.md."""
+    GEMM; a 3-D convolution that :func:`conv_planes` accepts runs plane by plane instead
+    (``conv_forward_planes``: each input plane's columns built once per image), the same
+    sum in another order; see docs/derivations/conv.md."""
     x5, geom, tiling, shape, osz = _conv_args("conv_forward", x, w2, kernel_size, stride,
                                              pads, dilation, out_size, groups)
     N, Cout = x.shape[0], w2.shape[0]
