@@ -62,41 +62,36 @@ _TIMEOUT_VARIABLE = "OPENBLAS_THREAD_TIMEOUT"
 
 
 def _blas_timeout_before_load():
-    """Called by refdl/__init__.py before anything imports NumPy: sets
-    OPENBLAS_THREAD_TIMEOUT for the BLAS libraries that load during ``import refdl``
-    (restored by :func:`_restore_blas_environment`) and returns where the timeout of
-    NumPy's BLAS comes from."""
+    """Called when refdl/__init__.py imports this module, before anything imports NumPy:
+    sets OPENBLAS_THREAD_TIMEOUT for the BLAS libraries that load during ``import refdl``
+    (restored by :func:`_restore_blas_environment`) and returns the timeout NumPy's BLAS
+    loads with, as :func:`blas_thread_timeout` reports it."""
     if _TIMEOUT_VARIABLE in os.environ:
-        return "user"
+        value = os.environ[_TIMEOUT_VARIABLE]
+        return (int(value) if value.strip().isdigit() else None), "user"
     if "numpy" in sys.modules:
-        return "default"
+        return 28, "default"
     os.environ[_TIMEOUT_VARIABLE] = str(BLAS_THREAD_TIMEOUT)
-    return "refdl"
+    return BLAS_THREAD_TIMEOUT, "refdl"
 
 
-_timeout_source = _blas_timeout_before_load()
+_timeout = _blas_timeout_before_load()
 
 
 def _restore_blas_environment():
     """The end of ``import refdl``: the environment as the user left it (child processes
     do not inherit refdl's setting)."""
-    if _timeout_source == "refdl":
+    if _timeout[1] == "refdl":
         os.environ.pop(_TIMEOUT_VARIABLE, None)
 
 
 def blas_thread_timeout():
     """(log2 cycles, source): how long NumPy's OpenBLAS workers spin before they sleep, as
-    far as refdl can tell: ``"refdl"`` (it set :data:`BLAS_THREAD_TIMEOUT` before NumPy
-    loaded), ``"user"`` (OPENBLAS_THREAD_TIMEOUT was set; None when it is not an integer)
-    or ``"default"`` (NumPy was imported before refdl: OpenBLAS's 28)."""
-    if _timeout_source == "refdl":
-        return BLAS_THREAD_TIMEOUT, "refdl"
-    if _timeout_source == "user":
-        try:
-            return int(os.environ.get(_TIMEOUT_VARIABLE, "")), "user"
-        except ValueError:
-            return None, "user"
-    return 28, "default"
+    far as refdl can tell, fixed when NumPy loaded: ``"refdl"`` (it set
+    :data:`BLAS_THREAD_TIMEOUT` first), ``"user"`` (OPENBLAS_THREAD_TIMEOUT was set; None
+    when it is not an integer) or ``"default"`` (NumPy was imported before refdl:
+    OpenBLAS's 28)."""
+    return _timeout
 
 # Elements a kernel must touch before it wakes its OpenMP team (im2col's column matrix,
 # pooling's input): below it, one thread is faster even on an idle machine.

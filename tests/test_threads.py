@@ -171,6 +171,9 @@ def test_the_users_blas_timeout_and_an_earlier_numpy_are_reported_not_overridden
     assert (at_load, reported, after) == ("24", [24, "user"], "24")
     at_load, reported, after = _import_refdl_in_a_child("import numpy")
     assert (at_load, reported, after) == (None, [28, "default"], None)
+    at_load, reported, after = _import_refdl_in_a_child(
+        "", env_extra={"OPENBLAS_THREAD_TIMEOUT": "soon"})
+    assert (at_load, reported, after) == ("soon", [None, "user"], "soon")
 
 
 def _run_all(n, use_numpy=False):

@@ -184,10 +184,9 @@ cdef extern from *:
         }
         for (Py_ssize_t i = 0; i < n; i++) d[i] = s[i * st];
     }
-    /* 64 (32) bytes from s to d, for a row of OW <= 16 (<= 8) floats that copy_rows
-       copies whole: the entries past OW are the next row's, which its own copy
-       overwrites. With AVX, 256-bit moves (GCC's generic tuning expands a fixed memcpy
-       into 128-bit ones: LeNet conv2's im2col in cache 0.099 -> 0.088 ms). */
+    /* 64 (32) bytes from s to d: copy_rows' fixed-size moves (block_span). With AVX,
+       256-bit moves (GCC's generic tuning expands a fixed memcpy into 128-bit ones:
+       LeNet conv2's im2col in cache 0.099 -> 0.088 ms). */
     #ifdef __AVX__
     #include <immintrin.h>
     static inline void refdl_copy64(void* restrict d, const void* restrict s) {
@@ -443,19 +442,18 @@ cdef inline void add_rows(real* x, const real* s, Py_ssize_t nrows, Py_ssize_t O
                           Py_ssize_t x_step) noexcept nogil:
     # the adjoint of copy_rows: x[ow*sw + off] += s[ow] for the columns [ow0, ow1) of
     # nrows rows (input rows x_step apart); padding columns are dropped
-    cdef Py_ssize_t i, ow, blk, par
+    cdef Py_ssize_t i, ow, span, par
     cdef int two
     cdef real mask[16]                                  # 64 bytes of lane masks
     if sw == 1 and ow0 == 0 and ow1 == OW:
-        # with AVX, short rows but the last as copy_rows copies them: a masked add over
-        # blk entries (the lanes past OW add +0.0, which changes no sum: see
-        # refdl_add_masked_f); they stay inside the run for the reasons copy_rows gives
-        blk = 64 // <Py_ssize_t>sizeof(real)
-        if 2 * OW <= blk:
-            blk = blk // 2
-        if REFDL_HAVE_AVX and nrows > 1 and OW <= blk <= 2 * OW and blk <= x_step + OW:
+        # with AVX, short rows (one block of copy_rows' spans) but the last: a masked add
+        # over the span (the lanes past OW add +0.0, which changes no sum: see
+        # refdl_add_masked_f); it stays inside the run for the reasons copy_rows gives
+        span = block_span(OW, sizeof(real))
+        if REFDL_HAVE_AVX and nrows > 1 and 0 < span <= 64 // <Py_ssize_t>sizeof(real) \
+                and span <= 2 * OW and span <= x_step + OW:
             refdl_lane_mask(mask, OW, sizeof(real))
-            two = blk * <Py_ssize_t>sizeof(real) == 64
+            two = span * <Py_ssize_t>sizeof(real) == 64
             for par in range(2):
                 # even rows, then odd ones: a row's block overlaps the next row's, and
                 # reading it right after the store would stall (store forwarding)
