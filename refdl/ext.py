@@ -412,8 +412,71 @@ def conv_planes(x_shape, w_shape, itemsize, geom, groups):
     return length if length * itemsize <= PLANE_RING_BYTES else None
 
 
+# the direct convolution's rule (conv_direct), from benchmarks/_direct_choice.py: a sum of
+# fewer taps than DIRECT_MIN_TAPS leaves the transposed store of the outputs the larger
+# cost (LeNet's conv1, 25 taps: 1.23-1.33x the GEMM path's time; 3x3 from 2 channels, 18
+# taps: 1.22x at 1 thread), and fewer than DIRECT_MIN_CHANNELS output channels fill too
+# few lanes (4 of 16: 1.03-1.08x); a zero-padded image copy above DIRECT_COPY_BYTES (per
+# thread) is left to the GEMM path, which needs no copy of the whole image
+DIRECT_MIN_TAPS = 27
+DIRECT_MIN_CHANNELS = 6
+DIRECT_COPY_BYTES = 4 << 20
+
+
+def conv_direct(x_shape, w_shape, dtype, kernel_size, stride, pads, dilation, out_size,
+                groups=1):
+    """True when :func:`conv_forward` runs the direct convolution (``conv_forward_direct``:
+    no columns, one fused multiply-add per tap, docs/derivations/conv.md) rather than
+    im2col + GEMM: the compiled kernels, float32, a kernel larger than 1 (a 1x1
+    convolution is a plain GEMM), at least DIRECT_MIN_TAPS taps per output
+    (C/groups * prod(kernel)) and DIRECT_MIN_CHANNELS output channels per group, and a
+    padded image copy within DIRECT_COPY_BYTES. Shapes and dtype only, never the thread
+    count or the CPU, so the same call gives the same numbers on every machine and at any
+    thread count (the direct kernels of every build give the same bits). The arguments
+    are :func:`conv_forward`'s, with shapes for arrays."""
+    dtype = np.dtype(dtype)
+    if dtype != np.float32 or not available():
+        return False
+    geom = _conv_plan("conv_direct", tuple(x_shape), tuple(w_shape), dtype.itemsize,
+                      kernel_size, stride, pads, dilation, out_size, groups, _K.team_size(),
+                      CHUNK_BYTES, MIN_CHUNKS)[1]
+    return _direct_wanted(tuple(x_shape), tuple(w_shape), dtype.char, geom, groups)
+
+
+@shape_memo
+def _direct_wanted(x_shape, w_shape, dtype_char, geom, groups):
+    if dtype_char != "f" or not available() or math.prod(geom[:3]) == 1 or \
+            w_shape[1] < DIRECT_MIN_TAPS or w_shape[0] // groups < DIRECT_MIN_CHANNELS:
+        return False
+    _, dims, padded = _ref_conv.direct_taps((0, 0) + _as3(x_shape[2:], 1), geom)
+    return not padded or x_shape[1] * math.prod(dims) * 4 <= DIRECT_COPY_BYTES
+
+
+@shape_memo
+def _direct_plan(x5_shape, geom, groups, lanes):
+    """(tap offsets, (Dp, Hp, Wp), output rows per piece, scratch length per thread) for
+    conv_forward_direct (the taps: refdl.functional.conv.direct_taps). Whole images per
+    piece, or (fewer than MIN_CHUNKS images) images cut into pieces of rows, so that the
+    threads have work to share (shapes only: any thread count, the same numbers)."""
+    off, dims, padded = _ref_conv.direct_taps(x5_shape, geom, groups)
+    off.flags.writeable = False
+    R, N = geom[12] * geom[13], x5_shape[0]
+    rows = R if N >= MIN_CHUNKS else -(-R // min(R, -(-MIN_CHUNKS // max(N, 1))))
+    copy = x5_shape[1] * math.prod(dims) if padded else 0
+    return off, dims, rows, _K.DIRECT_TAG + copy + geom[14] * lanes
+
+
+def _pack_direct(w2, groups, lanes):
+    """The weight (C_out, K) as conv_forward_direct reads it: (G, NB, K, lanes), output
+    channel g*cog + b*lanes + l at [g, b, :, l], zeros past cog."""
+    cog, K = w2.shape[0] // groups, w2.shape[1]
+    wp = np.zeros((groups, -(-cog // lanes) * lanes, K), np.float32)
+    wp[:, :cog] = w2.reshape(groups, cog, K)
+    return np.ascontiguousarray(wp.reshape(groups, -1, lanes, K).transpose(0, 1, 3, 2))
+
+
 def conv_forward(x, w2, bias, kernel_size, stride, pads, dilation, out_size, groups=1,
-                 buffers=None):
+                 buffers=None, direct=None):
     """y (N, C_out, *O) = the convolution of x (N, C, *S) with w2 (C_out, C/groups*prod(K))
     plus bias, on the compiled path: im2col and the GEMMs run a piece at a time (a chunk of
     images, or a range of one image's output rows: ``conv_tiling``), on the kernels'
@@ -421,12 +484,25 @@ def conv_forward(x, w2, bias, kernel_size, stride, pads, dilation, out_size, gro
     ``buffers`` (a dict) keeps the scratch between calls. Same numbers as im2col + one
     GEMM; a 3-D convolution that :func:`conv_planes` accepts runs plane by plane instead
     (``conv_forward_planes``: each input plane's columns built once per image), the same
-    sum in another order; see docs/derivations/conv.md."""
+    sum in another order. ``direct``: run the direct convolution (``conv_forward_direct``,
+    float32 only: each output a chain of fused multiply-adds over its taps) or not; None:
+    where :func:`conv_direct` accepts the call. See docs/derivations/conv.md."""
     x5, geom, tiling, shape, osz = _conv_args("conv_forward", x, w2, kernel_size, stride,
                                              pads, dilation, out_size, groups)
     N, Cout = x.shape[0], w2.shape[0]
     y = np.empty((N, Cout, math.prod(osz)), dtype=x.dtype)
     b = np.zeros(0, x.dtype) if bias is None else np.ascontiguousarray(bias, dtype=x.dtype)
+    if direct is None:
+        direct = _direct_wanted(x.shape, w2.shape, x.dtype.char, geom, groups)
+    elif direct and x.dtype != np.float32:
+        raise ValueError(f"conv_forward: the direct convolution runs float32, got {x.dtype}")
+    if direct:
+        lanes = _K.direct_lanes()
+        off, dims, rows, length = _direct_plan(x5.shape, geom, groups, lanes)
+        _K.conv_forward_direct(x5, _pack_direct(w2, groups, lanes), b, y,
+                               scratch(buffers, "direct", (shape[0], length), x.dtype),
+                               off, *dims, *geom[6:9], *geom[3:6], *geom[12:], rows)
+        return y.reshape((N, Cout) + osz)
     ring = conv_planes(x.shape, w2.shape, x.itemsize, geom, groups)
     with threads.blas_serial():
         if ring is not None:

@@ -664,18 +664,84 @@ def test_fuzz_conv_plane_kernel(kernels, monkeypatch):
 
 
 class _Counting:
-    """A kernels module whose conv_forward_planes counts its calls (the rest passes
+    """A kernels module whose function ``name`` counts its calls (the rest passes
     through)."""
 
-    def __init__(self, mod):
-        self._mod, self.calls = mod, 0
+    def __init__(self, mod, name="conv_forward_planes"):
+        self._mod, self._name, self.calls = mod, name, 0
 
     def __getattr__(self, name):
-        return getattr(self._mod, name)
+        fn = getattr(self._mod, name)
+        if name != self._name:
+            return fn
 
-    def conv_forward_planes(self, *a):
-        self.calls += 1
-        return self._mod.conv_forward_planes(*a)
+        def counted(*a):
+            self.calls += 1
+            return fn(*a)
+        return counted
+
+
+def test_fuzz_conv_direct_kernel(kernels, monkeypatch):
+    # refdl.ext.conv_forward's direct convolution (conv_forward_direct, float32: each
+    # output a chain of fused multiply-adds over its taps, no columns) against the loops:
+    # 1-D to 3-D, padding wider than the input (a zero-padded copy per image) or none (x
+    # read in place), strides, dilation, groups, output channels that fill no whole block
+    # of lanes, with and without bias, batches cut into pieces of output rows (MIN_CHUNKS
+    # above the batch). The error stays within the bound of a recursive sum of K terms
+    # with one rounding each, (K + 1) u sum |w x| + |b| (u = 2**-24); the bits are the same
+    # at 1 and 2 threads and with every kernel the build runs (portable, AVX2, AVX-512)
+    build, n = kernels
+    before = refdl.get_num_threads()
+    direct = _Counting(ext._K, "conv_forward_direct")
+    monkeypatch.setattr(ext, "_K", direct)
+    isas = direct.direct_isas()
+
+    @_settings(n)
+    @given(st.data())
+    def run(data):
+        r, spatial, ks, ss, ds = data.draw(window_geometry())
+        Pmax = LIMITS[r][2]
+        ps = tuple(data.draw(st.integers(0, Pmax)) for _ in range(r))
+        groups = data.draw(st.integers(1, 3))
+        cin = groups * data.draw(st.integers(1, 3))
+        cout = groups * data.draw(st.integers(1, 20))
+        N = data.draw(st.integers(1, 5))
+        monkeypatch.setattr(ext, "MIN_CHUNKS", data.draw(st.integers(1, 12)))
+        rng = np.random.default_rng(data.draw(st.integers(0, 2 ** 16)))
+        x = _rand(rng, (N, cin) + spatial).astype(np.float32)
+        Wt = _rand(rng, (cout, cin // groups) + ks).astype(np.float32)
+        bias = _rand(rng, (cout,)).astype(np.float32) if data.draw(st.booleans()) else None
+        b64 = np.zeros(cout) if bias is None else bias.astype(np.float64)
+        y, _ = loop_conv(x.astype(np.float64), Wt.astype(np.float64), b64, ss, ps, ds,
+                         groups)
+        if y is None:
+            return
+        bound, _ = loop_conv(np.abs(x.astype(np.float64)), np.abs(Wt.astype(np.float64)),
+                             np.zeros(cout), ss, ps, ds, groups)
+        K = (cin // groups) * math.prod(ks)
+        args = (ks, ss, tuple((p, p) for p in ps), ds, y.shape[2:], groups)
+        W2 = Wt.reshape(cout, -1)
+        runs = []
+        for isa in isas:
+            direct.set_direct_isa(isa)
+            for threads in (1, 2):
+                refdl.set_num_threads(threads)
+                direct.calls = 0
+                runs.append(ext.conv_forward(x, W2, bias, *args, direct=True))
+                assert direct.calls == 1, "the direct path did not run"
+        direct.set_direct_isa(None)
+        refdl.set_num_threads(before)
+        for other in runs[1:]:
+            assert other.tobytes() == runs[0].tobytes(), "threads or kernels differ"
+        err = np.abs(runs[0].astype(np.float64) - y)
+        limit = (K + 1) * 2.0 ** -24 * bound + 2.0 ** -24 * np.abs(y) + 1e-30
+        assert (err <= limit).all(), float((err / limit).max())
+        TRIED[("conv_forward_direct", build, "valid")] += 1
+    try:
+        run()
+    finally:
+        direct.set_direct_isa(None)
+        refdl.set_num_threads(before)
 
 
 def test_fuzz_conv_transpose_layers(kernels):
@@ -907,6 +973,20 @@ def _all_kernels(K, case):
                 res += [y, idx, ext.max_pool_backward(g, idx, shape)]
             except ValueError:              # a window in the padding: refused alike
                 res.append("refused")
+            if dtype == np.float32:         # the direct convolution: float32 only
+                c_out = int(rng.integers(1, 20))
+                # weights that are not small integers, so that products round (the
+                # builds must round them alike: one fused multiply-add per tap), with
+                # NaN and infinities from the input and some of their own
+                w2 = (rng.standard_normal((c_out, shape[1] * math.prod(ks))) / 3 +
+                      _tie_and_nan_input(rng, (c_out, shape[1] * math.prod(ks)), np.float64,
+                                         nan_share / 4)).astype(dtype)
+                cout_size = tuple((L + 2 * p - d * (k - 1) - 1) // s + 1
+                                  for L, k, s, p, d in zip(shape[2:], ks, ss, ps, ds))
+                if min(cout_size) >= 1:
+                    res.append(ext.conv_forward(x, w2, w2[:, 0].copy(), ks, ss,
+                                                tuple((p, p) for p in ps), ds, cout_size,
+                                                direct=True))
             for include, override in ((True, None), (False, None), (True, 3)):
                 a = ext.avg_pool_forward(x, ks, ss, ps, aout, include, override)
                 g = _tie_and_nan_input(rng, a.shape, dtype, nan_share) / 7

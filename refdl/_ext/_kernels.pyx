@@ -817,6 +817,315 @@ def conv_forward_planes(const real[:, :, :, :, ::1] x, const real[:, :, ::1] wk,
                          bias[co] if bias.shape[0] else 0)
 
 
+# ---- the direct convolution (float32): no columns at all ----
+#
+# y[n, co, o] = b[co] + sum over k = (c, kd, kh, kw) of W[co, k] * x_p[n, c, o*s + kd*dd, ...]
+# computed output row by output row: the C kernel below keeps one accumulator vector per
+# output of a block of the row, its lanes L output channels, and adds one fused
+# multiply-add per tap k: acc[r] = fma(W[co0:co0+L, k], x_p[off[k] + r*sw], acc[r]).
+# Every output's sum starts at +0.0 and takes its terms in the order of k, each with a
+# single rounding (fma), whichever instruction set runs it: the portable loop (C's fmaf,
+# correctly rounded by definition), AVX2 (8 lanes) or AVX-512 (16 lanes). So every build
+# gives the same bits. docs/derivations/conv.md, "The direct convolution".
+cdef extern from *:
+    """
+    #include <math.h>
+    /* out[r*L + l] = sum over k < K of wp[k*L + l] * x[off[k] + r*sw] for the outputs
+       r < OW of one output row and the L lanes l, each sum from +0.0 in the order of k,
+       one fused multiply-add per term. The portable kernel: L = 8. */
+    #define REFDL_DIRECT_R8 12    /* outputs per block with 8 lanes (16 vector registers) */
+    #define REFDL_DIRECT_R16 14   /* with 16 lanes (32 vector registers) */
+    static void refdl_direct_row_portable(const float* x, const Py_ssize_t* off,
+                                          const float* wp, Py_ssize_t K, Py_ssize_t OW,
+                                          Py_ssize_t sw, float* out) {
+        float acc[REFDL_DIRECT_R8][8];
+        for (Py_ssize_t ow0 = 0; ow0 < OW; ow0 += REFDL_DIRECT_R8) {
+            Py_ssize_t R = OW - ow0 < REFDL_DIRECT_R8 ? OW - ow0 : REFDL_DIRECT_R8;
+            for (Py_ssize_t r = 0; r < R; r++)
+                for (int l = 0; l < 8; l++) acc[r][l] = 0.0f;
+            for (Py_ssize_t k = 0; k < K; k++) {
+                const float* xk = x + off[k] + ow0 * sw;
+                const float* wk = wp + 8 * k;
+                for (Py_ssize_t r = 0; r < R; r++) {
+                    const float v = xk[r * sw];
+                    for (int l = 0; l < 8; l++) acc[r][l] = fmaf(wk[l], v, acc[r][l]);
+                }
+            }
+            for (Py_ssize_t r = 0; r < R; r++)
+                for (int l = 0; l < 8; l++) out[(ow0 + r) * 8 + l] = acc[r][l];
+        }
+    }
+    /* a row cut into blocks of near-equal size, at most RMAX outputs each (a short last
+       block would leave the FMA units waiting on too few independent sums) */
+    static inline Py_ssize_t refdl_direct_blocks(Py_ssize_t OW, Py_ssize_t RMAX) {
+        return (OW + RMAX - 1) / RMAX;
+    }
+    #define REFDL_R_SWITCH(R, CALL) switch (R) { \
+        case 1: CALL(1); break; case 2: CALL(2); break; case 3: CALL(3); break; \
+        case 4: CALL(4); break; case 5: CALL(5); break; case 6: CALL(6); break; \
+        case 7: CALL(7); break; case 8: CALL(8); break; case 9: CALL(9); break; \
+        case 10: CALL(10); break; case 11: CALL(11); break; case 12: CALL(12); break; \
+        case 13: CALL(13); break; case 14: CALL(14); break; default: break; }
+    #if defined(__AVX2__) && defined(__FMA__) && defined(__GNUC__)
+    #include <immintrin.h>
+    #define REFDL_HAVE_DIRECT_SIMD 1
+    /* one block of R outputs (R a constant after inlining: the accumulators stay in
+       registers), 8 lanes; sw a constant too in the unit-stride call */
+    static inline __attribute__((always_inline)) void
+    refdl_direct_block8(const float* x, const Py_ssize_t* off, const float* wp,
+                        Py_ssize_t K, const Py_ssize_t sw, float* out, const int R) {
+        __m256 acc[REFDL_DIRECT_R8];
+        #pragma GCC unroll 16
+        for (int r = 0; r < REFDL_DIRECT_R8; r++) if (r < R) acc[r] = _mm256_setzero_ps();
+        for (Py_ssize_t k = 0; k < K; k++) {
+            const __m256 w = _mm256_loadu_ps(wp + 8 * k);
+            const float* xk = x + off[k];
+            #pragma GCC unroll 16
+            for (int r = 0; r < REFDL_DIRECT_R8; r++)
+                if (r < R)
+                    acc[r] = _mm256_fmadd_ps(w, _mm256_broadcast_ss(xk + r * sw), acc[r]);
+        }
+        #pragma GCC unroll 16
+        for (int r = 0; r < REFDL_DIRECT_R8; r++) if (r < R) _mm256_storeu_ps(out + 8 * r, acc[r]);
+    }
+    static void refdl_direct_row_avx2(const float* x, const Py_ssize_t* off,
+                                      const float* wp, Py_ssize_t K, Py_ssize_t OW,
+                                      Py_ssize_t sw, float* out) {
+        Py_ssize_t nb = refdl_direct_blocks(OW, REFDL_DIRECT_R8), ow0 = 0;
+        for (Py_ssize_t b = 0; b < nb; b++) {
+            int R = (int)((OW - ow0) / (nb - b));       /* near-equal blocks */
+            const float* xb = x + ow0 * sw;
+            float* ob = out + ow0 * 8;
+            #define REFDL_CALL_U(RR) refdl_direct_block8(xb, off, wp, K, 1, ob, RR)
+            #define REFDL_CALL_S(RR) refdl_direct_block8(xb, off, wp, K, sw, ob, RR)
+            if (sw == 1) { REFDL_R_SWITCH(R, REFDL_CALL_U) } else { REFDL_R_SWITCH(R, REFDL_CALL_S) }
+            #undef REFDL_CALL_U
+            #undef REFDL_CALL_S
+            ow0 += R;
+        }
+    }
+    /* the same with 16 lanes, compiled for AVX-512 in this function only and called only
+       when the CPU has it (refdl_direct_lanes) */
+    static inline __attribute__((always_inline, target("avx512f"))) void
+    refdl_direct_block16(const float* x, const Py_ssize_t* off, const float* wp,
+                         Py_ssize_t K, const Py_ssize_t sw, float* out, const int R) {
+        __m512 acc[REFDL_DIRECT_R16];
+        #pragma GCC unroll 16
+        for (int r = 0; r < REFDL_DIRECT_R16; r++) if (r < R) acc[r] = _mm512_setzero_ps();
+        for (Py_ssize_t k = 0; k < K; k++) {
+            const __m512 w = _mm512_loadu_ps(wp + 16 * k);
+            const float* xk = x + off[k];
+            #pragma GCC unroll 16
+            for (int r = 0; r < REFDL_DIRECT_R16; r++)
+                if (r < R)
+                    acc[r] = _mm512_fmadd_ps(w, _mm512_set1_ps(xk[r * sw]), acc[r]);
+        }
+        #pragma GCC unroll 16
+        for (int r = 0; r < REFDL_DIRECT_R16; r++) if (r < R) _mm512_storeu_ps(out + 16 * r, acc[r]);
+    }
+    static __attribute__((target("avx512f"))) void
+    refdl_direct_row_avx512(const float* x, const Py_ssize_t* off, const float* wp,
+                            Py_ssize_t K, Py_ssize_t OW, Py_ssize_t sw, float* out) {
+        Py_ssize_t nb = refdl_direct_blocks(OW, REFDL_DIRECT_R16), ow0 = 0;
+        for (Py_ssize_t b = 0; b < nb; b++) {
+            int R = (int)((OW - ow0) / (nb - b));
+            const float* xb = x + ow0 * sw;
+            float* ob = out + ow0 * 16;
+            #define REFDL_CALL_U(RR) refdl_direct_block16(xb, off, wp, K, 1, ob, RR)
+            #define REFDL_CALL_S(RR) refdl_direct_block16(xb, off, wp, K, sw, ob, RR)
+            if (sw == 1) { REFDL_R_SWITCH(R, REFDL_CALL_U) } else { REFDL_R_SWITCH(R, REFDL_CALL_S) }
+            #undef REFDL_CALL_U
+            #undef REFDL_CALL_S
+            ow0 += R;
+        }
+    }
+    static int refdl_direct_avx512_ok(void) {
+        __builtin_cpu_init();
+        return __builtin_cpu_supports("avx512f");
+    }
+    #else
+    #define REFDL_HAVE_DIRECT_SIMD 0
+    static void refdl_direct_row_avx2(const float* x, const Py_ssize_t* off,
+                                      const float* wp, Py_ssize_t K, Py_ssize_t OW,
+                                      Py_ssize_t sw, float* out) {}
+    static void refdl_direct_row_avx512(const float* x, const Py_ssize_t* off,
+                                        const float* wp, Py_ssize_t K, Py_ssize_t OW,
+                                        Py_ssize_t sw, float* out) {}
+    static int refdl_direct_avx512_ok(void) { return 0; }
+    #endif
+    /* the kernel in use: 0 portable, 1 AVX2, 2 AVX-512; -1 until chosen */
+    static int refdl_direct_isa = -1;
+    static int refdl_direct_best(void) {
+        if (!REFDL_HAVE_DIRECT_SIMD) return 0;
+        return refdl_direct_avx512_ok() ? 2 : 1;
+    }
+    static int refdl_direct_set(int isa) {          /* isa -1: the best; 0 on success */
+        int best = refdl_direct_best();
+        if (isa < 0) isa = best;
+        if (isa > best) return -1;
+        refdl_direct_isa = isa;
+        return 0;
+    }
+    static int refdl_direct_lanes(void) {
+        if (refdl_direct_isa < 0) refdl_direct_set(-1);
+        return refdl_direct_isa == 2 ? 16 : 8;
+    }
+    /* y[l*ldy + i] = sums[i*L + l] + b[l] for the lanes l < lanes and outputs i < OW (b
+       NULL: + 0, as the GEMM path adds a zero bias) */
+    static void refdl_direct_store(const float* restrict sums, Py_ssize_t L, Py_ssize_t OW,
+                                   Py_ssize_t lanes, const float* b, float* restrict y,
+                                   Py_ssize_t ldy) {
+        for (Py_ssize_t l = 0; l < lanes; l++) {
+            const float bv = b ? b[l] : 0.0f;
+            float* restrict yl = y + l * ldy;
+            for (Py_ssize_t i = 0; i < OW; i++) yl[i] = sums[i * L + l] + bv;
+        }
+    }
+    static void refdl_direct_row(const float* x, const Py_ssize_t* off, const float* wp,
+                                 Py_ssize_t K, Py_ssize_t OW, Py_ssize_t sw, float* out) {
+        if (refdl_direct_isa == 2) refdl_direct_row_avx512(x, off, wp, K, OW, sw, out);
+        else if (refdl_direct_isa == 1) refdl_direct_row_avx2(x, off, wp, K, OW, sw, out);
+        else refdl_direct_row_portable(x, off, wp, K, OW, sw, out);
+    }
+    """
+    int refdl_direct_isa
+    int refdl_direct_best() noexcept nogil
+    int refdl_direct_set(int isa) noexcept nogil
+    int refdl_direct_lanes() noexcept nogil
+    void refdl_direct_row(const float* x, const Py_ssize_t* off, const float* wp,
+                          Py_ssize_t K, Py_ssize_t OW, Py_ssize_t sw,
+                          float* out) noexcept nogil
+    void refdl_direct_store(const float* sums, Py_ssize_t L, Py_ssize_t OW, Py_ssize_t lanes,
+                            const float* b, float* y, Py_ssize_t ldy) noexcept nogil
+
+
+DIRECT_ISAS = ("portable", "avx2", "avx512")
+# conv_forward_direct's scratch row starts with the tag (the image copied), then the copy
+# at a cache line: 16 floats
+cdef enum:
+    TAG = 16
+DIRECT_TAG = TAG
+
+
+def direct_isa():
+    """The direct convolution's kernel in use: "portable" (C's fmaf, 8 lanes), "avx2"
+    (8 lanes) or "avx512" (16 lanes); each gives the same bits."""
+    refdl_direct_lanes()
+    return DIRECT_ISAS[refdl_direct_isa]
+
+
+def direct_isas():
+    """The direct convolution's kernels this build can run on this CPU."""
+    return DIRECT_ISAS[:refdl_direct_best() + 1]
+
+
+def set_direct_isa(name=None):
+    """Run the direct convolution with the kernel ``name`` (one of :func:`direct_isas`;
+    None: the fastest). For tests and benchmarks: the results are the same bits."""
+    if name is not None and name not in DIRECT_ISAS:
+        raise ValueError(f"set_direct_isa: expected one of {DIRECT_ISAS} or None, "
+                         f"got {name!r}")
+    if refdl_direct_set(-1 if name is None else DIRECT_ISAS.index(name)):
+        raise ValueError(f"set_direct_isa: {name!r} is not available in this build on "
+                         f"this CPU (available: {direct_isas()})")
+
+
+def direct_lanes():
+    """The output channels the direct kernel in use computes at once (its packed weight's
+    last axis: refdl.ext.conv_forward packs it)."""
+    return refdl_direct_lanes()
+
+
+def conv_forward_direct(const float[:, :, :, :, ::1] x, const float[:, :, :, ::1] wp,
+                        const float[::1] bias, float[:, :, ::1] y, float[:, ::1] scratch,
+                        const Py_ssize_t[::1] off, Py_ssize_t Dp, Py_ssize_t Hp,
+                        Py_ssize_t Wp, Py_ssize_t pd, Py_ssize_t ph, Py_ssize_t pw,
+                        Py_ssize_t sd, Py_ssize_t sh, Py_ssize_t sw,
+                        Py_ssize_t OD, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t rows):
+    """y (N, C_out, OD*OH*OW) = the direct convolution of x (N, C, D, H, W) with the packed
+    weight wp (G, NB, K, L) plus bias ((C_out,) or empty), a piece of `rows` output rows
+    (od, oh) of one image per thread at a time.
+
+    The weight of group g's output channels g*cog + b*L + l, tap k (c, kd, kh, kw) is
+    wp[g, b, k, l] (zero for l past cog). The taps' offsets off[k] address a plane set
+    (C/G, Dp, Hp, Wp): x itself when (Dp, Hp, Wp) = (D, H, W) and the padding before
+    (pd, ph, pw) is 0, otherwise this thread's copy of the image with the padding zeroed.
+    The scratch row: the number of the image copied (a tag, TAG entries), the
+    copy, then one output row of sums (OW, L). Every output is computed the same way
+    whatever the pieces and threads."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], D = x.shape[2], H = x.shape[3]
+    cdef Py_ssize_t W = x.shape[4], G = wp.shape[0], NB = wp.shape[1], K = wp.shape[2]
+    cdef Py_ssize_t L = wp.shape[3], Cout = y.shape[1], LO = OD * OH * OW
+    cdef Py_ssize_t HWp = Hp * Wp, plane = Dp * HWp
+    cdef bint padded = pd != 0 or ph != 0 or pw != 0 or Dp != D or Hp != H or Wp != W
+    cdef Py_ssize_t img = C * plane if padded else 0
+    cdef Py_ssize_t k, top, Cg, cog, R = OD * OH
+    # once per call: every offset the loops below compute stays inside the plane set
+    if L != refdl_direct_lanes():
+        raise ValueError(f"conv_forward_direct: the packed weight has {L} lanes, the "
+                         f"kernel in use {refdl_direct_lanes()}")
+    if min(sd, sh, sw) < 1 or min(pd, ph, pw) < 0 or min(OD, OH, OW) < 1 or \
+            min(Dp, Hp, Wp) < 1 or K < 1 or G < 1 or C % G or Cout % G or rows < 1 or \
+            N >= 2 ** 24:
+        raise ValueError("conv_forward_direct: bad geometry")
+    Cg, cog = C // G, Cout // G
+    if y.shape[0] != N or y.shape[2] != LO or NB * L < cog or (NB - 1) * L >= cog or \
+            off.shape[0] != K or (bias.shape[0] != 0 and bias.shape[0] != Cout):
+        raise ValueError("conv_forward_direct: inconsistent shapes")
+    if scratch.shape[1] < TAG + img + OW * L:
+        raise ValueError("conv_forward_direct: scratch too small")
+    top = (OD - 1) * sd * HWp + (OH - 1) * sh * Wp + (OW - 1) * sw
+    for k in range(K):
+        if off[k] < 0 or off[k] + top >= Cg * plane:
+            raise ValueError(f"conv_forward_direct: tap {k} reads outside the image")
+    cdef Py_ssize_t RB = (R + rows - 1) // rows          # pieces per image
+    cdef int nt = n_threads(N * G * K * LO, N * RB)
+    if scratch.shape[0] < nt:
+        raise ValueError("conv_forward_direct: scratch has too few rows for the threads")
+    cdef Py_ssize_t p, n, r, gr, b, od, oh, co, c, d, h, lanes, w0, w1, h0, h1, d0, d1
+    cdef const float* xi
+    cdef float* buf
+    cdef float* sums
+    for k in range(nt):
+        # no image copied yet (-1: exact, as every image number, N < 2**24); the padding
+        # is the same for every image: zeroed once, never written after
+        scratch[k, 0] = -1
+        if padded:
+            memset(&scratch[k, TAG], 0, <size_t>img * sizeof(float))
+    # x's entries that land inside the plane set: d + pd in [0, Dp), and so on
+    d0, d1 = 0, min(D, Dp - pd)
+    h0, h1 = 0, min(H, Hp - ph)
+    w0, w1 = 0, min(W, Wp - pw)
+    for p in prange(N * RB, nogil=True, schedule="static", num_threads=nt):
+        n = p // RB
+        buf = &scratch[threadid(), 0]
+        sums = buf + TAG + img
+        if padded and buf[0] != n:       # a thread's pieces are consecutive: mostly one
+            buf[0] = n                   # copy per image
+            for c in range(C):
+                for d in range(d0, d1):
+                    for h in range(h0, h1):
+                        if w1 > w0:
+                            copy_row(buf + TAG + c * plane + (d + pd) * HWp + (h + ph) * Wp + pw,
+                                     &x[n, c, d, h, 0], w1 - w0, 1)
+        if padded:
+            xi = buf + TAG
+        else:
+            xi = &x[n, 0, 0, 0, 0]
+        for gr in range(G):
+            for b in range(NB):
+                lanes = min(L, cog - b * L)
+                for r in range((p % RB) * rows, min(R, (p % RB + 1) * rows)):
+                    od = r // OH
+                    oh = r % OH
+                    refdl_direct_row(xi + gr * Cg * plane + od * sd * HWp + oh * sh * Wp,
+                                     &off[0], &wp[gr, b, 0, 0], K, OW, sw, sums)
+                    co = gr * cog + b * L
+                    refdl_direct_store(sums, L, OW, lanes,
+                                       &bias[co] if bias.shape[0] else NULL,
+                                       &y[n, co, r * OW], LO)
+
+
 def conv_backward(const real[:, :, :, :, ::1] x, const real[:, ::1] w,
                   const real[:, :, ::1] gy, real[:, :, :, :, ::1] dx, real[:, :, ::1] dw,
                   real[:, ::1] scratch, bint g_pixel_major,

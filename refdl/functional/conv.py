@@ -191,3 +191,23 @@ def col2im(cols, x_shape, kernel_size, stride=1, padding=0, dilation=1, out_size
         xp[(slice(None), slice(None)) + window] += c6[(slice(None),) + k].swapaxes(0, 1)
     crop = tuple(slice(lo, lo + L) for (lo, _), L in zip(ps, spatial))
     return np.ascontiguousarray(xp[(slice(None), slice(None)) + crop])
+
+
+def direct_taps(x5_shape, geom, groups=1):
+    """Where each tap of the direct convolution reads (refdl.ext.conv_forward_direct,
+    docs/derivations/conv.md): (off, (Dp, Hp, Wp), padded) for x of shape (N, C, D, H, W)
+    and geom = (KD, KH, KW, sd, sh, sw, pd, ph, pw, dd, dh, dw, OD, OH, OW), with pd, ph,
+    pw the padding before each axis. The taps address a plane set (C/groups, Dp, Hp, Wp):
+    x itself when no padding is needed (padded False), else the zero-padded extent the
+    outputs read, ((O - 1) s + (K - 1) d + 1 along each axis). Tap k = (c, kd, kh, kw)
+    reads off[k] = c Dp Hp Wp + kd dd Hp Wp + kh dh Wp + kw dw past its output's window
+    corner."""
+    KD, KH, KW, sd, sh, sw, pd, ph, pw, dd, dh, dw, OD, OH, OW = geom
+    extent = ((OD - 1) * sd + (KD - 1) * dd + 1, (OH - 1) * sh + (KH - 1) * dh + 1,
+              (OW - 1) * sw + (KW - 1) * dw + 1)
+    padded = (pd, ph, pw) != (0, 0, 0) or any(e > n for e, n in zip(extent, x5_shape[2:]))
+    Dp, Hp, Wp = extent if padded else tuple(x5_shape[2:])
+    c, kd, kh, kw = np.meshgrid(np.arange(x5_shape[1] // groups), np.arange(KD),
+                                np.arange(KH), np.arange(KW), indexing="ij")
+    off = (c * (Dp * Hp * Wp) + kd * (dd * Hp * Wp) + kh * (dh * Wp) + kw * dw).ravel()
+    return off.astype(np.intp), (Dp, Hp, Wp), padded

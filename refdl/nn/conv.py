@@ -27,7 +27,10 @@ F(2x2, 3x3) algorithm (refdl.functional.winograd, docs/derivations/winograd.md):
 convolution with 2.25x fewer multiplications. ``layer.algorithm`` chooses: "auto" (the
 default, DEFAULT_ALGORITHM) picks Winograd where it measured faster (compiled kernels, at
 least WINOGRAD_MIN_CHANNELS input and output channels), "winograd" forces it (an error
-where it does not apply), "im2col" forces the GEMM path.
+where it does not apply), "im2col" forces the GEMM path. Where neither Winograd nor "im2col"
+is chosen, a float32 convolution on the compiled path that ``refdl.ext.conv_direct``
+accepts runs the direct convolution instead (no columns; docs/derivations/conv.md):
+``layer.last_algorithm`` is then "direct". Its backward is the im2col path's.
 """
 import math
 from typing import NamedTuple, Optional
@@ -158,7 +161,7 @@ class _ConvBase(Module):
         self._spare = {}
         self._geom = None      # (input shape, settings) -> geometry of the last forward
         self.algorithm = DEFAULT_ALGORITHM
-        self.last_algorithm = None   # "im2col" or "winograd": what the last forward ran
+        self.last_algorithm = None   # "im2col", "direct" or "winograd": the last forward's
 
     def reset_parameters(self, generator=None):
         """PyTorch's default: kaiming_uniform_(W, a=sqrt(5)), b ~ U(+-1/sqrt(fan_in)).
@@ -342,10 +345,17 @@ class _ConvNd(_ConvBase):
             return y if batched else y[0]
         self.last_algorithm = "im2col"
         if ext.conv_chunked(C * math.prod(self.kernel_size), self.out_channels, out):
-            # compiled: im2col and the GEMMs a chunk of images at a time, in cache
+            # compiled: im2col and the GEMMs a chunk of images at a time, in cache, or
+            # the direct convolution
             W2 = self._weight(xb.dtype).reshape(self.out_channels, -1)
+            direct = self.algorithm != "im2col" and ext.conv_direct(
+                xb.shape, W2.shape, xb.dtype, self.kernel_size, self.stride, pads,
+                self.dilation, out, self.groups)
+            if direct:
+                self.last_algorithm = "direct"
             y = ext.conv_forward(xb, W2, bias, self.kernel_size, self.stride, pads,
-                                 self.dilation, out, self.groups, buffers=self._spare)
+                                 self.dilation, out, self.groups, buffers=self._spare,
+                                 direct=direct)
             if recording:
                 self.save_for_backward(ConvChunkCache(x=xb, pads=pads,
                                                       out=out, batched=batched,
