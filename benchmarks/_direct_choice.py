@@ -48,7 +48,11 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--calls", type=int, default=7)
     ap.add_argument("--only", default=None)
+    ap.add_argument("--isa", default=None, help="the direct kernel to time (portable, "
+                    "avx2, avx512; default the fastest): with OPENBLAS_CORETYPE=Haswell, "
+                    "--isa avx2 stands in for an AVX2 laptop")
     args = ap.parse_args()
+    ext._K.set_direct_isa(args.isa)
     rng = np.random.default_rng(0)
     print(f"direct kernel {ext._K.direct_isa()}, build {ext.kernel_variant()}, load "
           f"{os.getloadavg()[0]:.2f}")

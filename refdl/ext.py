@@ -412,15 +412,17 @@ def conv_planes(x_shape, w_shape, itemsize, geom, groups):
     return length if length * itemsize <= PLANE_RING_BYTES else None
 
 
-# the direct convolution's rule (conv_direct), from benchmarks/_direct_choice.py: a sum of
-# fewer taps than DIRECT_MIN_TAPS leaves the transposed store of the outputs the larger
-# cost (LeNet's conv1, 25 taps: 1.23-1.33x the GEMM path's time; 3x3 from 2 channels, 18
-# taps: 1.22x at 1 thread), and fewer than DIRECT_MIN_CHANNELS output channels fill too
-# few lanes (4 of 16: 1.03-1.08x); a zero-padded image copy above DIRECT_COPY_BYTES (per
-# thread) is left to the GEMM path, which needs no copy of the whole image
-DIRECT_MIN_TAPS = 27
-DIRECT_MIN_CHANNELS = 6
+# the direct convolution's rule (conv_direct), from benchmarks/_direct_choice.py on this
+# AVX-512 machine and as an AVX2 laptop (OpenBLAS's Haswell kernels, the AVX2 direct
+# kernel; docs/performance.md): below DIRECT_MIN_TAPS taps the transposed store of the
+# outputs costs more than the columns save (Conv1d, 5 taps: 1.2x the GEMM path's time,
+# 0.9x on AVX2; LeNet's conv1, 25: 1.1x and 0.4x, so it runs direct); with fewer output
+# channels per group than DIRECT_MIN_CHANNELS most lanes stay empty; a padded copy above
+# DIRECT_COPY_BYTES is left to the GEMM path; DIRECT_NARROW channels or fewer: 8 lanes
+DIRECT_MIN_TAPS = 16
+DIRECT_MIN_CHANNELS = 4
 DIRECT_COPY_BYTES = 4 << 20
+DIRECT_NARROW = 8
 
 
 def conv_direct(x_shape, w_shape, dtype, kernel_size, stride, pads, dilation, out_size,
@@ -497,7 +499,7 @@ def conv_forward(x, w2, bias, kernel_size, stride, pads, dilation, out_size, gro
     elif direct and x.dtype != np.float32:
         raise ValueError(f"conv_forward: the direct convolution runs float32, got {x.dtype}")
     if direct:
-        lanes = _K.direct_lanes()
+        lanes = 8 if Cout // groups <= DIRECT_NARROW else _K.direct_lanes()
         off, dims, rows, length = _direct_plan(x5.shape, geom, groups, lanes)
         _K.conv_forward_direct(x5, _pack_direct(w2, groups, lanes), b, y,
                                scratch(buffers, "direct", (shape[0], length), x.dtype),

@@ -113,10 +113,18 @@ def test_the_rule_and_the_layer_report(monkeypatch):
     conv2.algorithm = "im2col"
     conv2(x)
     assert conv2.last_algorithm == "im2col"
-    # LeNet's conv1: 25 taps per output, below DIRECT_MIN_TAPS
+    # a Conv1d with 5 taps per output, below DIRECT_MIN_TAPS; 3 output channels, below
+    # DIRECT_MIN_CHANNELS
+    short = nn.Conv1d(1, 32, 5).to(np.float32)
+    short(rng.standard_normal((4, 1, 40)).astype(np.float32))
+    assert short.last_algorithm == "im2col"
+    few = nn.Conv2d(6, 3, 5).to(np.float32)
+    few(x)
+    assert few.last_algorithm == "im2col"
+    # LeNet's conv1 (25 taps, 6 channels: on 8 lanes)
     conv1 = nn.Conv2d(1, 6, 5).to(np.float32)
     conv1(rng.standard_normal((4, 1, 28, 28)).astype(np.float32))
-    assert conv1.last_algorithm == "im2col"
+    assert conv1.last_algorithm == "direct"
     # a 1x1 convolution is a plain GEMM
     pw = nn.Conv2d(64, 64, 1).to(np.float32)
     pw(rng.standard_normal((2, 64, 4, 4)).astype(np.float32))

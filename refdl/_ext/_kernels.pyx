@@ -866,12 +866,14 @@ cdef extern from *:
         case 7: CALL(7); break; case 8: CALL(8); break; case 9: CALL(9); break; \
         case 10: CALL(10); break; case 11: CALL(11); break; case 12: CALL(12); break; \
         case 13: CALL(13); break; case 14: CALL(14); break; default: break; }
-    #if defined(__AVX2__) && defined(__FMA__) && defined(__GNUC__)
+    #if defined(__x86_64__) && defined(__GNUC__)
+    /* the vector kernels are compiled for their instruction set function by function
+       (target attributes), in every build, and run only where the CPU has it: the
+       baseline build runs them too, so REFDL_KERNELS=baseline costs no speed here */
     #include <immintrin.h>
-    #define REFDL_HAVE_DIRECT_SIMD 1
     /* one block of R outputs (R a constant after inlining: the accumulators stay in
        registers), 8 lanes; sw a constant too in the unit-stride call */
-    static inline __attribute__((always_inline)) void
+    static inline __attribute__((always_inline, target("avx2,fma"))) void
     refdl_direct_block8(const float* x, const Py_ssize_t* off, const float* wp,
                         Py_ssize_t K, const Py_ssize_t sw, float* out, const int R) {
         __m256 acc[REFDL_DIRECT_R8];
@@ -888,9 +890,9 @@ cdef extern from *:
         #pragma GCC unroll 16
         for (int r = 0; r < REFDL_DIRECT_R8; r++) if (r < R) _mm256_storeu_ps(out + 8 * r, acc[r]);
     }
-    static void refdl_direct_row_avx2(const float* x, const Py_ssize_t* off,
-                                      const float* wp, Py_ssize_t K, Py_ssize_t OW,
-                                      Py_ssize_t sw, float* out) {
+    static __attribute__((target("avx2,fma"))) void
+    refdl_direct_row_avx2(const float* x, const Py_ssize_t* off, const float* wp,
+                          Py_ssize_t K, Py_ssize_t OW, Py_ssize_t sw, float* out) {
         Py_ssize_t nb = refdl_direct_blocks(OW, REFDL_DIRECT_R8), ow0 = 0;
         for (Py_ssize_t b = 0; b < nb; b++) {
             int R = (int)((OW - ow0) / (nb - b));       /* near-equal blocks */
@@ -939,26 +941,23 @@ cdef extern from *:
             ow0 += R;
         }
     }
-    static int refdl_direct_avx512_ok(void) {
+    static int refdl_direct_simd(void) {   /* 2: AVX-512, 1: AVX2 and FMA, 0: neither */
         __builtin_cpu_init();
-        return __builtin_cpu_supports("avx512f");
+        if (__builtin_cpu_supports("avx512f")) return 2;
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
     }
     #else
-    #define REFDL_HAVE_DIRECT_SIMD 0
     static void refdl_direct_row_avx2(const float* x, const Py_ssize_t* off,
                                       const float* wp, Py_ssize_t K, Py_ssize_t OW,
                                       Py_ssize_t sw, float* out) {}
     static void refdl_direct_row_avx512(const float* x, const Py_ssize_t* off,
                                         const float* wp, Py_ssize_t K, Py_ssize_t OW,
                                         Py_ssize_t sw, float* out) {}
-    static int refdl_direct_avx512_ok(void) { return 0; }
+    static int refdl_direct_simd(void) { return 0; }
     #endif
     /* the kernel in use: 0 portable, 1 AVX2, 2 AVX-512; -1 until chosen */
     static int refdl_direct_isa = -1;
-    static int refdl_direct_best(void) {
-        if (!REFDL_HAVE_DIRECT_SIMD) return 0;
-        return refdl_direct_avx512_ok() ? 2 : 1;
-    }
+    static int refdl_direct_best(void) { return refdl_direct_simd(); }
     static int refdl_direct_set(int isa) {          /* isa -1: the best; 0 on success */
         int best = refdl_direct_best();
         if (isa < 0) isa = best;
@@ -981,10 +980,13 @@ cdef extern from *:
             for (Py_ssize_t i = 0; i < OW; i++) yl[i] = sums[i * L + l] + bv;
         }
     }
+    /* L lanes: 16 runs the AVX-512 kernel (refdl_direct_lanes() must be 16), 8 the AVX2
+       kernel where the CPU has it (an AVX-512 CPU has), else the portable loop */
     static void refdl_direct_row(const float* x, const Py_ssize_t* off, const float* wp,
-                                 Py_ssize_t K, Py_ssize_t OW, Py_ssize_t sw, float* out) {
-        if (refdl_direct_isa == 2) refdl_direct_row_avx512(x, off, wp, K, OW, sw, out);
-        else if (refdl_direct_isa == 1) refdl_direct_row_avx2(x, off, wp, K, OW, sw, out);
+                                 Py_ssize_t K, Py_ssize_t OW, Py_ssize_t sw, float* out,
+                                 Py_ssize_t L) {
+        if (L == 16) refdl_direct_row_avx512(x, off, wp, K, OW, sw, out);
+        else if (refdl_direct_isa >= 1) refdl_direct_row_avx2(x, off, wp, K, OW, sw, out);
         else refdl_direct_row_portable(x, off, wp, K, OW, sw, out);
     }
     """
@@ -994,7 +996,7 @@ cdef extern from *:
     int refdl_direct_lanes() noexcept nogil
     void refdl_direct_row(const float* x, const Py_ssize_t* off, const float* wp,
                           Py_ssize_t K, Py_ssize_t OW, Py_ssize_t sw,
-                          float* out) noexcept nogil
+                          float* out, Py_ssize_t L) noexcept nogil
     void refdl_direct_store(const float* sums, Py_ssize_t L, Py_ssize_t OW, Py_ssize_t lanes,
                             const float* b, float* y, Py_ssize_t ldy) noexcept nogil
 
@@ -1031,8 +1033,9 @@ def set_direct_isa(name=None):
 
 
 def direct_lanes():
-    """The output channels the direct kernel in use computes at once (its packed weight's
-    last axis: refdl.ext.conv_forward packs it)."""
+    """The most output channels the direct kernel in use computes at once: 16 (AVX-512) or
+    8. The packed weight's last axis (refdl.ext.conv_forward packs it) is this or 8: an
+    AVX-512 CPU also runs the 8-lane AVX2 kernel, which refdl picks for a few channels."""
     return refdl_direct_lanes()
 
 
@@ -1061,9 +1064,9 @@ def conv_forward_direct(const float[:, :, :, :, ::1] x, const float[:, :, :, ::1
     cdef Py_ssize_t img = C * plane if padded else 0
     cdef Py_ssize_t k, top, Cg, cog, R = OD * OH
     # once per call: every offset the loops below compute stays inside the plane set
-    if L != refdl_direct_lanes():
+    if L != 8 and L != refdl_direct_lanes():
         raise ValueError(f"conv_forward_direct: the packed weight has {L} lanes, the "
-                         f"kernel in use {refdl_direct_lanes()}")
+                         f"kernel in use takes 8 or {refdl_direct_lanes()}")
     if min(sd, sh, sw) < 1 or min(pd, ph, pw) < 0 or min(OD, OH, OW) < 1 or \
             min(Dp, Hp, Wp) < 1 or K < 1 or G < 1 or C % G or Cout % G or rows < 1 or \
             N >= 2 ** 24:
@@ -1119,7 +1122,7 @@ def conv_forward_direct(const float[:, :, :, :, ::1] x, const float[:, :, :, ::1
                     od = r // OH
                     oh = r % OH
                     refdl_direct_row(xi + gr * Cg * plane + od * sd * HWp + oh * sh * Wp,
-                                     &off[0], &wp[gr, b, 0, 0], K, OW, sw, sums)
+                                     &off[0], &wp[gr, b, 0, 0], K, OW, sw, sums, L)
                     co = gr * cog + b * L
                     refdl_direct_store(sums, L, OW, lanes,
                                        &bias[co] if bias.shape[0] else NULL,
