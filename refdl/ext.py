@@ -414,11 +414,11 @@ def conv_planes(x_shape, w_shape, itemsize, geom, groups):
 
 # the direct convolution's rule (conv_direct), from benchmarks/_direct_choice.py on this
 # AVX-512 machine and as an AVX2 laptop (OpenBLAS's Haswell kernels, the AVX2 direct
-# kernel; docs/performance.md): below DIRECT_MIN_TAPS taps the transposed store of the
-# outputs costs more than the columns save (Conv1d, 5 taps: 1.2x the GEMM path's time,
-# 0.9x on AVX2; LeNet's conv1, 25: 1.1x and 0.4x, so it runs direct); with fewer output
-# channels per group than DIRECT_MIN_CHANNELS most lanes stay empty; a padded copy above
-# DIRECT_COPY_BYTES is left to the GEMM path; DIRECT_NARROW channels or fewer: 8 lanes
+# kernel; docs/performance.md), time against the GEMM path's at 1 thread: with few taps
+# the outputs' transposed store weighs more (Conv1d, 5 taps: 1.04x, 0.79x on AVX2; 3x3
+# from 2 channels, 18: 1.32x and 0.67x; LeNet's conv1, 25: 1.07x and 0.37x); with fewer
+# output channels per group than DIRECT_MIN_CHANNELS most lanes stay empty; a padded copy
+# above DIRECT_COPY_BYTES is left to the GEMM path; DIRECT_NARROW channels or fewer: 8 lanes
 DIRECT_MIN_TAPS = 16
 DIRECT_MIN_CHANNELS = 4
 DIRECT_COPY_BYTES = 4 << 20

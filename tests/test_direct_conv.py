@@ -186,3 +186,47 @@ def test_direct_kernel_checks_its_tables():
         ext.conv_forward(x.astype(np.float64)[:, :, 0], np.ones((4, 27)), None, (3, 3),
                          (1, 1), ((0, 0), (0, 0)), (1, 1), (3, 3), 1, direct=True)
     assert math.prod(y.shape) == 72
+
+
+@pytest.mark.parametrize("variant", KERNEL_VARIANTS)
+def test_direct_wide_rows_every_kernel_alike(variant, monkeypatch):
+    # rows of 8 outputs and more (the vector kernels store 8 x 8 blocks transposed in
+    # registers, the rest one by one), 1 to 40 output channels (8 and 16 lanes, partial
+    # blocks), with and without bias and padding: every kernel of the build gives the
+    # portable loop's bits, within the recursive-sum bound of a float64 reference
+    mod = kernel_variant_module(variant)
+    monkeypatch.setattr(ext, "_K", mod)
+    rng = np.random.default_rng(11)
+    with ext.numpy_path(False):
+        for trial in range(12):
+            C, Co = int(rng.integers(1, 5)), int(rng.integers(1, 41))
+            k, pad = int(rng.integers(1, 4)), int(rng.integers(0, 3))
+            W_in = int(rng.integers(8, 40))
+            x = rng.standard_normal((2, C, 3, W_in)).astype(np.float32)
+            w2 = rng.standard_normal((Co, C * k * k)).astype(np.float32)
+            b = rng.standard_normal(Co).astype(np.float32) if trial % 2 else None
+            out = (3 + 2 * pad - k + 1, W_in + 2 * pad - k + 1)
+            args = ((k, k), (1, 1), ((pad, pad), (pad, pad)), (1, 1), out, 1)
+            ys = {}
+            for isa in mod.direct_isas():
+                mod.set_direct_isa(isa)
+                try:
+                    ys[isa] = ext.conv_forward(x, w2, b, *args, direct=True)
+                finally:
+                    mod.set_direct_isa(None)
+            for isa, y in ys.items():
+                assert y.tobytes() == ys["portable"].tobytes(), (variant, isa, C, Co, k, W_in)
+            xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+            ref = np.zeros((2, Co) + out)
+            bound = np.zeros_like(ref)
+            W4 = w2.astype(np.float64).reshape(Co, C, k, k)
+            for kh in range(k):
+                for kw in range(k):
+                    win = xp[:, :, kh:kh + out[0], kw:kw + out[1]]
+                    ref += np.einsum("oc,nchw->nohw", W4[:, :, kh, kw], win)
+                    bound += np.einsum("oc,nchw->nohw", np.abs(W4[:, :, kh, kw]), np.abs(win))
+            if b is not None:
+                ref += b[:, None, None]
+            err = np.abs(ys["portable"] - ref)
+            assert (err <= (C * k * k + 1) * 2.0 ** -24 * bound + 2.0 ** -24 * np.abs(ref)
+                    + 1e-30).all()

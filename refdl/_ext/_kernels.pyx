@@ -941,6 +941,47 @@ cdef extern from *:
             ow0 += R;
         }
     }
+    /* refdl_direct_store's work, 8 outputs x 8 channels at a time: the 8 rows of sums
+       (one output each, 8 channels) transposed in registers into 8 rows of y (one
+       channel each, 8 outputs), + the bias: the same one addition per value as the
+       scalar loop (the same bits), at a quarter of its time or less */
+    static __attribute__((target("avx2,fma"))) Py_ssize_t
+    refdl_direct_store_avx2(const float* restrict sums, Py_ssize_t L, Py_ssize_t OW,
+                            Py_ssize_t lanes, const float* b, float* restrict y,
+                            Py_ssize_t ldy) {
+        Py_ssize_t i0 = 0;
+        for (; i0 + 8 <= OW; i0 += 8) {
+            for (Py_ssize_t h = 0; h < lanes; h += 8) {
+                const float* s = sums + i0 * L + h;
+                __m256 r0 = _mm256_loadu_ps(s), r1 = _mm256_loadu_ps(s + L);
+                __m256 r2 = _mm256_loadu_ps(s + 2 * L), r3 = _mm256_loadu_ps(s + 3 * L);
+                __m256 r4 = _mm256_loadu_ps(s + 4 * L), r5 = _mm256_loadu_ps(s + 5 * L);
+                __m256 r6 = _mm256_loadu_ps(s + 6 * L), r7 = _mm256_loadu_ps(s + 7 * L);
+                __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
+                __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+                __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
+                __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+                __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+                __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+                __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+                __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+                __m256 c[8];                  /* c[j][i] = sums[(i0 + i) L + h + j] */
+                c[0] = _mm256_permute2f128_ps(u0, u4, 0x20);
+                c[1] = _mm256_permute2f128_ps(u1, u5, 0x20);
+                c[2] = _mm256_permute2f128_ps(u2, u6, 0x20);
+                c[3] = _mm256_permute2f128_ps(u3, u7, 0x20);
+                c[4] = _mm256_permute2f128_ps(u0, u4, 0x31);
+                c[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
+                c[6] = _mm256_permute2f128_ps(u2, u6, 0x31);
+                c[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
+                Py_ssize_t nj = lanes - h < 8 ? lanes - h : 8;
+                for (Py_ssize_t j = 0; j < nj; j++)
+                    _mm256_storeu_ps(y + (h + j) * ldy + i0,
+                                     _mm256_add_ps(c[j], _mm256_set1_ps(b ? b[h + j] : 0.0f)));
+            }
+        }
+        return i0;                            /* the outputs stored; the caller does the rest */
+    }
     static int refdl_direct_simd(void) {   /* 2: AVX-512, 1: AVX2 and FMA, 0: neither */
         __builtin_cpu_init();
         if (__builtin_cpu_supports("avx512f")) return 2;
@@ -953,6 +994,9 @@ cdef extern from *:
     static void refdl_direct_row_avx512(const float* x, const Py_ssize_t* off,
                                         const float* wp, Py_ssize_t K, Py_ssize_t OW,
                                         Py_ssize_t sw, float* out) {}
+    static Py_ssize_t refdl_direct_store_avx2(const float* sums, Py_ssize_t L, Py_ssize_t OW,
+                                              Py_ssize_t lanes, const float* b, float* y,
+                                              Py_ssize_t ldy) { return 0; }
     static int refdl_direct_simd(void) { return 0; }
     #endif
     /* the kernel in use: 0 portable, 1 AVX2, 2 AVX-512; -1 until chosen */
@@ -974,10 +1018,12 @@ cdef extern from *:
     static void refdl_direct_store(const float* restrict sums, Py_ssize_t L, Py_ssize_t OW,
                                    Py_ssize_t lanes, const float* b, float* restrict y,
                                    Py_ssize_t ldy) {
+        Py_ssize_t i0 = refdl_direct_isa >= 1 ?
+            refdl_direct_store_avx2(sums, L, OW, lanes, b, y, ldy) : 0;
         for (Py_ssize_t l = 0; l < lanes; l++) {
             const float bv = b ? b[l] : 0.0f;
             float* restrict yl = y + l * ldy;
-            for (Py_ssize_t i = 0; i < OW; i++) yl[i] = sums[i * L + l] + bv;
+            for (Py_ssize_t i = i0; i < OW; i++) yl[i] = sums[i * L + l] + bv;
         }
     }
     /* L lanes: 16 runs the AVX-512 kernel (refdl_direct_lanes() must be 16), 8 the AVX2
