@@ -498,14 +498,16 @@ def _layer_both(make, x, G):
     return _both(fn)
 
 
-def _conv_case(data):
+def _conv_case(data, groups=2, cin=2, cout=2, batch=(0, 2)):
+    """A convolution's geometry; groups, cin, cout: the most groups and channels per
+    group; batch: the range of N."""
     r, spatial, ks, ss, ds = data.draw(window_geometry())
     Pmax = LIMITS[r][2]
     ps = tuple(data.draw(st.integers(0, Pmax)) for _ in range(r))
-    groups = data.draw(st.integers(1, 2))
-    cin = groups * data.draw(st.integers(1, 2))
-    cout = groups * data.draw(st.integers(1, 2))
-    N = data.draw(st.integers(0, 2))
+    groups = data.draw(st.integers(1, groups))
+    cin = groups * data.draw(st.integers(1, cin))
+    cout = groups * data.draw(st.integers(1, cout))
+    N = data.draw(st.integers(*batch))
     seed = data.draw(st.integers(0, 2 ** 16))
     return r, spatial, ks, ss, ps, ds, groups, cin, cout, N, seed
 
@@ -699,15 +701,10 @@ def test_fuzz_conv_direct_kernel(kernels, monkeypatch):
     @_settings(n)
     @given(st.data())
     def run(data):
-        r, spatial, ks, ss, ds = data.draw(window_geometry())
-        Pmax = LIMITS[r][2]
-        ps = tuple(data.draw(st.integers(0, Pmax)) for _ in range(r))
-        groups = data.draw(st.integers(1, 3))
-        cin = groups * data.draw(st.integers(1, 3))
-        cout = groups * data.draw(st.integers(1, 20))
-        N = data.draw(st.integers(1, 5))
+        r, spatial, ks, ss, ps, ds, groups, cin, cout, N, seed = _conv_case(
+            data, groups=3, cin=3, cout=20, batch=(1, 5))
         monkeypatch.setattr(ext, "MIN_CHUNKS", data.draw(st.integers(1, 12)))
-        rng = np.random.default_rng(data.draw(st.integers(0, 2 ** 16)))
+        rng = np.random.default_rng(seed)
         x = _rand(rng, (N, cin) + spatial).astype(np.float32)
         Wt = _rand(rng, (cout, cin // groups) + ks).astype(np.float32)
         bias = _rand(rng, (cout,)).astype(np.float32) if data.draw(st.booleans()) else None

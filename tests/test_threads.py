@@ -368,6 +368,7 @@ def test_chunked_conv_calls_blas_from_its_threads_with_a_pool_of_one(monkeypatch
     refdl.set_num_threads(2)
     with ext.numpy_path(False):
         m = nn.Conv2d(3, 4, 3)
+        m.algorithm = "im2col"          # float32 would run the direct forward (no BLAS)
         m.backward(np.ones_like(m(np.ones((2, 3, 8, 8), np.float32))))
     assert inside == [{1}, {1}]
     assert set(blas_threads().values()) == {2}
