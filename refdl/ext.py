@@ -448,7 +448,8 @@ def conv_direct(x_shape, w_shape, dtype, kernel_size, stride, pads, dilation, ou
 @shape_memo
 def _direct_wanted(x_shape, w_shape, dtype_char, geom, groups):
     if dtype_char != "f" or not available() or math.prod(geom[:3]) == 1 or \
-            w_shape[1] < DIRECT_MIN_TAPS or w_shape[0] // groups < DIRECT_MIN_CHANNELS:
+            w_shape[1] < DIRECT_MIN_TAPS or w_shape[0] // groups < DIRECT_MIN_CHANNELS or \
+            x_shape[0] >= 1 << 24:          # the kernel tags images with floats
         return False
     _, dims, padded = _ref_conv.direct_taps((0, 0) + _as3(x_shape[2:], 1), geom)
     return not padded or x_shape[1] * math.prod(dims) * 4 <= DIRECT_COPY_BYTES
@@ -461,7 +462,6 @@ def _direct_plan(x5_shape, geom, groups, lanes):
     piece, or (fewer than MIN_CHUNKS images) images cut into pieces of rows, so that the
     threads have work to share (shapes only: any thread count, the same numbers)."""
     off, dims, padded = _ref_conv.direct_taps(x5_shape, geom, groups)
-    off.flags.writeable = False
     R, N = geom[12] * geom[13], x5_shape[0]
     rows = R if N >= MIN_CHUNKS else -(-R // min(R, -(-MIN_CHUNKS // max(N, 1))))
     copy = x5_shape[1] * math.prod(dims) if padded else 0

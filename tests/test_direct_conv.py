@@ -12,6 +12,9 @@ it; and the kernel's own checks of the tables it trusts. The differential fuzz t
 test_fuzz_kernels.py::test_fuzz_conv_direct_kernel.
 """
 import math
+import os
+import subprocess
+import sys
 from fractions import Fraction
 
 import numpy as np
@@ -21,6 +24,8 @@ import refdl
 from refdl import ext, nn
 
 from conftest import KERNEL_VARIANTS, kernel_variant_module
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def round_f32(q):
@@ -230,3 +235,15 @@ def test_direct_wide_rows_every_kernel_alike(variant, monkeypatch):
             err = np.abs(ys["portable"] - ref)
             assert (err <= (C * k * k + 1) * 2.0 ** -24 * bound + 2.0 ** -24 * np.abs(ref)
                     + 1e-30).all()
+
+
+@pytest.mark.parametrize("variant", KERNEL_VARIANTS)
+def test_the_fastest_direct_kernel_is_chosen_at_import(variant):
+    # before any call: a first call with few channels (8 lanes) must not find the choice
+    # unmade and run the portable loop
+    kernel_variant_module(variant)             # skips where the build is missing
+    code = ("import refdl.ext as e; K = e.load_variant(%r); "
+            "print(K.direct_isa(), K.direct_isas()[-1])" % variant)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=ROOT).stdout.split()
+    assert out[0] == out[1], out

@@ -1048,6 +1048,7 @@ cdef extern from *:
 
 
 DIRECT_ISAS = ("portable", "avx2", "avx512")
+refdl_direct_set(-1)            # the fastest kernel this CPU runs, chosen at import
 # conv_forward_direct's scratch row starts with the tag (the image copied), then the copy
 # at a cache line: 16 floats
 cdef enum:
@@ -1057,9 +1058,9 @@ DIRECT_TAG = TAG
 
 def direct_isa():
     """The direct convolution's kernel in use: "portable" (C's fmaf, 8 lanes), "avx2"
-    (8 lanes) or "avx512" (16 lanes); each gives the same bits."""
-    refdl_direct_lanes()
-    return DIRECT_ISAS[refdl_direct_isa]
+    (8 lanes) or "avx512" (16 lanes); each gives the same bits. (None: not chosen, which
+    the import prevents.)"""
+    return DIRECT_ISAS[refdl_direct_isa] if refdl_direct_isa >= 0 else None
 
 
 def direct_isas():
@@ -1109,10 +1110,11 @@ def conv_forward_direct(const float[:, :, :, :, ::1] x, const float[:, :, :, ::1
     cdef bint padded = pd != 0 or ph != 0 or pw != 0 or Dp != D or Hp != H or Wp != W
     cdef Py_ssize_t img = C * plane if padded else 0
     cdef Py_ssize_t k, top, Cg, cog, R = OD * OH
+    cdef int most = refdl_direct_lanes()
     # once per call: every offset the loops below compute stays inside the plane set
-    if L != 8 and L != refdl_direct_lanes():
+    if L != 8 and L != most:
         raise ValueError(f"conv_forward_direct: the packed weight has {L} lanes, the "
-                         f"kernel in use takes 8 or {refdl_direct_lanes()}")
+                         f"kernel in use takes 8 or {most}")
     if min(sd, sh, sw) < 1 or min(pd, ph, pw) < 0 or min(OD, OH, OW) < 1 or \
             min(Dp, Hp, Wp) < 1 or K < 1 or G < 1 or C % G or Cout % G or rows < 1 or \
             N >= 2 ** 24:

@@ -210,4 +210,6 @@ def direct_taps(x5_shape, geom, groups=1):
     c, kd, kh, kw = np.meshgrid(np.arange(x5_shape[1] // groups), np.arange(KD),
                                 np.arange(KH), np.arange(KW), indexing="ij")
     off = (c * (Dp * Hp * Wp) + kd * (dd * Hp * Wp) + kh * (dh * Wp) + kw * dw).ravel()
-    return off.astype(np.intp), (Dp, Hp, Wp), padded
+    off = off.astype(np.intp)
+    off.flags.writeable = False                 # memoised by refdl.ext: shared
+    return off, (Dp, Hp, Wp), padded
