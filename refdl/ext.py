@@ -433,9 +433,9 @@ def conv_direct(x_shape, w_shape, dtype, kernel_size, stride, pads, dilation, ou
     convolution is a plain GEMM), at least DIRECT_MIN_TAPS taps per output
     (C/groups * prod(kernel)) and DIRECT_MIN_CHANNELS output channels per group, and a
     padded image copy within DIRECT_COPY_BYTES. Shapes and dtype only, never the thread
-    count or the CPU, so the same call gives the same numbers on every machine and at any
-    thread count (the direct kernels of every build give the same bits). The arguments
-    are :func:`conv_forward`'s, with shapes for arrays."""
+    count or the CPU, so whether a call runs direct does not depend on the machine, and
+    then neither do its bits (the direct kernels of every build give the same ones). The
+    arguments are :func:`conv_forward`'s, with shapes for arrays."""
     dtype = np.dtype(dtype)
     if dtype != np.float32 or not available():
         return False
@@ -447,11 +447,11 @@ def conv_direct(x_shape, w_shape, dtype, kernel_size, stride, pads, dilation, ou
 
 @shape_memo
 def _direct_wanted(x_shape, w_shape, dtype_char, geom, groups):
-    if dtype_char != "f" or not available() or math.prod(geom[:3]) == 1 or \
+    if dtype_char != "f" or math.prod(geom[:3]) == 1 or \
             w_shape[1] < DIRECT_MIN_TAPS or w_shape[0] // groups < DIRECT_MIN_CHANNELS or \
             x_shape[0] >= 1 << 24:          # the kernel tags images with floats
         return False
-    _, dims, padded = _ref_conv.direct_taps((0, 0) + _as3(x_shape[2:], 1), geom)
+    dims, padded = _ref_conv.direct_extent(_as3(x_shape[2:], 1), geom)
     return not padded or x_shape[1] * math.prod(dims) * 4 <= DIRECT_COPY_BYTES
 
 

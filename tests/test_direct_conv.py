@@ -11,7 +11,6 @@ every kernel a build runs; the rule that picks the direct path and the layer's r
 it; and the kernel's own checks of the tables it trusts. The differential fuzz test is
 test_fuzz_kernels.py::test_fuzz_conv_direct_kernel.
 """
-import math
 import os
 import subprocess
 import sys
@@ -190,7 +189,6 @@ def test_direct_kernel_checks_its_tables():
     with pytest.raises(ValueError, match="float32"):
         ext.conv_forward(x.astype(np.float64)[:, :, 0], np.ones((4, 27)), None, (3, 3),
                          (1, 1), ((0, 0), (0, 0)), (1, 1), (3, 3), 1, direct=True)
-    assert math.prod(y.shape) == 72
 
 
 @pytest.mark.parametrize("variant", KERNEL_VARIANTS)

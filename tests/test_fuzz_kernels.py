@@ -733,6 +733,17 @@ def test_fuzz_conv_direct_kernel(kernels, monkeypatch):
         err = np.abs(runs[0].astype(np.float64) - y)
         limit = (K + 1) * 2.0 ** -24 * bound + 2.0 ** -24 * np.abs(y) + 1e-30
         assert (err <= limit).all(), float((err / limit).max())
+        # the NumPy path (its im2col, then one float32 product per group), itself within
+        # the same bound of the exact sums: the two differ by at most twice the bound
+        with ext.numpy_path(True):
+            cols = ext.im2col(x, ks, ss, args[2], ds, y.shape[2:])
+        L = math.prod(y.shape[2:])
+        cg = cols.reshape(groups, K, N, L)
+        yn = np.einsum("gok,gknl->ngol", W2.reshape(groups, cout // groups, K), cg)
+        yn = yn.reshape(y.shape)
+        if bias is not None:
+            yn = yn + bias.reshape((-1,) + (1,) * r)
+        assert (np.abs(runs[0].astype(np.float64) - yn) <= 2 * limit).all()
         TRIED[("conv_forward_direct", build, "valid")] += 1
     try:
         run()

@@ -1001,18 +1001,14 @@ cdef extern from *:
     #endif
     /* the kernel in use: 0 portable, 1 AVX2, 2 AVX-512; -1 until chosen */
     static int refdl_direct_isa = -1;
-    static int refdl_direct_best(void) { return refdl_direct_simd(); }
     static int refdl_direct_set(int isa) {          /* isa -1: the best; 0 on success */
-        int best = refdl_direct_best();
+        int best = refdl_direct_simd();
         if (isa < 0) isa = best;
         if (isa > best) return -1;
         refdl_direct_isa = isa;
         return 0;
     }
-    static int refdl_direct_lanes(void) {
-        if (refdl_direct_isa < 0) refdl_direct_set(-1);
-        return refdl_direct_isa == 2 ? 16 : 8;
-    }
+    static int refdl_direct_lanes(void) { return refdl_direct_isa == 2 ? 16 : 8; }
     /* y[l*ldy + i] = sums[i*L + l] + b[l] for the lanes l < lanes and outputs i < OW (b
        NULL: + 0, as the GEMM path adds a zero bias) */
     static void refdl_direct_store(const float* restrict sums, Py_ssize_t L, Py_ssize_t OW,
@@ -1037,7 +1033,7 @@ cdef extern from *:
     }
     """
     int refdl_direct_isa
-    int refdl_direct_best() noexcept nogil
+    int refdl_direct_simd() noexcept nogil
     int refdl_direct_set(int isa) noexcept nogil
     int refdl_direct_lanes() noexcept nogil
     void refdl_direct_row(const float* x, const Py_ssize_t* off, const float* wp,
@@ -1065,7 +1061,7 @@ def direct_isa():
 
 def direct_isas():
     """The direct convolution's kernels this build can run on this CPU."""
-    return DIRECT_ISAS[:refdl_direct_best() + 1]
+    return DIRECT_ISAS[:refdl_direct_simd() + 1]
 
 
 def set_direct_isa(name=None):

@@ -193,6 +193,16 @@ def col2im(cols, x_shape, kernel_size, stride=1, padding=0, dilation=1, out_size
     return np.ascontiguousarray(xp[(slice(None), slice(None)) + crop])
 
 
+def direct_extent(spatial, geom):
+    """((Dp, Hp, Wp), padded): the plane the direct convolution's taps address for an
+    input of spatial size (D, H, W) (see :func:`direct_taps`)."""
+    KD, KH, KW, sd, sh, sw, pd, ph, pw, dd, dh, dw, OD, OH, OW = geom
+    extent = ((OD - 1) * sd + (KD - 1) * dd + 1, (OH - 1) * sh + (KH - 1) * dh + 1,
+              (OW - 1) * sw + (KW - 1) * dw + 1)
+    padded = (pd, ph, pw) != (0, 0, 0) or any(e > n for e, n in zip(extent, spatial))
+    return (extent if padded else tuple(spatial)), padded
+
+
 def direct_taps(x5_shape, geom, groups=1):
     """Where each tap of the direct convolution reads (refdl.ext.conv_forward_direct,
     docs/derivations/conv.md): (off, (Dp, Hp, Wp), padded) for x of shape (N, C, D, H, W)
@@ -202,11 +212,8 @@ def direct_taps(x5_shape, geom, groups=1):
     outputs read, ((O - 1) s + (K - 1) d + 1 along each axis). Tap k = (c, kd, kh, kw)
     reads off[k] = c Dp Hp Wp + kd dd Hp Wp + kh dh Wp + kw dw past its output's window
     corner."""
-    KD, KH, KW, sd, sh, sw, pd, ph, pw, dd, dh, dw, OD, OH, OW = geom
-    extent = ((OD - 1) * sd + (KD - 1) * dd + 1, (OH - 1) * sh + (KH - 1) * dh + 1,
-              (OW - 1) * sw + (KW - 1) * dw + 1)
-    padded = (pd, ph, pw) != (0, 0, 0) or any(e > n for e, n in zip(extent, x5_shape[2:]))
-    Dp, Hp, Wp = extent if padded else tuple(x5_shape[2:])
+    KD, KH, KW, dd, dh, dw = geom[0], geom[1], geom[2], geom[9], geom[10], geom[11]
+    (Dp, Hp, Wp), padded = direct_extent(x5_shape[2:], geom)
     c, kd, kh, kw = np.meshgrid(np.arange(x5_shape[1] // groups), np.arange(KD),
                                 np.arange(KH), np.arange(KW), indexing="ij")
     off = (c * (Dp * Hp * Wp) + kd * (dd * Hp * Wp) + kh * (dh * Wp) + kw * dw).ravel()
